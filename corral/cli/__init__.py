@@ -1,0 +1,76 @@
+"""The ``corral`` command line: composes coord, dispatch and workers; no logic of its own."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from coord.connection import DEFAULT_NAMESPACE, DEFAULT_URL, Auth
+from corral import __version__
+from corral.cli import server
+from corral.cli._common import Options
+
+app = typer.Typer(
+    name="corral",
+    help="Coordination substrate for fleets of workers and AI agents on NATS JetStream.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"corral {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    server_url: Annotated[
+        str, typer.Option("--server", "-s", envvar="CORRAL_URL", help="NATS URL(s), comma-separated.")
+    ] = DEFAULT_URL,
+    namespace: Annotated[
+        str,
+        typer.Option(
+            "--namespace", "-n", envvar="CORRAL_NAMESPACE", help="corral namespace (prefix of buckets/streams)."
+        ),
+    ] = DEFAULT_NAMESPACE,
+    user: Annotated[str | None, typer.Option(envvar="CORRAL_USER", help="NATS user.")] = None,
+    password: Annotated[str | None, typer.Option(envvar="CORRAL_PASSWORD", help="NATS password.")] = None,
+    token: Annotated[str | None, typer.Option(envvar="CORRAL_TOKEN", help="NATS auth token.")] = None,
+    creds: Annotated[str | None, typer.Option(envvar="CORRAL_CREDS", help="NATS .creds file.")] = None,
+    nkey: Annotated[str | None, typer.Option(envvar="CORRAL_NKEY", help="NATS nkey seed file.")] = None,
+    tls_ca: Annotated[str | None, typer.Option(envvar="CORRAL_TLS_CA", help="CA bundle (enables TLS).")] = None,
+    tls_cert: Annotated[str | None, typer.Option(envvar="CORRAL_TLS_CERT", help="Client cert.")] = None,
+    tls_key: Annotated[str | None, typer.Option(envvar="CORRAL_TLS_KEY", help="Client key.")] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Global options shared by every command."""
+    ctx.obj = Options(
+        server=server_url,
+        namespace=namespace,
+        auth=Auth(
+            user=user,
+            password=password,
+            token=token,
+            creds_file=creds,
+            nkeys_seed=nkey,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+        ),
+    )
+
+
+# Each command group lives in its own module and registers itself here.
+server.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
