@@ -1,0 +1,86 @@
+"""Dead letters: malformed or unprocessable messages are recorded here instead of crashing anyone.
+
+A dead letter is a JSON record on ``{ns}.deadletter.{source}`` in the events stream (kept as long as
+events are), carrying the reason, the original subject, headers and body (as text, truncated).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from coord.connection import Coord
+
+__all__ = ["DeadLetter", "dead_letter", "read_dead_letters"]
+
+log = logging.getLogger("corral.deadletter")
+
+MAX_BODY = 4096
+
+
+class DeadLetter(BaseModel):
+    """One recorded dead letter."""
+
+    source: str
+    """Which consumer gave up on the message (``dispatch``, ``spec``, ``events``, ``inbox``, ...)."""
+    reason: str
+    """Why, in one line."""
+    subject: str | None = None
+    """Subject the message arrived on."""
+    headers: dict[str, str] = {}
+    """Its headers."""
+    body: str = ""
+    """Its body as text (truncated to 4 KiB)."""
+    task_id: str | None = None
+    """The task concerned, when known."""
+    at: datetime
+    """When it was recorded."""
+
+
+async def dead_letter(
+    coord: Coord,
+    source: str,
+    reason: str,
+    *,
+    subject: str | None = None,
+    body: bytes | str = b"",
+    headers: dict[str, str] | None = None,
+    task_id: str | None = None,
+) -> None:
+    """Record a dead letter and log it; never raises (a failure to record is logged)."""
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    letter = DeadLetter(
+        source=source,
+        reason=reason,
+        subject=subject,
+        headers=dict(headers or {}),
+        body=text[:MAX_BODY],
+        task_id=task_id,
+        at=datetime.now(UTC),
+    )
+    log.warning("dead letter from %s: %s (subject=%s task=%s)", source, reason, subject, task_id)
+    try:
+        await coord.js.publish(coord.names.deadletter_subject(source), letter.model_dump_json().encode())
+    except Exception as err:  # recording must never take the caller down
+        log.error("could not record dead letter from %s: %s", source, err)
+
+
+async def read_dead_letters(coord: Coord, source: str = "*", limit: int = 100) -> list[DeadLetter]:
+    """The most recent dead letters (oldest first), at most ``limit``."""
+    subject = f"{coord.namespace}.deadletter.{source}"
+    letters: list[DeadLetter] = []
+    sub = await coord.js.subscribe(subject, stream=coord.names.events_stream, ordered_consumer=True)
+    try:
+        info = await sub.consumer_info()
+        pending = info.num_pending
+        while len(letters) < pending:
+            msg = await sub.next_msg(timeout=2)
+            letters.append(DeadLetter.model_validate(json.loads(msg.data)))
+    finally:
+        await sub.unsubscribe()
+    return letters[-limit:]
