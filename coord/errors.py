@@ -13,8 +13,10 @@ __all__ = [
     "ConnectionFailed",
     "CorralError",
     "InvalidId",
+    "InvalidInput",
     "InvalidTransition",
     "NotFound",
+    "PayloadTooLarge",
     "PresenceConflict",
     "PresenceLost",
     "ServerUnsupported",
@@ -73,3 +75,11 @@ class PresenceConflict(CorralError):
 
 class PresenceLost(CorralError):
     """This process's own presence key was lost or taken over; it must stop taking work."""
+
+
+class InvalidInput(CorralError, ValueError):
+    """An argument is malformed (wrong type, not JSON, out of range); raised before anything is written."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """A record or message would exceed the server's max payload; nothing was written."""
