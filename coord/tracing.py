@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Literal, TextIO, cast
+from typing import Any, Literal, TextIO, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -38,7 +38,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind
-from opentelemetry.util.types import AttributeValue
+from opentelemetry.util.types import Attributes, AttributeValue
 
 from coord.errors import CorralError
 
@@ -246,6 +246,7 @@ def links_to(*contexts: Context | None, attributes: Mapping[str, AttributeValue]
 # --- spans ---------------------------------------------------------------------------------------
 
 _NOOP_SPAN: AbstractContextManager[Span] = nullcontext(INVALID_SPAN)
+_NOOP_TRACER = trace.NoOpTracer()
 
 
 def start_span(
@@ -269,8 +270,9 @@ def start_span(
     if not enabled():
         if context is None:
             return _NOOP_SPAN
-        return tracer.start_as_current_span(operation.name, context=context)
-    return tracer.start_as_current_span(
+        return _NOOP_TRACER.start_as_current_span(operation.name, context=context)
+    # Our own SDK tracer when we installed it (skips two proxy layers); else the app's, via the proxy.
+    return (_state.sdk_tracer or tracer).start_as_current_span(
         operation.name,
         context=context,
         kind=operation.kind,
@@ -324,6 +326,48 @@ class _Switch(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return all(p.force_flush(timeout_millis) for p in self.processors)
+
+
+class _SwitchingTracer(trace.Tracer):
+    """The SDK's tracer while an exporter is configured, the API's no-op tracer otherwise.
+
+    So a process switched back to ``"none"`` behaves exactly like one never configured: no spans
+    are created, and a remote parent passes through unchanged instead of being replaced by an
+    unexported span (which would leave a hole in the trace downstream).
+    """
+
+    def __init__(self, sdk: trace.Tracer, switch: _Switch) -> None:
+        self._sdk = sdk
+        self._switch = switch
+
+    def _active(self) -> trace.Tracer:
+        return self._sdk if self._switch.processors else _NOOP_TRACER
+
+    def start_span(self, *args: Any, **kwargs: Any) -> Span:
+        return self._active().start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> AbstractContextManager[Span]:  # type: ignore[override]
+        return self._active().start_as_current_span(*args, **kwargs)
+
+
+class _SwitchingProvider(trace.TracerProvider):
+    """Hands out :class:`_SwitchingTracer` over one SDK provider."""
+
+    def __init__(self, sdk: TracerProvider, switch: _Switch) -> None:
+        self.sdk = sdk
+        self._switch = switch
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: Attributes = None,
+    ) -> trace.Tracer:
+        sdk_tracer = self.sdk.get_tracer(
+            instrumenting_module_name, instrumenting_library_version, schema_url, attributes
+        )
+        return _SwitchingTracer(sdk_tracer, self._switch)
 
 
 def _console_line(span: ReadableSpan) -> str:
@@ -428,6 +472,7 @@ def service_resource(service_name: str) -> Resource:
 class _State:
     provider: TracerProvider | None = None
     switch: _Switch | None = None
+    sdk_tracer: trace.Tracer | None = None
     key: tuple[object, ...] | None = None
     mode: str | None = None
 
@@ -480,8 +525,9 @@ def configure(
             switch = _Switch()
             provider = TracerProvider(resource=service_resource(service_name))
             provider.add_span_processor(switch)
-            trace.set_tracer_provider(provider)
+            trace.set_tracer_provider(_SwitchingProvider(provider, switch))
             _state.provider, _state.switch = provider, switch
+            _state.sdk_tracer = provider.get_tracer("corral")
         old = _state.switch.processors
         _state.switch.processors = tuple(processors)
         _state.key, _state.mode = key, mode
