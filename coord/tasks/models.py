@@ -1,0 +1,273 @@
+"""The task store's data: records as stored in ``{ns}_tasks``, claims handed to workers, wire messages.
+
+A :class:`TaskRecord` is the JSON value of one key of the tasks bucket (key = task id). Its
+``revision`` is the KV revision it was read at; it is never stored, it comes from the entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+
+from coord.ids import Token
+
+__all__ = [
+    "TERMINAL",
+    "Claim",
+    "ClaimInfo",
+    "JournalEntry",
+    "Notification",
+    "ResultNotice",
+    "ScheduleRequest",
+    "TaskRecord",
+    "TaskStatus",
+    "Transition",
+]
+
+
+class TaskStatus(StrEnum):
+    """Where a task is in its life: ``pending → claimed → succeeded | failed | dead | cancelled``."""
+
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """True for statuses that only an explicit ``retry`` can leave."""
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED})
+"""Statuses a task never leaves except by an explicit ``retry`` (and ``cancelled`` not even then)."""
+
+
+class Transition(StrEnum):
+    """The operation that produced a record revision (shown in the journal)."""
+
+    SCHEDULED = "scheduled"
+    CLAIMED = "claimed"
+    HEARTBEAT = "heartbeat"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RELEASED = "released"
+    RECLAIMED = "reclaimed"
+    CANCELLED = "cancelled"
+    RETRIED = "retried"
+
+
+class ClaimInfo(BaseModel):
+    """The current claim of a task as stored in its record: who holds it, until when, under which epoch.
+
+    Only the SHA-256 of the claim token is stored; the raw token exists only in the worker's
+    :class:`Claim`.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    worker_id: str
+    """Agent id of the worker holding the claim."""
+    claim_id: str
+    """Unique id of this claim (what a reclaimer names in ``reclaim``)."""
+    token_sha256: str
+    """Hex SHA-256 of the raw claim token."""
+    epoch: int
+    """Fencing number: strictly increases with every claim of the task."""
+    claimed_at: datetime
+    """When the claim was taken."""
+    deadline: datetime
+    """When the lease runs out unless extended by a heartbeat."""
+
+
+class TaskRecord(BaseModel):
+    """One task, as stored (JSON) under its id in the tasks bucket: the single source of truth.
+
+    Invariants kept by :class:`coord.tasks.TaskStore`: ``claim`` is set exactly when ``status`` is
+    ``claimed``; ``attempt < max_attempts`` whenever ``status`` is ``pending``; ``epoch`` equals the
+    epoch of the latest claim and never decreases.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    task_id: str
+    """The task's id (also its KV key)."""
+    queue: str
+    """Queue whose workers may run it."""
+    status: TaskStatus
+    """Where the task is in its life."""
+    payload: Any = None
+    """The task's input (any JSON)."""
+    attempt: int = 0
+    """Claims counted so far against ``max_attempts`` (a ``release`` gives one back; ``retry`` resets)."""
+    max_attempts: int = 3
+    """Claims allowed before the task goes ``dead``."""
+    epoch: int = 0
+    """Epoch of the latest claim (0 before the first); a fencing number."""
+    timeout: float | None = None
+    """Lease length in seconds for claims of this task; None uses the store's default."""
+    claim: ClaimInfo | None = None
+    """The current claim (only while ``claimed``)."""
+    result: Any = None
+    """The result recorded by ``complete``."""
+    error: str | None = None
+    """Why the latest attempt failed, was reclaimed or died."""
+    progress: Any = None
+    """The latest progress reported by a heartbeat of the current attempt."""
+    parent: str | None = None
+    """Agent id to push the terminal status to (``{ns}.results.{parent}``)."""
+    meta: dict[str, str] = Field(default_factory=dict)
+    """Free string metadata (e.g. W3C trace context ``traceparent``)."""
+    created_at: datetime
+    """When the task was scheduled."""
+    updated_at: datetime
+    """When this revision was written."""
+    visible_at: datetime | None = None
+    """While pending after a failure: when the retry backoff ends and the task may be claimed."""
+    transition: Transition = Transition.SCHEDULED
+    """The operation that wrote this revision."""
+    last_worker: str | None = None
+    """The worker of the latest claim (kept after the claim ends, for humans)."""
+    revision: int = Field(default=0, exclude=True)
+    """KV revision this record was read at or written as (not stored; 0 if unknown)."""
+
+    @property
+    def terminal(self) -> bool:
+        """True when the task has ended (succeeded, failed, dead or cancelled)."""
+        return self.status in TERMINAL
+
+
+class ScheduleRequest(BaseModel):
+    """What ``TaskStore.schedule`` needs to create a task; validated before anything touches NATS."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task_id: Token
+    """The task's id (idempotency key)."""
+    queue: Token
+    """Queue whose workers may run it."""
+    payload: JsonValue = None
+    """The task's input: any JSON value."""
+    max_attempts: int = Field(default=3, ge=1, le=1000, strict=True)
+    """Claims allowed before the task goes ``dead`` (1..1000)."""
+    timeout: float | None = Field(default=None, gt=0, le=86_400.0)
+    """Lease length in seconds (0 < timeout <= 1 day); None uses the store's default."""
+    parent: Token | None = None
+    """Agent id to push the terminal status to."""
+    meta: dict[str, str] = Field(default_factory=dict)
+    """Free string metadata (e.g. trace context); not part of the task's identity."""
+
+
+@dataclass
+class Claim:
+    """A worker's handle on a task it claimed: the raw token (never stored) and where the record stands.
+
+    ``heartbeat`` updates ``deadline``, ``revision`` and ``record`` in place (and returns the claim),
+    so the next write is one CAS against the revision this worker wrote last.
+    """
+
+    task_id: str
+    """The claimed task."""
+    worker_id: str
+    """The worker holding it."""
+    claim_id: str
+    """Id of this claim."""
+    token: str
+    """The raw claim token; only its SHA-256 is stored."""
+    epoch: int
+    """Fencing number of this claim."""
+    deadline: datetime
+    """When the lease runs out unless extended."""
+    revision: int
+    """KV revision after this worker's last write."""
+    record: TaskRecord
+    """The record as of ``revision``."""
+    lease: float = 30.0
+    """Lease length in seconds; each heartbeat extends the deadline to now + lease."""
+
+
+class Notification(BaseModel):
+    """Body of a message on ``{ns}.dispatch.{queue}``: "task T is pending at revision R".
+
+    ``record`` carries the whole record at ``revision`` when it is small (see
+    ``TaskStore.inline_limit``); passing it to ``TaskStore.claim(..., record=n.record)`` makes the claim
+    a single CAS with no read.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    task_id: Token
+    """The pending task."""
+    revision: int
+    """KV revision at which it became pending."""
+    epoch: int
+    """Its epoch then (the next claim gets ``epoch + 1``)."""
+    visible_at: datetime | None = None
+    """Not claimable before this (retry backoff): NAK with the remaining delay."""
+    record: TaskRecord | None = None
+    """The record at ``revision``, when small enough to inline."""
+
+    @model_validator(mode="after")
+    def _record_revision(self) -> Notification:
+        if self.record is not None and self.record.revision != self.revision:
+            object.__setattr__(self, "record", self.record.model_copy(update={"revision": self.revision}))
+        return self
+
+
+class ResultNotice(BaseModel):
+    """Core-NATS message pushed to ``{ns}.results.{parent}`` when a task ends (the record stays the truth)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    task_id: str
+    """The task that ended."""
+    status: TaskStatus
+    """Its terminal status."""
+    revision: int
+    """KV revision of the terminal record."""
+
+
+class JournalEntry(BaseModel):
+    """One successful transition of a task, as recorded on ``{ns}.journal.{task}``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    revision: int
+    """KV revision the transition wrote."""
+    at: datetime
+    """When it was written."""
+    transition: Transition
+    """Which operation it was."""
+    status: TaskStatus
+    """Status after the transition."""
+    attempt: int
+    """Attempt count after the transition."""
+    epoch: int
+    """Epoch after the transition."""
+    worker_id: str | None
+    """The worker holding (or who last held) the claim."""
+    error: str | None
+    """Error or reason recorded by the transition."""
+    record: TaskRecord
+    """The full record written."""
+
+    @classmethod
+    def of(cls, record: TaskRecord) -> JournalEntry:
+        """The journal entry describing ``record`` (which must carry its revision)."""
+        return cls(
+            revision=record.revision,
+            at=record.updated_at,
+            transition=record.transition,
+            status=record.status,
+            attempt=record.attempt,
+            epoch=record.epoch,
+            worker_id=record.claim.worker_id if record.claim else record.last_worker,
+            error=record.error,
+            record=record,
+        )

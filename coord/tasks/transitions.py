@@ -1,0 +1,223 @@
+"""The task state machine as pure functions: current record in, next record out (or a typed error).
+
+Nothing here touches NATS. :class:`coord.tasks.TaskStore` applies one of these to the record it read
+(or last wrote) and writes the result with a single compare-and-set on the record's revision, so a
+transition is valid against exactly the state it replaces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from coord.errors import Conflict, InvalidTransition, StaleClaim
+from coord.tasks.models import ClaimInfo, TaskRecord, TaskStatus, Transition
+
+__all__ = [
+    "Backoff",
+    "cancel",
+    "check_claim",
+    "claim",
+    "complete",
+    "fail",
+    "heartbeat",
+    "reclaim",
+    "release",
+    "retry",
+    "token_digest",
+]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Retry delay after the n-th failed attempt: ``min(max, base * factor**(n-1))``, jittered.
+
+    Jitter is "equal jitter": the delay is drawn uniformly from ``[d * (1 - jitter), d]``, so
+    retries of many tasks that failed together spread out but never wait longer than ``d``.
+    """
+
+    base: float = 1.0
+    """Delay after the first failure, in seconds."""
+    factor: float = 2.0
+    """Growth per further failure."""
+    max: float = 300.0
+    """Upper bound of the delay."""
+    jitter: float = 0.5
+    """Fraction of the delay that is random (0 = none, 1 = full jitter)."""
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before the retry that follows failed attempt number ``attempt`` (1-based)."""
+        if self.base <= 0:
+            return 0.0
+        raw = min(self.max, self.base * self.factor ** max(0, attempt - 1))
+        return raw * (1.0 - self.jitter * random.random())
+
+
+def token_digest(token: str) -> str:
+    """Hex SHA-256 of a raw claim token (what the record stores)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _claimed_by(record: TaskRecord, claim_id: str, token: str | None) -> bool:
+    current = record.claim
+    if record.status is not TaskStatus.CLAIMED or current is None or current.claim_id != claim_id:
+        return False
+    return token is None or hmac.compare_digest(current.token_sha256, token_digest(token))
+
+
+def check_claim(record: TaskRecord, claim_id: str, token: str | None) -> None:
+    """Raise :class:`StaleClaim` unless ``claim_id`` (and ``token``, if given) is the task's current claim."""
+    if _claimed_by(record, claim_id, token):
+        return
+    if record.claim is not None and record.claim.claim_id == claim_id:
+        raise StaleClaim(f"task {record.task_id!r}: the token presented for claim {claim_id} does not match")
+    holder = f"claimed by {record.claim.worker_id} at epoch {record.epoch}" if record.claim else record.status.value
+    why = f" ({record.transition.value}: {record.error})" if record.error else f" ({record.transition.value})"
+    raise StaleClaim(f"task {record.task_id!r}: claim {claim_id} is no longer current; the task is {holder}{why}")
+
+
+def claim(
+    record: TaskRecord,
+    *,
+    worker_id: str,
+    claim_id: str,
+    token_sha256: str,
+    lease: float,
+    now: datetime,
+    visibility_tolerance: float = 0.0,
+) -> TaskRecord:
+    """pending → claimed: the next epoch, one more attempt, a lease until ``now + lease``.
+
+    Raises :class:`Conflict` when someone else holds the task, :class:`InvalidTransition` when it has
+    ended or its retry backoff has not run out.
+    """
+    if record.status is TaskStatus.CLAIMED:
+        holder = record.claim.worker_id if record.claim else "?"
+        raise Conflict(f"task {record.task_id!r} is already claimed by {holder} (epoch {record.epoch})")
+    if record.status is not TaskStatus.PENDING:
+        raise InvalidTransition(f"task {record.task_id!r} is {record.status.value}; only a pending task can be claimed")
+    if record.visible_at is not None and record.visible_at - timedelta(seconds=visibility_tolerance) > now:
+        raise InvalidTransition(
+            f"task {record.task_id!r} is backing off after a failure; it may be claimed from "
+            f"{record.visible_at.isoformat()}"
+        )
+    if record.attempt >= record.max_attempts:  # cannot happen through the store; refuse rather than loop
+        raise InvalidTransition(f"task {record.task_id!r} has spent its {record.max_attempts} attempts")
+    epoch = record.epoch + 1
+    info = ClaimInfo(
+        worker_id=worker_id,
+        claim_id=claim_id,
+        token_sha256=token_sha256,
+        epoch=epoch,
+        claimed_at=now,
+        deadline=now + timedelta(seconds=lease),
+    )
+    return record.model_copy(
+        update={
+            "status": TaskStatus.CLAIMED,
+            "attempt": record.attempt + 1,
+            "epoch": epoch,
+            "claim": info,
+            "progress": None,
+            "visible_at": None,
+            "updated_at": now,
+            "transition": Transition.CLAIMED,
+            "last_worker": worker_id,
+        }
+    )
+
+
+def heartbeat(
+    record: TaskRecord, *, claim_id: str, token: str, lease: float, progress: Any, now: datetime
+) -> TaskRecord:
+    """claimed → claimed: extend the lease to ``now + lease`` and record ``progress`` (if not None)."""
+    check_claim(record, claim_id, token)
+    assert record.claim is not None
+    update: dict[str, Any] = {
+        "claim": record.claim.model_copy(update={"deadline": now + timedelta(seconds=lease)}),
+        "updated_at": now,
+        "transition": Transition.HEARTBEAT,
+    }
+    if progress is not None:
+        update["progress"] = progress
+    return record.model_copy(update=update)
+
+
+def _end_claim(record: TaskRecord, now: datetime, transition: Transition, **update: Any) -> TaskRecord:
+    return record.model_copy(update={"claim": None, "updated_at": now, "transition": transition, **update})
+
+
+def complete(record: TaskRecord, *, claim_id: str, token: str, result: Any, now: datetime) -> TaskRecord:
+    """claimed → succeeded, recording ``result`` (once: the claim ends with it)."""
+    check_claim(record, claim_id, token)
+    return _end_claim(
+        record, now, Transition.COMPLETED, status=TaskStatus.SUCCEEDED, result=result, error=None, visible_at=None
+    )
+
+
+def fail(
+    record: TaskRecord, *, claim_id: str, token: str, error: str, retry: bool, backoff: Backoff, now: datetime
+) -> TaskRecord:
+    """claimed → pending after a backoff (``visible_at``), or ``dead`` when attempts are spent, or
+    ``failed`` (no retry) when ``retry`` is False."""
+    check_claim(record, claim_id, token)
+    if not retry:
+        return _end_claim(record, now, Transition.FAILED, status=TaskStatus.FAILED, error=error)
+    if record.attempt >= record.max_attempts:
+        return _end_claim(record, now, Transition.FAILED, status=TaskStatus.DEAD, error=error)
+    visible = now + timedelta(seconds=backoff.delay(record.attempt))
+    return _end_claim(record, now, Transition.FAILED, status=TaskStatus.PENDING, error=error, visible_at=visible)
+
+
+def release(record: TaskRecord, *, claim_id: str, token: str, now: datetime) -> TaskRecord:
+    """claimed → pending, giving the attempt back (a voluntary hand-back, e.g. on shutdown)."""
+    check_claim(record, claim_id, token)
+    return _end_claim(
+        record,
+        now,
+        Transition.RELEASED,
+        status=TaskStatus.PENDING,
+        attempt=max(0, record.attempt - 1),
+        visible_at=None,
+    )
+
+
+def reclaim(record: TaskRecord, *, expected_claim_id: str, reason: str, now: datetime) -> TaskRecord:
+    """claimed → pending (the attempt stays counted), or ``dead`` when attempts are spent.
+
+    Raises :class:`StaleClaim` when ``expected_claim_id`` is not the current claim any more.
+    """
+    check_claim(record, expected_claim_id, None)
+    status = TaskStatus.DEAD if record.attempt >= record.max_attempts else TaskStatus.PENDING
+    return _end_claim(record, now, Transition.RECLAIMED, status=status, error=reason, visible_at=None)
+
+
+def cancel(record: TaskRecord, *, now: datetime) -> TaskRecord | None:
+    """pending | claimed → cancelled; None when already cancelled (nothing to write)."""
+    if record.status is TaskStatus.CANCELLED:
+        return None
+    if record.status.terminal:
+        raise InvalidTransition(f"task {record.task_id!r} is {record.status.value}; it cannot be cancelled")
+    return _end_claim(record, now, Transition.CANCELLED, status=TaskStatus.CANCELLED, visible_at=None)
+
+
+def retry(record: TaskRecord, *, now: datetime) -> TaskRecord:
+    """dead | failed → pending with a fresh set of attempts (by hand)."""
+    if record.status not in (TaskStatus.DEAD, TaskStatus.FAILED):
+        raise InvalidTransition(
+            f"task {record.task_id!r} is {record.status.value}; only a dead or failed task can be retried"
+        )
+    return _end_claim(
+        record,
+        now,
+        Transition.RETRIED,
+        status=TaskStatus.PENDING,
+        attempt=0,
+        result=None,
+        progress=None,
+        visible_at=None,
+    )

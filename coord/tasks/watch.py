@@ -1,0 +1,291 @@
+"""Watching the tasks bucket: :class:`TaskWatch` (a stream of records) and :class:`TaskIndex` (live lookups).
+
+A watch is one ordered consumer over the bucket (deliver last per key): first the current record
+of every task, then ``None`` once, then every write as it happens. An index keeps a small summary
+of each task (not the payload) by queue, status and worker, so finding pending or claimed work, a
+worker's claims, or overdue leases costs O(matching tasks) instead of a scan of the bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from coord.tasks.models import TaskRecord, TaskStatus
+
+if TYPE_CHECKING:
+    from coord.tasks.store import TaskStore
+
+__all__ = ["IndexEntry", "TaskIndex", "TaskWatch"]
+
+log = logging.getLogger("corral.tasks")
+
+_DELETES = ("DEL", "PURGE")
+
+
+class TaskWatch:
+    """Records of every task: the current ones, then ``None`` (end of the snapshot), then live updates.
+
+    An async iterator and an async context manager (``async with store.watch() as w: async for r in w``).
+    With ``snapshot_only`` it ends after the snapshot instead of yielding ``None``. Deleted keys and
+    values that are not task records are skipped (the latter with a warning).
+    """
+
+    def __init__(self, store: TaskStore, *, snapshot_only: bool = False) -> None:
+        self._store = store
+        self._snapshot_only = snapshot_only
+        self._watcher: Any = None
+        self._done = False
+        self.snapshot_done = asyncio.Event()
+        """Set once every record that existed at the start has been yielded."""
+
+    async def start(self) -> TaskWatch:
+        """Start watching (done implicitly by ``async with`` or the first iteration)."""
+        if self._watcher is None:
+            kv = await self._store.coord.kv(self._store.coord.names.tasks_bucket)
+            self._watcher = await kv.watchall()
+        return self
+
+    async def stop(self) -> None:
+        """Stop watching; iteration ends."""
+        self._done = True
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+
+    async def __aenter__(self) -> TaskWatch:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def __aiter__(self) -> TaskWatch:
+        return self
+
+    async def __anext__(self) -> TaskRecord | None:
+        if self._done:
+            raise StopAsyncIteration
+        await self.start()
+        while True:
+            entry = await self._watcher.__anext__()
+            if entry is None:
+                self.snapshot_done.set()
+                if self._snapshot_only:
+                    await self.stop()
+                    raise StopAsyncIteration
+                return None
+            if entry.operation in _DELETES or not entry.value:
+                continue
+            try:
+                record = TaskRecord.model_validate_json(entry.value)
+            except ValidationError as err:
+                log.warning("task watch: key %s revision %s is not a task record: %s", entry.key, entry.revision, err)
+                continue
+            return record.model_copy(update={"revision": entry.revision})
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """What an index keeps of one task (no payload or result)."""
+
+    task_id: str
+    """The task."""
+    queue: str
+    """Its queue."""
+    status: TaskStatus
+    """Its status at ``revision``."""
+    revision: int
+    """KV revision of the record this summarises."""
+    epoch: int
+    """Epoch at ``revision``."""
+    attempt: int
+    """Attempt count at ``revision``."""
+    worker_id: str | None
+    """Worker holding the claim (claimed tasks only)."""
+    claim_id: str | None
+    """Current claim id (claimed tasks only)."""
+    deadline: datetime | None
+    """Lease deadline (claimed tasks only)."""
+    visible_at: datetime | None
+    """End of the retry backoff (pending tasks only)."""
+    updated_at: datetime
+    """When ``revision`` was written."""
+
+    @classmethod
+    def of(cls, record: TaskRecord) -> IndexEntry:
+        """The summary of ``record``."""
+        claim = record.claim
+        return cls(
+            task_id=record.task_id,
+            queue=record.queue,
+            status=record.status,
+            revision=record.revision,
+            epoch=record.epoch,
+            attempt=record.attempt,
+            worker_id=claim.worker_id if claim else None,
+            claim_id=claim.claim_id if claim else None,
+            deadline=claim.deadline if claim else None,
+            visible_at=record.visible_at,
+            updated_at=record.updated_at,
+        )
+
+
+class TaskIndex:
+    """A live in-memory index of every task by (queue, status) and by claiming worker.
+
+    Fed by a :class:`TaskWatch`; costs one small :class:`IndexEntry` per task (~300 bytes) and
+    receives every write to the bucket. Lookups are O(matching). While it runs (``async with
+    store.index()``), ``store.list``/``store.iter`` use it and first wait until it has seen the
+    store's own latest write (read-your-writes). It may lag other writers by a network hop:
+    callers act through CAS transitions, which re-check the record.
+    """
+
+    def __init__(self, store: TaskStore) -> None:
+        self._store = store
+        self._entries: dict[str, IndexEntry] = {}
+        self._groups: defaultdict[tuple[str, TaskStatus], set[str]] = defaultdict(set)
+        self._by_worker: defaultdict[str, set[str]] = defaultdict(set)
+        self._runner: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._advanced = asyncio.Event()
+        self.revision = 0
+        """Highest KV revision applied."""
+
+    @property
+    def ready(self) -> bool:
+        """True once the initial snapshot is loaded (and while the watch runs)."""
+        return self._ready.is_set()
+
+    async def start(self, within: float = 30.0) -> TaskIndex:
+        """Start the watch and wait (up to ``within`` seconds) until the snapshot is loaded."""
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name="corral-task-index")
+        try:
+            await asyncio.wait_for(self._ready.wait(), within)
+        except TimeoutError:
+            await self.stop()
+            raise
+        self._store._index = self
+        return self
+
+    async def stop(self) -> None:
+        """Stop the watch; the store goes back to scanning."""
+        if self._store._index is self:
+            self._store._index = None
+        runner, self._runner = self._runner, None
+        self._ready.clear()
+        if runner is not None:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+
+    async def __aenter__(self) -> TaskIndex:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with TaskWatch(self._store) as updates:
+                    async for record in updates:
+                        if record is None:
+                            self._ready.set()
+                        else:
+                            self.apply(record)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("task index: watch failed (%s); restarting it", err)
+            self._ready.clear()
+            await asyncio.sleep(0.5)
+
+    def apply(self, record: TaskRecord) -> None:
+        """Take ``record`` into the index (ignored if older than what the index holds for the task)."""
+        old = self._entries.get(record.task_id)
+        if old is not None:
+            if old.revision >= record.revision:
+                return
+            self._groups[(old.queue, old.status)].discard(old.task_id)
+            if old.worker_id is not None:
+                self._by_worker[old.worker_id].discard(old.task_id)
+                if not self._by_worker[old.worker_id]:
+                    del self._by_worker[old.worker_id]
+        entry = IndexEntry.of(record)
+        self._entries[record.task_id] = entry
+        self._groups[(entry.queue, entry.status)].add(entry.task_id)
+        if entry.worker_id is not None:
+            self._by_worker[entry.worker_id].add(entry.task_id)
+        if record.revision > self.revision:
+            self.revision = record.revision
+            self._advanced.set()
+
+    async def wait_for(self, revision: int, within: float = 2.0) -> bool:
+        """Wait up to ``within`` seconds until the index has applied ``revision`` (or later); False if not."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self.revision < revision:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._advanced.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._advanced.wait(), remaining)
+        return True
+
+    def entry(self, task_id: str) -> IndexEntry | None:
+        """The summary of ``task_id``, if the index has seen it."""
+        return self._entries.get(task_id)
+
+    def entries(self, *, queue: str | None = None, status: TaskStatus | None = None) -> list[IndexEntry]:
+        """Summaries of the tasks of ``queue`` and/or ``status`` (all if both are None)."""
+        return [self._entries[t] for t in self.ids(queue=queue, status=status)]
+
+    def ids(self, *, queue: str | None = None, status: TaskStatus | None = None) -> list[str]:
+        """Ids of the tasks of ``queue`` and/or ``status``: O(groups + matching)."""
+        if queue is not None and status is not None:
+            return list(self._groups.get((queue, status), ()))
+        found: list[str] = []
+        for (q, s), members in self._groups.items():
+            if (queue is None or q == queue) and (status is None or s is status):
+                found.extend(members)
+        return found
+
+    def counts(self) -> dict[tuple[str, TaskStatus], int]:
+        """Number of tasks per (queue, status)."""
+        return {key: len(members) for key, members in self._groups.items() if members}
+
+    def claims_of(self, worker_id: str) -> list[IndexEntry]:
+        """Current claims held by ``worker_id``."""
+        return [self._entries[t] for t in self._by_worker.get(worker_id, ())]
+
+    def workers(self) -> list[str]:
+        """Workers that hold at least one claim."""
+        return list(self._by_worker)
+
+    def overdue(self, now: datetime | None = None) -> list[IndexEntry]:
+        """Claims whose lease deadline has passed (candidates for ``reclaim``)."""
+        now = now or datetime.now(UTC)
+        return [
+            self._entries[t]
+            for worker in self._by_worker.values()
+            for t in worker
+            if (d := self._entries[t].deadline) is not None and d < now
+        ]
+
+    def __len__(self) -> int:
+        return len(self._entries)
