@@ -1,0 +1,80 @@
+"""Telemetry options of the CLI: ``--trace env|none|console|otlp`` and ``--metrics-port``.
+
+A command (or the global callback) declares the options with :data:`TraceOption` and
+:data:`MetricsPortOption` and calls :func:`setup_telemetry` before it connects::
+
+    def worker(..., trace: TraceOption = TraceChoice.env, metrics_port: MetricsPortOption = None):
+        setup_telemetry(trace, service_name="corral-worker", metrics_port=metrics_port)
+
+The default, ``env``, exports only what the standard ``OTEL_*`` variables ask for (nothing when
+none are set); ``console`` prints one line per span on stderr for a quick look.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, cast
+
+import typer
+from rich.markup import escape
+
+from coord import metrics, tracing
+from coord.errors import CorralError
+from corral.cli._common import fail
+
+__all__ = ["MetricsPortOption", "TraceChoice", "TraceOption", "setup_telemetry"]
+
+
+class TraceChoice(StrEnum):
+    """Values of ``--trace``."""
+
+    env = "env"
+    none = "none"
+    console = "console"
+    otlp = "otlp"
+
+
+TraceOption = Annotated[
+    TraceChoice,
+    typer.Option(
+        "--trace",
+        envvar="CORRAL_TRACE",
+        case_sensitive=False,
+        help="Where spans go: env (standard OTEL_* variables; nothing if unset), none, console (stderr), "
+        "otlp (OTLP over HTTP or gRPC; needs corral[otlp]).",
+    ),
+]
+"""Typer annotation of the ``--trace`` option."""
+
+MetricsPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        envvar="CORRAL_METRICS_PORT",
+        min=0,
+        max=65535,
+        help="Serve Prometheus metrics on this port at /metrics (needs corral[prometheus]).",
+    ),
+]
+"""Typer annotation of the ``--metrics-port`` option."""
+
+
+def setup_telemetry(
+    trace: TraceChoice | str = TraceChoice.env,
+    *,
+    service_name: str = "corral",
+    metrics_port: int | None = None,
+) -> None:
+    """Configure tracing as ``trace`` says and metrics from ``OTEL_*`` (plus Prometheus on ``metrics_port``).
+
+    A missing extra or a bad ``OTEL_*`` value ends the command with a one-line error naming it.
+    """
+    mode = TraceChoice(trace).value
+    try:
+        tracing.configure(cast(tracing.Mode, mode), service_name=service_name)
+        if metrics_port is not None:
+            metrics.serve_prometheus(metrics_port, service_name=service_name)
+        else:
+            metrics.configure("env", service_name=service_name)
+    except (CorralError, ValueError) as err:
+        fail(escape(str(err)))  # the message names extras like corral[otlp]: not rich markup
