@@ -1,0 +1,347 @@
+"""Being present: :class:`Membership` creates an agent's key, renews it, and fails closed.
+
+A membership writes its key with a per-key TTL and rewrites it every ``interval`` with a publish
+that carries both ``Nats-TTL`` and ``Nats-Expected-Last-Subject-Sequence`` (compare-and-set on the
+revision it last wrote), so a second writer of the same id is detected, never merged with.
+
+Fail closed: the membership is *lost* when a renewal finds the key gone or held by another instance,
+or when no renewal has reached the server for the enforced TTL (counted from when the last
+successful renewal was *sent*: the earliest moment the server can expire it). Then ``lost`` is set
+and ``on_lost`` runs (awaited if it is a coroutine function) before anything else happens. After an
+expiry or a deletion it re-joins with a fresh instance nonce, once the server can be reached, so the
+rest of the fleet (which saw it leave) and the process agree; ``lost`` is cleared when that succeeds.
+When another process holds the id (``taken``) it does not re-join: the membership ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Generator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+
+from coord.errors import ConnectionFailed, PresenceConflict, PresenceLost
+from coord.presence._store import MIN_TTL, PresenceStore, enforced_ttl, is_wrong_last_sequence
+from coord.presence.models import AgentInfo, LossReason, MembershipLost
+
+if TYPE_CHECKING:
+    from coord.presence import Presence
+
+__all__ = ["LostCallback", "Membership"]
+
+log = logging.getLogger("corral.presence")
+
+LostCallback = Callable[[PresenceLost], Awaitable[None] | None]
+"""Called (and awaited if it returns an awaitable) when the membership is lost."""
+
+OP_TIMEOUT = 5.0
+REJOIN_MAX_DELAY = 2.0
+
+
+def _new_instance() -> str:
+    return secrets.token_hex(8)
+
+
+def check_timing(interval: float, ttl: float) -> None:
+    """Raise ``ValueError`` naming the field unless ``interval`` and ``ttl`` make a working heartbeat."""
+    if not ttl >= MIN_TTL:
+        raise ValueError(f"ttl must be at least {MIN_TTL:g}s (nats-server refuses shorter per-message TTLs), got {ttl}")
+    if not interval > 0:
+        raise ValueError(f"interval must be > 0 seconds, got {interval}")
+    enforced = enforced_ttl(ttl)
+    if interval >= enforced:
+        raise ValueError(
+            f"interval ({interval:g}s) must be shorter than the TTL the server enforces ({enforced:g}s: "
+            f"nats-server truncates ttl={ttl:g}s to whole seconds); use e.g. interval={enforced / 3:g}"
+        )
+
+
+class Membership:
+    """One process's presence under one agent id (see the module docstring for the guarantees).
+
+    Returned by :meth:`Presence.join`; use ``async with presence.join(info) as m:`` (leaves on exit)
+    or ``m = await presence.join(info)`` then ``await m.leave()``. Joining raises
+    :class:`PresenceConflict` while another live process holds the id.
+    """
+
+    def __init__(
+        self,
+        presence: Presence,
+        store: PresenceStore,
+        info: AgentInfo,
+        *,
+        interval: float,
+        ttl: float,
+        on_lost: LostCallback | None,
+        rejoin: bool,
+        wait: float,
+    ) -> None:
+        check_timing(interval, ttl)
+        if wait < 0:
+            raise ValueError(f"wait must be >= 0 seconds, got {wait}")
+        self.info = info
+        """The info being published (replaced by :meth:`update`)."""
+        self.interval = interval
+        """Seconds between renewals."""
+        self.ttl = ttl
+        """The TTL sent with every write (``Nats-TTL``)."""
+        self.enforced_ttl = enforced_ttl(ttl)
+        """The TTL the server applies (whole seconds); the fail-closed deadline uses this one."""
+        self.lost = asyncio.Event()
+        """Set from the moment the membership is lost until it has re-joined (if it does)."""
+        self.present = asyncio.Event()
+        """Set while this membership holds its key (after joining and re-joining; cleared on loss)."""
+        self.ended = asyncio.Event()
+        """Set when the membership is over: it left, or it was lost for good (``taken``)."""
+        self.last_loss: MembershipLost | None = None
+        """The most recent loss, if any."""
+        self._presence = presence
+        self._store = store
+        self._on_lost = on_lost
+        self._rejoin = rejoin
+        self._wait = wait
+        self._instance = ""
+        self._revision = 0
+        self._generation = 0
+        self._last_ok_send = 0.0
+        self._last_attempt = 0.0
+        self._min_gap = min(0.25, interval / 4)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._left = False
+
+    # --- state ---------------------------------------------------------------------------
+    @property
+    def is_lost(self) -> bool:
+        """True while the membership is lost (fail closed: take no work)."""
+        return self.lost.is_set()
+
+    @property
+    def revision(self) -> int:
+        """Revision (stream sequence) of the last value this membership wrote."""
+        return self._revision
+
+    @property
+    def instance(self) -> str:
+        """Nonce of the current incarnation (changes on every re-join)."""
+        return self._instance
+
+    @property
+    def generation(self) -> int:
+        """0 for the first join, +1 per re-join after a loss."""
+        return self._generation
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> Membership:
+        """Create the key (waiting up to ``wait`` s for a previous holder to go) and start renewing."""
+        if self._task is not None:
+            return self
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._wait
+        self._instance = _new_instance()
+        while True:
+            sent = loop.time()
+            try:
+                self._revision = await self._store.create(self.info, self._instance, ttl=self.ttl)
+                break
+            except PresenceConflict:
+                remaining = give_up - loop.time()
+                if remaining <= 0:
+                    raise
+                await self._presence.wait_absent(self.info.id, remaining)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as err:
+                raise ConnectionFailed(f"could not join presence as {self.info.id!r}: {type(err).__name__}") from err
+        self._last_ok_send = sent
+        self.present.set()
+        self._task = asyncio.create_task(self._run(), name=f"corral-presence-{self.info.id}")
+        log.info("presence: %s joined (instance %s, revision %d)", self.info.id, self._instance, self._revision)
+        return self
+
+    def __await__(self) -> Generator[Any, None, Membership]:
+        return self.start().__await__()
+
+    async def __aenter__(self) -> Membership:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.leave()
+
+    async def update(self, **fields: Any) -> None:
+        """Change the published info (e.g. ``inflight=3``); written at once, bursts coalesced.
+
+        Raises ``ValueError`` naming the field for an unknown field, an invalid value, or an id change.
+        """
+        unknown = sorted(set(fields) - set(AgentInfo.model_fields))
+        if unknown:
+            raise ValueError(f"unknown AgentInfo field(s): {', '.join(unknown)}")
+        if "id" in fields and fields["id"] != self.info.id:
+            raise ValueError(f"id cannot change ({self.info.id!r} -> {fields['id']!r}); join with the new id instead")
+        self.info = AgentInfo.model_validate({**self.info.model_dump(), **fields})
+        self._wake.set()
+
+    async def leave(self) -> None:
+        """Stop renewing and delete the key (a graceful DEL, only if it is still ours); idempotent."""
+        if self._left:
+            return
+        self._left = True
+        self._closing = True
+        self._wake.set()
+        self.present.clear()
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._revision and not (self.last_loss is not None and self.last_loss.reason == "taken"):
+            try:
+                await self._store.delete(self.info.id, last=self._revision, within=OP_TIMEOUT)
+                log.info("presence: %s left", self.info.id)
+            except Exception as err:
+                if not is_wrong_last_sequence(err):
+                    log.warning(
+                        "presence: %s could not delete its key (%s); it expires within the TTL", self.info.id, err
+                    )
+        self.ended.set()
+
+    # --- renewing ------------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            await self._renew_forever()
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # a bug must not leave a process believing it is present
+            log.exception("presence: renewal of %s failed unexpectedly", self.info.id)
+            await self._lose("expired", f"renewal loop failed: {err}", rejoin=False)
+
+    async def _renew_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        retry = min(0.25, self.interval / 4)
+        next_beat = self._last_ok_send + self.interval
+        while not self._closing:
+            delay = next_beat - loop.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                if self._wake.is_set():
+                    self._wake.clear()
+                    # An update: write now, but at most one write per _min_gap.
+                    earliest = self._last_attempt + self._min_gap
+                    if loop.time() < earliest:
+                        await asyncio.sleep(earliest - loop.time())
+            if self._closing:
+                return
+            now = loop.time()
+            deadline = self._last_ok_send + self.enforced_ttl
+            if now >= deadline:
+                silent = now - self._last_ok_send
+                await self._lose("expired", f"no renewal reached the server for {silent:.1f}s (TTL {self.ttl:g}s)")
+                if self.ended.is_set():
+                    return
+                next_beat = self._last_ok_send + self.interval
+                continue
+            self._last_attempt = now
+            try:
+                rev = await self._store.write(
+                    self.info, self._instance, last=self._revision, ttl=self.ttl, within=deadline - now
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                if is_wrong_last_sequence(err) and await self._key_is_not_ours():
+                    if self.ended.is_set():
+                        return
+                    next_beat = self._last_ok_send + self.interval
+                else:
+                    log.debug("presence: renewal of %s failed (%s); retrying", self.info.id, err)
+                    next_beat = loop.time() + retry
+                continue
+            self._revision = rev
+            self._last_ok_send = now
+            next_beat = now + self.interval
+
+    async def _key_is_not_ours(self) -> bool:
+        """After a failed compare-and-set: find out why, and handle a loss. False means retry."""
+        try:
+            current = await self._store.latest(self.info.id, within=OP_TIMEOUT)
+        except Exception as err:
+            log.debug("presence: reading %s failed (%s); retrying", self.info.id, err)
+            return False
+        reason: LossReason
+        if current is not None and current.record is not None:
+            if current.record.instance == self._instance:
+                self._revision = current.seq  # a renewal landed but its ack was lost
+                return False
+            reason, detail = (
+                "taken",
+                (f"another process (host {current.record.host}, pid {current.record.pid}) wrote the key"),
+            )
+        elif current is None or current.tombstone == "expired":
+            reason, detail = "expired", "the key expired on the server"
+        elif current.tombstone is not None:
+            reason, detail = "deleted", "the key was deleted by someone else"
+        else:
+            reason, detail = "deleted", f"the key was overwritten with a malformed value ({current.problem})"
+        await self._lose(reason, detail)
+        return True
+
+    async def _lose(self, reason: LossReason, detail: str, *, rejoin: bool = True) -> None:
+        rejoining = rejoin and self._rejoin and reason != "taken" and not self._closing
+        err = MembershipLost(self.info.id, reason, detail, rejoining=rejoining)
+        self.last_loss = err
+        self.present.clear()
+        self.lost.set()
+        log.warning("presence: %s", err)
+        await self._call_on_lost(err)
+        if rejoining and not self._closing:
+            await self._rejoin_fresh()
+        else:
+            self.ended.set()
+
+    async def _call_on_lost(self, err: MembershipLost) -> None:
+        if self._on_lost is None:
+            return
+        try:
+            result = self._on_lost(err)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("presence: on_lost callback of %s failed", self.info.id)
+
+    async def _rejoin_fresh(self) -> None:
+        """Re-join with a new instance nonce; our old value, if still there, is deleted first."""
+        loop = asyncio.get_running_loop()
+        old_instance, instance = self._instance, _new_instance()
+        delay = 0.1
+        while not self._closing:
+            try:
+                current = await self._store.latest(self.info.id, within=OP_TIMEOUT)
+                if current is not None and current.record is not None and current.record.instance == old_instance:
+                    # The server has not expired it yet, but we already gave it up: make the
+                    # departure visible (as an expiry) before coming back.
+                    await self._store.delete(self.info.id, last=current.seq, reason="expired", within=OP_TIMEOUT)
+                sent = loop.time()
+                rev = await self._store.create(self.info, instance, ttl=self.ttl, within=OP_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
+            except PresenceConflict as err:
+                await self._lose("taken", str(err))
+                return
+            except Exception as err:
+                log.debug("presence: re-join of %s failed (%s); retrying in %.1fs", self.info.id, err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REJOIN_MAX_DELAY)
+                continue
+            self._instance, self._revision, self._last_ok_send = instance, rev, sent
+            self._generation += 1
+            self.lost.clear()
+            self.present.set()
+            log.info("presence: %s re-joined (instance %s, revision %d)", self.info.id, instance, rev)
+            return
