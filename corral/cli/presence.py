@@ -1,0 +1,186 @@
+"""``corral presence``: list and watch live agents, or hold an id present for a shell agent."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from coord.errors import PresenceConflict, PresenceLost
+from coord.presence import AgentInfo, Joined, Left, Membership, MembershipLost, PresenceEvent, Updated
+from corral.cli._common import Options, console, err_console, fail, options, print_json, run
+
+EXIT_HELD = 3
+"""Exit code of ``hold`` when the id is held by another live process."""
+
+app = typer.Typer(name="presence", help="Who is alive: list, watch, or hold an agent id.", no_args_is_help=True)
+
+
+def register(parent: typer.Typer) -> None:
+    """Add the ``presence`` command group to ``parent``."""
+    parent.add_typer(app, name="presence")
+
+
+def _age(started: datetime) -> str:
+    seconds = max(0, int((datetime.now(UTC) - started).total_seconds()))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+@app.command("ls")
+def ls(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON array of agent infos.")] = False,
+) -> None:
+    """List the agents present now."""
+    agents = run(_list(options(ctx)))
+    if json_out:
+        print_json([agent.model_dump(mode="json") for agent in agents])
+        return
+    table = Table(title=f"{len(agents)} agent(s) present", title_justify="left")
+    for column in ("id", "role", "host", "pid", "queues", "inflight/capacity", "age"):
+        table.add_column(column, justify="right" if column in ("pid", "inflight/capacity", "age") else "left")
+    for a in agents:
+        table.add_row(
+            a.id,
+            a.role,
+            a.host,
+            str(a.pid),
+            ",".join(a.queues) or "-",
+            f"{a.inflight}/{a.capacity}",
+            _age(a.started_at),
+        )
+    console.print(table)
+
+
+async def _list(opts: Options) -> list[AgentInfo]:
+    async with opts.connect() as coord:
+        agents: list[AgentInfo] = await coord.presence.list()
+        return agents
+
+
+def _event_json(event: PresenceEvent) -> dict[str, Any]:
+    if isinstance(event, Left):
+        return {
+            "event": "left",
+            "agent_id": event.agent_id,
+            "reason": event.reason,
+            "revision": event.revision,
+            "at": event.at.isoformat(),
+        }
+    kind = "joined" if isinstance(event, Joined) else "updated"
+    return {"event": kind, "agent": event.agent.model_dump(mode="json"), "revision": event.revision}
+
+
+def _event_line(event: PresenceEvent) -> str:
+    if isinstance(event, Left):
+        return f"left    {event.agent_id}  ({event.reason}, at {event.at.strftime('%H:%M:%S.%f')[:-3]})"
+    a = event.agent
+    verb = "joined " if isinstance(event, Joined) else "updated"
+    queues = ",".join(a.queues) or "-"
+    return f"{verb} {a.id}  role={a.role} host={a.host} pid={a.pid} queues={queues} inflight={a.inflight}/{a.capacity}"
+
+
+@app.command("watch")
+def watch(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    existing: Annotated[bool, typer.Option(help="First report the agents present now.")] = True,
+    updates: Annotated[bool, typer.Option(help="Also report info changes of present agents.")] = False,
+) -> None:
+    """Print one line per agent that joins or leaves, until Ctrl-C."""
+    run(_watch(options(ctx), json_out, existing, updates))
+
+
+async def _watch(opts: Options, json_out: bool, existing: bool, updates: bool) -> None:
+    async with opts.connect() as coord, coord.presence.watch(include_existing=existing, updates=updates) as w:
+        async for event in w:
+            if json_out:
+                print_json(_event_json(event))
+            else:
+                style = "red" if isinstance(event, Left) else "yellow" if isinstance(event, Updated) else "green"
+                console.print(f"[{style}]{_event_line(event)}[/]", highlight=False, soft_wrap=True)
+
+
+@app.command("hold")
+def hold(
+    ctx: typer.Context,
+    agent_id: Annotated[str, typer.Option("--id", help="Agent id to keep present.")],
+    interval: Annotated[float, typer.Option(help="Seconds between renewals.")] = 1.0,
+    ttl: Annotated[float, typer.Option(help="Per-key TTL in seconds (>= 1; the server enforces whole seconds).")] = 3.0,
+    role: Annotated[str, typer.Option(help="Role published in the agent info.")] = "agent",
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeatable).")] = None,
+    queue: Annotated[list[str] | None, typer.Option("--queue", help="A queue (repeatable).")] = None,
+    parent: Annotated[str | None, typer.Option(help="Id of the parent agent.")] = None,
+) -> None:
+    """Keep AGENT_ID present until SIGTERM/SIGINT, then leave gracefully (for shell agents and scripts).
+
+    Exits 3 if the id is held by another live process. If presence is lost (e.g. this process was
+    paused past the TTL) it says so on stderr and re-joins.
+    """
+    try:
+        info = AgentInfo(id=agent_id, role=role, tags=tag or [], queues=queue or [], parent=parent)
+    except ValueError as err:
+        fail(str(err).replace("\n", " "))
+    run(_hold(options(ctx), info, interval, ttl))
+
+
+async def _hold(opts: Options, info: AgentInfo, interval: float, ttl: float) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def on_lost(err: PresenceLost) -> None:
+        what = "re-joining" if isinstance(err, MembershipLost) and err.rejoining else "giving up"
+        err_console.print(f"[bold red]lost:[/] {err}; {what}", highlight=False, soft_wrap=True)
+        typer.echo(f"lost {info.id}", err=False)
+
+    async with opts.connect() as coord:
+        try:
+            membership: Membership = await coord.presence.join(info, interval=interval, ttl=ttl, on_lost=on_lost)
+        except PresenceConflict as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_HELD) from None
+        typer.echo(f"joined {info.id}")
+        try:
+            await _hold_until_stopped(membership, stop)
+        finally:
+            taken = membership.last_loss is not None and membership.last_loss.reason == "taken"
+            await membership.leave()
+        if taken:
+            err_console.print(
+                f"[bold red]error:[/] agent id {info.id!r} was taken by another process",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_HELD)
+        typer.echo(f"left {info.id}")
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+async def _hold_until_stopped(membership: Membership, stop: asyncio.Event) -> None:
+    """Wait for a stop signal or the end of the membership, reporting re-joins on stdout."""
+    generation = membership.generation
+    while not stop.is_set() and not membership.ended.is_set():
+        await _first(stop, membership.ended, membership.lost)
+        if membership.lost.is_set() and not stop.is_set():
+            await _first(stop, membership.ended, membership.present)
+        if membership.generation != generation:
+            generation = membership.generation
+            typer.echo(f"rejoined {membership.info.id}")
