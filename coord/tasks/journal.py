@@ -1,13 +1,19 @@
-"""Reading a task's journal: the records its successful transitions wrote, from ``{ns}.journal.{task}``.
+"""A task's journal on ``{ns}.journal.{task}``: the records its successful transitions wrote.
 
 Each journal message is the exact record bytes a CAS wrote, with the revision in the
 ``Corral-Revision`` header and ``Nats-Msg-Id`` = ``{task}:{revision}``. Only the store writes them,
 and only after the CAS succeeded, so a rejected transition never appears here.
+
+Writing is fire-and-forget (a core publish into the events stream, no awaited ack: ~4 µs of client
+CPU against ~20 µs for an acknowledged publish). Entries lost in flight when the connection drops
+are replayed after the reconnect (the duplicate window drops those that had arrived).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 import nats.js.errors
@@ -18,7 +24,7 @@ from coord.tasks.models import JournalEntry, TaskRecord
 if TYPE_CHECKING:
     from coord.connection import Coord
 
-__all__ = ["REVISION_HEADER", "read_journal"]
+__all__ = ["REVISION_HEADER", "JournalWriter", "read_journal"]
 
 log = logging.getLogger("corral.tasks")
 
@@ -59,3 +65,56 @@ async def read_journal(coord: Coord, task_id: str) -> list[JournalEntry]:
             continue
         entries.setdefault(revision, JournalEntry.of(record))
     return [entries[r] for r in sorted(entries)]
+
+
+class JournalWriter:
+    """Publishes journal entries without waiting, and replays recent ones after a reconnect.
+
+    Keeps the entries of the last ``replay_window`` seconds (at most ``replay_bytes`` of them); when
+    the connection's reconnect count has changed since the last publish, those are published again
+    first (deduplicated by the events stream's duplicate window, which must exceed ``replay_window``).
+    """
+
+    def __init__(self, coord: Coord, *, replay_window: float = 60.0, replay_bytes: int = 8 << 20) -> None:
+        self._coord = coord
+        self._recent: deque[tuple[float, str, bytes, dict[str, str]]] = deque()
+        self._bytes = 0
+        self._window = replay_window
+        self._limit = replay_bytes
+        self._reconnects = self._reconnect_count()
+
+    def _reconnect_count(self) -> int:
+        return int(self._coord.nc.stats.get("reconnects", 0))
+
+    async def publish(self, record: TaskRecord, data: bytes) -> None:
+        """Publish the entry of ``record`` (at its revision) whose stored bytes are ``data``."""
+        await self.replay_if_reconnected()
+        subject, headers = self._message(record)
+        now = time.monotonic()
+        self._recent.append((now, subject, data, headers))
+        self._bytes += len(data)
+        while self._recent and (self._bytes > self._limit or self._recent[0][0] < now - self._window):
+            self._bytes -= len(self._recent.popleft()[2])
+        await self._coord.nc.publish(subject, data, headers=headers)
+
+    async def publish_acked(self, record: TaskRecord, data: bytes) -> None:
+        """Publish the entry of ``record`` and wait for the stream to store it (or drop it as a duplicate)."""
+        subject, headers = self._message(record)
+        await self._coord.js.publish(subject, data, headers=headers)
+
+    async def replay_if_reconnected(self) -> None:
+        """Republish the recent entries if the connection has reconnected since the last publish."""
+        count = self._reconnect_count()
+        if count == self._reconnects:
+            return
+        self._reconnects = count
+        horizon = time.monotonic() - self._window
+        replay = [entry for entry in self._recent if entry[0] >= horizon]
+        if replay:
+            log.info("journal: replaying %d entries after a reconnect", len(replay))
+        for _, subject, data, headers in replay:
+            await self._coord.nc.publish(subject, data, headers=headers)
+
+    def _message(self, record: TaskRecord) -> tuple[str, dict[str, str]]:
+        subject = self._coord.names.journal_subject(record.task_id)
+        return subject, {"Nats-Msg-Id": f"{record.task_id}:{record.revision}", REVISION_HEADER: str(record.revision)}

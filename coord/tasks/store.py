@@ -21,6 +21,7 @@ import asyncio
 import builtins
 import json
 import logging
+import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -36,7 +37,7 @@ from coord.errors import Conflict, CorralError, InvalidInput, InvalidTransition,
 from coord.ids import new_id, validate_id
 from coord.provision import kv_stream_name
 from coord.tasks import transitions
-from coord.tasks.journal import read_journal
+from coord.tasks.journal import JournalWriter, read_journal
 from coord.tasks.models import (
     Claim,
     JournalEntry,
@@ -154,6 +155,7 @@ class TaskStore:
         self._stream = kv_stream_name(names.tasks_bucket)
         self._prefix = f"$KV.{names.tasks_bucket}."
         self._index: TaskIndex | None = None
+        self._journal = JournalWriter(coord)
         self.last_revision = 0
         """Highest KV revision this store has written (an index waits for it: read-your-writes)."""
 
@@ -217,6 +219,7 @@ class TaskStore:
         republished here, deduplicated by ``{task}:{revision}``.
         """
         validate_id(task_id, "task_id")
+        await self._journal.replay_if_reconnected()
         record = await self._read(task_id)
         entries = await read_journal(self.coord, task_id)
         if not entries or entries[-1].revision < record.revision:
@@ -515,6 +518,8 @@ class TaskStore:
             trace.get_current_span().add_event(
                 tracing.EVENT_CAS_RETRY, {"key": task_id, "revision": current.revision, "attempt": attempt + 1}
             )
+            if attempt:  # repeated losses: step aside briefly so a busy writer cannot starve us
+                await asyncio.sleep(random.uniform(0, 0.002 * attempt))
             current = await self._read(task_id)
         raise Conflict(f"task {task_id!r}: gave up after {self.max_cas_attempts} conflicting writes")
 
@@ -647,16 +652,11 @@ class TaskStore:
                 return None
 
     async def _publish_journal(self, record: TaskRecord, data: bytes, *, wait: bool = False) -> None:
-        subject = self._names.journal_subject(record.task_id)
-        headers = {
-            _MSG_ID: f"{record.task_id}:{record.revision}",
-            "Corral-Revision": str(record.revision),
-        }
         try:
             if wait:
-                await self._patiently("journal", lambda: self.coord.js.publish(subject, data, headers=dict(headers)))
+                await self._patiently("journal", lambda: self._journal.publish_acked(record, data))
             else:
-                await self.coord.nc.publish(subject, data, headers=headers)
+                await self._journal.publish(record, data)
         except Exception as err:
             log.warning("task %s: journal entry for revision %d not written: %s", record.task_id, record.revision, err)
 
