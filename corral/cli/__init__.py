@@ -8,7 +8,7 @@ import typer
 
 from coord.connection import DEFAULT_NAMESPACE, DEFAULT_URL, Auth
 from corral import __version__
-from corral.cli import presence, server
+from corral.cli import presence, server, tasks
 from corral.cli._common import Options
 
 app = typer.Typer(
@@ -69,6 +69,7 @@ def main_options(
 
 # Each command group lives in its own module and registers itself here.
 server.register(app)
+tasks.register(app)
 presence.register(app)
 
 
