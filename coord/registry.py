@@ -1,0 +1,681 @@
+"""The registry: sessions, thread reservations and tag bindings, in the ``{ns}_registry`` KV bucket.
+
+Keys (all JSON values):
+
+- ``session.{id}`` — a :class:`Session`: who runs it (``agent_id``), its parent session, status
+  ``active → complete | abandoned``, its thread and lookup keys (path, client instance id, native
+  actor key). Terminal sessions are rewritten with a per-key TTL (default 7 days) and then vanish.
+- ``thread.{name}`` — a :class:`ThreadReservation` naming the session (and agent) that owns the
+  thread. :meth:`Registry.reserve_thread` is one compare-and-set on this key: it either creates it,
+  or replaces a reservation whose owner is dead ("reap dead, then reserve" in one CAS). Exactly one
+  live owner per thread.
+- ``tag.{name}`` — a :class:`TagBinding` (pending, or bound to an agent); used by the mailbox.
+
+Liveness is presence: an active session is alive while its ``agent_id`` is present. When presence
+cannot be asked (an error, a timeout), the owner counts as alive — a reservation is never stolen on
+a guess. Join presence *before* reserving: an owner that is absent from presence is dead.
+
+:class:`RecordStore` is the small compare-and-set layer under all of this (also used by
+:mod:`coord.events` for its descendant records).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
+
+import nats.errors
+import nats.js.errors
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from coord.errors import Conflict, InvalidTransition, NotFound
+from coord.ids import Token, new_id, validate_id
+from coord.provision import kv_stream_name
+
+if TYPE_CHECKING:
+    from coord.connection import Coord
+
+__all__ = [
+    "DEFAULT_TERMINAL_TTL",
+    "LiveOwner",
+    "LookupValue",
+    "RecordStore",
+    "Registry",
+    "Reserved",
+    "Session",
+    "SessionStatus",
+    "TagBinding",
+    "TagState",
+    "ThreadReservation",
+    "format_ttl",
+]
+
+log = logging.getLogger("corral.registry")
+
+DEFAULT_TERMINAL_TTL = 7 * 86_400.0
+"""How long complete/abandoned sessions are kept (seconds)."""
+
+MAX_CAS_ATTEMPTS = 32
+MAX_CHAIN_DEPTH = 256
+
+SessionStatus = Literal["active", "complete", "abandoned"]
+"""``active`` until the session ends (``complete``) or is reaped or given up (``abandoned``)."""
+
+TagState = Literal["BOUND", "PENDING", "ABSENT"]
+"""A tag is BOUND to an agent, PENDING (known, nobody bound), or ABSENT (never heard of)."""
+
+LookupValue = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+"""A free-form lookup value (path, client instance id, native actor key): 1..4096 chars."""
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_ttl(seconds: float) -> str:
+    """A ``Nats-TTL`` header value: whole seconds as ``"10s"``, anything finer as ``"1500ms"``.
+
+    nats-py's own ``msg_ttl=`` truncates to whole seconds, which is why corral writes the header.
+    """
+    if seconds <= 0:
+        raise ValueError(f"ttl must be > 0 seconds, got {seconds}")
+    millis = round(seconds * 1000)
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
+
+
+class Session(BaseModel):
+    """One agent session: who runs it, where it sits in the tree, and how to find it again."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: Token
+    """Session id (the ``session.{id}`` key)."""
+    agent_id: Token
+    """Agent whose presence says whether this session is alive."""
+    parent_session: Token | None = None
+    """Session that spawned this one (``actor_chain`` follows it)."""
+    status: SessionStatus = "active"
+    """active, complete or abandoned."""
+    thread: Token | None = None
+    """Thread this session reserved, if any."""
+    path: LookupValue | None = None
+    """Working directory / worktree root (lookup key)."""
+    client_instance_id: LookupValue | None = None
+    """Stable client-side instance id (lookup key)."""
+    native_actor_key: LookupValue | None = None
+    """Harness-native actor key (lookup key)."""
+    started_at: datetime = Field(default_factory=_now)
+    """When the session was created (UTC)."""
+    ended_at: datetime | None = None
+    """When it became complete or abandoned."""
+    revision: int = Field(default=0, exclude=True)
+    """KV revision this copy was read at (not stored)."""
+
+    @property
+    def terminal(self) -> bool:
+        """True once complete or abandoned."""
+        return self.status != "active"
+
+
+class ThreadReservation(BaseModel):
+    """The value of ``thread.{name}``: which session and agent own the thread."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    thread: Token
+    """The thread name."""
+    session_id: Token
+    """The owning session."""
+    agent_id: Token
+    """The owning agent (its presence is the owner's liveness)."""
+    reserved_at: datetime = Field(default_factory=_now)
+    """When the reservation was made."""
+
+
+class TagBinding(BaseModel):
+    """The value of ``tag.{name}``: bound to an agent, or pending (known but unbound)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tag: Token
+    """The tag name."""
+    agent_id: Token | None = None
+    """The bound agent, or None while pending."""
+    updated_at: datetime = Field(default_factory=_now)
+    """Last change."""
+    revision: int = Field(default=0, exclude=True)
+    """KV revision this copy was read at (not stored)."""
+
+    @property
+    def state(self) -> TagState:
+        """BOUND when an agent holds it, else PENDING."""
+        return "BOUND" if self.agent_id else "PENDING"
+
+
+class Reserved(BaseModel):
+    """``reserve_thread`` won: ``session`` is the new active session owning the thread."""
+
+    session: Session
+    """The new session."""
+    reaped: Session | None = None
+    """The dead owner's session that was abandoned to make room, if any."""
+
+
+class LiveOwner(BaseModel):
+    """``reserve_thread`` lost: a live session already owns the thread."""
+
+    session: Session
+    """The owner's session (synthesized from the reservation if its record is not written yet)."""
+
+
+class RecordStore:
+    """JSON records in one KV bucket with compare-and-set writes and optional per-key TTL.
+
+    Reads go straight to the stream (direct get), so deleted keys, purged keys and server-placed
+    expiry markers all read as "missing" together with the revision a CAS must name to recreate them.
+    Writes name the expected last revision (0: the key must not exist) and raise
+    :class:`~coord.errors.Conflict` when someone else wrote first.
+    """
+
+    def __init__(self, coord: Coord, bucket: str) -> None:
+        self._coord = coord
+        self.bucket = bucket
+        """The KV bucket name."""
+        self._stream = kv_stream_name(bucket)
+
+    def subject(self, key: str) -> str:
+        """The stream subject of ``key``."""
+        return f"$KV.{self.bucket}.{key}"
+
+    async def get_raw(self, key: str) -> tuple[bytes | None, int]:
+        """``(value, revision)``; value None when the key is missing, deleted or expired.
+
+        The revision is that of the latest message of the key (a delete marker included) or 0.
+        """
+        try:
+            msg = await self._coord.js.get_msg(self._stream, subject=self.subject(key), direct=True)
+        except nats.js.errors.NotFoundError:
+            return None, 0
+        headers = msg.headers or {}
+        seq = msg.seq or 0
+        if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers or not msg.data:
+            return None, seq
+        return msg.data, seq
+
+    async def get(self, key: str, model: type[M]) -> tuple[M | None, int]:
+        """Read and validate ``key`` as ``model``; a malformed value is logged and reads as missing."""
+        data, revision = await self.get_raw(key)
+        if data is None:
+            return None, revision
+        try:
+            value = model.model_validate_json(data)
+        except ValidationError as err:
+            log.warning("registry key %s holds a malformed %s: %s", key, model.__name__, err.errors()[0]["msg"])
+            return None, revision
+        if "revision" in type(value).model_fields:
+            value = value.model_copy(update={"revision": revision})
+        return value, revision
+
+    async def write(
+        self,
+        key: str,
+        value: BaseModel | bytes | None,
+        *,
+        last: int | None,
+        ttl: float | None = None,
+        delete: bool = False,
+    ) -> int:
+        """Write ``value`` (or a delete marker) if the key's last revision is ``last``; return the new one.
+
+        ``last=None`` writes unconditionally; ``last=0`` requires the key never to have existed (use the
+        revision from :meth:`get_raw` to recreate a deleted key). ``ttl`` (seconds) makes the server
+        remove the entry after that long. Raises :class:`Conflict` when ``last`` is not current.
+        """
+        headers: dict[str, str] = {}
+        if last is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(last)
+        if ttl is not None:
+            headers["Nats-TTL"] = format_ttl(ttl)
+        if delete:
+            headers["KV-Operation"] = "DEL"
+            data = b""
+        elif isinstance(value, BaseModel):
+            data = value.model_dump_json().encode()
+        else:
+            data = value or b""
+        try:
+            ack = await self._coord.js.publish(self.subject(key), data, headers=headers or None)
+        except nats.js.errors.APIError as err:
+            if err.err_code in (10071, 10164):
+                raise Conflict(f"{key} changed concurrently (expected revision {last})") from None
+            raise
+        return ack.seq
+
+    async def update(
+        self,
+        key: str,
+        model: type[M],
+        change: Callable[[M | None], M | None],
+        *,
+        ttl: Callable[[M], float | None] | None = None,
+    ) -> M | None:
+        """Read-modify-write ``key`` with CAS, retrying on conflict; ``change`` returns None to leave it.
+
+        ``change`` must be a pure function of the current value (it may run several times).
+        """
+        for attempt in range(MAX_CAS_ATTEMPTS):
+            current, revision = await self.get(key, model)
+            new = change(current)
+            if new is None:
+                return current
+            try:
+                new_revision = await self.write(key, new, last=revision, ttl=ttl(new) if ttl else None)
+            except Conflict:
+                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
+                continue
+            if "revision" in type(new).model_fields:
+                new = new.model_copy(update={"revision": new_revision})
+            return new
+        raise Conflict(f"{key}: gave up after {MAX_CAS_ATTEMPTS} concurrent changes")
+
+    async def scan(self, prefix: str, model: type[M]) -> list[tuple[str, M]]:
+        """Every live ``(key, value)`` under ``prefix`` (e.g. ``"session."``), malformed ones skipped."""
+        kv = await self._coord.kv(self.bucket)
+        watcher = await kv.watch(f"{prefix}>", ignore_deletes=True)
+        found: list[tuple[str, M]] = []
+        try:
+            while True:
+                entry = await watcher.updates(timeout=10)  # type: ignore[no-untyped-call]
+                if entry is None:
+                    break
+                if not entry.value:
+                    continue
+                try:
+                    value = model.model_validate_json(entry.value)
+                except ValidationError as err:
+                    log.warning("skipping malformed registry key %s: %s", entry.key, err.errors()[0]["msg"])
+                    continue
+                if "revision" in type(value).model_fields and entry.revision is not None:
+                    value = value.model_copy(update={"revision": entry.revision})
+                found.append((entry.key, value))
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return found
+
+
+def _session_key(session_id: str) -> str:
+    return f"session.{validate_id(session_id, 'session_id')}"
+
+
+def _thread_key(thread: str) -> str:
+    return f"thread.{validate_id(thread, 'thread')}"
+
+
+def _tag_key(tag: str) -> str:
+    return f"tag.{validate_id(tag, 'tag')}"
+
+
+def _norm_path(path: str | os.PathLike[str]) -> str:
+    text = os.fspath(path)
+    if not text:
+        raise ValueError("path must not be empty")
+    return os.path.normpath(text)
+
+
+class Registry:
+    """Sessions, thread reservations and tag bindings of one namespace (``coord.registry``)."""
+
+    def __init__(self, coord: Coord, *, terminal_ttl: float = DEFAULT_TERMINAL_TTL) -> None:
+        self._coord = coord
+        self.terminal_ttl = terminal_ttl
+        """Seconds a complete/abandoned session is kept before the server removes it."""
+        self.store = RecordStore(coord, coord.names.registry_bucket)
+        """The compare-and-set layer over the registry bucket."""
+
+    # --- liveness ------------------------------------------------------------------------
+    async def agent_alive(self, agent_id: str) -> bool:
+        """Whether ``agent_id`` is present; True when presence cannot be asked (unknown = alive)."""
+        try:
+            return await asyncio.wait_for(self._coord.presence.get(agent_id), timeout=5) is not None
+        except Exception as err:
+            log.warning("presence of %s unknown (%s); counting it as alive", agent_id, err or type(err).__name__)
+            return True
+
+    async def is_alive(self, session: Session) -> bool:
+        """An active session whose agent is present (or whose presence is unknown)."""
+        return session.status == "active" and await self.agent_alive(session.agent_id)
+
+    # --- sessions ------------------------------------------------------------------------
+    async def create_session(
+        self,
+        agent_id: str,
+        *,
+        parent_session: str | None = None,
+        thread: str | None = None,
+        path: str | os.PathLike[str] | None = None,
+        client_instance_id: str | None = None,
+        native_actor_key: str | None = None,
+        session_id: str | None = None,
+    ) -> Session:
+        """Create an active session (without reserving a thread: use :meth:`reserve_thread` for that).
+
+        Raises :class:`~coord.errors.Conflict` if ``session_id`` is already taken.
+        """
+        session = self._new_session(
+            agent_id,
+            parent_session=parent_session,
+            thread=thread,
+            path=path,
+            client_instance_id=client_instance_id,
+            native_actor_key=native_actor_key,
+            session_id=session_id,
+        )
+        existing, revision = await self.store.get_raw(_session_key(session.id))
+        if existing is not None:
+            raise Conflict(f"session {session.id!r} already exists")
+        try:
+            new_revision = await self.store.write(_session_key(session.id), session, last=revision)
+        except Conflict:
+            raise Conflict(f"session {session.id!r} already exists") from None
+        return session.model_copy(update={"revision": new_revision})
+
+    def _new_session(
+        self,
+        agent_id: str,
+        *,
+        parent_session: str | None,
+        thread: str | None,
+        path: str | os.PathLike[str] | None,
+        client_instance_id: str | None,
+        native_actor_key: str | None,
+        session_id: str | None,
+    ) -> Session:
+        return Session(
+            id=session_id if session_id is not None else new_id("s"),
+            agent_id=agent_id,
+            parent_session=parent_session,
+            thread=thread,
+            path=_norm_path(path) if path is not None else None,
+            client_instance_id=client_instance_id,
+            native_actor_key=native_actor_key,
+        )
+
+    async def get_session(self, session_id: str) -> Session:
+        """The session ``session_id``; raises :class:`~coord.errors.NotFound` if missing or expired."""
+        session, _ = await self.store.get(_session_key(session_id), Session)
+        if session is None:
+            raise NotFound(f"session {session_id!r} not found (never created, or expired after ending)")
+        return session
+
+    async def find_session(self, session_id: str) -> Session | None:
+        """The session ``session_id``, or None."""
+        session, _ = await self.store.get(_session_key(session_id), Session)
+        return session
+
+    async def list_sessions(self, *, alive_only: bool = False, status: SessionStatus | None = None) -> list[Session]:
+        """All sessions, most recently started first.
+
+        ``alive_only`` keeps active sessions whose agent is present (one presence read for all; if
+        presence cannot be read, every active session counts as alive).
+        """
+        sessions = [s for _, s in await self.store.scan("session.", Session)]
+        if status is not None:
+            sessions = [s for s in sessions if s.status == status]
+        if alive_only:
+            sessions = [s for s in sessions if s.status == "active"]
+            try:
+                present = await asyncio.wait_for(self._coord.presence.present_ids(), timeout=10)
+            except Exception as err:
+                log.warning("presence unknown (%s); listing every active session as alive", err)
+            else:
+                sessions = [s for s in sessions if s.agent_id in present]
+        sessions.sort(key=lambda s: s.started_at, reverse=True)
+        return sessions
+
+    async def complete(self, session_id: str) -> Session:
+        """Mark the session complete (kept for the terminal TTL) and release its thread."""
+        return await self._end(session_id, "complete")
+
+    async def abandon(self, session_id: str) -> Session:
+        """Mark the session abandoned (kept for the terminal TTL) and release its thread."""
+        return await self._end(session_id, "abandoned")
+
+    async def _end(self, session_id: str, status: Literal["complete", "abandoned"]) -> Session:
+        def change(current: Session | None) -> Session | None:
+            if current is None:
+                raise NotFound(f"session {session_id!r} not found")
+            if current.status == status:
+                return None
+            if current.terminal:
+                raise InvalidTransition(f"session {session_id!r} is already {current.status}; cannot mark it {status}")
+            return current.model_copy(update={"status": status, "ended_at": _now()})
+
+        session = await self.store.update(_session_key(session_id), Session, change, ttl=lambda _: self.terminal_ttl)
+        assert session is not None
+        if session.thread:
+            await self.release_thread(session.thread, session.id)
+        return session
+
+    # --- threads -------------------------------------------------------------------------
+    async def thread_owner(self, thread: str) -> ThreadReservation | None:
+        """The current reservation of ``thread`` (alive or not), or None."""
+        reservation, _ = await self.store.get(_thread_key(thread), ThreadReservation)
+        return reservation
+
+    async def _owner_alive(self, reservation: ThreadReservation, session: Session | None) -> bool:
+        if session is not None and session.terminal:
+            return False
+        return await self.agent_alive(reservation.agent_id)
+
+    async def reserve_thread(
+        self,
+        thread: str,
+        *,
+        agent_id: str,
+        parent_session: str | None = None,
+        path: str | os.PathLike[str] | None = None,
+        client_instance_id: str | None = None,
+        native_actor_key: str | None = None,
+        session_id: str | None = None,
+    ) -> Reserved | LiveOwner:
+        """Atomically reap a dead owner of ``thread`` and reserve it for a new session of ``agent_id``.
+
+        One compare-and-set on ``thread.{name}`` decides: it creates the reservation, or replaces
+        one whose owner is dead (its session ended, or its agent is absent from presence). If the
+        owner is alive — or its liveness is unknown — nothing changes and :class:`LiveOwner` is
+        returned. Concurrent reservers of one thread: exactly one gets :class:`Reserved`.
+        """
+        key = _thread_key(thread)
+        session = self._new_session(
+            agent_id,
+            parent_session=parent_session,
+            thread=thread,
+            path=path,
+            client_instance_id=client_instance_id,
+            native_actor_key=native_actor_key,
+            session_id=session_id,
+        )
+        for attempt in range(MAX_CAS_ATTEMPTS):
+            current, revision = await self.store.get(key, ThreadReservation)
+            owner: Session | None = None
+            if current is not None:
+                owner = await self.find_session(current.session_id)
+                if await self._owner_alive(current, owner):
+                    return LiveOwner(session=owner or _synthesized(current))
+            reservation = ThreadReservation(thread=thread, session_id=session.id, agent_id=agent_id)
+            try:
+                await self.store.write(key, reservation, last=revision)
+            except Conflict:
+                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
+                continue
+            # The thread key is the decision; the session record and the reaped owner's status follow.
+            created = await self.store.write(_session_key(session.id), session, last=None)
+            reaped = None
+            if current is not None:
+                reaped = await self._abandon_quietly(current.session_id)
+            return Reserved(session=session.model_copy(update={"revision": created}), reaped=reaped)
+        raise Conflict(f"thread {thread!r}: gave up after {MAX_CAS_ATTEMPTS} concurrent changes")
+
+    async def _abandon_quietly(self, session_id: str) -> Session | None:
+        try:
+            return await self.abandon(session_id)
+        except (NotFound, InvalidTransition):
+            return None
+
+    async def release_thread(self, thread: str, session_id: str) -> bool:
+        """Drop ``thread``'s reservation if ``session_id`` still holds it; True if it did."""
+        key = _thread_key(thread)
+        for _ in range(MAX_CAS_ATTEMPTS):
+            current, revision = await self.store.get(key, ThreadReservation)
+            if current is None or current.session_id != session_id:
+                return False
+            try:
+                await self.store.write(key, None, last=revision, delete=True)
+                return True
+            except Conflict:
+                continue
+        return False
+
+    async def reap_dead(self, thread: str) -> int:
+        """Abandon every active session on ``thread`` whose owner is dead; return how many.
+
+        The reservation itself is dropped (one CAS) when its owner is dead, so the next reserver
+        creates it afresh. Sessions whose liveness is unknown are left alone.
+        """
+        key = _thread_key(thread)
+        reaped = 0
+        current, revision = await self.store.get(key, ThreadReservation)
+        if current is not None:
+            owner = await self.find_session(current.session_id)
+            if not await self._owner_alive(current, owner):
+                try:
+                    await self.store.write(key, None, last=revision, delete=True)
+                except Conflict:
+                    pass  # someone reserved or reaped it meanwhile; the sweep below still applies
+                else:
+                    if await self._abandon_quietly(current.session_id) is not None:
+                        reaped += 1
+        holder, _ = await self.store.get(key, ThreadReservation)
+        for session in await self.list_sessions(status="active"):
+            if session.thread != thread or (holder is not None and holder.session_id == session.id):
+                continue
+            if not await self.agent_alive(session.agent_id) and await self._abandon_quietly(session.id) is not None:
+                reaped += 1
+        return reaped
+
+    # --- lookups -------------------------------------------------------------------------
+    async def actor_chain(self, session_id: str) -> list[Session]:
+        """The session's ancestry ordered root → leaf (``session_id`` last).
+
+        Follows ``parent_session``; stops at a missing (expired) ancestor, and at a cycle or after
+        256 levels (logged) instead of looping. Raises :class:`NotFound` if ``session_id`` is missing.
+        """
+        chain = [await self.get_session(session_id)]
+        seen = {session_id}
+        while (parent := chain[-1].parent_session) is not None:
+            if parent in seen or len(chain) >= MAX_CHAIN_DEPTH:
+                log.warning("actor chain of %s has a cycle or is too deep at %s; cut there", session_id, parent)
+                break
+            seen.add(parent)
+            ancestor = await self.find_session(parent)
+            if ancestor is None:
+                break
+            chain.append(ancestor)
+        chain.reverse()
+        return chain
+
+    async def _find_active(self, match: Callable[[Session], bool]) -> Session | None:
+        candidates = [s for s in await self.list_sessions(status="active") if match(s)]
+        return candidates[0] if candidates else None
+
+    async def find_active_by_path(self, path: str | os.PathLike[str]) -> Session | None:
+        """The most recent active session whose ``path`` is ``path`` (normalized), or None."""
+        wanted = _norm_path(path)
+        return await self._find_active(lambda s: s.path == wanted)
+
+    async def find_active_by_client_instance_id(self, client_instance_id: str) -> Session | None:
+        """The most recent active session with this client instance id, or None."""
+        return await self._find_active(lambda s: s.client_instance_id == client_instance_id)
+
+    async def find_active_by_native_actor_key(self, native_actor_key: str) -> Session | None:
+        """The most recent active session with this native actor key, or None."""
+        return await self._find_active(lambda s: s.native_actor_key == native_actor_key)
+
+    # --- tags ----------------------------------------------------------------------------
+    async def get_tag(self, tag: str) -> TagBinding | None:
+        """The binding of ``tag`` (pending or bound), or None when the tag is ABSENT."""
+        binding, _ = await self.store.get(_tag_key(tag), TagBinding)
+        return binding
+
+    async def tag_state(self, tag: str) -> tuple[TagState, str | None]:
+        """``(BOUND, agent)``, ``(PENDING, None)`` or ``(ABSENT, None)``."""
+        binding = await self.get_tag(tag)
+        if binding is None:
+            return "ABSENT", None
+        return binding.state, binding.agent_id
+
+    async def declare_tag(self, tag: str) -> TagBinding:
+        """Make ``tag`` known (PENDING) if it is ABSENT; return its binding."""
+        binding = await self.store.update(
+            _tag_key(tag), TagBinding, lambda cur: TagBinding(tag=tag) if cur is None else None
+        )
+        assert binding is not None
+        return binding
+
+    async def bind_tag(
+        self, tag: str, agent_id: str, *, alive: Callable[[str], Awaitable[bool]] | None = None
+    ) -> tuple[TagBinding, str | None]:
+        """Bind ``tag`` to ``agent_id``; return the binding and the dead agent it was taken from (if any).
+
+        Rebinding to the same agent is a no-op. A tag bound to another agent is taken over only if
+        that agent is dead (absent from presence); otherwise :class:`~coord.errors.Conflict`.
+        """
+        validate_id(agent_id, "agent_id")
+        alive = alive or self.agent_alive
+        key = _tag_key(tag)
+        for attempt in range(MAX_CAS_ATTEMPTS):
+            current, revision = await self.store.get(key, TagBinding)
+            previous = current.agent_id if current is not None else None
+            if previous == agent_id:
+                assert current is not None
+                return current, None
+            if previous is not None and await alive(previous):
+                raise Conflict(f"tag {tag!r} is bound to live agent {previous!r}")
+            binding = TagBinding(tag=tag, agent_id=agent_id)
+            try:
+                new_revision = await self.store.write(key, binding, last=revision)
+            except Conflict:
+                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
+                continue
+            return binding.model_copy(update={"revision": new_revision}), previous
+        raise Conflict(f"tag {tag!r}: gave up after {MAX_CAS_ATTEMPTS} concurrent changes")
+
+    async def unbind_tag(self, tag: str, agent_id: str) -> bool:
+        """Set ``tag`` back to PENDING if ``agent_id`` holds it; True if it did."""
+        validate_id(agent_id, "agent_id")
+        released = False
+
+        def change(current: TagBinding | None) -> TagBinding | None:
+            nonlocal released
+            released = current is not None and current.agent_id == agent_id
+            return TagBinding(tag=tag) if released else None
+
+        await self.store.update(_tag_key(tag), TagBinding, change)
+        return released
+
+
+def _synthesized(reservation: ThreadReservation) -> Session:
+    """A stand-in session for a reservation whose session record is not written yet."""
+    return Session(
+        id=reservation.session_id,
+        agent_id=reservation.agent_id,
+        thread=reservation.thread,
+        started_at=reservation.reserved_at,
+    )
