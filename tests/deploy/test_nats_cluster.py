@@ -1,0 +1,199 @@
+"""deploy/nats/nats.conf: valid for nats-server, and a real 3-node cluster that survives losing a node.
+
+The test starts three nats-server processes from the shipped config, changing only what cannot be
+shared on one host: listen addresses and route hosts (loopback ports instead of service names)
+and the store directory. Everything else, JetStream and cluster settings included, is as shipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.js.errors import KeyWrongLastSequenceError
+
+import coord
+from coord.server import find_server_binary, free_port
+from tests.deploy import ROOT
+
+CONF = ROOT / "deploy" / "nats" / "nats.conf"
+NODES = ["nats-1", "nats-2", "nats-3"]
+
+
+@dataclass
+class Node:
+    """One nats-server process started from a rendered copy of the shipped config."""
+
+    name: str
+    client: int
+    http: int
+    cluster: int
+    conf: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.client}"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "NATS_SERVER_NAME": self.name}
+
+    def monitor(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=2) as resp:
+            return json.loads(resp.read())
+
+
+def render(text: str, node: Node, nodes: dict[str, Node], store: Path) -> str:
+    """The shipped config with loopback ports for ``node``; fails if the config changed shape."""
+    subs: list[str] = []
+
+    def address(match: re.Match[str]) -> str:
+        host, port = match.group(1), int(match.group(2))
+        subs.append(f"{host}:{port}")
+        own = {4222: node.client, 8222: node.http, 6222: node.cluster}
+        return f"127.0.0.1:{own[port] if host == '0.0.0.0' else nodes[host].cluster}"
+
+    rendered = re.sub(r"\b(0\.0\.0\.0|nats-\d):(\d+)\b", address, text)
+    assert sorted(subs) == sorted(["0.0.0.0:4222", "0.0.0.0:8222", "0.0.0.0:6222"] + [f"{n}:6222" for n in NODES])
+    rendered, n = re.subn(r"store_dir: /data/jetstream", f'store_dir: "{store}"', rendered)
+    assert n == 1, "store_dir: /data/jetstream not found in the shipped config"
+    return rendered
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[dict[str, Node]]:
+    """Three nodes with rendered configs (not started)."""
+    nodes = {name: Node(name, free_port(), free_port(), free_port(), tmp_path / f"{name}.conf") for name in NODES}
+    for node in nodes.values():
+        node.conf.write_text(render(CONF.read_text(), node, nodes, tmp_path / node.name))
+    yield nodes
+    for node in nodes.values():
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait()
+
+
+def start(nodes: dict[str, Node], timeout: float = 60.0) -> None:
+    for node in nodes.values():
+        node.proc = subprocess.Popen(
+            [find_server_binary(), "-c", str(node.conf)],
+            env=node.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    deadline = time.monotonic() + timeout
+    for node in nodes.values():
+        while True:
+            assert node.proc is not None and node.proc.poll() is None, f"{node.name} exited"
+            try:
+                if node.monitor("/healthz").get("status") == "ok":
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"{node.name} not healthy within {timeout}s"
+            time.sleep(0.1)
+
+
+def test_shipped_config_passes_nats_server_t_and_needs_its_server_name() -> None:
+    ok = subprocess.run(
+        [find_server_binary(), "-t", "-c", str(CONF)],
+        env={**os.environ, "NATS_SERVER_NAME": "nats-1"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "is valid" in ok.stdout + ok.stderr
+    unnamed = subprocess.run(
+        [find_server_binary(), "-t", "-c", str(CONF)],
+        env={k: v for k, v in os.environ.items() if k != "NATS_SERVER_NAME"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert unnamed.returncode != 0
+    assert "NATS_SERVER_NAME" in unnamed.stderr
+
+
+def test_rendered_node_configs_pass_nats_server_t(nodes: dict[str, Node]) -> None:
+    for node in nodes.values():
+        done = subprocess.run(
+            [find_server_binary(), "-t", "-c", str(node.conf)], env=node.env(), capture_output=True, timeout=30
+        )
+        assert done.returncode == 0, done.stderr
+
+
+async def cas_write(kv: Any, key: str, value: bytes, deadline: float) -> int:
+    """Read, then compare-and-set; retried while the cluster elects a leader or a read was stale.
+
+    KV reads are direct gets that any replica may answer, so right after a failover a lagging
+    follower can return an older revision: the CAS then refuses it (as it must) and we re-read.
+    """
+    while True:
+        try:
+            entry = await kv.get(key)
+            return int(await kv.update(key, value, last=entry.revision))
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_three_nodes_from_the_config_run_corral_with_r3_and_survive_losing_one(
+    nodes: dict[str, Node], namespace: str
+) -> None:
+    await asyncio.to_thread(start, nodes)
+    for node in nodes.values():
+        jsz = node.monitor("/jsz")
+        assert jsz["meta_cluster"]["cluster_size"] == 3, jsz["meta_cluster"]
+        assert node.monitor("/varz")["cluster"]["name"] == "corral"
+
+    urls = ",".join(node.url for node in nodes.values())
+    async with coord.connect(urls, namespace=namespace, replicas=3, connect_timeout=30) as conn:
+        kv = await conn.kv(conn.names.tasks_bucket)
+        info = await conn.js.stream_info(f"KV_{conn.names.tasks_bucket}")
+        assert info.config.num_replicas == 3
+        assert info.cluster is not None and info.cluster.replicas is not None and len(info.cluster.replicas) == 2
+
+        await kv.create("task-1", b"0")
+        for i in range(1, 6):
+            await cas_write(kv, "task-1", str(i).encode(), time.monotonic() + 10)
+        dispatch = conn.names.dispatch_subject("q")
+        for i in range(5):
+            await conn.js.publish(dispatch, b"ready", headers={"Nats-Msg-Id": f"before-{i}"})
+
+        # Kill the node that leads the tasks stream: the hardest one to lose.
+        leader = info.cluster.leader
+        assert leader in nodes
+        victim = nodes[leader].proc
+        assert victim is not None
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+
+        deadline = time.monotonic() + 30
+        for i in range(6, 16):
+            await cas_write(kv, "task-1", str(i).encode(), deadline)
+        for i in range(5):
+            ack = await conn.js.publish(dispatch, b"ready", headers={"Nats-Msg-Id": f"after-{i}"}, timeout=10)
+            assert ack.stream == conn.names.dispatch_stream
+
+        entry = await kv.get("task-1")
+        assert entry.value == b"15"
+        after = await conn.js.stream_info(f"KV_{conn.names.tasks_bucket}")
+        assert after.cluster is not None and after.cluster.leader not in (None, leader)
+        dispatch_info = await conn.js.stream_info(conn.names.dispatch_stream)
+        assert dispatch_info.state.messages == 10
+        with pytest.raises(KeyWrongLastSequenceError):
+            await kv.update("task-1", b"stale", last=entry.revision - 1)  # CAS still fences
