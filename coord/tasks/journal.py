@@ -61,7 +61,8 @@ async def read_journal(coord: Coord, task_id: str) -> list[JournalEntry]:
         try:
             record = TaskRecord.model_validate_json(msg.data).model_copy(update={"revision": revision})
         except ValidationError as err:
-            log.warning("journal of %s: message %d is not a task record (%s); skipped", task_id, msg.seq, err)
+            problems = err.error_count()
+            log.warning("journal of %s: message %d is no task record (%d problems)", task_id, msg.seq, problems)
             continue
         entries.setdefault(revision, JournalEntry.of(record))
     return [entries[r] for r in sorted(entries)]
@@ -82,6 +83,7 @@ class JournalWriter:
         self._window = replay_window
         self._limit = replay_bytes
         self._reconnects = self._reconnect_count()
+        self._prefix = coord.names.journal_subject("x")[:-1]
 
     def _reconnect_count(self) -> int:
         return int(self._coord.nc.stats.get("reconnects", 0))
@@ -116,5 +118,5 @@ class JournalWriter:
             await self._coord.nc.publish(subject, data, headers=headers)
 
     def _message(self, record: TaskRecord) -> tuple[str, dict[str, str]]:
-        subject = self._coord.names.journal_subject(record.task_id)
+        subject = self._prefix + record.task_id  # task ids were validated before any transition
         return subject, {"Nats-Msg-Id": f"{record.task_id}:{record.revision}", REVISION_HEADER: str(record.revision)}

@@ -90,7 +90,15 @@ class TaskWatch:
             try:
                 record = TaskRecord.model_validate_json(entry.value)
             except ValidationError as err:
-                log.warning("task watch: key %s revision %s is not a task record: %s", entry.key, entry.revision, err)
+                first = err.errors()[0]
+                log.warning(
+                    "task watch: key %s revision %s is not a task record (%d problems; %s: %s); skipped",
+                    entry.key,
+                    entry.revision,
+                    err.error_count(),
+                    ".".join(str(p) for p in first["loc"]),
+                    first["msg"],
+                )
                 continue
             return record.model_copy(update={"revision": entry.revision})
 
