@@ -419,15 +419,18 @@ class TaskStore:
         self._advance(claim, record)
         return record
 
-    async def fail(self, claim: Claim, error: str, *, retry: bool = True) -> TaskRecord:
+    async def fail(self, claim: Claim, error: str, *, retry: bool = True, result: Any = None) -> TaskRecord:
         """Record a failed attempt of ``claim`` (if still current, else :class:`StaleClaim`).
 
         With ``retry`` the task goes back to pending after a jittered exponential backoff
         (``visible_at``), or ``dead`` when ``max_attempts`` claims are spent; without, it is
-        ``failed`` for good (until a manual :meth:`retry`).
+        ``failed`` for good (until a manual :meth:`retry`). ``result`` (any JSON, e.g. a structured
+        failure report) is stored as the attempt's result; the next claim clears it.
         """
         if not isinstance(error, str):
             raise InvalidInput(f"error must be a string, got {type(error).__name__}")
+        if result is not None:
+            _json_check(result, "result")
         error = error[:MAX_ERROR_CHARS]
         record = await self._transition(
             claim.task_id,
@@ -439,6 +442,7 @@ class TaskStore:
                 retry=retry,
                 backoff=self.backoff,
                 now=_now(),
+                result=result,
             ),
             claim.record,
         )

@@ -90,7 +90,8 @@ def claim(
     now: datetime,
     visibility_tolerance: float = 0.0,
 ) -> TaskRecord:
-    """pending → claimed: the next epoch, one more attempt, a lease until ``now + lease``.
+    """pending → claimed: the next epoch, one more attempt, a lease until ``now + lease`` (the
+    progress and result of an earlier attempt are cleared).
 
     Raises :class:`Conflict` when someone else holds the task, :class:`InvalidTransition` when it has
     ended or its retry backoff has not run out.
@@ -123,6 +124,7 @@ def claim(
             "epoch": epoch,
             "claim": info,
             "progress": None,
+            "result": None,
             "visible_at": None,
             "updated_at": now,
             "transition": Transition.CLAIMED,
@@ -160,17 +162,27 @@ def complete(record: TaskRecord, *, claim_id: str, token: str, result: Any, now:
 
 
 def fail(
-    record: TaskRecord, *, claim_id: str, token: str, error: str, retry: bool, backoff: Backoff, now: datetime
+    record: TaskRecord,
+    *,
+    claim_id: str,
+    token: str,
+    error: str,
+    retry: bool,
+    backoff: Backoff,
+    now: datetime,
+    result: Any = None,
 ) -> TaskRecord:
     """claimed → pending after a backoff (``visible_at``), or ``dead`` when attempts are spent, or
-    ``failed`` (no retry) when ``retry`` is False."""
+    ``failed`` (no retry) when ``retry`` is False. ``result`` (e.g. a structured failure report) is
+    recorded as the attempt's result."""
     check_claim(record, claim_id, token)
     if not retry:
-        return _end_claim(record, now, Transition.FAILED, status=TaskStatus.FAILED, error=error)
-    if record.attempt >= record.max_attempts:
-        return _end_claim(record, now, Transition.FAILED, status=TaskStatus.DEAD, error=error)
-    visible = now + timedelta(seconds=backoff.delay(record.attempt))
-    return _end_claim(record, now, Transition.FAILED, status=TaskStatus.PENDING, error=error, visible_at=visible)
+        status, visible = TaskStatus.FAILED, None
+    elif record.attempt >= record.max_attempts:
+        status, visible = TaskStatus.DEAD, None
+    else:
+        status, visible = TaskStatus.PENDING, now + timedelta(seconds=backoff.delay(record.attempt))
+    return _end_claim(record, now, Transition.FAILED, status=status, error=error, result=result, visible_at=visible)
 
 
 def release(record: TaskRecord, *, claim_id: str, token: str, now: datetime) -> TaskRecord:

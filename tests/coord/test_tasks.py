@@ -262,6 +262,19 @@ async def test_fail_when_attempts_are_spent_is_dead_and_without_retry_is_failed(
     assert failed.status is TaskStatus.FAILED and failed.attempt == 1
 
 
+async def test_a_failure_report_is_kept_as_the_attempts_result_until_the_next_claim(store: TaskStore) -> None:
+    await store.schedule("t1", queue="q", payload=None, max_attempts=2)
+    report = {"kind": "fail", "error": {"message": "disk full"}}
+    pending = await store.fail(await store.claim("t1", "w1"), "disk full", result=report)
+    assert pending.status is TaskStatus.PENDING and pending.result == report
+    assert pending.visible_at is not None
+    await asyncio.sleep((pending.visible_at - datetime.now(UTC)).total_seconds() + 0.01)
+    claim = await store.claim("t1", "w2")
+    assert claim.record.result is None  # a new attempt starts clean
+    dead = await store.fail(claim, "disk still full", result={**report, "again": True})
+    assert dead.status is TaskStatus.DEAD and dead.result == {**report, "again": True}
+
+
 async def test_release_gives_the_task_back_without_counting_the_attempt(
     store: TaskStore, coord_conn: coord.Coord
 ) -> None:
