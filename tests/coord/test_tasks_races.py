@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 import coord
 from coord.connection import Coord
 from coord.errors import Conflict, InvalidTransition, StaleClaim
-from coord.server import NatsServer
-from coord.tasks import Claim, TaskRecord, TaskStatus, TaskStore, Transition
+from coord.server import NatsCluster, NatsServer
+from coord.tasks import Claim, ScheduleRequest, TaskRecord, TaskStatus, TaskStore, Transition
 
 ROUNDS = 25
 
@@ -201,3 +202,27 @@ async def test_tasks_and_claims_survive_a_server_crash(own_server: NatsServer) -
             Transition.HEARTBEAT,
             Transition.COMPLETED,
         ]
+
+
+@pytest.mark.slow
+async def test_results_land_exactly_once_when_the_tasks_stream_leader_dies(tmp_path: Path) -> None:
+    with NatsCluster(3, store_root=tmp_path / "cluster") as cluster:
+        async with coord.connect(cluster.url, namespace="r3", replicas=3) as conn:
+            store = TaskStore(conn, io_patience=30)
+            await store.schedule_many([ScheduleRequest(task_id=f"t{i}", queue="q", payload=i) for i in range(20)])
+            claims = await asyncio.gather(*(store.claim(f"t{i}", "w1") for i in range(20)))
+            info = await conn.js.stream_info(f"KV_{conn.names.tasks_bucket}")
+            assert info.cluster is not None and info.cluster.leader is not None
+            leader = next(node for node in cluster.nodes if node.name == info.cluster.leader)
+            leader.kill()
+            done = await asyncio.wait_for(
+                asyncio.gather(*(store.complete(c, {"i": i}) for i, c in enumerate(claims))), 60
+            )
+            assert all(r.status is TaskStatus.SUCCEEDED for r in done)
+            for i, claim in enumerate(claims):
+                record = await store.get(f"t{i}")
+                assert record.result == {"i": i} and record.revision == done[i].revision
+                with pytest.raises(StaleClaim):
+                    await store.complete(claim, "twice")
+            new_leader = (await conn.js.stream_info(f"KV_{conn.names.tasks_bucket}")).cluster
+            assert new_leader is not None and new_leader.leader != leader.name
