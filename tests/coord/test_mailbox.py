@@ -1,0 +1,208 @@
+"""Mailbox in one process: keyed latest-wins, acknowledgement rules, tags, dead letters, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import pytest
+
+import coord
+from coord.deadletter import read_dead_letters
+from coord.errors import Conflict, PayloadTooLarge
+from coord.mailbox import Agent, Chunk, Delivered, End, Enqueued, Error, Id, InboxMessage, Tag
+from coord.presence import AgentInfo
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[AsyncExitStack]:
+    async with AsyncExitStack() as s:
+        yield s
+
+
+async def _present(stack: AsyncExitStack, conn: coord.Coord, agent: str) -> None:
+    await stack.enter_async_context(conn.presence.join(AgentInfo(id=agent), interval=0.3, ttl=1.0))
+
+
+async def test_a_hundred_keyed_sends_leave_exactly_one_pending_message_the_last(coord_conn: coord.Coord) -> None:
+    for i in range(100):
+        result = await coord_conn.mailbox.send(Agent(id="bob"), f"status {i}", key="status")
+        assert isinstance(result, Enqueued)
+    await coord_conn.mailbox.send(Agent(id="bob"), "unkeyed stays too")
+    pending = await coord_conn.mailbox.read_pending("bob")
+    assert [(m.key, m.text) for m in pending] == [("status", "status 99"), (None, "unkeyed stays too")]
+    assert pending[0].id == result.id
+
+
+async def test_keyed_send_to_a_live_agent_is_enqueued_without_waiting(
+    coord_conn: coord.Coord, stack: AsyncExitStack
+) -> None:
+    await _present(stack, coord_conn, "bob")  # present, but nobody reads: auto mode would wait
+    started = asyncio.get_running_loop().time()
+    keyed = await coord_conn.mailbox.send(Agent(id="bob"), "x", key="k")
+    forced = await coord_conn.mailbox.send(Agent(id="bob"), "y", mode="enqueue")
+    assert isinstance(keyed, Enqueued) and isinstance(forced, Enqueued)
+    assert asyncio.get_running_loop().time() - started < 1.0
+
+
+async def test_a_live_agent_that_never_reads_leaves_the_message_enqueued_after_the_timeout(
+    coord_conn: coord.Coord, stack: AsyncExitStack
+) -> None:
+    await _present(stack, coord_conn, "idle")
+    result = await coord_conn.mailbox.send(Agent(id="idle"), "anyone?", timeout=0.5)
+    assert isinstance(result, Enqueued)
+    assert [m.id for m in await coord_conn.mailbox.read_pending("idle")] == [result.id]
+
+
+async def test_inbox_acknowledges_after_the_handler_returns_and_keeps_a_message_whose_handler_raised(
+    coord_conn: coord.Coord,
+) -> None:
+    mb = coord_conn.mailbox
+    for text in ("one", "two", "boom", "three"):
+        await mb.send(Agent(id="w"), text)
+    seen: list[str] = []
+    with pytest.raises(RuntimeError, match="boom"):
+        async with mb.inbox("w") as inbox:
+            async for msg in inbox:
+                seen.append(msg.text)
+                assert (await mb.read_pending("w"))[0].text == msg.text, "acked before the handler ran"
+                if msg.text == "boom":
+                    raise RuntimeError("boom")
+    assert seen == ["one", "two", "boom"]
+    assert [m.text for m in await mb.read_pending("w")] == ["boom", "three"]
+
+    async with mb.inbox("w") as inbox:
+        async for msg in inbox:
+            if msg.text == "three":
+                break  # leaving the block normally acknowledges the current message
+    assert await mb.read_pending("w") == []
+
+
+async def test_live_messages_reach_a_reading_agent_in_send_order(
+    coord_conn: coord.Coord, stack: AsyncExitStack
+) -> None:
+    await _present(stack, coord_conn, "r")
+    got: list[str] = []
+
+    async def reader() -> None:
+        async with coord_conn.mailbox.inbox("r") as inbox:
+            async for msg in inbox:
+                got.append(msg.text)
+                if len(got) == 10:
+                    return
+
+    task = asyncio.create_task(reader())
+    results = [await coord_conn.mailbox.send(Agent(id="r"), str(i)) for i in range(9)]
+    assert all(isinstance(r, Delivered) for r in results)
+    await coord_conn.mailbox.send(Agent(id="r"), "9", mode="enqueue")
+    await asyncio.wait_for(task, 10)
+    assert got == [str(i) for i in range(10)]
+
+
+async def test_read_pending_can_consume(coord_conn: coord.Coord) -> None:
+    await coord_conn.mailbox.send(Agent(id="p"), "a", sender="s")
+    first = await coord_conn.mailbox.read_pending("p", consume=True)
+    assert [(m.text, m.sender, m.acked) for m in first] == [("a", "s", True)]
+    assert await coord_conn.mailbox.read_pending("p") == []
+
+
+async def test_binding_a_tag_held_by_a_live_agent_conflicts_but_a_dead_holders_tag_moves_with_its_mail(
+    coord_conn: coord.Coord, stack: AsyncExitStack
+) -> None:
+    mb = coord_conn.mailbox
+    await _present(stack, coord_conn, "live")
+    assert await mb.bind_tag("ops", "live") == 0
+    with pytest.raises(Conflict, match="live"):
+        await mb.bind_tag("ops", "other")
+    assert await mb.unbind_tag("ops", "live")
+    assert not await mb.unbind_tag("ops", "live")
+    assert await mb.resolve(Tag(name="ops")) == ("PENDING", None)
+
+    # "gone" binds the tag, receives mail through it, and dies without reading it.
+    await mb.bind_tag("ops", "gone")
+    direct = await mb.send(Agent(id="gone"), "for gone only")
+    via_tag = await mb.send(Tag(name="ops"), "for whoever does ops")
+    assert via_tag == Enqueued(id=via_tag.id, queue="agent:gone")
+    assert await mb.bind_tag("ops", "heir") == 1
+    assert [m.id for m in await mb.read_pending("heir")] == [via_tag.id]
+    assert [m.id for m in await mb.read_pending("gone")] == [direct.id]
+
+
+async def test_a_message_enqueued_under_a_tag_just_as_it_is_bound_still_reaches_the_binder(
+    coord_conn: coord.Coord,
+) -> None:
+    mb = coord_conn.mailbox
+    real_resolve = mb.resolve
+
+    async def stale_resolve(target: Agent | Tag) -> tuple[str, str | None]:
+        answer = await real_resolve(target)
+        await coord_conn.registry.bind_tag("late", "binder")  # the bind lands after our lookup
+        return answer  # type: ignore[return-value]
+
+    mb.resolve = stale_resolve  # type: ignore[method-assign]
+    result = await mb.send(Tag(name="late"), "racing")
+    assert result == Enqueued(id=result.id, queue="agent:binder")
+    assert [m.text for m in await mb.read_pending("binder")] == ["racing"]
+    assert await mb.pending_tag("late") == []
+
+
+async def test_streaming_with_an_in_process_handler(coord_conn: coord.Coord, stack: AsyncExitStack) -> None:
+    await _present(stack, coord_conn, "s")
+
+    async def serve() -> None:
+        async with coord_conn.mailbox.inbox("s") as inbox:
+            async for msg in inbox:
+                if msg.text == "fail":
+                    await msg.chunk("partial")
+                    await msg.fail("cannot do that")
+                    continue
+                for word in msg.text.split():
+                    await msg.chunk(word)
+
+    server = asyncio.create_task(serve())
+    try:
+        ok = [i async for i in coord_conn.mailbox.send_streaming(Agent(id="s"), "a b c")]
+        assert isinstance(ok[0], Id)
+        assert ok[1:] == [Chunk(seq=1, data="a"), Chunk(seq=2, data="b"), Chunk(seq=3, data="c"), End()]
+        bad = [i async for i in coord_conn.mailbox.send_streaming(Agent(id="s"), "fail")]
+        assert bad[1:] == [Chunk(seq=1, data="partial"), Error(message="cannot do that")]
+    finally:
+        server.cancel()
+
+
+async def test_streaming_to_nobody_is_just_enqueued(coord_conn: coord.Coord) -> None:
+    items = [i async for i in coord_conn.mailbox.send_streaming(Agent(id="nobody"), "hi")]
+    assert len(items) == 1 and isinstance(items[0], Enqueued)
+    pending = await coord_conn.mailbox.read_pending("nobody")
+    assert [m.id for m in pending] == [items[0].id] and pending[0].streaming
+
+
+async def test_malformed_inbox_messages_are_dead_lettered_and_skipped(coord_conn: coord.Coord) -> None:
+    ns = coord_conn.namespace
+    await coord_conn.js.publish(f"{ns}.inbox.m1.m.abc", b"no headers at all")
+    await coord_conn.js.publish(f"{ns}.inbox.m1.m.abc2", b"wrong id", headers={"Corral-Id": "other"})
+    good = await coord_conn.mailbox.send(Agent(id="m1"), "fine")
+    async with coord_conn.mailbox.inbox("m1") as inbox:
+        msg: InboxMessage = await anext(inbox)
+    assert msg.id == good.id
+    reasons = [d.reason for d in await read_dead_letters(coord_conn, "inbox")]
+    assert len(reasons) == 2 and any("Corral-Id" in r for r in reasons)
+    assert await coord_conn.mailbox.read_pending("m1") == []
+
+
+async def test_bad_input_is_rejected_before_sending(coord_conn: coord.Coord) -> None:
+    mb = coord_conn.mailbox
+    with pytest.raises(ValueError, match="id"):
+        Agent(id="a.b")
+    with pytest.raises(ValueError, match="name"):
+        Tag(name="*")
+    with pytest.raises(ValueError, match="key"):
+        await mb.send(Agent(id="a"), "x", key="bad key")
+    with pytest.raises(ValueError, match="mode"):
+        await mb.send(Agent(id="a"), "x", mode="shout")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="target"):
+        await mb.send("a", "x")  # type: ignore[arg-type]
+    with pytest.raises(PayloadTooLarge, match="body"):
+        await mb.send(Agent(id="a"), b"x" * (coord_conn.nc.max_payload + 1))
+    assert await mb.read_pending("a") == []
