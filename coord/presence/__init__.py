@@ -122,7 +122,7 @@ class Presence:
             return None
         return latest.record.info()
 
-    async def wait_absent(self, agent_id: str, timeout: float) -> bool:  # noqa: ASYNC109 - the public API
+    async def wait_absent(self, agent_id: str, timeout: float) -> bool:
         """True as soon as ``agent_id`` is absent (at once if it is), False if still present after ``timeout`` s."""
         validate_id(agent_id, "agent_id")
         try:
@@ -136,7 +136,7 @@ class Presence:
             return False
         return False  # pragma: no cover - the watch ended early
 
-    async def wait_present(self, agent_id: str, timeout: float) -> AgentInfo | None:  # noqa: ASYNC109
+    async def wait_present(self, agent_id: str, timeout: float) -> AgentInfo | None:
         """The agent's info as soon as ``agent_id`` is present (at once if it is), None after ``timeout`` s."""
         validate_id(agent_id, "agent_id")
         try:

@@ -194,22 +194,37 @@ class Membership:
             return
         self._left = True
         self._closing = True
-        self._wake.set()
         self.present.clear()
         task = self._task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         if self._revision and not (self.last_loss is not None and self.last_loss.reason == "taken"):
+            await self._delete_own_key()
+        self.ended.set()
+
+    async def _delete_own_key(self) -> None:
+        last = self._revision
+        for _ in range(3):
             try:
-                await self._store.delete(self.info.id, last=self._revision, within=OP_TIMEOUT)
+                await self._store.delete(self.info.id, last=last, within=OP_TIMEOUT)
                 log.info("presence: %s left", self.info.id)
+                return
             except Exception as err:
                 if not is_wrong_last_sequence(err):
                     log.warning(
                         "presence: %s could not delete its key (%s); it expires within the TTL", self.info.id, err
                     )
-        self.ended.set()
+                    return
+            # A renewal cancelled in flight may still have landed: delete that one if it is ours.
+            try:
+                current = await self._store.latest(self.info.id, within=OP_TIMEOUT)
+            except Exception as err:
+                log.warning("presence: %s could not read its key (%s); it expires within the TTL", self.info.id, err)
+                return
+            if current is None or current.record is None or current.record.instance != self._instance:
+                return  # gone already, or someone else's
+            last = current.seq
 
     # --- renewing ------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -228,8 +243,12 @@ class Membership:
         while not self._closing:
             delay = next_beat - loop.time()
             if delay > 0:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel racing the wake
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                if self._closing:
+                    return
                 if self._wake.is_set():
                     self._wake.clear()
                     # An update: write now, but at most one write per _min_gap.

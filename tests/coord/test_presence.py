@@ -123,6 +123,25 @@ async def test_leave_is_idempotent_and_never_deletes_a_later_holder(coord_conn: 
         assert not second.is_lost
 
 
+async def test_a_renewal_whose_ack_was_lost_is_adopted_not_taken_for_a_loss(coord_conn: coord.Coord) -> None:
+    losses: list[PresenceLost] = []
+    async with coord_conn.presence.join(AgentInfo(id="w1"), interval=0.2, ttl=2, on_lost=losses.append) as member:
+        store = coord_conn.presence._store
+        # our own renewal landed but its ack never arrived: the key is one revision ahead of us
+        landed = await store.write(member.info, member.instance, last=member.revision, ttl=2)
+        await asyncio.sleep(0.6)
+        assert losses == [] and not member.is_lost and member.revision > landed
+
+
+async def test_leave_deletes_a_renewal_that_landed_unacknowledged(coord_conn: coord.Coord, recorder: Recorder) -> None:
+    member = await coord_conn.presence.join(AgentInfo(id="w1"), interval=0.9, ttl=3)
+    await recorder.joined("w1")
+    await coord_conn.presence._store.write(member.info, member.instance, last=member.revision, ttl=3)
+    await member.leave()
+    _, left = await recorder.left("w1", within=1.5)
+    assert left.reason == "graceful"
+
+
 async def test_existing_agents_come_first_and_stale_markers_are_skipped(coord_conn: coord.Coord) -> None:
     await expire_raw(coord_conn, "gone")
     async with coord_conn.presence.join(AgentInfo(id="here"), interval=0.3, ttl=2):
