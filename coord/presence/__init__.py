@@ -61,6 +61,11 @@ class Presence:
         self._coord = coord
         self._store = PresenceStore(coord.js, coord.names)
 
+    @property
+    def connection_closed(self) -> bool:
+        """True once the underlying NATS connection was closed (it will not come back)."""
+        return bool(self._coord.nc.is_closed)
+
     def join(
         self,
         info: AgentInfo,

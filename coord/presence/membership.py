@@ -354,6 +354,10 @@ class Membership:
                 await self._lose("taken", str(err))
                 return
             except Exception as err:
+                if self._presence.connection_closed:
+                    log.warning("presence: %s cannot re-join: its NATS connection was closed", self.info.id)
+                    self.ended.set()
+                    return
                 log.debug("presence: re-join of %s failed (%s); retrying in %.1fs", self.info.id, err, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, REJOIN_MAX_DELAY)

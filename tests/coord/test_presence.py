@@ -472,3 +472,15 @@ async def test_cli_hold_rejects_a_bad_id_with_a_clear_message(
     )
     assert done.returncode == 1
     assert "id" in done.stderr and "not allowed" in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_membership_fails_closed_and_ends_when_its_connection_is_closed(
+    nats_server: NatsServer, namespace: str
+) -> None:
+    losses: list[PresenceLost] = []
+    conn = await coord.connect(nats_server.url, namespace=namespace)
+    member = await conn.presence.join(AgentInfo(id="w1"), interval=0.3, ttl=1, on_lost=losses.append)
+    await conn.nc.close()  # closed without leaving: the key expires, and we must not believe we are present
+    await asyncio.wait_for(member.ended.wait(), 4)
+    assert member.is_lost and [getattr(e, "reason", None) for e in losses] == ["expired"]
+    await member.leave()  # still safe to call
