@@ -194,7 +194,7 @@ async def _open(
         # each attempt gets its own deadline and tenacity spaces the attempts out.
         async with asyncio.timeout(connect_timeout):
             async for attempt in AsyncRetrying(
-                wait=wait_exponential_jitter(0.1, max=2.0),
+                wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
                 retry=retry_if_exception_type((OSError, nats.errors.Error, asyncio.TimeoutError)),
                 reraise=True,
             ):
@@ -228,7 +228,7 @@ async def _open(
         js = nc.jetstream(timeout=5)
         async for attempt in AsyncRetrying(
             stop=stop_after_delay(max(connect_timeout, 10)),
-            wait=wait_exponential_jitter(0.1, max=1.0),
+            wait=wait_exponential_jitter(multiplier=0.1, max=1.0),
             retry=retry_if_exception_type((nats.errors.TimeoutError, ServiceUnavailableError)),
             reraise=True,
         ):

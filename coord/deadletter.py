@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
@@ -77,7 +77,7 @@ async def read_dead_letters(coord: Coord, source: str = "*", limit: int = 100) -
     sub = await coord.js.subscribe(subject, stream=coord.names.events_stream, ordered_consumer=True)
     try:
         info = await sub.consumer_info()
-        pending = info.num_pending
+        pending = info.num_pending or 0
         while len(letters) < pending:
             msg = await sub.next_msg(timeout=2)
             letters.append(DeadLetter.model_validate(json.loads(msg.data)))

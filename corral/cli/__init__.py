@@ -8,7 +8,7 @@ import typer
 
 from coord.connection import DEFAULT_NAMESPACE, DEFAULT_URL, Auth
 from corral import __version__
-from corral.cli import presence, server, tasks
+from corral.cli import demo, presence, reclaimer, server, submit, tasks, worker
 from corral.cli._common import Options
 
 app = typer.Typer(
@@ -51,8 +51,10 @@ def main_options(
     ] = False,
 ) -> None:
     """Global options shared by every command."""
+    source = ctx.get_parameter_source("server_url")
     ctx.obj = Options(
         server=server_url,
+        server_given=source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"),
         namespace=namespace,
         auth=Auth(
             user=user,
@@ -71,6 +73,10 @@ def main_options(
 server.register(app)
 tasks.register(app)
 presence.register(app)
+worker.register(app)
+submit.register(app)
+reclaimer.register(app)
+demo.register(app)
 
 
 def main() -> None:

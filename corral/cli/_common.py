@@ -28,6 +28,8 @@ class Options:
     server: str
     namespace: str
     auth: Auth = field(default_factory=Auth)
+    server_given: bool = False
+    """True when --server or CORRAL_URL was given (rather than the default URL)."""
 
     def connect(self, **kwargs: Any) -> Any:
         """``coord.connect`` with these options."""

@@ -1,0 +1,57 @@
+"""``corral reclaimer``: run a standalone reclaimer until interrupted."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Annotated
+
+import typer
+
+from corral.cli._common import Options, console, options, print_json, run
+from corral.cli._logging import setup_logging
+from dispatch.reclaimer import Reclaimer
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``reclaimer`` to ``app``."""
+    app.command("reclaimer")(reclaimer)
+
+
+async def _serve(opts: Options, sweep: float, as_json: bool) -> int:
+    async with opts.connect(name="corral-reclaimer") as coord, Reclaimer(coord, sweep_interval=sweep) as rec:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if not as_json:
+            console.print(f"reclaimer watching namespace [bold]{coord.namespace}[/] on {opts.server}", highlight=False)
+        while not stop.is_set():
+            getter = asyncio.ensure_future(rec.events.get())
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if getter not in done:
+                getter.cancel()
+                break
+            event = getter.result()
+            if as_json:
+                print_json(event.__dict__)
+            else:
+                after = f" {event.detected_after:.2f}s after departure" if event.detected_after is not None else ""
+                console.print(
+                    f"reclaimed {event.task_id} from {event.worker_id} ({event.reason}) -> {event.status}{after}",
+                    highlight=False,
+                )
+    return 0
+
+
+def reclaimer(
+    ctx: typer.Context,
+    sweep: Annotated[float, typer.Option(help="Seconds between sweeps (deadlines, lost notifications).")] = 1.0,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON line per reclaim.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Give departed workers' claims back to the queue (several may run at once)."""
+    setup_logging(verbose)
+    raise typer.Exit(run(_serve(options(ctx), sweep, json_out)))

@@ -1,0 +1,226 @@
+"""The parent side: submit specs, await their results, cancel.
+
+Results are pushed to the parent on ``{ns}.results.{parent}`` as tasks end; the task record stays
+the truth, so a parent that restarts (or missed a push while disconnected) reconciles by reading the
+records. Backpressure: at most ``max_in_flight`` submitted tasks await a result at once; ``submit``
+waits for room. A :class:`~dispatch.reclaimer.Reclaimer` runs inside every dispatcher by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from coord.connection import Coord
+from coord.errors import NotFound
+from coord.ids import new_id, validate_id
+from coord.tasks import ScheduleRequest, TaskRecord, TaskStatus
+from coord.wire import Result, Spec, TaskInput
+from dispatch.reclaimer import Reclaimer
+
+__all__ = ["TERMINAL", "Dispatcher", "result_of"]
+
+log = logging.getLogger("corral.dispatcher")
+
+TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED})
+
+
+def result_of(record: TaskRecord) -> Result:
+    """The :class:`Result` of a finished task (synthesised for dead/cancelled tasks without one)."""
+    if record.result is not None:
+        with contextlib.suppress(Exception):
+            return Result.model_validate(record.result)
+    if record.status is TaskStatus.SUCCEEDED:
+        return Result.success(output=record.result)
+    if record.status is TaskStatus.CANCELLED:
+        return Result.failure("cancelled", substrate_fault=False)
+    substrate = record.status is TaskStatus.DEAD
+    return Result.failure(record.error or str(record.status), substrate_fault=substrate)
+
+
+class Dispatcher:
+    """Submits tasks for ``parent_id`` and collects their results (see the module docstring)."""
+
+    def __init__(
+        self,
+        coord: Coord,
+        *,
+        parent_id: str | None = None,
+        max_in_flight: int = 10_000,
+        reclaimer: bool = True,
+        reconcile_interval: float = 5.0,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        self.coord = coord
+        self.parent_id = validate_id(parent_id or new_id("p"), "parent_id")
+        self.max_in_flight = max_in_flight
+        self.reconcile_interval = reconcile_interval
+        self.reclaimer: Reclaimer | None = Reclaimer(coord) if reclaimer else None
+        """The embedded reclaimer (None when disabled)."""
+        self._room = asyncio.Semaphore(max_in_flight)
+        self._waiting: dict[str, asyncio.Future[TaskRecord]] = {}
+        self._holding: set[str] = set()
+        self._sub: Subscription | None = None
+        self._reconciler: asyncio.Task[None] | None = None
+
+    async def start(self) -> Dispatcher:
+        """Subscribe to this parent's results and start the reclaimer."""
+        self._sub = await self.coord.nc.subscribe(self.coord.names.results_subject(self.parent_id), cb=self._on_push)
+        if self.reclaimer is not None:
+            await self.reclaimer.start()
+        self._reconciler = asyncio.create_task(self._reconcile_loop())
+        return self
+
+    async def stop(self) -> None:
+        """Stop listening (submitted tasks go on; a later dispatcher can collect them)."""
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconciler
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        if self.reclaimer is not None:
+            await self.reclaimer.stop()
+
+    async def __aenter__(self) -> Dispatcher:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- submitting ----------------------------------------------------------------------------
+    def _request(self, spec: Spec | TaskInput | Mapping[str, Any]) -> tuple[Spec, ScheduleRequest]:
+        if not isinstance(spec, Spec):
+            item = spec if isinstance(spec, TaskInput) else TaskInput.model_validate(dict(spec))
+            spec = Spec(parent_agent_id=self.parent_id, **item.model_dump(exclude_none=True))
+        elif spec.parent_agent_id is None:
+            spec = spec.model_copy(update={"parent_agent_id": self.parent_id})
+        request = ScheduleRequest(
+            task_id=spec.task_id,
+            queue=spec.queue,
+            payload=spec.model_dump(mode="json"),
+            max_attempts=spec.max_attempts,
+            timeout=spec.timeout,
+            parent=self.parent_id,
+        )
+        return spec, request
+
+    async def submit(self, spec: Spec | TaskInput | Mapping[str, Any]) -> str:
+        """Schedule one task (idempotent by task id); return its id. Waits while the parent is full."""
+        return (await self.submit_many([spec]))[0]
+
+    async def submit_many(self, specs: Sequence[Spec | TaskInput | Mapping[str, Any]]) -> list[str]:
+        """Schedule a batch with pipelined writes; return the ids in order. Validates all before writing any."""
+        prepared = [self._request(s) for s in specs]
+        for _ in prepared:
+            await self._room.acquire()
+        for spec, _ in prepared:
+            self._track(spec.task_id)
+        try:
+            records = await self.coord.tasks.schedule_many([r for _, r in prepared])
+        except BaseException:
+            for spec, _ in prepared:
+                self._untrack(spec.task_id)
+            raise
+        for record in records:
+            if record.status in TERMINAL:  # an idempotent resubmit of a finished task
+                self._resolve(record)
+        return [spec.task_id for spec, _ in prepared]
+
+    def _track(self, task_id: str) -> asyncio.Future[TaskRecord]:
+        future = self._waiting.get(task_id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._waiting[task_id] = future
+        self._holding.add(task_id)
+        return future
+
+    def _untrack(self, task_id: str) -> None:
+        if task_id in self._holding:
+            self._holding.discard(task_id)
+            self._room.release()
+        future = self._waiting.pop(task_id, None)
+        if future is not None and not future.done():
+            future.cancel()
+
+    def _resolve(self, record: TaskRecord) -> None:
+        future = self._waiting.get(record.task_id)
+        if future is not None and not future.done():
+            future.set_result(record)
+        if record.task_id in self._holding:
+            self._holding.discard(record.task_id)
+            self._room.release()
+
+    async def _on_push(self, msg: Msg) -> None:
+        try:
+            task_id = json.loads(msg.data)["task_id"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("dispatcher: ignoring malformed result push on %s", msg.subject)
+            return
+        if task_id in self._waiting:
+            try:
+                record = await self.coord.tasks.get(task_id)
+            except NotFound:
+                return
+            if record.status in TERMINAL:
+                self._resolve(record)
+
+    async def _reconcile_loop(self) -> None:
+        """Catch results whose push was missed (disconnects): read the records of what we await."""
+        while True:
+            await asyncio.sleep(self.reconcile_interval)
+            waiting = [t for t, f in self._waiting.items() if not f.done()]
+            for task_id in waiting:
+                with contextlib.suppress(NotFound):
+                    record = await self.coord.tasks.get(task_id)
+                    if record.status in TERMINAL:
+                        self._resolve(record)
+
+    # --- collecting ----------------------------------------------------------------------------
+    async def wait(self, task_id: str, timeout: float | None = None) -> TaskRecord:
+        """The finished task record of ``task_id`` (reads the record first: works after a restart)."""
+        validate_id(task_id, "task_id")
+        future = self._waiting.get(task_id) or self._track_foreign(task_id)
+        if not future.done():
+            record = await self.coord.tasks.get(task_id)
+            if record.status in TERMINAL:
+                self._resolve(record)
+        return await asyncio.wait_for(asyncio.shield(future), timeout)
+
+    def _track_foreign(self, task_id: str) -> asyncio.Future[TaskRecord]:
+        future: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
+        self._waiting[task_id] = future
+        return future
+
+    async def result(self, task_id: str, timeout: float | None = None) -> Result:
+        """The :class:`Result` of ``task_id`` once it has ended."""
+        return result_of(await self.wait(task_id, timeout))
+
+    async def as_completed(self, task_ids: Iterable[str], timeout: float | None = None) -> AsyncIterator[TaskRecord]:
+        """Yield the finished records of ``task_ids`` in the order they finish."""
+        waits = [asyncio.ensure_future(self.wait(t)) for t in task_ids]
+        try:
+            for next_done in asyncio.as_completed(waits, timeout=timeout):
+                yield await next_done
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel ``task_id`` (pending or claimed); a running worker's result will be rejected."""
+        record = await self.coord.tasks.cancel(task_id)
+        self._resolve(record)
+        return record
+
+    def forget(self, task_id: str) -> None:
+        """Stop tracking ``task_id`` (frees its backpressure slot without waiting for it)."""
+        self._untrack(task_id)

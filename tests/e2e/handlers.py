@@ -1,0 +1,34 @@
+"""Handlers used by the end-to-end tests, imported by real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from coord.wire import Result, Spec
+from workers.context import Context
+
+
+async def sleepy(spec: Spec, ctx: Context) -> Result:
+    """Sleep ``payload.seconds``; record each execution as a file ``{marks}/{task}.{epoch}.{worker}``."""
+    payload = spec.payload if isinstance(spec.payload, dict) else {}
+    marks = payload.get("marks")
+    if isinstance(marks, str):
+        Path(marks, f"{spec.task_id}.{ctx.epoch}.{ctx.worker_id}.start").touch()
+    await asyncio.sleep(float(payload.get("seconds", 0)))
+    if isinstance(marks, str):
+        Path(marks, f"{spec.task_id}.{ctx.epoch}.{ctx.worker_id}.done").touch()
+    return Result.success(
+        summary=f"done by {ctx.worker_id}", output={"worker": ctx.worker_id, "epoch": ctx.epoch, "pid": os.getpid()}
+    )
+
+
+def boom(spec: Spec, ctx: Context) -> Result:
+    """A sync handler that always raises."""
+    raise RuntimeError(f"boom in {spec.task_id}")
+
+
+def exits(spec: Spec, ctx: Context) -> Result:
+    """Dies without a result (as a crashing agent would)."""
+    os._exit(3)
