@@ -235,7 +235,7 @@ class TaskStore:
         queue: str,
         payload: Any,
         max_attempts: int = 3,
-        timeout: float | None = None,  # noqa: ASYNC109 - the task's lease length, not a deadline for this call
+        timeout: float | None = None,  # the task's lease length, not a deadline for this call
         parent: str | None = None,
         meta: Mapping[str, str] | None = None,
     ) -> TaskRecord:
@@ -629,18 +629,20 @@ class TaskStore:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.io_patience
         pause = 0.05
+        uncertain = False  # an earlier attempt may have landed without us hearing back
         while True:
             try:
                 ack = await self.coord.js.publish(subject, data, headers=dict(headers))
                 return ack.seq
             except nats.js.errors.APIError as err:
                 if err.err_code in _WRONG_LAST:
-                    return None
+                    return await self._landed(task_id, data) if uncertain else None
                 if err.code != 503:
                     raise
                 failure: Exception = err
             except _TRANSIENT as err:
                 failure = err
+            uncertain = True
             if loop.time() + pause > deadline:
                 raise failure
             log.debug("write %s: %s; retrying in %.2fs", task_id, failure, pause)
@@ -649,11 +651,16 @@ class TaskStore:
             try:
                 raw = await self._read_raw(task_id)
             except Exception:
-                continue
+                continue  # still unreachable: write again (a wrong-last answer is then checked above)
             if raw is not None and raw.data == data:
                 return raw.revision
             if (raw.revision if raw is not None else 0) != last:
                 return None
+
+    async def _landed(self, task_id: str, data: bytes) -> int | None:
+        """The revision at which ``data`` is the key's current value, or None if it is not."""
+        raw = await self._read_raw(task_id)
+        return raw.revision if raw is not None and raw.data == data else None
 
     async def _publish_journal(self, record: TaskRecord, data: bytes, *, wait: bool = False) -> None:
         try:

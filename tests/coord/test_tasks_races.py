@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 import coord
@@ -160,6 +161,17 @@ async def test_heartbeats_racing_a_reclaim_never_revive_a_reclaimed_claim(stores
 # --- faults ---------------------------------------------------------------------------------------
 
 
+async def _until_stopped(server: NatsServer) -> None:
+    """SIGSTOP takes effect a moment after it is sent: wait until the process is really stopped."""
+    assert server.pid is not None
+    process = psutil.Process(server.pid)
+    for _ in range(200):
+        if process.status() == psutil.STATUS_STOPPED:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"nats-server {server.pid} did not stop")
+
+
 async def test_a_completion_sent_while_the_server_is_stopped_lands_exactly_once(own_server: NatsServer) -> None:
     async with coord.connect(own_server.url, namespace="faults") as conn:
         # a short JetStream timeout so the write's outcome becomes unknown while the server is stopped
@@ -168,6 +180,7 @@ async def test_a_completion_sent_while_the_server_is_stopped_lands_exactly_once(
         await store.schedule("t1", queue="q", payload=None)
         claim = await store.claim("t1", "w1")
         own_server.pause()
+        await _until_stopped(own_server)
         try:
             completing = asyncio.create_task(store.complete(claim, "ok"))
             await asyncio.sleep(1.5)
