@@ -8,7 +8,7 @@ import typer
 
 from coord.connection import DEFAULT_NAMESPACE, DEFAULT_URL, Auth
 from corral import __version__
-from corral.cli import demo, presence, reclaimer, server, submit, tasks, worker
+from corral.cli import demo, events, msg, presence, reclaimer, registry, server, submit, tasks, worker
 from corral.cli._common import Options
 
 app = typer.Typer(
@@ -71,6 +71,9 @@ def main_options(
 
 # Each command group lives in its own module and registers itself here.
 server.register(app)
+msg.register(app)
+events.register(app)
+registry.register(app)
 tasks.register(app)
 presence.register(app)
 worker.register(app)

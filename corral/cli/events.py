@@ -1,0 +1,132 @@
+"""``corral events``: follow lifecycle events, emit one from a shell agent, show an agent's descendants."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from coord.events import (
+    Descendant,
+    Errored,
+    EventKind,
+    Progress,
+    ReceivedEvent,
+    ScopeSubDelegated,
+    ShutDown,
+    TurnEnded,
+    render_event,
+)
+from corral.cli._common import Options, console, fail, options, print_json, run
+
+app = typer.Typer(name="events", help="Lifecycle events: tail, emit, tree.", no_args_is_help=True)
+
+KINDS: tuple[EventKind, ...] = ("turn_ended", "errored", "shut_down", "scope_sub_delegated", "progress")
+
+
+def register(parent: typer.Typer) -> None:
+    """Add the ``events`` command group to ``parent``."""
+    parent.add_typer(app, name="events")
+
+
+def _received_json(received: ReceivedEvent) -> dict[str, Any]:
+    return {"to": received.to, "from": received.sender, "seq": received.seq, **received.event.model_dump(mode="json")}
+
+
+@app.command("tail")
+def tail(
+    ctx: typer.Context,
+    agent: Annotated[str | None, typer.Option("--agent", help="Only events sent to this agent.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
+    since: Annotated[float, typer.Option(help="Start this many seconds back.", min=0)] = 3600.0,
+    follow: Annotated[bool, typer.Option(help="Keep printing new events until interrupted.")] = True,
+) -> None:
+    """Print lifecycle events (one line each), then follow new ones. Read-only: moves no position."""
+    run(_tail(options(ctx), agent, json_out, since, follow))
+
+
+async def _tail(opts: Options, agent: str | None, json_out: bool, since: float, follow: bool) -> None:
+    async with opts.connect() as coord:
+        async for received in coord.events.tail(agent, since=since, follow=follow):
+            if json_out:
+                print_json(_received_json(received))
+            else:
+                at = received.event.at.strftime("%H:%M:%S")
+                typer.echo(f"{at} {received.sender}→{received.to}  {render_event(received.event)}")
+
+
+@app.command("emit")
+def emit(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(KINDS)} (dashes also accepted).")],
+    to: Annotated[str, typer.Option("--to", help="Parent agent id.")],
+    agent: Annotated[str, typer.Option("--agent", help="The agent the event is about (usually yourself).")],
+    text: Annotated[str, typer.Option(help="Summary, error message, reason or progress message.")] = "",
+    turn: Annotated[int | None, typer.Option(help="Turn number (turn_ended).", min=0)] = None,
+    sub_agent: Annotated[str | None, typer.Option(help="Spawned agent (scope_sub_delegated).")] = None,
+    scope: Annotated[list[str] | None, typer.Option(help="Delegated scope item (repeatable).")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Progress 0..1 (progress).", min=0, max=1)] = None,
+) -> None:
+    """Durably emit one lifecycle event to a parent (for shell agents). Exits 1 if it could not be stored."""
+    name = kind.replace("-", "_")
+    if name not in KINDS:
+        fail(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    try:
+        event: TurnEnded | Errored | ShutDown | ScopeSubDelegated | Progress
+        match name:
+            case "turn_ended":
+                event = TurnEnded(agent=agent, turn=turn, summary=text)
+            case "errored":
+                event = Errored(agent=agent, message=text or "error")
+            case "shut_down":
+                event = ShutDown(agent=agent, reason=text)
+            case "scope_sub_delegated":
+                if not sub_agent:
+                    fail("scope_sub_delegated needs --sub-agent")
+                event = ScopeSubDelegated(agent=agent, sub_agent=sub_agent, scope=scope or [])
+            case _:
+                event = Progress(agent=agent, message=text, fraction=fraction)
+    except ValueError as err:
+        fail(" ".join(str(err).split()))
+    if not run(_emit(options(ctx), to, event)):
+        fail(f"could not store the event for {to} (server unreachable?)")
+    typer.echo(f"emitted {event.id}: {render_event(event)}")
+
+
+async def _emit(opts: Options, to: str, event: TurnEnded | Errored | ShutDown | ScopeSubDelegated | Progress) -> bool:
+    async with opts.connect() as coord:
+        result: bool = await coord.events.emit(to, event, timeout=5.0)
+        return result
+
+
+@app.command("tree")
+def tree(
+    ctx: typer.Context,
+    agent: Annotated[str, typer.Argument(help="The listening (parent/root) agent.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+) -> None:
+    """Show AGENT's descendant registry, as its event listener has built it."""
+    found = run(_tree(options(ctx), agent))
+    if json_out:
+        print_json([{**d.model_dump(mode="json"), "parent": d.parent(agent)} for d in found])
+        return
+    table = Table(title=f"{len(found)} descendant(s) of {agent}", title_justify="left")
+    for column in ("agent", "parent", "status", "last turn", "last error", "scope"):
+        table.add_column(column)
+    for d in found:
+        table.add_row(
+            d.agent,
+            d.parent(agent) or "?",
+            d.status,
+            "-" if d.last_turn is None else str(d.last_turn),
+            d.last_error or "-",
+            ", ".join(d.scope) or "-",
+        )
+    console.print(table)
+
+
+async def _tree(opts: Options, agent: str) -> list[Descendant]:
+    async with opts.connect() as coord:
+        found = await coord.events.descendants(agent)
+    return [found[name] for name in sorted(found)]

@@ -1,0 +1,201 @@
+"""``corral msg``: send messages to agents or tags, read an inbox, bind and unbind tags."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from coord.errors import PresenceConflict
+from coord.mailbox import Agent, Chunk, Delivered, End, Enqueued, Error, Id, InboxMessage, Tag
+from coord.presence import AgentInfo
+from corral.cli._common import Options, err_console, fail, options, print_json, run
+
+app = typer.Typer(name="msg", help="Agent messaging: send, read, bind tags.", no_args_is_help=True)
+
+EXIT_STREAM_ERROR = 2
+"""Exit code of ``send --stream`` when the stream ended in an error."""
+
+
+def register(parent: typer.Typer) -> None:
+    """Add the ``msg`` command group to ``parent``."""
+    parent.add_typer(app, name="msg")
+
+
+def _body(body: str) -> str:
+    return sys.stdin.read() if body == "-" else body
+
+
+@app.command("send")
+def send(
+    ctx: typer.Context,
+    body: Annotated[str, typer.Argument(help="Message text, or - to read it from stdin.")],
+    to: Annotated[str | None, typer.Option("--to", help="Agent id to send to.")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="Tag to send to (its bound agent, or its queue).")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Enqueue keyed: replaces an unread message.")] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Stream the reply (Id, chunks, End).")] = False,
+    enqueue: Annotated[bool, typer.Option("--enqueue", help="Only enqueue; do not wait for a live agent.")] = False,
+    sender: Annotated[str | None, typer.Option("--from", help="Sender agent id to record.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the ack (or between chunks).", min=0.1)] = 10.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON lines.")] = False,
+) -> None:
+    """Send BODY to an agent (--to) or a tag (--tag): prints delivered or enqueued (with the id)."""
+    if (to is None) == (tag is None):
+        fail("give exactly one of --to AGENT_ID or --tag TAG")
+    if stream and (key is not None or enqueue):
+        fail("--stream cannot be combined with --key or --enqueue")
+    try:
+        target: Agent | Tag = Agent(id=to) if to is not None else Tag(name=tag or "")
+    except ValueError as err:
+        fail(f"{'--to' if to is not None else '--tag'}: {_first_error(err)}")
+    text = _body(body)
+    opts = options(ctx)
+    if stream:
+        code = run(_stream(opts, target, text, sender, timeout, json_out))
+        raise typer.Exit(code)
+    result = run(_send(opts, target, text, key, "enqueue" if enqueue else "auto", sender, timeout))
+    if json_out:
+        print_json(result.model_dump())
+    elif isinstance(result, Delivered):
+        typer.echo(f"delivered {result.id}")
+    else:
+        typer.echo(f"enqueued {result.id} ({result.queue})")
+
+
+def _first_error(err: ValueError) -> str:
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return str(first.get("msg", err))
+    return str(err)
+
+
+async def _send(
+    opts: Options, target: Agent | Tag, text: str, key: str | None, mode: Any, sender: str | None, timeout: float
+) -> Delivered | Enqueued:
+    async with opts.connect() as coord:
+        result: Delivered | Enqueued = await coord.mailbox.send(
+            target, text, key=key, mode=mode, sender=sender, timeout=timeout
+        )
+        return result
+
+
+async def _stream(
+    opts: Options, target: Agent | Tag, text: str, sender: str | None, timeout: float, json_out: bool
+) -> int:
+    async with opts.connect() as coord:
+        async for item in coord.mailbox.send_streaming(target, text, sender=sender, timeout=timeout):
+            if json_out:
+                print_json(item.model_dump())
+                continue
+            match item:
+                case Id():
+                    err_console.print(f"streaming {item.id}", style="dim", highlight=False)
+                case Chunk():
+                    sys.stdout.write(item.data)
+                    sys.stdout.flush()
+                case End():
+                    sys.stdout.write("\n")
+                case Enqueued():
+                    typer.echo(f"enqueued {item.id} ({item.queue}); no live agent to stream a reply")
+                case Error():
+                    sys.stdout.write("\n")
+                    err_console.print(f"[bold red]stream error:[/] {item.message}", highlight=False)
+            if isinstance(item, Error):
+                return EXIT_STREAM_ERROR
+    return 0
+
+
+def _message_json(msg: InboxMessage) -> dict[str, Any]:
+    return {
+        "id": msg.id,
+        "agent": msg.agent,
+        "sender": msg.sender,
+        "tag": msg.tag,
+        "key": msg.key,
+        "sent_at": msg.sent_at.isoformat() if msg.sent_at else None,
+        "text": msg.text,
+    }
+
+
+def _show(msg: InboxMessage, json_out: bool) -> None:
+    if json_out:
+        print_json(_message_json(msg))
+        return
+    via = f" via #{msg.tag}" if msg.tag else ""
+    key = f" [{msg.key}]" if msg.key else ""
+    typer.echo(f"{msg.id} from {msg.sender or '?'}{via}{key}: {msg.text}")
+
+
+@app.command("read")
+def read(
+    ctx: typer.Context,
+    agent: Annotated[str, typer.Option("--agent", help="Whose inbox to read.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep reading live messages until interrupted.")
+    ] = False,
+    peek: Annotated[bool, typer.Option("--peek", help="Show pending messages without consuming them.")] = False,
+    join: Annotated[bool, typer.Option(help="With --follow, be present as AGENT so senders get 'delivered'.")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per message.")] = False,
+) -> None:
+    """Print AGENT's messages, oldest first; each is acknowledged once printed (unless --peek)."""
+    if follow and peek:
+        fail("--peek shows what is pending; it cannot be combined with --follow")
+    run(_read(options(ctx), agent, follow, peek, join, json_out))
+
+
+async def _read(opts: Options, agent: str, follow: bool, peek: bool, join: bool, json_out: bool) -> None:
+    async with opts.connect() as coord:
+        if not follow:
+            for msg in await coord.mailbox.read_pending(agent, consume=not peek):
+                _show(msg, json_out)
+            return
+        membership = None
+        if join:
+            try:
+                membership = await coord.presence.join(AgentInfo(id=agent, role="reader"))
+            except PresenceConflict as err:
+                fail(f"{err} (use --no-join to read without being present)", code=3)
+        try:
+            async with coord.mailbox.inbox(agent) as inbox:
+                async for msg in inbox:
+                    _show(msg, json_out)
+        finally:
+            if membership is not None:
+                await membership.leave()
+
+
+@app.command("bind")
+def bind(
+    ctx: typer.Context,
+    tag: Annotated[str, typer.Argument(help="Tag to bind.")],
+    agent: Annotated[str, typer.Option("--agent", help="Agent that takes the tag.")],
+) -> None:
+    """Bind TAG to AGENT and move the messages waiting for the tag into its inbox."""
+    moved = run(_bind(options(ctx), tag, agent))
+    typer.echo(f"bound #{tag} to {agent}; moved {moved} waiting message(s)")
+
+
+async def _bind(opts: Options, tag: str, agent: str) -> int:
+    async with opts.connect() as coord:
+        result: int = await coord.mailbox.bind_tag(tag, agent)
+        return result
+
+
+@app.command("unbind")
+def unbind(
+    ctx: typer.Context,
+    tag: Annotated[str, typer.Argument(help="Tag to release.")],
+    agent: Annotated[str, typer.Option("--agent", help="Agent that holds the tag.")],
+) -> None:
+    """Release TAG if AGENT holds it; new messages then wait under the tag."""
+    if not run(_unbind(options(ctx), tag, agent)):
+        fail(f"#{tag} is not bound to {agent}")
+    typer.echo(f"released #{tag}")
+
+
+async def _unbind(opts: Options, tag: str, agent: str) -> bool:
+    async with opts.connect() as coord:
+        result: bool = await coord.mailbox.unbind_tag(tag, agent)
+        return result

@@ -1,0 +1,71 @@
+"""``corral events``: emit from a shell, tail (text and JSON), and show the descendant tree."""
+
+from __future__ import annotations
+
+import json
+
+import coord
+from coord.events import ShutDown
+from coord.server import NatsServer
+from tests.coord.cli_helpers import corral
+
+
+async def test_emit_then_tail_and_tree_show_the_events(
+    coord_conn: coord.Coord, nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]
+) -> None:
+    def cli(*args: str):  # type: ignore[no-untyped-def]
+        return corral(nats_server.url, namespace, subprocess_env, *args)
+
+    turn = await cli(
+        "events", "emit", "turn-ended", "--to", "boss", "--agent", "kid", "--turn", "3", "--text", "tests pass"
+    )
+    assert turn.code == 0 and turn.out.rstrip().endswith("`kid` finished turn 3: tests pass."), turn
+    sub = await cli(
+        "events",
+        "emit",
+        "scope_sub_delegated",
+        "--to",
+        "boss",
+        "--agent",
+        "kid",
+        "--sub-agent",
+        "grandkid",
+        "--scope",
+        "src",
+    )
+    assert sub.code == 0, sub
+    assert await coord_conn.events.emit("other", ShutDown(agent="x"))
+
+    text = await cli("events", "tail", "--agent", "boss", "--no-follow")
+    lines = text.out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith("kid→boss  `kid` finished turn 3: tests pass.")
+    assert lines[1].endswith("`kid` spawned `grandkid` and delegated scope to it [src].")
+    everything = [json.loads(line) for line in (await cli("events", "tail", "--no-follow", "--json")).out.splitlines()]
+    assert [(e["to"], e["kind"]) for e in everything] == [
+        ("boss", "turn_ended"),
+        ("boss", "scope_sub_delegated"),
+        ("other", "shut_down"),
+    ]
+
+    async with coord_conn.events.listener("boss") as listener:
+        await listener.catch_up()
+    tree = json.loads((await cli("events", "tree", "boss", "--json")).out)
+    assert {(d["agent"], d["parent"]) for d in tree} == {("kid", "boss"), ("grandkid", "kid")}
+
+
+async def test_emit_rejects_unknown_kinds_and_missing_fields(
+    nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]
+) -> None:
+    unknown = await corral(
+        nats_server.url, namespace, subprocess_env, "events", "emit", "exploded", "--to", "b", "--agent", "k"
+    )
+    assert unknown.code == 1 and "kind must be one of" in unknown.err
+    missing = await corral(
+        nats_server.url, namespace, subprocess_env, "events", "emit", "scope-sub-delegated", "--to", "b", "--agent", "k"
+    )
+    assert missing.code == 1 and "--sub-agent" in missing.err
+    bad = await corral(
+        nats_server.url, namespace, subprocess_env, "events", "emit", "progress", "--to", "b", "--agent", "k k"
+    )
+    assert bad.code == 1 and "agent" in bad.err and "Traceback" not in bad.err
