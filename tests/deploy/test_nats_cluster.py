@@ -150,6 +150,18 @@ async def cas_write(kv: Any, key: str, value: bytes, deadline: float) -> int:
             await asyncio.sleep(0.1)
 
 
+async def publish(js: Any, subject: str, msg_id: str, deadline: float) -> None:
+    """Publish with a ``Nats-Msg-Id``, retried while the stream elects a leader (the id dedupes retries)."""
+    while True:
+        try:
+            await js.publish(subject, b"ready", headers={"Nats-Msg-Id": msg_id}, timeout=2)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 @pytest.mark.slow
 async def test_three_nodes_from_the_config_run_corral_with_r3_and_survive_losing_one(
     nodes: dict[str, Node], namespace: str
@@ -172,7 +184,7 @@ async def test_three_nodes_from_the_config_run_corral_with_r3_and_survive_losing
             await cas_write(kv, "task-1", str(i).encode(), time.monotonic() + 10)
         dispatch = conn.names.dispatch_subject("q")
         for i in range(5):
-            await conn.js.publish(dispatch, b"ready", headers={"Nats-Msg-Id": f"before-{i}"})
+            await publish(conn.js, dispatch, f"before-{i}", time.monotonic() + 10)
 
         # Kill the node that leads the tasks stream: the hardest one to lose.
         leader = info.cluster.leader
@@ -186,14 +198,13 @@ async def test_three_nodes_from_the_config_run_corral_with_r3_and_survive_losing
         for i in range(6, 16):
             await cas_write(kv, "task-1", str(i).encode(), deadline)
         for i in range(5):
-            ack = await conn.js.publish(dispatch, b"ready", headers={"Nats-Msg-Id": f"after-{i}"}, timeout=10)
-            assert ack.stream == conn.names.dispatch_stream
+            await publish(conn.js, dispatch, f"after-{i}", deadline)
 
         entry = await kv.get("task-1")
         assert entry.value == b"15"
         after = await conn.js.stream_info(f"KV_{conn.names.tasks_bucket}")
         assert after.cluster is not None and after.cluster.leader not in (None, leader)
         dispatch_info = await conn.js.stream_info(conn.names.dispatch_stream)
-        assert dispatch_info.state.messages == 10
+        assert dispatch_info.state.messages == 10  # retried publishes were deduplicated, none lost
         with pytest.raises(KeyWrongLastSequenceError):
             await kv.update("task-1", b"stale", last=entry.revision - 1)  # CAS still fences
