@@ -303,7 +303,7 @@ class Events:
         event: TurnEnded | Errored | ShutDown | ScopeSubDelegated | Progress,
         *,
         sender: str | None = None,
-        timeout: float = 2.0,  # noqa: ASYNC109 - a bound on the child's wait, part of the API
+        timeout: float = 2.0,
     ) -> bool:
         """Durably send ``event`` to ``parent``; True once the server stored it.
 
@@ -324,13 +324,19 @@ class Events:
         while True:
             remaining = deadline - loop.time()
             try:
-                await self._coord.js.publish(subject, data, headers=headers, timeout=max(remaining, 0.05))
+                attempt_timeout = min(max(remaining, 0.05), 2.0)  # a request lost in a reconnect is retried
+                await self._coord.js.publish(subject, data, headers=headers, timeout=attempt_timeout)
                 return True
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
-                pass
+            except nats.js.errors.APIError as err:
+                if not isinstance(err, nats.js.errors.ServiceUnavailableError):
+                    log.warning("could not emit %s %s to %s: %s", event.kind, event.id, parent, err)
+                    return False
             except Exception as err:
-                log.warning("could not emit %s %s to %s: %s", event.kind, event.id, parent, err or type(err).__name__)
-                return False
+                # Timeouts, no responders, reconnecting: the server is away; retry until the deadline.
+                if self._coord.nc.is_closed:
+                    log.warning("could not emit %s %s to %s: connection closed", event.kind, event.id, parent)
+                    return False
+                log.debug("emit %s %s to %s: %s; retrying", event.kind, event.id, parent, err or type(err).__name__)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 log.warning("could not emit %s %s to %s within %.1fs", event.kind, event.id, parent, timeout)
@@ -354,7 +360,7 @@ class Events:
         task.add_done_callback(self._background.discard)
         return task
 
-    async def flush(self, timeout: float = 5.0) -> bool:  # noqa: ASYNC109
+    async def flush(self, timeout: float = 5.0) -> bool:
         """Wait for background emits to finish; True if all did within ``timeout``."""
         if not self._background:
             return True
@@ -516,7 +522,7 @@ class EventListener:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def catch_up(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    async def catch_up(self, timeout: float = 10.0) -> None:
         """Wait until every event stored so far for this agent is processed; ``TimeoutError`` if not."""
         js = self._coord.js
         stream = self._coord.names.events_stream

@@ -55,6 +55,7 @@ from pydantic import BaseModel, ConfigDict
 from coord.deadletter import dead_letter
 from coord.errors import PayloadTooLarge
 from coord.ids import Token, new_id, validate_id
+from coord.registry import format_ttl
 from coord.tracing import inject
 
 if TYPE_CHECKING:
@@ -206,6 +207,8 @@ class InboxMessage:
     """Stream sequence (the acknowledgement deletes it)."""
     subject: str
     """Stream subject."""
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    """All NATS headers (trace context included: ``coord.tracing.extract(msg.headers)``)."""
     ack_to: str | None = field(default=None, repr=False)
     stream_to: str | None = field(default=None, repr=False)
     _mailbox: Mailbox | None = field(default=None, repr=False)
@@ -307,6 +310,7 @@ def _parse(msg: Msg, mailbox: Mailbox) -> InboxMessage | str:
         sent_at=sent_at,
         seq=msg.metadata.sequence.stream,
         subject=msg.subject,
+        headers=dict(headers),
         ack_to=headers.get(H_ACK_TO),
         stream_to=headers.get(H_STREAM_TO),
         _mailbox=mailbox,
@@ -459,14 +463,35 @@ class Mailbox:
         tag: str | None,
         ack_to: str | None = None,
         stream_to: str | None = None,
+        ttl: float | None = None,
     ) -> str:
         subject = self._subject(owner, message_id, key)
         headers = {H_ID: message_id, H_SENT: _now().isoformat(), "Nats-Msg-Id": message_id}
+        if ttl is not None:
+            headers["Nats-TTL"] = format_ttl(ttl)
         for name, value in ((H_FROM, sender), (H_TAG, tag), (H_ACK_TO, ack_to), (H_STREAM_TO, stream_to)):
             if value is not None:
                 headers[name] = value
-        await self._coord.js.publish(subject, body, headers=inject(headers))
+        await self._store(subject, body, inject(headers))
         return subject
+
+    async def _store(self, subject: str, body: bytes, headers: dict[str, str], within: float = 10.0) -> None:
+        """Publish to the inbox stream and await the ack, retrying a request lost in a reconnect.
+
+        Every message carries a ``Nats-Msg-Id``, so a retry of one that did land is dropped by the
+        stream's duplicate window instead of stored twice.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                await self._coord.js.publish(subject, body, headers=headers, timeout=min(max(remaining, 0.05), 2.0))
+                return
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+                if loop.time() >= deadline or self._coord.nc.is_closed:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def _alive(self, agent: str) -> bool:
         """Present in presence; unknown counts as absent here (the message is then queued, never lost)."""
@@ -509,35 +534,42 @@ class Mailbox:
         mode: Literal["auto", "enqueue"] = "auto",
         sender: str | None = None,
         spawn: SpawnHook | None = None,
-        timeout: float = 10.0,  # noqa: ASYNC109 - how long to wait for the ack, part of the API
+        timeout: float = 10.0,
+        ttl: float | None = None,
     ) -> SendResult:
         """Send ``body`` to ``target``; :class:`Delivered` or :class:`Enqueued` (see the module doc).
 
         ``key`` enqueues "latest wins" (no waiting). ``timeout`` bounds the wait for a live agent's
-        acknowledgement (and for a spawned agent to come up). Bad input raises ``ValueError``
-        naming the field before anything is sent.
+        acknowledgement (and for a spawned agent to come up). ``ttl`` (seconds) drops the message
+        if it is still unread after that long. If ``spawn`` raises, the message stays queued and
+        the error propagates. Bad input raises ``ValueError`` naming the field before anything is
+        sent.
         """
         data = self._check(target, body, key, mode, sender)
+        if ttl is not None:
+            format_ttl(ttl)  # validates: > 0
         message_id = new_id("msg")
         _, agent = await self.resolve(target)
         tag = target.name if isinstance(target, Tag) else None
         if agent is None:
             assert isinstance(target, Tag)
-            return await self._send_to_tag_queue(target, data, message_id, key, mode, sender, spawn, timeout)
+            return await self._send_to_tag_queue(target, data, message_id, key, mode, sender, spawn, timeout, ttl)
         owner = Agent(id=agent)
         queue = f"agent:{agent}"
         if key is not None or mode == "enqueue":
-            await self._publish(owner, data, message_id, key=key, sender=sender, tag=tag)
+            await self._publish(owner, data, message_id, key=key, sender=sender, tag=tag, ttl=ttl)
             return Enqueued(id=message_id, queue=queue)
         live = await self._alive(agent)
         if not live and spawn is None:
-            await self._publish(owner, data, message_id, key=None, sender=sender, tag=tag)
+            await self._publish(owner, data, message_id, key=None, sender=sender, tag=tag, ttl=ttl)
             return Enqueued(id=message_id, queue=queue)
         nc = self._coord.nc
         ack_inbox = nc.new_inbox()
         sub = await nc.subscribe(ack_inbox, max_msgs=1)
         try:
-            subject = await self._publish(owner, data, message_id, key=None, sender=sender, tag=tag, ack_to=ack_inbox)
+            subject = await self._publish(
+                owner, data, message_id, key=None, sender=sender, tag=tag, ack_to=ack_inbox, ttl=ttl
+            )
             if not live:
                 assert spawn is not None
                 await _call(spawn, target)
@@ -552,7 +584,7 @@ class Mailbox:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _race_ack(self, sub: Subscription, agent: str | None, timeout: float) -> bool:  # noqa: ASYNC109
+    async def _race_ack(self, sub: Subscription, agent: str | None, timeout: float) -> bool:
         """True if the ack came before the agent left / the timeout."""
         ack = asyncio.ensure_future(sub.next_msg(timeout=timeout))
         waits: set[asyncio.Future[object]] = {ack}  # type: ignore[arg-type]
@@ -587,14 +619,17 @@ class Mailbox:
         mode: str,
         sender: str | None,
         spawn: SpawnHook | None,
-        timeout: float,  # noqa: ASYNC109
+        timeout: float,
+        ttl: float | None,
     ) -> SendResult:
         wait_ack = spawn is not None and key is None and mode == "auto"
         nc = self._coord.nc
         ack_inbox = nc.new_inbox() if wait_ack else None
         sub = await nc.subscribe(ack_inbox, max_msgs=1) if ack_inbox else None
         try:
-            await self._publish(target, data, message_id, key=key, sender=sender, tag=target.name, ack_to=ack_inbox)
+            await self._publish(
+                target, data, message_id, key=key, sender=sender, tag=target.name, ack_to=ack_inbox, ttl=ttl
+            )
             # A binder may have drained the tag queue between our lookup and our publish: hand it over.
             state, agent = await self._coord.registry.tag_state(target.name)
             queue = f"tag:{target.name}"
@@ -620,7 +655,7 @@ class Mailbox:
         *,
         sender: str | None = None,
         spawn: SpawnHook | None = None,
-        timeout: float = 30.0,  # noqa: ASYNC109 - the longest wait between two streamed items
+        timeout: float = 30.0,
     ) -> AsyncIterator[StreamItem]:
         """Send ``body`` and stream the reply: ``Id``, ``Chunk``..., then ``End`` or ``Error``.
 
@@ -684,7 +719,7 @@ class Mailbox:
         self,
         sub: Subscription,
         gone: asyncio.Task[bool] | None,
-        timeout: float,  # noqa: ASYNC109
+        timeout: float,
         agent: str | None,
     ) -> Msg | Error:
         nxt = asyncio.ensure_future(sub.next_msg(timeout=timeout))
@@ -769,7 +804,7 @@ class Mailbox:
         headers = dict(msg.headers or {})
         headers["Nats-Msg-Id"] = f"mv-{parsed.seq}-{parsed.id}"
         subject = self._subject(Agent(id=agent), parsed.id, parsed.key)
-        await self._coord.js.publish(subject, msg.data, headers=headers)
+        await self._store(subject, msg.data, headers)
         await self._delete(parsed.seq)
         return 1
 

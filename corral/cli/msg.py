@@ -38,13 +38,14 @@ def send(
     enqueue: Annotated[bool, typer.Option("--enqueue", help="Only enqueue; do not wait for a live agent.")] = False,
     sender: Annotated[str | None, typer.Option("--from", help="Sender agent id to record.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the ack (or between chunks).", min=0.1)] = 10.0,
+    ttl: Annotated[float | None, typer.Option(help="Drop the message if still unread after S seconds.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON lines.")] = False,
 ) -> None:
     """Send BODY to an agent (--to) or a tag (--tag): prints delivered or enqueued (with the id)."""
     if (to is None) == (tag is None):
         fail("give exactly one of --to AGENT_ID or --tag TAG")
-    if stream and (key is not None or enqueue):
-        fail("--stream cannot be combined with --key or --enqueue")
+    if stream and (key is not None or enqueue or ttl is not None):
+        fail("--stream cannot be combined with --key, --enqueue or --ttl")
     try:
         target: Agent | Tag = Agent(id=to) if to is not None else Tag(name=tag or "")
     except ValueError as err:
@@ -54,7 +55,7 @@ def send(
     if stream:
         code = run(_stream(opts, target, text, sender, timeout, json_out))
         raise typer.Exit(code)
-    result = run(_send(opts, target, text, key, "enqueue" if enqueue else "auto", sender, timeout))
+    result = run(_send(opts, target, text, key, "enqueue" if enqueue else "auto", sender, timeout, ttl))
     if json_out:
         print_json(result.model_dump())
     elif isinstance(result, Delivered):
@@ -72,11 +73,18 @@ def _first_error(err: ValueError) -> str:
 
 
 async def _send(
-    opts: Options, target: Agent | Tag, text: str, key: str | None, mode: Any, sender: str | None, timeout: float
+    opts: Options,
+    target: Agent | Tag,
+    text: str,
+    key: str | None,
+    mode: Any,
+    sender: str | None,
+    timeout: float,
+    ttl: float | None,
 ) -> Delivered | Enqueued:
     async with opts.connect() as coord:
         result: Delivered | Enqueued = await coord.mailbox.send(
-            target, text, key=key, mode=mode, sender=sender, timeout=timeout
+            target, text, key=key, mode=mode, sender=sender, timeout=timeout, ttl=ttl
         )
         return result
 

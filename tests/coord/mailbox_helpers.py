@@ -9,6 +9,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import nats.errors
+
+import coord
+from coord.deadletter import DeadLetter
 from tests.conftest import PYTHON
 
 AGENT_SCRIPT = Path(__file__).resolve().parent / "_mailbox_agent.py"
@@ -55,3 +59,20 @@ class AgentProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGKILL)
             await self.proc.wait()
+
+
+async def dead_letters(conn: coord.Coord, source: str) -> list[DeadLetter]:
+    """Every dead letter recorded for ``source`` so far (a pull consumer: no delivery races)."""
+    sub = await conn.js.pull_subscribe(conn.names.deadletter_subject(source), stream=conn.names.events_stream)
+    letters: list[DeadLetter] = []
+    try:
+        while True:
+            try:
+                batch = await sub.fetch(100, timeout=0.5)
+            except nats.errors.TimeoutError:
+                return letters
+            letters.extend(DeadLetter.model_validate_json(m.data) for m in batch)
+            for m in batch:
+                await m.ack()
+    finally:
+        await sub.unsubscribe()

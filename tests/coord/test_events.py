@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 import coord
-from coord.deadletter import read_dead_letters
 from coord.events import (
     Errored,
     Progress,
@@ -26,6 +25,7 @@ from coord.events import (
 )
 from coord.server import NatsServer
 from tests.conftest import PYTHON
+from tests.coord.mailbox_helpers import dead_letters
 
 HERE = Path(__file__).resolve().parent
 
@@ -190,7 +190,7 @@ async def test_malformed_events_are_dead_lettered_and_the_listener_keeps_going(c
     async with coord_conn.events.listener("root", on_event=lambda r: handled.append(r.event.id)) as listener:
         await listener.catch_up()
     assert handled == [good.id]
-    letters = await read_dead_letters(coord_conn, "events")
+    letters = await dead_letters(coord_conn, "events")
     assert len(letters) == 2
     assert any("message" in letter.reason for letter in letters)
 
@@ -259,3 +259,24 @@ def test_events_parse_by_kind_and_name_the_bad_field() -> None:
         parse_event('{"kind": "scope_sub_delegated", "agent": "a"}')
     with pytest.raises(ValueError, match="fraction"):
         Progress(agent="a", fraction=2)
+
+
+async def test_a_child_emitting_while_the_server_restarts_still_reaches_a_running_listener(
+    own_server: NatsServer, namespace: str
+) -> None:
+    async with coord.connect(own_server.url, namespace=namespace) as conn:
+        handled: list[str] = []
+        async with conn.events.listener("boss", on_event=lambda r: handled.append(r.event.id)) as listener:
+            first = TurnEnded(agent="kid", turn=1)
+            assert await conn.events.emit("boss", first)
+            await listener.catch_up()
+            own_server.stop()
+            second = TurnEnded(agent="kid", turn=2)
+            pending = conn.events.emit_nowait("boss", second, timeout=30)  # retried in the background
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(own_server.start)
+            assert await asyncio.wait_for(pending, 30)
+            async with asyncio.timeout(20):
+                while len(handled) < 2:
+                    await asyncio.sleep(0.05)
+        assert handled == [first.id, second.id]

@@ -9,10 +9,11 @@ from contextlib import AsyncExitStack
 import pytest
 
 import coord
-from coord.deadletter import read_dead_letters
 from coord.errors import Conflict, PayloadTooLarge
 from coord.mailbox import Agent, Chunk, Delivered, End, Enqueued, Error, Id, InboxMessage, Tag
 from coord.presence import AgentInfo
+from coord.server import NatsServer
+from tests.coord.mailbox_helpers import dead_letters
 
 
 @pytest.fixture
@@ -186,7 +187,7 @@ async def test_malformed_inbox_messages_are_dead_lettered_and_skipped(coord_conn
     async with coord_conn.mailbox.inbox("m1") as inbox:
         msg: InboxMessage = await anext(inbox)
     assert msg.id == good.id
-    reasons = [d.reason for d in await read_dead_letters(coord_conn, "inbox")]
+    reasons = [d.reason for d in await dead_letters(coord_conn, "inbox")]
     assert len(reasons) == 2 and any("Corral-Id" in r for r in reasons)
     assert await coord_conn.mailbox.read_pending("m1") == []
 
@@ -206,3 +207,42 @@ async def test_bad_input_is_rejected_before_sending(coord_conn: coord.Coord) -> 
     with pytest.raises(PayloadTooLarge, match="body"):
         await mb.send(Agent(id="a"), b"x" * (coord_conn.nc.max_payload + 1))
     assert await mb.read_pending("a") == []
+
+
+async def test_a_message_with_a_ttl_is_dropped_if_nobody_reads_it_in_time(coord_conn: coord.Coord) -> None:
+    await coord_conn.mailbox.send(Agent(id="t"), "short-lived", ttl=1.0)
+    await coord_conn.mailbox.send(Agent(id="t"), "stays")
+    assert len(await coord_conn.mailbox.read_pending("t")) == 2
+    await asyncio.sleep(2.5)
+    assert [m.text for m in await coord_conn.mailbox.read_pending("t")] == ["stays"]
+    with pytest.raises(ValueError, match="ttl"):
+        await coord_conn.mailbox.send(Agent(id="t"), "x", ttl=0)
+
+
+async def test_reader_and_senders_carry_on_across_a_server_restart(own_server: NatsServer, namespace: str) -> None:
+    async with coord.connect(own_server.url, namespace=namespace) as conn:
+        got: list[str] = []
+
+        async def reader() -> None:
+            async with conn.mailbox.inbox("r") as inbox:
+                async for msg in inbox:
+                    got.append(msg.text)
+                    if len(got) == 2:
+                        return
+
+        task = asyncio.create_task(reader())
+        await conn.mailbox.send(Agent(id="r"), "before")
+        await asyncio.to_thread(own_server.restart)
+        for _ in range(100):  # the client reconnects on its own; publishes fail until it has
+            try:
+                await conn.mailbox.send(Agent(id="r"), "after", mode="enqueue")
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        await asyncio.wait_for(task, 20)
+        assert got == ["before", "after"]
+        for _ in range(50):
+            if not await conn.mailbox.read_pending("r"):
+                break
+            await asyncio.sleep(0.1)
+        assert await conn.mailbox.read_pending("r") == []
