@@ -10,6 +10,7 @@ from coord.connection import DEFAULT_NAMESPACE, DEFAULT_URL, Auth
 from corral import __version__
 from corral.cli import demo, events, msg, presence, reclaimer, registry, server, submit, tasks, worker
 from corral.cli._common import Options
+from corral.cli._telemetry import MetricsPortOption, TraceChoice, TraceOption, setup_telemetry
 
 app = typer.Typer(
     name="corral",
@@ -46,16 +47,29 @@ def main_options(
     tls_ca: Annotated[str | None, typer.Option(envvar="CORRAL_TLS_CA", help="CA bundle (enables TLS).")] = None,
     tls_cert: Annotated[str | None, typer.Option(envvar="CORRAL_TLS_CERT", help="Client cert.")] = None,
     tls_key: Annotated[str | None, typer.Option(envvar="CORRAL_TLS_KEY", help="Client key.")] = None,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            envvar="CORRAL_REPLICAS",
+            min=1,
+            max=5,
+            help="Replicas of the namespace's buckets/streams (3 on a 3-node cluster).",
+        ),
+    ] = 1,
+    trace: TraceOption = TraceChoice.env,
+    metrics_port: MetricsPortOption = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
     """Global options shared by every command."""
+    setup_telemetry(trace, service_name=f"corral-{ctx.invoked_subcommand or 'cli'}", metrics_port=metrics_port)
     source = ctx.get_parameter_source("server_url")
     ctx.obj = Options(
         server=server_url,
         server_given=source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"),
         namespace=namespace,
+        replicas=replicas,
         auth=Auth(
             user=user,
             password=password,

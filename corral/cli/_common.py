@@ -11,6 +11,7 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from coord.connection import Auth, connect
 from coord.errors import CorralError
@@ -30,9 +31,12 @@ class Options:
     auth: Auth = field(default_factory=Auth)
     server_given: bool = False
     """True when --server or CORRAL_URL was given (rather than the default URL)."""
+    replicas: int = 1
+    """Replicas of the namespace's buckets and streams (3 on a 3-node cluster)."""
 
     def connect(self, **kwargs: Any) -> Any:
         """``coord.connect`` with these options."""
+        kwargs.setdefault("replicas", self.replicas)
         return connect(self.server, namespace=self.namespace, auth=self.auth, **kwargs)
 
 
@@ -45,7 +49,7 @@ def options(ctx: typer.Context) -> Options:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print ``message`` as an error and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import setuptools
 import yaml
 
 from tests.deploy import ROOT
@@ -104,20 +105,21 @@ def test_build_copies_every_package_the_distribution_declares_and_nothing_is_lef
     sources = copied_sources()
     for needed in ("pyproject.toml", pyproject["project"]["readme"]):
         assert needed in sources, f"{needed} is needed to build corral but not copied"
-    declared = set(pyproject["tool"]["setuptools"]["packages"])
-    for package in declared:
-        top = package.split(".")[0]
-        assert top in sources, f"package {package} is declared but {top}/ is not copied"
-        assert (ROOT / package.replace(".", "/") / "__init__.py").is_file()
-    # A non-editable install (the image) only ships declared packages: every package directory
-    # under the copied roots must be declared, or the image would miss it.
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    tops = {pattern.rstrip("*").rstrip(".") for pattern in include}
+    for top in tops:
+        assert top in sources, f"package {top} is declared but {top}/ is not copied"
+        assert (ROOT / top / "__init__.py").is_file()
+    # A non-editable install (the image) ships what setuptools finds: every package directory under
+    # the copied roots must be found, or the image would miss it.
+    found = set(setuptools.find_packages(str(ROOT), include=include))
     on_disk = {
         ".".join(init.parent.relative_to(ROOT).parts)
-        for top in declared
-        if "." not in top
+        for top in tops
         for init in (ROOT / top).rglob("__init__.py")
+        if "__pycache__" not in init.parts
     }
-    assert on_disk <= declared, f"packages missing from [tool.setuptools].packages: {sorted(on_disk - declared)}"
+    assert on_disk <= found, f"packages setuptools would not ship: {sorted(on_disk - found)}"
     for source in sources:
         assert (ROOT / source).exists(), source
         assert dockerignore_allows(source), f"{source} is copied but excluded by Dockerfile.dockerignore"
