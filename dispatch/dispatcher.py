@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from pydantic import ValidationError
 
 from coord.connection import Coord
 from coord.errors import NotFound
 from coord.ids import new_id, validate_id
-from coord.tasks import ScheduleRequest, TaskRecord, TaskStatus
+from coord.tasks import ResultNotice, ScheduleRequest, TaskRecord, TaskStatus
 from coord.wire import Result, Spec, TaskInput
 from dispatch.reclaimer import Reclaimer
 
@@ -162,17 +162,21 @@ class Dispatcher:
 
     async def _on_push(self, msg: Msg) -> None:
         try:
-            task_id = json.loads(msg.data)["task_id"]
-        except (ValueError, KeyError, TypeError):
+            notice = ResultNotice.model_validate_json(msg.data)
+        except ValidationError:
             log.warning("dispatcher: ignoring malformed result push on %s", msg.subject)
             return
-        if task_id in self._waiting:
+        future = self._waiting.get(notice.task_id)
+        if future is None or future.done():
+            return
+        record = notice.record
+        if record is None:  # too large to inline: read it
             try:
-                record = await self.coord.tasks.get(task_id)
+                record = await self.coord.tasks.get(notice.task_id)
             except NotFound:
                 return
-            if record.status in TERMINAL:
-                self._resolve(record)
+        if record.status in TERMINAL:
+            self._resolve(record)
 
     async def _reconcile_loop(self) -> None:
         """Catch results whose push was missed (disconnects): read the records of what we await."""
@@ -187,10 +191,16 @@ class Dispatcher:
 
     # --- collecting ----------------------------------------------------------------------------
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskRecord:
-        """The finished task record of ``task_id`` (reads the record first: works after a restart)."""
+        """The finished task record of ``task_id``.
+
+        Tasks this dispatcher submitted resolve from the result push (or the periodic reconcile); any
+        other task id (e.g. one submitted before a restart) is read first, so a restarted parent
+        recovers results that ended while it was away.
+        """
         validate_id(task_id, "task_id")
-        future = self._waiting.get(task_id) or self._track_foreign(task_id)
-        if not future.done():
+        future = self._waiting.get(task_id)
+        if future is None:
+            future = self._track_foreign(task_id)
             record = await self.coord.tasks.get(task_id)
             if record.status in TERMINAL:
                 self._resolve(record)
@@ -206,14 +216,38 @@ class Dispatcher:
         return result_of(await self.wait(task_id, timeout))
 
     async def as_completed(self, task_ids: Iterable[str], timeout: float | None = None) -> AsyncIterator[TaskRecord]:
-        """Yield the finished records of ``task_ids`` in the order they finish."""
-        waits = [asyncio.ensure_future(self.wait(t)) for t in task_ids]
+        """Yield the finished records of ``task_ids`` in the order they finish.
+
+        Raises ``TimeoutError`` if they have not all finished within ``timeout`` seconds.
+        """
+        done: asyncio.Queue[asyncio.Future[TaskRecord]] = asyncio.Queue()
+        foreign: list[str] = []
+        count = 0
+        for task_id in task_ids:
+            validate_id(task_id, "task_id")
+            future = self._waiting.get(task_id)
+            if future is None:
+                future = self._track_foreign(task_id)
+                foreign.append(task_id)
+            future.add_done_callback(done.put_nowait)
+            count += 1
+        reader = asyncio.create_task(self._read_foreign(foreign)) if foreign else None
         try:
-            for next_done in asyncio.as_completed(waits, timeout=timeout):
-                yield await next_done
+            async with asyncio.timeout(timeout):
+                for _ in range(count):
+                    yield (await done.get()).result()
         finally:
-            for w in waits:
-                w.cancel()
+            if reader is not None:
+                reader.cancel()
+
+    async def _read_foreign(self, task_ids: list[str]) -> None:
+        """Resolve tasks that may have ended before we started watching (one read each, concurrently)."""
+        for start in range(0, len(task_ids), 256):
+            batch = task_ids[start : start + 256]
+            records = await asyncio.gather(*(self.coord.tasks.get(t) for t in batch), return_exceptions=True)
+            for record in records:
+                if isinstance(record, TaskRecord) and record.status in TERMINAL:
+                    self._resolve(record)
 
     async def cancel(self, task_id: str) -> TaskRecord:
         """Cancel ``task_id`` (pending or claimed); a running worker's result will be rejected."""

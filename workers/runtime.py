@@ -284,7 +284,9 @@ class Worker:
             notes.append((msg, note))
         outcomes = await asyncio.gather(
             *(
-                self.coord.tasks.claim(n.task_id, self.worker_id, revision=n.revision, lease=self.lease)
+                self.coord.tasks.claim(
+                    n.task_id, self.worker_id, revision=n.revision, lease=self.lease, record=n.record
+                )
                 for _, n in notes
             ),
             return_exceptions=True,

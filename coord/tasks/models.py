@@ -231,6 +231,14 @@ class ResultNotice(BaseModel):
     """Its terminal status."""
     revision: int
     """KV revision of the terminal record."""
+    record: TaskRecord | None = None
+    """The terminal record itself when it is small enough to inline (saves the parent a read)."""
+
+    @model_validator(mode="after")
+    def _record_revision(self) -> ResultNotice:
+        if self.record is not None and self.record.revision != self.revision:
+            object.__setattr__(self, "record", self.record.model_copy(update={"revision": self.revision}))
+        return self
 
 
 class JournalEntry(BaseModel):

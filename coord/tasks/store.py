@@ -537,10 +537,11 @@ class TaskStore:
                 log.warning("task %s: notification after %s failed: %s", record.task_id, record.transition, err)
         elif record.terminal and record.parent and not before.terminal:
             notice = ResultNotice(task_id=record.task_id, status=record.status, revision=record.revision)
+            body = notice.model_dump_json(exclude={"record"}).encode()
+            if len(data) <= self.inline_limit:
+                body = body[:-1] + b',"record":' + data + b"}"
             try:
-                await self.coord.nc.publish(
-                    self._names.results_subject(record.parent), notice.model_dump_json().encode()
-                )
+                await self.coord.nc.publish(self._names.results_subject(record.parent), body)
             except Exception as err:
                 log.warning("task %s: result push to %s failed: %s", record.task_id, record.parent, err)
 

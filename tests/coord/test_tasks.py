@@ -409,7 +409,8 @@ async def test_a_terminal_transition_pushes_a_result_notice_to_the_parent(
     await store.heartbeat(claim)
     done = await store.complete(claim, "ok")
     notice = await asyncio.wait_for(received.get(), 5)
-    assert notice == ResultNotice(task_id="t1", status=TaskStatus.SUCCEEDED, revision=done.revision)
+    assert (notice.task_id, notice.status, notice.revision) == ("t1", TaskStatus.SUCCEEDED, done.revision)
+    assert notice.record == done, "a small terminal record travels inline with the push"
     await asyncio.sleep(0.1)
     assert received.empty()  # only the terminal transition pushes
     await sub.unsubscribe()
