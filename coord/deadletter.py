@@ -6,12 +6,12 @@ events are), carrying the reason, the original subject, headers and body (as tex
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel
+from nats.js.errors import NotFoundError
+from pydantic import BaseModel, ValidationError
 
 if TYPE_CHECKING:
     from coord.connection import Coord
@@ -71,16 +71,21 @@ async def dead_letter(
 
 
 async def read_dead_letters(coord: Coord, source: str = "*", limit: int = 100) -> list[DeadLetter]:
-    """The most recent dead letters (oldest first), at most ``limit``."""
+    """The most recent dead letters from ``source`` (``*``: all), oldest first, at most ``limit``.
+
+    A stored message that is not a dead letter record is skipped (logged), never raised.
+    """
     subject = f"{coord.namespace}.deadletter.{source}"
     letters: list[DeadLetter] = []
-    sub = await coord.js.subscribe(subject, stream=coord.names.events_stream, ordered_consumer=True)
-    try:
-        info = await sub.consumer_info()
-        pending = info.num_pending or 0
-        while len(letters) < pending:
-            msg = await sub.next_msg(timeout=2)
-            letters.append(DeadLetter.model_validate(json.loads(msg.data)))
-    finally:
-        await sub.unsubscribe()
+    seq = 1
+    while True:
+        try:
+            msg = await coord.js.get_msg(coord.names.events_stream, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            break
+        seq = (msg.seq or seq) + 1
+        try:
+            letters.append(DeadLetter.model_validate_json(msg.data or b""))
+        except ValidationError:
+            log.warning("dead letters: message %s on %s is not a dead letter record; skipped", msg.seq, msg.subject)
     return letters[-limit:]

@@ -16,7 +16,6 @@ from enum import StrEnum
 from typing import Annotated, cast
 
 import typer
-from rich.markup import escape
 
 from coord import metrics, tracing
 from coord.errors import CorralError
@@ -77,4 +76,4 @@ def setup_telemetry(
         else:
             metrics.configure("env", service_name=service_name)
     except (CorralError, ValueError) as err:
-        fail(escape(str(err)))  # the message names extras like corral[otlp]: not rich markup
+        fail(str(err))
