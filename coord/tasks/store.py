@@ -32,7 +32,7 @@ import nats.js.errors
 from opentelemetry import trace
 from pydantic import ValidationError
 
-from coord import tracing
+from coord import metrics, tracing
 from coord.errors import Conflict, CorralError, InvalidInput, InvalidTransition, NotFound, PayloadTooLarge, TaskExists
 from coord.ids import new_id, validate_id
 from coord.provision import kv_stream_name
@@ -48,7 +48,7 @@ from coord.tasks.models import (
     Transition,
 )
 from coord.tasks.transitions import Backoff
-from coord.tasks.watch import TaskIndex, TaskWatch
+from coord.tasks.watch import INDEX_HEADER, TaskIndex, TaskWatch, index_header
 
 if TYPE_CHECKING:
     from coord.connection import Coord
@@ -292,11 +292,11 @@ class TaskStore:
         if record is None or data is None:
             record = self._new_record(request, _now())
             data = self._encode(record)
-        revision = await self._write(request.task_id, data, 0)
+        revision = await self._write(record, data, 0)
         if revision is None:
             existing = await self._read_raw(request.task_id)
             if existing is not None and existing.data is None:  # a deleted key: create over its marker
-                revision = await self._write(request.task_id, data, existing.revision)
+                revision = await self._write(record, data, existing.revision)
             if revision is None:
                 return await self._existing(request)
         created = record.model_copy(update={"revision": revision})
@@ -460,21 +460,26 @@ class TaskStore:
         self._advance(claim, record)
         return record
 
-    async def reclaim(self, task_id: str, expected_claim_id: str, *, reason: str = "reclaimed") -> TaskRecord:
+    async def reclaim(
+        self, task_id: str, expected_claim_id: str, *, reason: str = "reclaimed", meta: Mapping[str, str] | None = None
+    ) -> TaskRecord:
         """Take the task away from claim ``expected_claim_id``: pending again (the attempt counts), or
         ``dead`` when its attempts are spent. :class:`StaleClaim` if that claim is not current any more
-        (completed, failed, reclaimed by someone else)."""
+        (completed, failed, reclaimed by someone else). ``meta`` entries (e.g. the reclaim span's trace
+        context) are merged into the record's meta in the same compare-and-set."""
         validate_id(task_id, "task_id")
         if not isinstance(expected_claim_id, str) or not isinstance(reason, str):
             raise InvalidInput("expected_claim_id and reason must be strings")
         reason = reason[:MAX_ERROR_CHARS]
-        return await self._transition(
-            task_id,
-            lambda current: transitions.reclaim(
-                current, expected_claim_id=expected_claim_id, reason=reason, now=_now()
-            ),
-            None,
-        )
+        extra = dict(meta or {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+            raise InvalidInput("meta must map strings to strings")
+
+        def step(current: TaskRecord) -> TaskRecord:
+            new = transitions.reclaim(current, expected_claim_id=expected_claim_id, reason=reason, now=_now())
+            return new.model_copy(update={"meta": {**new.meta, **extra}}) if extra else new
+
+        return await self._transition(task_id, step, None)
 
     async def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a pending or claimed task (its claim, if any, becomes stale); a no-op if already
@@ -513,7 +518,7 @@ class TaskStore:
             if new is None:
                 return current
             data = self._encode(new)
-            revision = await self._write(task_id, data, current.revision)
+            revision = await self._write(new, data, current.revision)
             if revision is not None:
                 written = new.model_copy(update={"revision": revision})
                 self._written(revision)
@@ -522,6 +527,7 @@ class TaskStore:
             trace.get_current_span().add_event(
                 tracing.EVENT_CAS_RETRY, {"key": task_id, "revision": current.revision, "attempt": attempt + 1}
             )
+            metrics.instruments().cas_retries.add(1, metrics.instruments().attrs(current.queue))
             if attempt:  # repeated losses: step aside briefly so a busy writer cannot starve us
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))
             current = await self._read(task_id)
@@ -541,7 +547,9 @@ class TaskStore:
             if len(data) <= self.inline_limit:
                 body = body[:-1] + b',"record":' + data + b"}"
             try:
-                await self.coord.nc.publish(self._names.results_subject(record.parent), body)
+                await self.coord.nc.publish(
+                    self._names.results_subject(record.parent), body, headers=tracing.inject() or None
+                )
             except Exception as err:
                 log.warning("task %s: result push to %s failed: %s", record.task_id, record.parent, err)
 
@@ -621,12 +629,17 @@ class TaskStore:
             raise NotFound(f"task {task_id!r} does not exist in namespace {self.coord.namespace!r}")
         return record
 
-    async def _write(self, task_id: str, data: bytes, last: int) -> int | None:
-        """CAS ``data`` over revision ``last`` (0: the key must not exist). Returns the new revision, or
-        None when the key is not at ``last``. A write whose outcome is unknown (timeout, server gone)
-        is resolved by reading the key: our exact bytes there mean it landed."""
+    async def _write(self, record: TaskRecord, data: bytes, last: int) -> int | None:
+        """CAS ``data`` (the encoded ``record``) over revision ``last`` (0: the key must not exist).
+
+        Returns the new revision, or None when the key is not at ``last``. A write whose outcome is
+        unknown (timeout, server gone) is resolved by reading the key: our exact bytes there mean it
+        landed. Every write carries the record's index summary in a header, so an index can follow
+        the bucket from headers alone.
+        """
+        task_id = record.task_id
         subject = self._prefix + task_id
-        headers = {_EXPECTED_LAST: str(last)}
+        headers = {_EXPECTED_LAST: str(last), INDEX_HEADER: index_header(record)}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.io_patience
         pause = 0.05

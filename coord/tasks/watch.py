@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -17,14 +18,17 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from nats.aio.msg import Msg
+from nats.js import api as js_api
 from pydantic import ValidationError
 
+from coord.provision import kv_stream_name
 from coord.tasks.models import TaskRecord, TaskStatus
 
 if TYPE_CHECKING:
     from coord.tasks.store import TaskStore
 
-__all__ = ["IndexEntry", "TaskIndex", "TaskWatch"]
+__all__ = ["INDEX_HEADER", "IndexEntry", "TaskIndex", "TaskWatch", "entry_from_header", "index_header"]
 
 log = logging.getLogger("corral.tasks")
 
@@ -149,11 +153,65 @@ class IndexEntry:
         )
 
 
+INDEX_HEADER = "Corral-Index"
+"""Header on every write to the tasks bucket: the record's :class:`IndexEntry` fields as a JSON array
+(queue, status, epoch, attempt, worker, claim id, deadline ms, visible_at ms, updated_at ms)."""
+
+
+def _ms(when: datetime | None) -> int | None:
+    return None if when is None else int(when.timestamp() * 1000)
+
+
+def _from_ms(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def index_header(record: TaskRecord) -> str:
+    """The :data:`INDEX_HEADER` value of ``record``."""
+    claim = record.claim
+    return json.dumps(
+        [
+            record.queue,
+            record.status.value,
+            record.epoch,
+            record.attempt,
+            claim.worker_id if claim else None,
+            claim.claim_id if claim else None,
+            _ms(claim.deadline if claim else None),
+            _ms(record.visible_at),
+            _ms(record.updated_at),
+        ],
+        separators=(",", ":"),
+    )
+
+
+def entry_from_header(task_id: str, revision: int, header: str) -> IndexEntry:
+    """The :class:`IndexEntry` that :func:`index_header` encoded (ValueError/TypeError if malformed)."""
+    queue, status, epoch, attempt, worker, claim_id, deadline, visible, updated = json.loads(header)
+    updated_at = _from_ms(updated)
+    if updated_at is None:
+        raise ValueError("index header without updated_at")
+    return IndexEntry(
+        task_id=task_id,
+        queue=queue,
+        status=TaskStatus(status),
+        revision=revision,
+        epoch=int(epoch),
+        attempt=int(attempt),
+        worker_id=worker,
+        claim_id=claim_id,
+        deadline=_from_ms(deadline),
+        visible_at=_from_ms(visible),
+        updated_at=updated_at,
+    )
+
+
 class TaskIndex:
     """A live in-memory index of every task by (queue, status) and by claiming worker.
 
-    Fed by a :class:`TaskWatch`; costs one small :class:`IndexEntry` per task (~300 bytes) and
-    receives every write to the bucket. Lookups are O(matching). While it runs (``async with
+    Fed by a headers-only watch of the bucket (each write's :data:`INDEX_HEADER`, so no record body
+    travels or is decoded); costs one small :class:`IndexEntry` per task (~300 bytes) and receives
+    every write to the bucket. Lookups are O(matching). While it runs (``async with
     store.index()``), ``store.list``/``store.iter`` use it and first wait until it has seen the
     store's own latest write (read-your-writes). It may lag other writers by a network hop:
     callers act through CAS transitions, which re-check the record.
@@ -207,39 +265,93 @@ class TaskIndex:
         await self.stop()
 
     async def _run(self) -> None:
+        """Follow the bucket from message headers only (no record bodies travel or get decoded)."""
+        coord = self._store.coord
+        bucket = coord.names.tasks_bucket
+        prefix = f"$KV.{bucket}."
+
+        async def on_msg(msg: Msg) -> None:
+            await self._on_msg(msg, prefix)
+
         while True:
+            sub = None
             try:
-                async with TaskWatch(self._store) as updates:
-                    async for record in updates:
-                        if record is None:
-                            self._ready.set()
-                        else:
-                            self.apply(record)
+                sub = await coord.js.subscribe(
+                    prefix + ">",
+                    stream=kv_stream_name(bucket),
+                    ordered_consumer=True,
+                    headers_only=True,
+                    deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
+                    cb=on_msg,
+                    inactive_threshold=300.0,
+                )
+                info = await sub.consumer_info()
+                if not info.num_pending and not sub.delivered:
+                    self._ready.set()
+                await asyncio.Event().wait()  # messages arrive through the callback until cancelled
             except asyncio.CancelledError:
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
                 raise
             except Exception as err:
                 log.warning("task index: watch failed (%s); restarting it", err)
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
             self._ready.clear()
             await asyncio.sleep(0.5)
 
+    async def _on_msg(self, msg: Msg, prefix: str) -> None:
+        meta = msg.metadata
+        task_id = msg.subject[len(prefix) :]
+        headers = msg.headers or {}
+        try:
+            if headers.get("KV-Operation") in _DELETES or "Nats-Marker-Reason" in headers:
+                self._remove(task_id, meta.sequence.stream)
+            elif INDEX_HEADER in headers:
+                self._apply_entry(entry_from_header(task_id, meta.sequence.stream, headers[INDEX_HEADER]))
+            else:  # written by something that does not summarise (e.g. by hand): read the record
+                record = await self._store.get(task_id)
+                self.apply(record)
+        except Exception as err:  # a malformed write must not stop the index
+            log.warning("task index: skipping %s at revision %s: %s", task_id, meta.sequence.stream, err)
+        if meta.num_pending == 0:
+            self._ready.set()
+
     def apply(self, record: TaskRecord) -> None:
         """Take ``record`` into the index (ignored if older than what the index holds for the task)."""
-        old = self._entries.get(record.task_id)
+        self._apply_entry(IndexEntry.of(record))
+
+    def _forget(self, old: IndexEntry) -> None:
+        self._groups[(old.queue, old.status)].discard(old.task_id)
+        if old.worker_id is not None:
+            self._by_worker[old.worker_id].discard(old.task_id)
+            if not self._by_worker[old.worker_id]:
+                del self._by_worker[old.worker_id]
+
+    def _apply_entry(self, entry: IndexEntry) -> None:
+        old = self._entries.get(entry.task_id)
         if old is not None:
-            if old.revision >= record.revision:
+            if old.revision >= entry.revision:
                 return
-            self._groups[(old.queue, old.status)].discard(old.task_id)
-            if old.worker_id is not None:
-                self._by_worker[old.worker_id].discard(old.task_id)
-                if not self._by_worker[old.worker_id]:
-                    del self._by_worker[old.worker_id]
-        entry = IndexEntry.of(record)
-        self._entries[record.task_id] = entry
+            self._forget(old)
+        self._entries[entry.task_id] = entry
         self._groups[(entry.queue, entry.status)].add(entry.task_id)
         if entry.worker_id is not None:
             self._by_worker[entry.worker_id].add(entry.task_id)
-        if record.revision > self.revision:
-            self.revision = record.revision
+        self._advance(entry.revision)
+
+    def _remove(self, task_id: str, revision: int) -> None:
+        old = self._entries.get(task_id)
+        if old is not None and old.revision < revision:
+            self._forget(old)
+            del self._entries[task_id]
+        self._advance(revision)
+
+    def _advance(self, revision: int) -> None:
+        if revision > self.revision:
+            self.revision = revision
             self._advanced.set()
 
     async def wait_for(self, revision: int, within: float = 2.0) -> bool:
