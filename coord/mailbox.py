@@ -41,7 +41,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import nats.errors
 import nats.js.errors
@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict
 from coord.deadletter import dead_letter
 from coord.errors import PayloadTooLarge
 from coord.ids import Token, new_id, validate_id
-from coord.registry import format_ttl
+from coord.registry import format_ttl, stream_snapshot
 from coord.tracing import inject
 
 if TYPE_CHECKING:
@@ -94,6 +94,8 @@ H_STREAM = "Corral-Stream"
 H_SEQ = "Corral-Seq"
 
 TAG_TOKEN = "tag"
+QUICK_ACK = 0.5
+"""Seconds a sender waits for an ack before it also starts watching the agent's presence."""
 
 
 # --- public models -----------------------------------------------------------------------------
@@ -412,19 +414,7 @@ class Mailbox:
 
     async def _snapshot(self, subject: str, limit: int | None = None) -> list[Msg]:
         """Messages on ``subject`` stored right now, oldest first."""
-        sub = await self._ordered(subject)
-        out: list[Msg] = []
-        try:
-            info = await sub.consumer_info()
-            total = (info.num_pending or 0) + ((info.delivered.consumer_seq or 0) if info.delivered else 0)
-            while len(out) < total and (limit is None or len(out) < limit):
-                msg = await sub.next_msg(timeout=5)
-                out.append(msg)
-                if msg.metadata.num_pending == 0:
-                    break
-        finally:
-            await sub.unsubscribe()
-        return out
+        return await stream_snapshot(self._coord.js, self._stream, subject, limit=limit)
 
     async def _delete(self, seq: int) -> bool:
         """Delete stream message ``seq``; False if it was already gone."""
@@ -586,11 +576,22 @@ class Mailbox:
 
     async def _race_ack(self, sub: Subscription, agent: str | None, timeout: float) -> bool:
         """True if the ack came before the agent left / the timeout."""
-        ack = asyncio.ensure_future(sub.next_msg(timeout=timeout))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # Most acks come within milliseconds: only a slow one is worth watching presence for.
+        try:
+            await sub.next_msg(timeout=min(QUICK_ACK, timeout))
+            return True
+        except nats.errors.TimeoutError:
+            pass
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        ack = asyncio.ensure_future(sub.next_msg(timeout=remaining))
         waits: set[asyncio.Future[object]] = {ack}  # type: ignore[arg-type]
         gone: asyncio.Future[bool] | None = None
         if agent is not None:
-            gone = asyncio.ensure_future(self._coord.presence.wait_absent(agent, timeout))
+            gone = asyncio.ensure_future(self._coord.presence.wait_absent(agent, remaining))
             waits.add(gone)  # type: ignore[arg-type]
         try:
             while waits:
@@ -604,11 +605,7 @@ class Mailbox:
                     return ack.done() and not ack.cancelled() and ack.exception() is None
             return False
         finally:
-            for future in (ack, gone):
-                if future is not None and not future.done():
-                    future.cancel()
-                    with contextlib.suppress(BaseException):
-                        await future
+            _abandon(ack, gone)
 
     async def _send_to_tag_queue(
         self,
@@ -708,10 +705,7 @@ class Mailbox:
                     yield item
                     return
         finally:
-            if gone is not None:
-                gone.cancel()
-                with contextlib.suppress(BaseException):
-                    await gone
+            _abandon(gone)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -732,9 +726,7 @@ class Mailbox:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(nxt), 0.2)
             if not nxt.done():
-                nxt.cancel()
-                with contextlib.suppress(BaseException):
-                    await nxt
+                _abandon(nxt)
                 return Error(message=f"agent {agent!r} left before finishing the stream")
         if nxt.exception() is not None:
             return Error(message=f"no reply within {timeout}s")
@@ -807,6 +799,25 @@ class Mailbox:
         await self._store(subject, msg.data, headers)
         await self._delete(parsed.seq)
         return 1
+
+
+_abandoned: set[asyncio.Future[Any]] = set()
+
+
+def _abandon(*futures: asyncio.Future[Any] | None) -> None:
+    """Cancel helper futures without waiting for them (a cancelled watch may take a while to unwind)."""
+    for future in futures:
+        if future is None or future.done():
+            continue
+        future.cancel()
+        _abandoned.add(future)
+        future.add_done_callback(_forget)
+
+
+def _forget(future: asyncio.Future[Any]) -> None:
+    _abandoned.discard(future)
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 async def _call(hook: SpawnHook, target: Agent | Tag) -> None:

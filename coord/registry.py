@@ -22,6 +22,7 @@ a guess. Join presence *before* reserving: an owner that is absent from presence
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -31,6 +32,9 @@ from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from coord.errors import Conflict, InvalidTransition, NotFound
@@ -53,6 +57,7 @@ __all__ = [
     "TagState",
     "ThreadReservation",
     "format_ttl",
+    "stream_snapshot",
 ]
 
 log = logging.getLogger("corral.registry")
@@ -287,27 +292,56 @@ class RecordStore:
 
     async def scan(self, prefix: str, model: type[M]) -> list[tuple[str, M]]:
         """Every live ``(key, value)`` under ``prefix`` (e.g. ``"session."``), malformed ones skipped."""
-        kv = await self._coord.kv(self.bucket)
-        watcher = await kv.watch(f"{prefix}>", ignore_deletes=True)
+        msgs = await stream_snapshot(self._coord.js, self._stream, f"{self.subject(prefix)}>", last_per_subject=True)
         found: list[tuple[str, M]] = []
-        try:
-            while True:
-                entry = await watcher.updates(timeout=10)  # type: ignore[no-untyped-call]
-                if entry is None:
-                    break
-                if not entry.value:
-                    continue
-                try:
-                    value = model.model_validate_json(entry.value)
-                except ValidationError as err:
-                    log.warning("skipping malformed registry key %s: %s", entry.key, err.errors()[0]["msg"])
-                    continue
-                if "revision" in type(value).model_fields and entry.revision is not None:
-                    value = value.model_copy(update={"revision": entry.revision})
-                found.append((entry.key, value))
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        cut = len(self.subject(""))
+        for msg in msgs:
+            headers = msg.headers or {}
+            if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers or not msg.data:
+                continue
+            key = msg.subject[cut:]
+            try:
+                value = model.model_validate_json(msg.data)
+            except ValidationError as err:
+                log.warning("skipping malformed registry key %s: %s", key, err.errors()[0]["msg"])
+                continue
+            if "revision" in type(value).model_fields:
+                value = value.model_copy(update={"revision": msg.metadata.sequence.stream})
+            found.append((key, value))
         return found
+
+
+async def stream_snapshot(
+    js: JetStreamContext, stream: str, subject: str, *, last_per_subject: bool = False, limit: int | None = None
+) -> list[Msg]:
+    """The messages on ``subject`` stored right now (oldest first), read with an ordered consumer.
+
+    Unlike nats-py's KV watcher it cannot stop early when messages are already on their way while it
+    asks how many there are, and it tolerates messages deleted while it reads.
+    """
+    policy = js_api.DeliverPolicy.LAST_PER_SUBJECT if last_per_subject else js_api.DeliverPolicy.ALL
+    sub = await js.subscribe(subject, stream=stream, ordered_consumer=True, deliver_policy=policy, idle_heartbeat=2.0)
+    out: list[Msg] = []
+    try:
+        info = await sub.consumer_info()
+        delivered = (info.delivered.consumer_seq or 0) if info.delivered else 0
+        if (info.num_pending or 0) + delivered == 0:
+            return out
+        while limit is None or len(out) < limit:
+            try:
+                msg = await sub.next_msg(timeout=2)
+            except nats.errors.TimeoutError:
+                # What was counted may have been deleted before it reached us: ask again.
+                if not (await sub.consumer_info()).num_pending:
+                    break
+                continue
+            out.append(msg)
+            if msg.metadata.num_pending == 0:
+                break
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return out
 
 
 def _session_key(session_id: str) -> str:

@@ -26,7 +26,12 @@ async def corral(
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**env, "COLUMNS": "200"},
     )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin is not None else None), within)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin is not None else None), within)
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        raise AssertionError(f"corral {' '.join(args)} hung for {within}s; stdout={out!r} stderr={err!r}") from None
     assert proc.returncode is not None
     return CliResult(proc.returncode, out.decode(), " ".join(err.decode().split()))
 

@@ -246,3 +246,26 @@ async def test_reader_and_senders_carry_on_across_a_server_restart(own_server: N
                 break
             await asyncio.sleep(0.1)
         assert await conn.mailbox.read_pending("r") == []
+
+
+async def test_a_slow_handler_is_waited_for_and_reported_delivered_as_soon_as_it_acks(
+    coord_conn: coord.Coord, nats_server: NatsServer, namespace: str, stack: AsyncExitStack
+) -> None:
+    await _present(stack, coord_conn, "slow")
+
+    async def serve() -> None:
+        async with coord_conn.mailbox.inbox("slow") as inbox:
+            async for msg in inbox:
+                await asyncio.sleep(float(msg.text))
+
+    server = asyncio.create_task(serve())
+    try:
+        async with coord.connect(nats_server.url, namespace=namespace) as sender:
+            for handler_seconds in (0.0, 1.2):
+                started = asyncio.get_running_loop().time()
+                result = await sender.mailbox.send(Agent(id="slow"), str(handler_seconds), timeout=10)
+                took = asyncio.get_running_loop().time() - started
+                assert isinstance(result, Delivered)
+                assert handler_seconds <= took < handler_seconds + 1.0
+    finally:
+        server.cancel()
