@@ -1,28 +1,19 @@
 """Tracing plumbing: trace context through real NATS headers and task meta, spans, opt-in export.
 
 In-process tests use an in-memory exporter; the export tests run real child processes that only
-see standard ``OTEL_*`` variables and send OTLP/HTTP to :class:`OtlpReceiver`, a receiver living
-in the test that decodes the protobuf requests.
+see standard ``OTEL_*`` variables and send OTLP/HTTP to :class:`~tests.otlp.OtlpReceiver`, a
+receiver living in the test process that decodes the protobuf requests.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import subprocess
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -30,134 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import coord
 from coord import tracing
 from tests.conftest import PYTHON
-
-# --- an OTLP/HTTP receiver for tests ------------------------------------------------------------------
-
-
-def _any_value(value: common_pb2.AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return [_any_value(v) for v in value.array_value.values]
-    return getattr(value, kind) if kind else None
-
-
-def _attributes(kvs: Any) -> dict[str, Any]:
-    return {kv.key: _any_value(kv.value) for kv in kvs}
-
-
-@dataclass
-class ReceivedSpan:
-    """One span as decoded from an ``ExportTraceServiceRequest``."""
-
-    name: str
-    trace_id: str
-    span_id: str
-    parent_span_id: str
-    kind: int
-    service: str
-    attributes: dict[str, Any]
-    events: list[str]
-    links: list[tuple[str, str]]
-    status_code: int
-
-
-@dataclass
-class OtlpReceiver:
-    """A real OTLP/HTTP endpoint on loopback that keeps and decodes what exporters send it."""
-
-    requests: list[tuple[str, bytes]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                with receiver._cond:
-                    receiver.requests.append((self.path, body))
-                    receiver._cond.notify_all()
-                if self.path.endswith("/v1/traces"):
-                    reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
-                else:
-                    reply = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._cond = threading.Condition()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def endpoint(self) -> str:
-        """Base URL for ``OTEL_EXPORTER_OTLP_ENDPOINT``."""
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def spans(self) -> list[ReceivedSpan]:
-        """Every span received so far, decoded."""
-        out: list[ReceivedSpan] = []
-        for path, body in list(self.requests):
-            if not path.endswith("/v1/traces"):
-                continue
-            request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
-            for rs in request.resource_spans:
-                service = str(_attributes(rs.resource.attributes).get("service.name", ""))
-                for ss in rs.scope_spans:
-                    for s in ss.spans:
-                        out.append(
-                            ReceivedSpan(
-                                name=s.name,
-                                trace_id=s.trace_id.hex(),
-                                span_id=s.span_id.hex(),
-                                parent_span_id=s.parent_span_id.hex(),
-                                kind=s.kind,
-                                service=service,
-                                attributes=_attributes(s.attributes),
-                                events=[e.name for e in s.events],
-                                links=[(link.trace_id.hex(), link.span_id.hex()) for link in s.links],
-                                status_code=s.status.code,
-                            )
-                        )
-        return out
-
-    def metrics(self) -> dict[str, list[tuple[dict[str, Any], float]]]:
-        """Metric name -> [(attributes, value)] for sums/gauges, (attributes, count) for histograms."""
-        out: dict[str, list[tuple[dict[str, Any], float]]] = {}
-        for path, body in list(self.requests):
-            if not path.endswith("/v1/metrics"):
-                continue
-            request = metrics_service_pb2.ExportMetricsServiceRequest.FromString(body)
-            for rm in request.resource_metrics:
-                for sm in rm.scope_metrics:
-                    for m in sm.metrics:
-                        kind = m.WhichOneof("data")
-                        points = getattr(m, kind).data_points
-                        for p in points:
-                            value = p.count if kind == "histogram" else (p.as_int or p.as_double)
-                            out.setdefault(m.name, []).append((_attributes(p.attributes), value))
-        return out
-
-    def wait_until(self, ready: Callable[[], bool], timeout: float = 15.0) -> None:
-        """Block until ``ready()`` holds (checked after each request), or fail after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not ready():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"receiver did not get what was expected within {timeout}s")
-                self._cond.wait(left)
+from tests.otlp import OtlpReceiver
 
 
 @pytest.fixture
