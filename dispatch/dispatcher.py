@@ -4,6 +4,10 @@ Results are pushed to the parent on ``{ns}.results.{parent}`` as tasks end; the 
 the truth, so a parent that restarts (or missed a push while disconnected) reconciles by reading the
 records. Backpressure: at most ``max_in_flight`` submitted tasks await a result at once; ``submit``
 waits for room. A :class:`~dispatch.reclaimer.Reclaimer` runs inside every dispatcher by default.
+
+Telemetry: when tracing records, each task gets a ``submit`` span (a child of the caller's current
+span) whose context is stored in the task record's ``meta``: the worker's spans, on any host, join
+that trace. New records count ``corral.tasks.submitted``. With tracing off nothing is added to meta.
 """
 
 from __future__ import annotations
@@ -12,15 +16,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
 from pydantic import ValidationError
 
+from coord import tracing
 from coord.connection import Coord
 from coord.errors import NotFound
 from coord.ids import new_id, validate_id
+from coord.metrics import instruments
 from coord.tasks import ResultNotice, ScheduleRequest, TaskRecord, TaskStatus
 from coord.wire import Result, Spec, TaskInput
 from dispatch.reclaimer import Reclaimer
@@ -70,6 +80,7 @@ class Dispatcher:
         self._holding: set[str] = set()
         self._sub: Subscription | None = None
         self._reconciler: asyncio.Task[None] | None = None
+        self._metrics = instruments()
 
     async def start(self) -> Dispatcher:
         """Subscribe to this parent's results and start the reclaimer."""
@@ -125,16 +136,57 @@ class Dispatcher:
             await self._room.acquire()
         for spec, _ in prepared:
             self._track(spec.task_id)
+        requests = [r for _, r in prepared]
+        spans = self._start_submit_spans(requests) if tracing.enabled() else None
+        started = datetime.now(UTC)
         try:
-            records = await self.coord.tasks.schedule_many([r for _, r in prepared])
-        except BaseException:
+            if spans is None:
+                records = await self.coord.tasks.schedule_many(requests)
+            else:
+                records = await self._schedule_traced(spans)
+        except BaseException as err:
             for spec, _ in prepared:
                 self._untrack(spec.task_id)
+            for span, _ in spans or ():
+                span.record_exception(err)
+                span.set_status(Status(StatusCode.ERROR, f"{type(err).__name__}: {err}"))
+                span.end()
             raise
-        for record in records:
+        for i, record in enumerate(records):
+            created = record.created_at >= started  # else an idempotent resubmit of an existing task
+            if created:
+                self._metrics.submitted.add(1, self._metrics.attrs(record.queue))
+            if spans is not None:
+                span = spans[i][0]
+                span.set_attribute("corral.task.existing", not created)
+                span.end()
             if record.status in TERMINAL:  # an idempotent resubmit of a finished task
                 self._resolve(record)
         return [spec.task_id for spec, _ in prepared]
+
+    def _start_submit_spans(self, requests: list[ScheduleRequest]) -> list[tuple[Span, ScheduleRequest]]:
+        """One ``submit`` span per task (children of the caller's span) and requests carrying their context."""
+        parent = otel_context.get_current()
+        out: list[tuple[Span, ScheduleRequest]] = []
+        for request in requests:
+            span = tracing.tracer.start_span(
+                tracing.SUBMIT.name,
+                context=parent,
+                kind=tracing.SUBMIT.kind,
+                attributes=tracing.task_attributes(request.task_id, request.queue, operation=tracing.SUBMIT),
+            )
+            meta = {**request.meta, **tracing.context_to_meta(trace.set_span_in_context(span, parent))}
+            out.append((span, request.model_copy(update={"meta": meta})))
+        return out
+
+    async def _schedule_traced(self, spans: list[tuple[Span, ScheduleRequest]]) -> list[TaskRecord]:
+        """``schedule_many`` outside any current span, so each notification carries its own task's
+        submit context (from the record's meta) rather than the caller's span."""
+        token = otel_context.attach(otel_context.Context())
+        try:
+            return await self.coord.tasks.schedule_many([r for _, r in spans])
+        finally:
+            otel_context.detach(token)
 
     def _track(self, task_id: str) -> asyncio.Future[TaskRecord]:
         future = self._waiting.get(task_id)

@@ -20,6 +20,7 @@ from coord.connection import Coord
 from coord.errors import Conflict, InvalidTransition, NotFound, StaleClaim
 from coord.tasks import TaskRecord, TaskStatus
 from coord.wire import Spec
+from dispatch.reclaimer import reclaim_claim
 
 __all__ = ["SpawnOutcome", "SpawnedWorker", "build_worker_command", "wait_worker_absent"]
 
@@ -112,8 +113,14 @@ class SpawnedWorker:
         claim = record.claim
         if record.status is TaskStatus.CLAIMED and claim is not None and claim.worker_id == self.spec.worker_agent_id:
             with contextlib.suppress(StaleClaim, Conflict, InvalidTransition, NotFound):
-                record = await self.coord.tasks.reclaim(
-                    self.spec.task_id, claim.claim_id, reason=f"process-exit:{code}"
+                record = await reclaim_claim(
+                    self.coord,
+                    self.spec.task_id,
+                    claim.claim_id,
+                    reason=f"process-exit:{code}",
+                    worker_id=claim.worker_id,
+                    last_beat=record.updated_at,
+                    record=record,
                 )
                 log.info("worker process for %s exited (%s) holding its claim; reclaimed", self.spec.task_id, code)
                 return SpawnOutcome(code, record, True)

@@ -4,6 +4,8 @@ A handler is an async or sync Python callable ``(Spec, Context) -> Result`` (a s
 thread), or a command: the spec goes in as JSON on stdin plus ``CORRAL_*`` env vars; the Result comes
 back as JSON (or a ``corral-result/1`` line) on stdout. A command that exits non-zero without a
 Result is a failure; one that exits 0 without a Result is a success whose summary is its last line.
+When the task is traced, a command also gets the run span's context as ``TRACEPARENT`` /
+``TRACESTATE`` / ``BAGGAGE`` (the OpenTelemetry environment-variable carrier), so it can continue the trace.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from coord import tracing
 from coord.wire import Result, Spec, parse_result
 from workers.context import Context
 
@@ -146,4 +149,6 @@ def _task_env(spec: Spec, ctx: Context) -> dict[str, str]:
         env["CORRAL_WORKSPACE"] = spec.workspace_dir
     if spec.parent_agent_id:
         env["CORRAL_PARENT_AGENT_ID"] = spec.parent_agent_id
+    for key, value in tracing.inject().items():  # empty unless traced
+        env[key.upper()] = value
     return env

@@ -15,6 +15,13 @@ Failure behaviour:
   ``StaleClaim`` if the task was reclaimed meanwhile;
 - :meth:`Worker.stop` (SIGTERM/SIGINT in the CLI) stops fetching, lets in-flight work finish within
   ``grace`` seconds, releases what remains back to pending, and leaves presence.
+
+Telemetry (only when tracing records; otherwise one cheap check per batch and per task): ``claim``
+and ``run`` spans are children of the task's ``submit`` span, whose context travels in the record's
+meta; ``complete``/``fail`` are children of ``run``; lease renewals are ``heartbeat`` spans sampled
+at most once per ``HEARTBEAT_SAMPLE`` seconds per worker. A re-run after a reclaim links its ``run``
+span to the ``reclaim`` span and carries a ``corral.reclaimed`` event naming it. Metrics: claimed,
+succeeded, failed, dead, in-flight per queue, claim wait and run time.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,19 +39,24 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 from nats.js.client import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.trace import Link, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 from pydantic import ValidationError
 
+from coord import tracing
 from coord.connection import Coord
 from coord.deadletter import dead_letter
 from coord.errors import Conflict, InvalidTransition, NotFound, PresenceLost, StaleClaim
 from coord.ids import new_id, validate_id
+from coord.metrics import instruments
 from coord.presence import AgentInfo, Membership
-from coord.tasks import Claim, Notification, TaskRecord
+from coord.tasks import Claim, Notification, TaskRecord, TaskStatus
 from coord.wire import Result, Spec
 from workers.context import Context
 from workers.handlers import Handler
 
-__all__ = ["Worker", "WorkerStats", "queue_consumer"]
+__all__ = ["HEARTBEAT_SAMPLE", "Worker", "WorkerStats", "queue_consumer"]
 
 log = logging.getLogger("corral.worker")
 
@@ -53,6 +66,11 @@ NOTIFICATION_ACK_WAIT = 5.0
 notification whose task was claimed meanwhile is simply dropped."""
 FETCH_WAIT = 1.0
 """Longest a pull request waits on the server; also the longest a stop waits for fetches to end."""
+HEARTBEAT_SAMPLE = 30.0
+"""Seconds between two sampled ``heartbeat`` spans of one worker (lease renewals are frequent)."""
+_RECLAIM_EPOCH = tracing.RECLAIM_META_PREFIX + "epoch"  # written by dispatch.reclaimer.reclaim_claim
+_RECLAIM_WORKER = tracing.RECLAIM_META_PREFIX + "worker_id"
+_RECLAIM_TRACEPARENT = tracing.RECLAIM_META_PREFIX + "traceparent"
 
 
 @dataclass
@@ -91,6 +109,7 @@ async def queue_consumer(coord: Coord, queue: str) -> JetStreamContext.PullSubsc
 class _Running:
     claim: Claim
     ctx: Context
+    started: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
 
@@ -136,6 +155,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._lost: PresenceLost | None = None
         self._started = asyncio.Event()
+        self._metrics = instruments()
+        self._beat_sample = tracing.Throttle(HEARTBEAT_SAMPLE)
 
     @property
     def inflight(self) -> int:
@@ -170,8 +191,12 @@ class Worker:
         """
         validate_id(task_id, "task_id")
         async with self._join() as membership:
-            claim = await self.coord.tasks.claim(task_id, self.worker_id, lease=self.lease)
-            self._start(claim)
+            if tracing.enabled():
+                record = await self.coord.tasks.get(task_id)  # its meta holds the trace to continue
+                claim = await self._claim_traced(task_id, record.revision, record, None)
+            else:
+                claim = await self.coord.tasks.claim(task_id, self.worker_id, lease=self.lease)
+            self._start(claim, None)
             running = self._running.get(task_id)
             if running is not None and running.task is not None:
                 await running.task
@@ -282,19 +307,20 @@ class Worker:
                 await msg.nak(delay=delay)
                 continue
             notes.append((msg, note))
-        outcomes = await asyncio.gather(
-            *(
+        if tracing.enabled():
+            claims = [self._claim_traced(n.task_id, n.revision, n.record, m.headers) for m, n in notes]
+        else:
+            claims = [
                 self.coord.tasks.claim(
                     n.task_id, self.worker_id, revision=n.revision, lease=self.lease, record=n.record
                 )
                 for _, n in notes
-            ),
-            return_exceptions=True,
-        )
+            ]
+        outcomes = await asyncio.gather(*claims, return_exceptions=True)
         for (msg, note), outcome in zip(notes, outcomes, strict=True):
             if isinstance(outcome, Claim):
                 await msg.ack()
-                self._start(outcome)
+                self._start(outcome, note.record)
                 continue
             await self._give_back(1)
             if isinstance(outcome, Conflict | InvalidTransition | NotFound):
@@ -310,6 +336,29 @@ class Worker:
                 )
                 await msg.nak(delay=0.5)
 
+    async def _claim_traced(
+        self, task_id: str, revision: int | None, record: TaskRecord | None, headers: dict[str, str] | None
+    ) -> Claim:
+        """The claim CAS inside a ``claim`` span: a child of the submit span in the record's meta (or of
+        the notification's headers when the record was not inlined). A lost race is not an error."""
+        parent = tracing.context_from_meta(record.meta) if record is not None else tracing.extract(headers)
+        lost: Exception | None = None
+        with tracing.start_span(
+            tracing.CLAIM, task_id, record.queue if record else None, worker_id=self.worker_id, context=parent
+        ) as span:
+            try:
+                claim = await self.coord.tasks.claim(
+                    task_id, self.worker_id, revision=revision, lease=self.lease, record=record
+                )
+            except (Conflict, InvalidTransition, NotFound) as err:
+                span.set_attribute("corral.claim.outcome", "stale")
+                lost = err
+            else:
+                span.set_attributes(_claim_attributes(claim, tracing.CLAIM))
+        if lost is not None:
+            raise lost
+        return claim
+
     async def _dead_letter_notification(self, msg: Msg, reason: str) -> None:
         self.stats.dead_lettered += 1
         await msg.term()
@@ -318,8 +367,16 @@ class Worker:
         )
 
     # --- running -----------------------------------------------------------------------------
-    def _start(self, claim: Claim) -> None:
+    def _start(self, claim: Claim, before: TaskRecord | None) -> None:
+        """Run ``claim``; ``before`` is the pending record it was claimed from, when known (claim wait)."""
         self.stats.claimed += 1
+        record = claim.record
+        attrs = self._metrics.attrs(record.queue)
+        self._metrics.claimed.add(1, attrs)
+        self._metrics.in_flight.add(1, attrs)
+        waited_from = _pending_since(before, record)
+        if waited_from is not None and record.claim is not None:
+            self._metrics.claim_wait.record(max(0.0, (record.claim.claimed_at - waited_from).total_seconds()), attrs)
         ctx = Context(
             task_id=claim.task_id,
             worker_id=self.worker_id,
@@ -334,6 +391,18 @@ class Worker:
 
     async def _heartbeat(self, running: _Running, progress: Any) -> None:
         async with running.lock:
+            if tracing.enabled() and self._beat_sample.ready():
+                claim = running.claim
+                with tracing.start_span(
+                    tracing.HEARTBEAT,
+                    claim.task_id,
+                    claim.record.queue,
+                    claim.record.attempt,
+                    claim.epoch,
+                    self.worker_id,
+                ):
+                    running.claim = await self.coord.tasks.heartbeat(claim, progress=progress)
+                return
             running.claim = await self.coord.tasks.heartbeat(running.claim, progress=progress)
 
     async def _keep_lease(self, running: _Running) -> None:
@@ -356,6 +425,29 @@ class Worker:
                 log.warning("worker %s: lease extension for %s failed: %s", self.worker_id, running.claim.task_id, err)
 
     async def _run(self, running: _Running) -> None:
+        try:
+            if not tracing.enabled():
+                await self._run_claim(running)
+                return
+            record = running.claim.record
+            links, reclaimed = _reclaim_link(record)
+            with tracing.start_span(
+                tracing.RUN,
+                record.task_id,
+                record.queue,
+                record.attempt,
+                running.claim.epoch,
+                self.worker_id,
+                context=tracing.context_from_meta(record.meta),
+                links=links,
+            ) as span:
+                if reclaimed is not None:
+                    span.add_event(tracing.EVENT_RECLAIMED, reclaimed)
+                await self._run_claim(running)
+        finally:
+            self._metrics.in_flight.add(-1, self._metrics.attrs(running.claim.record.queue))
+
+    async def _run_claim(self, running: _Running) -> None:
         claim = running.claim
         keeper = asyncio.create_task(self._keep_lease(running))
         try:
@@ -387,17 +479,41 @@ class Worker:
             await self._give_back(1)
 
     async def _finish(self, running: _Running, result: Result, *, retry: bool) -> None:
+        inst = self._metrics
+        attrs = inst.attrs(running.claim.record.queue)
+        inst.run_time.record(time.monotonic() - running.started, attrs)
         async with running.lock:
+            claim = running.claim
+            message = "" if result.ok else (result.error.message if result.error else result.summary)
+            if not result.ok:
+                trace.get_current_span().set_status(Status(StatusCode.ERROR, message[:256]))
+            settle = tracing.start_span(
+                tracing.COMPLETE if result.ok else tracing.FAIL,
+                claim.task_id,
+                claim.record.queue,
+                claim.record.attempt,
+                claim.epoch,
+                self.worker_id,
+            )
             try:
-                if result.ok:
-                    await self.coord.tasks.complete(running.claim, result.model_dump(mode="json"))
-                    self.stats.succeeded += 1
-                else:
-                    message = result.error.message if result.error else result.summary
-                    await self.coord.tasks.fail(
-                        running.claim, message, retry=retry, result=result.model_dump(mode="json")
-                    )
-                    self.stats.failed += 1
+                with settle as span:
+                    try:
+                        if result.ok:
+                            await self.coord.tasks.complete(claim, result.model_dump(mode="json"))
+                            self.stats.succeeded += 1
+                            inst.succeeded.add(1, attrs)
+                        else:
+                            record = await self.coord.tasks.fail(
+                                claim, message, retry=retry, result=result.model_dump(mode="json")
+                            )
+                            self.stats.failed += 1
+                            inst.failed.add(1, attrs)
+                            if record.status is TaskStatus.DEAD:
+                                inst.dead.add(1, attrs)
+                            span.set_attribute("corral.task.status", record.status.value)
+                    except StaleClaim:
+                        span.set_attribute("corral.settle.outcome", "stale")
+                        raise
             except StaleClaim as err:
                 self.stats.stale_rejected += 1
                 log.warning(
@@ -413,6 +529,43 @@ class Worker:
         with contextlib.suppress(StaleClaim):
             await asyncio.shield(self.coord.tasks.release(running.claim))
             self.stats.released += 1
+
+
+def _claim_attributes(claim: Claim, operation: tracing.Operation) -> dict[str, AttributeValue]:
+    record = claim.record
+    return tracing.task_attributes(
+        claim.task_id, record.queue, record.attempt, claim.epoch, claim.worker_id, operation=operation
+    )
+
+
+def _pending_since(before: TaskRecord | None, claimed: TaskRecord) -> datetime | None:
+    """When the task became claimable: the pending record's write time or the end of its backoff."""
+    if before is not None and before.status is TaskStatus.PENDING:
+        since = before.updated_at
+        return max(since, before.visible_at) if before.visible_at is not None else since
+    if claimed.attempt == 1:
+        return claimed.created_at  # claimed by id (run_one) or from a non-inlined notification
+    return None
+
+
+def _reclaim_link(record: TaskRecord) -> tuple[list[Link] | None, dict[str, AttributeValue] | None]:
+    """For the first claim after a traced reclaim: a link to the reclaim span and the event naming it."""
+    meta = record.meta
+    if _RECLAIM_TRACEPARENT not in meta or meta.get(_RECLAIM_EPOCH) != str(record.epoch - 1):
+        return None, None
+    ctx = tracing.context_from_meta(meta, prefix=tracing.RECLAIM_META_PREFIX)
+    span_context = trace.get_current_span(ctx).get_span_context()
+    if not span_context.is_valid:
+        return None, None
+    links = tracing.links_to(ctx, attributes={"corral.link": "reclaim"})
+    event: dict[str, AttributeValue] = {
+        "corral.reclaim.span_id": f"{span_context.span_id:016x}",
+        "corral.reclaim.trace_id": f"{span_context.trace_id:032x}",
+        "corral.reclaim.epoch": record.epoch - 1,
+        "corral.reclaim.worker.id": meta.get(_RECLAIM_WORKER, ""),
+        "corral.reclaim.reason": record.error or "",
+    }
+    return links, event
 
 
 def _seconds_until(when: datetime | None) -> float:
