@@ -269,3 +269,38 @@ async def test_a_slow_handler_is_waited_for_and_reported_delivered_as_soon_as_it
                 assert handler_seconds <= took < handler_seconds + 1.0
     finally:
         server.cancel()
+
+
+async def test_spawn_hooks_start_a_streamer_or_a_tag_holder_when_nobody_is_live(coord_conn: coord.Coord) -> None:
+    tasks: list[asyncio.Task[None]] = []
+
+    def start_agent(agent: str, tag: str | None = None) -> None:
+        async def run() -> None:
+            async with coord_conn.presence.join(AgentInfo(id=agent), interval=0.3, ttl=1.0):
+                if tag is not None:
+                    await coord_conn.mailbox.bind_tag(tag, agent)
+                async with coord_conn.mailbox.inbox(agent) as inbox:
+                    async for msg in inbox:
+                        await msg.chunk(f"{agent} got {msg.text}")
+
+        tasks.append(asyncio.create_task(run()))
+
+    try:
+        spawned: list[Agent | Tag] = []
+
+        def spawn(target: Agent | Tag) -> None:
+            spawned.append(target)
+            if isinstance(target, Agent):
+                start_agent(target.id)
+            else:
+                start_agent("taker", tag=target.name)
+
+        items = [i async for i in coord_conn.mailbox.send_streaming(Agent(id="helper"), "hi", spawn=spawn)]
+        assert isinstance(items[0], Id) and items[1:] == [Chunk(seq=1, data="helper got hi"), End()]
+        result = await coord_conn.mailbox.send(Tag(name="builders"), "build it", spawn=spawn, timeout=10)
+        assert isinstance(result, Delivered)
+        assert spawned == [Agent(id="helper"), Tag(name="builders")]
+        assert await coord_conn.mailbox.resolve(Tag(name="builders")) == ("BOUND", "taker")
+    finally:
+        for task in tasks:
+            task.cancel()
