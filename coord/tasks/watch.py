@@ -225,6 +225,7 @@ class TaskIndex:
         self._runner: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._advanced = asyncio.Event()
+        self._ready_at: int | None = None
         self.revision = 0
         """Highest KV revision applied."""
 
@@ -286,8 +287,13 @@ class TaskIndex:
                     inactive_threshold=300.0,
                 )
                 info = await sub.consumer_info()
-                if not info.num_pending and not sub.delivered:
-                    self._ready.set()
+                if not info.num_pending:
+                    # Everything was pushed already (maybe still in our socket): ready once the
+                    # callback has applied up to the last sequence the server delivered.
+                    pushed = info.delivered.stream_seq if info.delivered else 0
+                    self._ready_at = pushed or 0
+                    if self.revision >= self._ready_at:
+                        self._ready.set()
                 await asyncio.Event().wait()  # messages arrive through the callback until cancelled
             except asyncio.CancelledError:
                 if sub is not None:
@@ -300,6 +306,7 @@ class TaskIndex:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
             self._ready.clear()
+            self._ready_at = None
             await asyncio.sleep(0.5)
 
     async def _on_msg(self, msg: Msg, prefix: str) -> None:
@@ -316,7 +323,7 @@ class TaskIndex:
                 self.apply(record)
         except Exception as err:  # a malformed write must not stop the index
             log.warning("task index: skipping %s at revision %s: %s", task_id, meta.sequence.stream, err)
-        if meta.num_pending == 0:
+        if meta.num_pending == 0 or (self._ready_at is not None and meta.sequence.stream >= self._ready_at):
             self._ready.set()
 
     def apply(self, record: TaskRecord) -> None:
