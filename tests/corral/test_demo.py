@@ -11,7 +11,10 @@ from tests.conftest import PYTHON
 def test_demo_kills_and_pauses_workers_and_every_task_still_succeeds_once(subprocess_env: dict[str, str]) -> None:
     out = subprocess.run(
         [PYTHON, "-m", "corral", "demo", "--json", "--workers", "3", "--tasks", "24", "--ttl", "2"],
-        env=subprocess_env, capture_output=True, text=True, timeout=180,
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
