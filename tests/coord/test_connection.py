@@ -62,3 +62,11 @@ async def test_bad_namespace_is_rejected_before_any_network_io(bad: str) -> None
 async def test_replicas_beyond_a_single_node_is_a_clear_error(nats_server: NatsServer, namespace: str) -> None:
     with pytest.raises(ServerUnsupported, match="replicas"):
         await coord.connect(nats_server.url, namespace=namespace, replicas=3)
+
+
+async def test_credentials_pass_straight_to_nats_and_a_wrong_password_is_a_clear_error() -> None:
+    with NatsServer(extra_args=["--user", "agent", "--pass", "s3cret"]) as secured:
+        async with coord.connect(secured.url, user="agent", password="s3cret") as conn:
+            assert conn.nc.is_connected
+        with pytest.raises(ConnectionFailed, match=secured.url.replace(".", r"\.")):
+            await coord.connect(secured.url, user="agent", password="wrong", connect_timeout=2)
