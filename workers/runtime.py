@@ -341,11 +341,14 @@ class Worker:
     ) -> Claim:
         """The claim CAS inside a ``claim`` span: a child of the submit span in the record's meta (or of
         the notification's headers when the record was not inlined). A lost race is not an error."""
-        parent = tracing.context_from_meta(record.meta) if record is not None else tracing.extract(headers)
+        if record is not None:
+            parent = tracing.context_from_meta(record.meta)
+            queue, attempt, epoch = record.queue, record.attempt + 1, record.epoch + 1  # what the CAS will write
+        else:
+            parent = tracing.extract(headers)
+            queue, attempt, epoch = None, None, None
         lost: Exception | None = None
-        with tracing.start_span(
-            tracing.CLAIM, task_id, record.queue if record else None, worker_id=self.worker_id, context=parent
-        ) as span:
+        with tracing.start_span(tracing.CLAIM, task_id, queue, attempt, epoch, self.worker_id, context=parent) as span:
             try:
                 claim = await self.coord.tasks.claim(
                     task_id, self.worker_id, revision=revision, lease=self.lease, record=record
@@ -354,7 +357,8 @@ class Worker:
                 span.set_attribute("corral.claim.outcome", "stale")
                 lost = err
             else:
-                span.set_attributes(_claim_attributes(claim, tracing.CLAIM))
+                if (claim.record.attempt, claim.epoch) != (attempt, epoch):  # claimed from a fresher read
+                    span.set_attributes(_claim_attributes(claim, tracing.CLAIM))
         if lost is not None:
             raise lost
         return claim
