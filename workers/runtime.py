@@ -20,8 +20,11 @@ Telemetry (only when tracing records; otherwise one cheap check per batch and pe
 and ``run`` spans are children of the task's ``submit`` span, whose context travels in the record's
 meta; ``complete``/``fail`` are children of ``run``; lease renewals are ``heartbeat`` spans sampled
 at most once per ``HEARTBEAT_SAMPLE`` seconds per worker. A re-run after a reclaim links its ``run``
-span to the ``reclaim`` span and carries a ``corral.reclaimed`` event naming it. Metrics: claimed,
-succeeded, failed, dead, in-flight per queue, claim wait and run time.
+span to the ``reclaim`` span and carries a ``corral.reclaimed`` event naming it. A task whose
+trace was not sampled at submit (``traceparent`` flag off, e.g. 1% sampling) gets no spans here,
+as a parent-based sampler would decide anyway; its context is still continued, so every publish
+keeps carrying it. Metrics: claimed, succeeded, failed, dead, in-flight per queue, claim wait and
+run time.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +42,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 from nats.js.client import JetStreamContext
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
@@ -71,6 +75,7 @@ HEARTBEAT_SAMPLE = 30.0
 _RECLAIM_EPOCH = tracing.RECLAIM_META_PREFIX + "epoch"  # written by dispatch.reclaimer.reclaim_claim
 _RECLAIM_WORKER = tracing.RECLAIM_META_PREFIX + "worker_id"
 _RECLAIM_TRACEPARENT = tracing.RECLAIM_META_PREFIX + "traceparent"
+_NO_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)
 
 
 @dataclass
@@ -193,7 +198,10 @@ class Worker:
         async with self._join() as membership:
             if tracing.enabled():
                 record = await self.coord.tasks.get(task_id)  # its meta holds the trace to continue
-                claim = await self._claim_traced(task_id, record.revision, record, None)
+                if _sampled(record.meta):
+                    claim = await self._claim_traced(task_id, record.revision, record, None)
+                else:
+                    claim = await self.coord.tasks.claim(task_id, self.worker_id, lease=self.lease, record=record)
             else:
                 claim = await self.coord.tasks.claim(task_id, self.worker_id, lease=self.lease)
             self._start(claim, None)
@@ -307,15 +315,15 @@ class Worker:
                 await msg.nak(delay=delay)
                 continue
             notes.append((msg, note))
-        if tracing.enabled():
-            claims = [self._claim_traced(n.task_id, n.revision, n.record, m.headers) for m, n in notes]
-        else:
-            claims = [
-                self.coord.tasks.claim(
-                    n.task_id, self.worker_id, revision=n.revision, lease=self.lease, record=n.record
-                )
-                for _, n in notes
-            ]
+        traced = tracing.enabled()
+        claims = [
+            self._claim_traced(n.task_id, n.revision, n.record, m.headers)
+            if traced and (n.record is None or _sampled(n.record.meta))
+            else self.coord.tasks.claim(
+                n.task_id, self.worker_id, revision=n.revision, lease=self.lease, record=n.record
+            )
+            for m, n in notes
+        ]
         outcomes = await asyncio.gather(*claims, return_exceptions=True)
         for (msg, note), outcome in zip(notes, outcomes, strict=True):
             if isinstance(outcome, Claim):
@@ -395,7 +403,7 @@ class Worker:
 
     async def _heartbeat(self, running: _Running, progress: Any) -> None:
         async with running.lock:
-            if tracing.enabled() and self._beat_sample.ready():
+            if tracing.enabled() and trace.get_current_span().is_recording() and self._beat_sample.ready():
                 claim = running.claim
                 with tracing.start_span(
                     tracing.HEARTBEAT,
@@ -434,6 +442,13 @@ class Worker:
                 await self._run_claim(running)
                 return
             record = running.claim.record
+            if not _sampled(record.meta):  # continue the unsampled trace without creating spans
+                token = otel_context.attach(tracing.context_from_meta(record.meta))
+                try:
+                    await self._run_claim(running)
+                finally:
+                    otel_context.detach(token)
+                return
             links, reclaimed = _reclaim_link(record)
             with tracing.start_span(
                 tracing.RUN,
@@ -491,13 +506,17 @@ class Worker:
             message = "" if result.ok else (result.error.message if result.error else result.summary)
             if not result.ok:
                 trace.get_current_span().set_status(Status(StatusCode.ERROR, message[:256]))
-            settle = tracing.start_span(
-                tracing.COMPLETE if result.ok else tracing.FAIL,
-                claim.task_id,
-                claim.record.queue,
-                claim.record.attempt,
-                claim.epoch,
-                self.worker_id,
+            settle = (
+                tracing.start_span(
+                    tracing.COMPLETE if result.ok else tracing.FAIL,
+                    claim.task_id,
+                    claim.record.queue,
+                    claim.record.attempt,
+                    claim.epoch,
+                    self.worker_id,
+                )
+                if trace.get_current_span().is_recording()  # a child of run, never a root of its own
+                else _NO_SPAN
             )
             try:
                 with settle as span:
@@ -540,6 +559,19 @@ def _claim_attributes(claim: Claim, operation: tracing.Operation) -> dict[str, A
     return tracing.task_attributes(
         claim.task_id, record.queue, record.attempt, claim.epoch, claim.worker_id, operation=operation
     )
+
+
+def _sampled(meta: Mapping[str, str]) -> bool:
+    """False only when ``meta`` holds a W3C ``traceparent`` whose sampled flag is off (its trace is
+    not recorded: spans under it would be non-recording, so the worker skips creating them)."""
+    traceparent = meta.get("traceparent")
+    if traceparent is None:
+        return True
+    parts = traceparent.split("-")
+    try:
+        return len(parts) < 4 or bool(int(parts[3][:2], 16) & 1)
+    except ValueError:
+        return True
 
 
 def _pending_since(before: TaskRecord | None, claimed: TaskRecord) -> datetime | None:

@@ -254,3 +254,32 @@ async def test_with_tracing_off_records_carry_no_trace_context(coord_conn: coord
     async with Dispatcher(coord_conn, reclaimer=False) as dispatcher:
         await dispatcher.submit(Spec(task_id="plain", queue="q"))
     assert (await coord_conn.tasks.get("plain")).meta == {}
+
+
+async def test_a_task_whose_trace_was_not_sampled_gets_no_worker_spans_but_keeps_its_context(
+    coord_conn: coord.Coord, memory: InMemorySpanExporter
+) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    unsampled = f"00-{trace_id}-00f067aa0ba902b7-00"
+    pushes: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+
+    async def on_push(msg: Any) -> None:
+        pushes.put_nowait(dict(msg.headers or {}))
+
+    sub = await coord_conn.nc.subscribe(coord_conn.names.results_subject("p1"), cb=on_push)
+    worker = Worker(coord_conn, ["q"], as_handler(_succeed_or_raise), worker_id="wu")
+    running = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.wait_started(), 20)
+        spec = Spec(task_id="quiet", queue="q", parent_agent_id="p1")
+        await coord_conn.tasks.schedule(
+            "quiet", queue="q", payload=spec.model_dump(mode="json"), parent="p1", meta={"traceparent": unsampled}
+        )
+        headers = await asyncio.wait_for(pushes.get(), 20)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 20)
+        await sub.unsubscribe()
+    assert (await coord_conn.tasks.get("quiet")).status is TaskStatus.SUCCEEDED
+    assert memory.get_finished_spans() == ()
+    assert headers["traceparent"].startswith(f"00-{trace_id}-") and headers["traceparent"].endswith("-00")
