@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import nats.js.errors
 from pydantic import ValidationError
 
+from coord import tracing
 from coord.tasks.models import JournalEntry, TaskRecord
 
 if TYPE_CHECKING:
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["REVISION_HEADER", "JournalWriter", "read_journal"]
 
 log = logging.getLogger("corral.tasks")
+
+_TRACE_KEYS = ("traceparent", "tracestate", "baggage")
 
 REVISION_HEADER = "Corral-Revision"
 """Header of a journal message naming the KV revision of the record it carries."""
@@ -119,4 +122,12 @@ class JournalWriter:
 
     def _message(self, record: TaskRecord) -> tuple[str, dict[str, str]]:
         subject = self._prefix + record.task_id  # task ids were validated before any transition
-        return subject, {"Nats-Msg-Id": f"{record.task_id}:{record.revision}", REVISION_HEADER: str(record.revision)}
+        headers = {"Nats-Msg-Id": f"{record.task_id}:{record.revision}", REVISION_HEADER: str(record.revision)}
+        # The entry belongs to the task's trace: the transition's own span when tracing is on,
+        # else the submit context the record carries.
+        if tracing.enabled():
+            tracing.inject(headers)
+        for key in _TRACE_KEYS:
+            if key not in headers and key in record.meta:
+                headers[key] = record.meta[key]
+        return subject, headers

@@ -593,3 +593,20 @@ async def test_bad_results_and_leases_are_refused_and_leave_the_claim_current(
     record = await store.get("t1")
     assert record.revision == revision and record.status is TaskStatus.CLAIMED
     assert (await store.fail(claim, "result too large")).status is TaskStatus.PENDING
+
+
+async def test_journal_entries_carry_the_tasks_trace_context(coord_conn: coord.Coord) -> None:
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await coord_conn.tasks.schedule("traced", queue="q", payload=None, meta={"traceparent": traceparent})
+    claim = await coord_conn.tasks.claim("traced", "w1")
+    await coord_conn.tasks.complete(claim, {"ok": True})
+    subject = coord_conn.names.journal_subject("traced")
+    seq, seen = 1, []
+    while True:
+        try:
+            msg = await coord_conn.js.get_msg(coord_conn.names.events_stream, seq=seq, subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            break
+        seq = (msg.seq or seq) + 1
+        seen.append((msg.headers or {}).get("traceparent"))
+    assert seen == [traceparent] * 3
