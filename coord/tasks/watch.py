@@ -35,36 +35,95 @@ log = logging.getLogger("corral.tasks")
 _DELETES = ("DEL", "PURGE")
 
 
+class _Stop:
+    pass
+
+
+_STOP = _Stop()
+
+
 class TaskWatch:
     """Records of every task: the current ones, then ``None`` (end of the snapshot), then live updates.
 
     An async iterator and an async context manager (``async with store.watch() as w: async for r in w``).
     With ``snapshot_only`` it ends after the snapshot instead of yielding ``None``. Deleted keys and
     values that are not task records are skipped (the latter with a warning).
+
+    It runs its own ordered consumer (last value per key, then every write) rather than nats-py's
+    KV watcher, whose end-of-snapshot marker can come before records already on their way: the
+    snapshot ends only once every record up to the last one the server had pushed is yielded.
     """
 
     def __init__(self, store: TaskStore, *, snapshot_only: bool = False) -> None:
         self._store = store
         self._snapshot_only = snapshot_only
-        self._watcher: Any = None
+        self._sub: Any = None
+        self._queue: asyncio.Queue[TaskRecord | _Stop | None] = asyncio.Queue()
+        self._snapshot_end: int | None = None
+        self._last = 0
         self._done = False
         self.snapshot_done = asyncio.Event()
         """Set once every record that existed at the start has been yielded."""
 
     async def start(self) -> TaskWatch:
         """Start watching (done implicitly by ``async with`` or the first iteration)."""
-        if self._watcher is None:
-            kv = await self._store.coord.kv(self._store.coord.names.tasks_bucket)
-            self._watcher = await kv.watchall()
+        if self._sub is None and not self._done:
+            bucket = self._store.coord.names.tasks_bucket
+            prefix = f"$KV.{bucket}."
+
+            async def on_msg(msg: Msg) -> None:
+                self._on_msg(msg, prefix)
+
+            self._sub = await self._store.coord.js.subscribe(
+                prefix + ">",
+                stream=kv_stream_name(bucket),
+                ordered_consumer=True,
+                deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
+                cb=on_msg,
+                inactive_threshold=300.0,
+            )
+            info = await self._sub.consumer_info()
+            if not info.num_pending:
+                self._snapshot_end = info.delivered.stream_seq if info.delivered else 0
+                self._end_snapshot_if_caught_up()
         return self
+
+    def _on_msg(self, msg: Msg, prefix: str) -> None:
+        meta = msg.metadata
+        self._last = max(self._last, meta.sequence.stream)
+        headers = msg.headers or {}
+        if not (headers.get("KV-Operation") in _DELETES or "Nats-Marker-Reason" in headers or not msg.data):
+            try:
+                record = TaskRecord.model_validate_json(msg.data)
+            except ValidationError as err:
+                first = err.errors()[0]
+                log.warning(
+                    "task watch: key %s revision %s is not a task record (%d problems; %s: %s); skipped",
+                    msg.subject[len(prefix) :],
+                    meta.sequence.stream,
+                    err.error_count(),
+                    ".".join(str(p) for p in first["loc"]),
+                    first["msg"],
+                )
+            else:
+                self._queue.put_nowait(record.model_copy(update={"revision": meta.sequence.stream}))
+        if meta.num_pending == 0 and self._snapshot_end is None:
+            self._snapshot_end = meta.sequence.stream
+        self._end_snapshot_if_caught_up()
+
+    def _end_snapshot_if_caught_up(self) -> None:
+        if self._snapshot_end is not None and self._last >= self._snapshot_end and not self.snapshot_done.is_set():
+            self.snapshot_done.set()
+            self._queue.put_nowait(None)
 
     async def stop(self) -> None:
         """Stop watching; iteration ends."""
         self._done = True
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
             with contextlib.suppress(Exception):
-                await watcher.stop()
+                await sub.unsubscribe()
+        self._queue.put_nowait(_STOP)
 
     async def __aenter__(self) -> TaskWatch:
         return await self.start()
@@ -78,33 +137,15 @@ class TaskWatch:
         return self
 
     async def __anext__(self) -> TaskRecord | None:
-        if self._done:
-            raise StopAsyncIteration
         await self.start()
-        while True:
-            entry = await self._watcher.__anext__()
-            if entry is None:
-                self.snapshot_done.set()
-                if self._snapshot_only:
-                    await self.stop()
-                    raise StopAsyncIteration
-                return None
-            if entry.operation in _DELETES or not entry.value:
-                continue
-            try:
-                record = TaskRecord.model_validate_json(entry.value)
-            except ValidationError as err:
-                first = err.errors()[0]
-                log.warning(
-                    "task watch: key %s revision %s is not a task record (%d problems; %s: %s); skipped",
-                    entry.key,
-                    entry.revision,
-                    err.error_count(),
-                    ".".join(str(p) for p in first["loc"]),
-                    first["msg"],
-                )
-                continue
-            return record.model_copy(update={"revision": entry.revision})
+        item = await self._queue.get()
+        if isinstance(item, _Stop):
+            self._queue.put_nowait(_STOP)  # stay stopped for later calls
+            raise StopAsyncIteration
+        if item is None and self._snapshot_only:
+            await self.stop()
+            raise StopAsyncIteration
+        return item
 
 
 @dataclass(frozen=True, slots=True)

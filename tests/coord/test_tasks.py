@@ -610,3 +610,11 @@ async def test_journal_entries_carry_the_tasks_trace_context(coord_conn: coord.C
         seq = (msg.seq or seq) + 1
         seen.append((msg.headers or {}).get("traceparent"))
     assert seen == [traceparent] * 3
+
+
+async def test_a_scan_without_an_index_never_ends_before_every_existing_task(coord_conn: coord.Coord) -> None:
+    # nats-py's KV watcher can signal "no more entries" while the entries are still in flight;
+    # a scan must see every task every time.
+    await coord_conn.tasks.schedule_many([ScheduleRequest(task_id=f"s{i}", queue="q", payload=i) for i in range(50)])
+    for _ in range(20):
+        assert len(await coord_conn.tasks.list()) == 50
