@@ -32,7 +32,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.util.types import AttributeValue
 
 from coord.errors import CorralError
-from coord.tracing import service_resource
+from coord.tracing import otlp_exporter, service_resource
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -169,32 +169,6 @@ _state = _State()
 _lock = threading.Lock()
 
 
-def _otlp_exporter() -> MetricExporter:
-    protocol = (
-        os.environ.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or ""
-    ).strip() or "http/protobuf"
-    try:
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # type: ignore[import-not-found,unused-ignore]
-                OTLPMetricExporter as GrpcExporter,
-            )
-
-            return cast(MetricExporter, GrpcExporter())
-        if protocol == "http/protobuf":
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-                OTLPMetricExporter as HttpExporter,
-            )
-
-            return HttpExporter()
-    except ImportError as err:
-        raise CorralError(
-            f"OTLP metric export over {protocol} needs the OTLP exporter packages: pip install 'corral[otlp]' ({err})"
-        ) from None
-    raise CorralError(
-        f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported for metrics; use 'http/protobuf' or 'grpc'"
-    )
-
-
 def _prometheus_reader() -> MetricReader:
     try:
         from opentelemetry.exporter.prometheus import (  # type: ignore[import-not-found,unused-ignore]
@@ -237,7 +211,7 @@ def _readers(mode: MetricsMode) -> tuple[list[MetricReader], int | None, str]:
     if mode == "console":
         return [PeriodicExportingMetricReader(ConsoleMetricExporter(out=sys.stderr))], None, ""
     if mode == "otlp":
-        return [PeriodicExportingMetricReader(_otlp_exporter())], None, ""
+        return [PeriodicExportingMetricReader(cast(MetricExporter, otlp_exporter("metrics")))], None, ""
     if mode != "env":
         raise ValueError(f"metrics mode must be one of none, console, otlp, env; got {mode!r}")
     readers: list[MetricReader] = []
@@ -245,7 +219,7 @@ def _readers(mode: MetricsMode) -> tuple[list[MetricReader], int | None, str]:
     prom_addr = ""
     for name in _env_exporter_names():
         if name == "otlp":
-            readers.append(PeriodicExportingMetricReader(_otlp_exporter()))
+            readers.append(PeriodicExportingMetricReader(cast(MetricExporter, otlp_exporter("metrics"))))
         elif name == "console":
             readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter(out=sys.stderr)))
         elif name == "prometheus":

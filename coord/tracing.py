@@ -14,6 +14,7 @@ messaging semantic conventions (``messaging.system="nats"``, ``messaging.destina
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -66,6 +67,7 @@ __all__ = [
     "force_flush",
     "inject",
     "links_to",
+    "otlp_exporter",
     "service_resource",
     "start_span",
     "task_attributes",
@@ -400,30 +402,32 @@ class _ConsoleExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def _otlp_exporter() -> SpanExporter:
+def otlp_exporter(signal: Literal["traces", "metrics"]) -> Any:
+    """A new OTLP exporter for ``signal``, over the protocol the standard variables name.
+
+    ``OTEL_EXPORTER_OTLP_{TRACES|METRICS}_PROTOCOL`` or ``OTEL_EXPORTER_OTLP_PROTOCOL``:
+    ``http/protobuf`` (the default) or ``grpc``; endpoint, headers and timeouts are read by the
+    exporter itself. Raises :class:`CorralError` naming the ``corral[otlp]`` extra when the exporter
+    packages are missing, and naming the variable for an unsupported protocol.
+    """
+    noun = "trace" if signal == "traces" else "metric"
     protocol = (
-        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or ""
+        os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or ""
     ).strip() or "http/protobuf"
+    transport = {"grpc": "grpc", "http/protobuf": "http"}.get(protocol)
+    if transport is None:
+        raise CorralError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported for {signal}; use 'http/protobuf' or 'grpc'"
+        )
     try:
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
-                OTLPSpanExporter as GrpcExporter,
-            )
-
-            return cast(SpanExporter, GrpcExporter())
-        if protocol == "http/protobuf":
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-                OTLPSpanExporter as HttpExporter,
-            )
-
-            return HttpExporter()
+        module = importlib.import_module(f"opentelemetry.exporter.otlp.proto.{transport}.{noun}_exporter")
     except ImportError as err:
         raise CorralError(
-            f"OTLP trace export over {protocol} needs the OTLP exporter packages: pip install 'corral[otlp]' ({err})"
+            f"OTLP {noun} export over {protocol} needs the OTLP exporter packages: pip install 'corral[otlp]' ({err})"
         ) from None
-    raise CorralError(
-        f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported for traces; use 'http/protobuf' or 'grpc'"
-    )
+    return getattr(module, "OTLPSpanExporter" if signal == "traces" else "OTLPMetricExporter")()
 
 
 def _env_exporter_names() -> list[str]:
@@ -445,12 +449,12 @@ def _exporters(mode: Mode) -> list[SpanExporter]:
     if mode == "console":
         return [_ConsoleExporter()]
     if mode == "otlp":
-        return [_otlp_exporter()]
+        return [cast(SpanExporter, otlp_exporter("traces"))]
     if mode == "env":
         exporters: list[SpanExporter] = []
         for name in _env_exporter_names():
             if name == "otlp":
-                exporters.append(_otlp_exporter())
+                exporters.append(cast(SpanExporter, otlp_exporter("traces")))
             elif name == "console":
                 exporters.append(_ConsoleExporter())
             else:
