@@ -36,17 +36,25 @@ def executions(marks: Path, task_id: str, phase: str = "done") -> list[str]:
     return sorted(p.name for p in marks.glob(f"{task_id}.*.{phase}"))
 
 
+async def w1_running_t1_with_w2_standing_by(
+    coord_conn: coord.Coord, dispatcher: Dispatcher, spawn_worker: WorkerFactory, marks: Path, seconds: float
+) -> subprocess.Popen[bytes]:
+    """Worker w1 has started task t1 (which takes ``seconds``); worker w2 is present and idle."""
+    w1 = spawn_worker("w1", concurrency=1, ttl=TTL)
+    assert await coord_conn.presence.wait_present("w1", 20)
+    await dispatcher.submit(Spec(task_id="t1", queue="q", payload={"seconds": seconds, "marks": str(marks)}))
+    await eventually(lambda: bool(executions(marks, "t1", "start")), 15, "w1 to start t1")
+    spawn_worker("w2", concurrency=1, ttl=TTL)
+    assert await coord_conn.presence.wait_present("w2", 20)
+    return w1
+
+
 async def test_sigkilled_worker_task_is_reclaimed_rerun_elsewhere_and_recorded_once(
     coord_conn: coord.Coord, spawn_worker: WorkerFactory, tmp_path: Path
 ) -> None:
-    w1 = spawn_worker("w1", concurrency=1, ttl=TTL)
-    assert await coord_conn.presence.wait_present("w1", 20)
     async with Dispatcher(coord_conn) as dispatcher:
         assert dispatcher.reclaimer is not None
-        await dispatcher.submit(Spec(task_id="t1", queue="q", payload={"seconds": 1.5, "marks": str(tmp_path)}))
-        await eventually(lambda: bool(executions(tmp_path, "t1", "start")), 15, "w1 to start t1")
-        spawn_worker("w2", concurrency=1, ttl=TTL)
-        assert await coord_conn.presence.wait_present("w2", 20)
+        w1 = await w1_running_t1_with_w2_standing_by(coord_conn, dispatcher, spawn_worker, tmp_path, 1.5)
         w1.kill()
         killed_at = time.monotonic()
         event = await asyncio.wait_for(dispatcher.reclaimer.events.get(), TTL + 5)
@@ -64,14 +72,9 @@ async def test_sigkilled_worker_task_is_reclaimed_rerun_elsewhere_and_recorded_o
 async def test_sigstopped_worker_late_result_is_rejected_and_it_fails_closed(
     coord_conn: coord.Coord, spawn_worker: WorkerFactory, tmp_path: Path
 ) -> None:
-    w1 = spawn_worker("w1", concurrency=1, ttl=TTL)
-    assert await coord_conn.presence.wait_present("w1", 20)
     async with Dispatcher(coord_conn) as dispatcher:
         assert dispatcher.reclaimer is not None
-        await dispatcher.submit(Spec(task_id="t1", queue="q", payload={"seconds": 1.0, "marks": str(tmp_path)}))
-        await eventually(lambda: bool(executions(tmp_path, "t1", "start")), 15, "w1 to start t1")
-        spawn_worker("w2", concurrency=1, ttl=TTL)
-        assert await coord_conn.presence.wait_present("w2", 20)
+        w1 = await w1_running_t1_with_w2_standing_by(coord_conn, dispatcher, spawn_worker, tmp_path, 1.0)
         w1.send_signal(signal.SIGSTOP)
         event = await asyncio.wait_for(dispatcher.reclaimer.events.get(), TTL + 5)
         record = await dispatcher.wait("t1", 20)
