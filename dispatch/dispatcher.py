@@ -132,10 +132,16 @@ class Dispatcher:
     async def submit_many(self, specs: Sequence[Spec | TaskInput | Mapping[str, Any]]) -> list[str]:
         """Schedule a batch with pipelined writes; return the ids in order. Validates all before writing any."""
         prepared = [self._request(s) for s in specs]
-        for _ in prepared:
+        ids = [spec.task_id for spec, _ in prepared]
+        if len(set(ids)) != len(ids):
+            twice = sorted({t for t in ids if ids.count(t) > 1})
+            raise ValueError(f"task_id {twice[0]!r} appears more than once in the batch (ids must be unique)")
+        # A resubmit of a task this dispatcher already awaits takes no second slot.
+        fresh = [t for t in ids if t not in self._holding]
+        for _ in fresh:
             await self._room.acquire()
-        for spec, _ in prepared:
-            self._track(spec.task_id)
+        for task_id in ids:
+            self._track(task_id)
         requests = [r for _, r in prepared]
         spans = self._start_submit_spans(requests) if tracing.enabled() else None
         started = datetime.now(UTC)
@@ -145,8 +151,8 @@ class Dispatcher:
             else:
                 records = await self._schedule_traced(spans)
         except BaseException as err:
-            for spec, _ in prepared:
-                self._untrack(spec.task_id)
+            for task_id in fresh:
+                self._untrack(task_id)
             for span, _ in spans or ():
                 span.record_exception(err)
                 span.set_status(Status(StatusCode.ERROR, f"{type(err).__name__}: {err}"))
