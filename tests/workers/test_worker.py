@@ -1,0 +1,112 @@
+"""The worker runtime in one process: handler outcomes, retries, command handlers, progress."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+
+import coord
+from coord.tasks import Backoff, TaskStatus
+from coord.wire import Result, Spec, format_result
+from dispatch import Dispatcher, result_of
+from workers import CommandHandler, Context, Handler, Worker, as_handler
+
+
+@pytest.fixture
+async def dispatcher(coord_conn: coord.Coord) -> AsyncIterator[Dispatcher]:
+    coord_conn.tasks.backoff = Backoff(base=0.05, factor=2.0, max=0.2)
+    async with Dispatcher(coord_conn, reclaimer=False) as d:
+        yield d
+
+
+async def run_until(coord_conn: coord.Coord, handler: Handler, dispatcher: Dispatcher, spec: Spec) -> Result:
+    worker = Worker(coord_conn, ["q"], handler)
+    running = asyncio.create_task(worker.run())
+    try:
+        return result_of(await dispatcher.wait(await dispatcher.submit(spec), 20))
+    finally:
+        worker.stop()
+        await running
+
+
+async def test_a_raising_handler_is_retried_then_dead_lettered_when_attempts_are_spent(
+    coord_conn: coord.Coord, dispatcher: Dispatcher
+) -> None:
+    calls: list[int] = []
+
+    def boom(spec: Spec, ctx: Context) -> Result:
+        calls.append(ctx.attempt)
+        raise RuntimeError("disk on fire")
+
+    result = await run_until(coord_conn, as_handler(boom), dispatcher, Spec(task_id="t1", queue="q", max_attempts=3))
+    record = await coord_conn.tasks.get("t1")
+    assert record.status is TaskStatus.DEAD
+    assert calls == [1, 2, 3]
+    assert result.error is not None and "disk on fire" in result.error.message
+
+
+async def test_a_fail_result_is_an_answer_recorded_without_retry(
+    coord_conn: coord.Coord, dispatcher: Dispatcher
+) -> None:
+    calls: list[int] = []
+
+    async def says_no(spec: Spec, ctx: Context) -> Result:
+        calls.append(ctx.epoch)
+        return Result.failure("the tests do not pass", summary="gave up")
+
+    result = await run_until(coord_conn, says_no, dispatcher, Spec(task_id="t1", queue="q"))
+    assert (await coord_conn.tasks.get("t1")).status is TaskStatus.FAILED
+    assert calls == [1]
+    assert result.summary == "gave up" and result.error is not None and not result.error.substrate_fault
+
+
+async def test_a_command_handler_gets_the_spec_on_stdin_and_its_result_line_is_recorded(
+    coord_conn: coord.Coord, dispatcher: Dispatcher
+) -> None:
+    line = format_result(Result.success(summary="X"))
+    script = (
+        "import json, os, sys; spec = json.load(sys.stdin); print('working...'); "
+        f"print({line!r}.replace('X', spec['title'] + ' @' + os.environ['CORRAL_EPOCH']))"
+    )
+    result = await run_until(
+        coord_conn,
+        CommandHandler([sys.executable, "-c", script]),
+        dispatcher,
+        Spec(task_id="t1", queue="q", title="a|b"),
+    )
+    assert result.ok and result.summary == "a|b @1"
+
+
+async def test_a_command_exiting_non_zero_without_a_result_fails_with_its_stderr(
+    coord_conn: coord.Coord, dispatcher: Dispatcher
+) -> None:
+    script = "import sys; sys.stderr.write('missing credentials\\n'); sys.exit(7)"
+    result = await run_until(
+        coord_conn,
+        CommandHandler([sys.executable, "-c", script]),
+        dispatcher,
+        Spec(task_id="t1", queue="q", max_attempts=1),
+    )
+    assert not result.ok and result.error is not None
+    assert "exited with 7" in result.error.message and "missing credentials" in result.error.message
+
+
+async def test_heartbeat_from_the_handler_records_progress_and_extends_the_deadline(
+    coord_conn: coord.Coord, dispatcher: Dispatcher
+) -> None:
+    seen: list[tuple[object, object]] = []
+
+    async def reports(spec: Spec, ctx: Context) -> Result:
+        before = (await coord_conn.tasks.get(spec.task_id)).claim
+        await asyncio.sleep(0.05)
+        await ctx.heartbeat({"done": 1, "of": 2})
+        after = await coord_conn.tasks.get(spec.task_id)
+        assert before is not None and after.claim is not None
+        seen.append((after.progress, after.claim.deadline > before.deadline))
+        return Result.success()
+
+    assert (await run_until(coord_conn, reports, dispatcher, Spec(task_id="t1", queue="q", timeout=5))).ok
+    assert seen == [({"done": 1, "of": 2}, True)]
