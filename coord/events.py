@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from coord.deadletter import dead_letter
 from coord.ids import Token, new_id, validate_id
+from coord.retry import retry_transient
 from coord.tracing import inject
 
 if TYPE_CHECKING:
@@ -318,31 +319,17 @@ class Events:
         subject = self._coord.names.event_subject(parent, sender or event.agent, event.kind)
         data = event.model_dump_json().encode()
         headers = inject({"Nats-Msg-Id": f"{parent}:{event.id}"})
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        delay = 0.05
-        while True:
-            remaining = deadline - loop.time()
-            try:
-                attempt_timeout = min(max(remaining, 0.05), 2.0)  # a request lost in a reconnect is retried
-                await self._coord.js.publish(subject, data, headers=headers, timeout=attempt_timeout)
-                return True
-            except nats.js.errors.APIError as err:
-                if not isinstance(err, nats.js.errors.ServiceUnavailableError):
-                    log.warning("could not emit %s %s to %s: %s", event.kind, event.id, parent, err)
-                    return False
-            except Exception as err:
-                # Timeouts, no responders, reconnecting: the server is away; retry until the deadline.
-                if self._coord.nc.is_closed:
-                    log.warning("could not emit %s %s to %s: connection closed", event.kind, event.id, parent)
-                    return False
-                log.debug("emit %s %s to %s: %s; retrying", event.kind, event.id, parent, err or type(err).__name__)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                log.warning("could not emit %s %s to %s within %.1fs", event.kind, event.id, parent, timeout)
-                return False
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 1.0)
+        try:
+            await retry_transient(
+                lambda: self._coord.js.publish(subject, data, headers=headers, timeout=min(timeout, 2.0)),
+                nc=self._coord.nc,
+                within=timeout,
+                what=f"emit {event.kind} {event.id} to {parent}",
+            )
+        except Exception as err:  # transport trouble is logged, never raised into the child's work
+            log.warning("could not emit %s %s to %s: %s", event.kind, event.id, parent, err or type(err).__name__)
+            return False
+        return True
 
     def emit_nowait(
         self,

@@ -56,6 +56,7 @@ from coord.deadletter import dead_letter
 from coord.errors import PayloadTooLarge
 from coord.ids import Token, new_id, validate_id
 from coord.registry import format_ttl, stream_snapshot
+from coord.retry import retry_transient
 from coord.tracing import inject
 
 if TYPE_CHECKING:
@@ -471,17 +472,12 @@ class Mailbox:
         Every message carries a ``Nats-Msg-Id``, so a retry of one that did land is dropped by the
         stream's duplicate window instead of stored twice.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while True:
-            remaining = deadline - loop.time()
-            try:
-                await self._coord.js.publish(subject, body, headers=headers, timeout=min(max(remaining, 0.05), 2.0))
-                return
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
-                if loop.time() >= deadline or self._coord.nc.is_closed:
-                    raise
-                await asyncio.sleep(0.1)
+        await retry_transient(
+            lambda: self._coord.js.publish(subject, body, headers=headers, timeout=min(within, 2.0)),
+            nc=self._coord.nc,
+            within=within,
+            what=f"publish to {subject}",
+        )
 
     async def _alive(self, agent: str) -> bool:
         """Present in presence; unknown counts as absent here (the message is then queued, never lost)."""

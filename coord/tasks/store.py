@@ -36,6 +36,7 @@ from coord import metrics, tracing
 from coord.errors import Conflict, CorralError, InvalidInput, InvalidTransition, NotFound, PayloadTooLarge, TaskExists
 from coord.ids import new_id, validate_id
 from coord.provision import kv_stream_name
+from coord.retry import retry_transient
 from coord.tasks import transitions
 from coord.tasks.journal import JournalWriter, read_journal
 from coord.tasks.models import (
@@ -586,21 +587,7 @@ class TaskStore:
     # --- NATS I/O --------------------------------------------------------------------------------
     async def _patiently(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run an idempotent call, retrying through server unavailability for ``io_patience`` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.io_patience
-        pause = 0.05
-        while True:
-            try:
-                return await call()
-            except _TRANSIENT as err:
-                failure: Exception = err
-            except nats.js.errors.ServiceUnavailableError as err:
-                failure = err
-            if loop.time() + pause > deadline:
-                raise failure
-            log.debug("%s: %s; retrying in %.2fs", what, failure, pause)
-            await asyncio.sleep(pause)
-            pause = min(1.0, pause * 2)
+        return await retry_transient(call, nc=self.coord.nc, within=self.io_patience, what=what)
 
     async def _read_raw(self, task_id: str) -> _Raw | None:
         subject = self._prefix + task_id

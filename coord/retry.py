@@ -1,0 +1,75 @@
+"""Retrying idempotent NATS calls through passing trouble: one mechanism for every layer.
+
+A server restart, a leader election or a request lost in a reconnect shows up as a timeout, "no
+responders" or a 503 from JetStream. Calls that are safe to repeat (reads, CAS writes whose outcome
+is checked, publishes carrying a ``Nats-Msg-Id``) are retried with jittered exponential backoff
+until a deadline, and not at all once the connection is closed for good.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_any,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
+from tenacity.stop import stop_base
+
+__all__ = ["TRANSIENT", "retry_transient"]
+
+log = logging.getLogger("corral.retry")
+
+T = TypeVar("T")
+
+TRANSIENT: tuple[type[Exception], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
+"""Failures that mean "the server is away for now", worth trying again."""
+
+
+class _Closed(stop_base):
+    """Stop once the connection is closed for good: nothing will come back."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return bool(self.nc.is_closed)
+
+
+async def retry_transient(call: Callable[[], Awaitable[T]], *, nc: NATS, within: float, what: str) -> T:
+    """Await ``call()``, retrying :data:`TRANSIENT` failures for up to ``within`` seconds.
+
+    Backoff starts at 50 ms and doubles to 1 s, jittered. Gives up (re-raising the last failure)
+    when the next wait would pass ``within`` or when ``nc`` is closed; any other error is raised at
+    once. ``call`` must be idempotent.
+    """
+
+    def note(state: RetryCallState) -> None:
+        failure = state.outcome.exception() if state.outcome else None
+        log.debug("%s: %s; retrying", what, failure or "failed")
+
+    async for attempt in AsyncRetrying(
+        stop=stop_any(stop_before_delay(within), _Closed(nc)),
+        wait=wait_exponential_jitter(multiplier=0.05, max=1.0),
+        retry=retry_if_exception_type(TRANSIENT),
+        before_sleep=note,
+        reraise=True,
+    ):
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable: tenacity re-raises the last failure")
