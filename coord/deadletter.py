@@ -10,8 +10,9 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
+
+from coord.streams import stream_snapshot
 
 if TYPE_CHECKING:
     from coord.connection import Coord
@@ -77,15 +78,9 @@ async def read_dead_letters(coord: Coord, source: str = "*", limit: int = 100) -
     """
     subject = f"{coord.namespace}.deadletter.{source}"
     letters: list[DeadLetter] = []
-    seq = 1
-    while True:
-        try:
-            msg = await coord.js.get_msg(coord.names.events_stream, seq=seq, subject=subject, next=True)
-        except NotFoundError:
-            break
-        seq = (msg.seq or seq) + 1
+    for msg in await stream_snapshot(coord.js, coord.names.events_stream, subject):
         try:
             letters.append(DeadLetter.model_validate_json(msg.data or b""))
         except ValidationError:
-            log.warning("dead letters: message %s on %s is not a dead letter record; skipped", msg.seq, msg.subject)
+            log.warning("dead letters: a message on %s is not a dead letter record; skipped", msg.subject)
     return letters[-limit:]

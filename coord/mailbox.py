@@ -55,8 +55,9 @@ from pydantic import BaseModel, ConfigDict
 from coord.deadletter import dead_letter
 from coord.errors import PayloadTooLarge
 from coord.ids import Token, new_id, validate_id
-from coord.registry import format_ttl, stream_snapshot
+from coord.registry import format_ttl
 from coord.retry import retry_transient
+from coord.streams import stream_snapshot
 from coord.tracing import inject
 
 if TYPE_CHECKING:

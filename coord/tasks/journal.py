@@ -16,10 +16,10 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-import nats.js.errors
 from pydantic import ValidationError
 
 from coord import tracing
+from coord.streams import stream_snapshot
 from coord.tasks.models import JournalEntry, TaskRecord
 
 if TYPE_CHECKING:
@@ -50,22 +50,17 @@ async def read_journal(coord: Coord, task_id: str) -> list[JournalEntry]:
     stream = coord.names.events_stream
     subject = coord.names.journal_subject(task_id)
     entries: dict[int, JournalEntry] = {}
-    seq = 1
-    while True:
-        try:
-            msg = await coord.js.get_msg(stream, seq=seq, subject=subject, next=True)
-        except nats.js.errors.NotFoundError:
-            break
-        seq = (msg.seq or seq) + 1
+    for msg in await stream_snapshot(coord.js, stream, subject):
+        seq = msg.metadata.sequence.stream
         revision = _revision(msg.headers)
         if revision is None or not msg.data:
-            log.warning("journal of %s: message %d has no revision; skipped", task_id, msg.seq)
+            log.warning("journal of %s: message %d has no revision; skipped", task_id, seq)
             continue
         try:
             record = TaskRecord.model_validate_json(msg.data).model_copy(update={"revision": revision})
         except ValidationError as err:
             problems = err.error_count()
-            log.warning("journal of %s: message %d is no task record (%d problems)", task_id, msg.seq, problems)
+            log.warning("journal of %s: message %d is no task record (%d problems)", task_id, seq, problems)
             continue
         entries.setdefault(revision, JournalEntry.of(record))
     return [entries[r] for r in sorted(entries)]
