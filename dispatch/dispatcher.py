@@ -194,13 +194,18 @@ class Dispatcher:
         finally:
             otel_context.detach(token)
 
-    def _track(self, task_id: str) -> asyncio.Future[TaskRecord]:
+    def _future(self, task_id: str) -> asyncio.Future[TaskRecord]:
+        """The future that resolves with ``task_id``'s finished record (created on first use)."""
         future = self._waiting.get(task_id)
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self._waiting[task_id] = future
-        self._holding.add(task_id)
         return future
+
+    def _track(self, task_id: str) -> None:
+        """Await ``task_id`` as one of ours: it holds a backpressure slot until it ends."""
+        self._future(task_id)
+        self._holding.add(task_id)
 
     def _untrack(self, task_id: str) -> None:
         if task_id in self._holding:
@@ -258,16 +263,11 @@ class Dispatcher:
         validate_id(task_id, "task_id")
         future = self._waiting.get(task_id)
         if future is None:
-            future = self._track_foreign(task_id)
+            future = self._future(task_id)
             record = await self.coord.tasks.get(task_id)
             if record.status in TERMINAL:
                 self._resolve(record)
         return await asyncio.wait_for(asyncio.shield(future), timeout)
-
-    def _track_foreign(self, task_id: str) -> asyncio.Future[TaskRecord]:
-        future: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
-        self._waiting[task_id] = future
-        return future
 
     async def result(self, task_id: str, timeout: float | None = None) -> Result:
         """The :class:`Result` of ``task_id`` once it has ended."""
@@ -285,7 +285,7 @@ class Dispatcher:
             validate_id(task_id, "task_id")
             future = self._waiting.get(task_id)
             if future is None:
-                future = self._track_foreign(task_id)
+                future = self._future(task_id)
                 foreign.append(task_id)
             future.add_done_callback(done.put_nowait)
             count += 1

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -475,7 +476,11 @@ class Worker:
             except ValidationError as err:
                 reason = f"spec failed validation: {_one_line(err)}"
                 await dead_letter(
-                    self.coord, "spec", reason, task_id=claim.task_id, body=_json_text(claim.record.payload)
+                    self.coord,
+                    "spec",
+                    reason,
+                    task_id=claim.task_id,
+                    body=json.dumps(claim.record.payload, default=str),
                 )
                 self.stats.dead_lettered += 1
                 await self._finish(running, Result.failure(reason, substrate_fault=True), retry=False)
@@ -612,9 +617,3 @@ def _seconds_until(when: datetime | None) -> float:
 
 def _one_line(err: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors())
-
-
-def _json_text(value: Any) -> str:
-    import json
-
-    return json.dumps(value, default=str)[:4096]
