@@ -189,7 +189,7 @@ async def spawn_exit_detection(url: str, trials: int) -> list[float]:
     async with coord.connect(url, namespace=ns) as c:
         for trial in range(trials):
             spec = Spec(task_id=f"s{trial}", queue="bench", worker_agent_id=f"child{trial}")
-            await c.tasks.schedule(spec.task_id, queue="bench", payload=spec.model_dump(mode="json"))
+            await c.tasks.schedule(spec.task_id, queue="bench", spec=spec.model_dump(mode="json"))
             argv = build_worker_command(corral_argv(), spec, server=url, namespace=ns, handler="_handlers:hold")
             child = await SpawnedWorker(c, spec, argv, env=env).start()
             while (await c.tasks.get(spec.task_id)).status != "claimed":

@@ -111,7 +111,7 @@ async def schedule(store: TaskStore, count: int, prefix: str) -> list[TaskRecord
     records: list[TaskRecord] = []
     for start in range(0, count, 500):
         batch = [
-            ScheduleRequest(task_id=f"{prefix}-{i}", queue="bench", payload={"i": i})
+            ScheduleRequest(task_id=f"{prefix}-{i}", queue="bench", spec={"i": i})
             for i in range(start, min(count, start + 500))
         ]
         records.extend(await store.schedule_many(batch))
@@ -149,7 +149,7 @@ async def pipelined(stores: Sequence[TaskStore], slices: list[list[TaskRecord]],
 async def run(url: str, server: Server, tasks: int, namespace: str) -> list[Row]:
     rows: list[Row] = []
     conns = [await coord.connect(url, namespace=namespace) for _ in range(8)]
-    stores = [TaskStore(c) for c in conns]
+    stores = [c.tasks for c in conns]
     try:
         await raw_bucket(conns[0])
         for clients in (1, 8):

@@ -1,33 +1,66 @@
 """corral's substrate: connection, embedded server, presence, tasks, mailbox, events, registry.
 
-``coord`` knows nothing of ``dispatch`` or ``workers``; both build on it.
+``coord`` knows nothing of ``dispatch`` or ``workers``; both build on it. :func:`connect` is the
+composition root: it builds every service of a namespace from one :class:`Settings`.
 """
 
+from coord.backoff import Backoff
 from coord.connection import DEFAULT_NAMESPACE, DEFAULT_URL, Auth, Coord, connect
 from coord.errors import (
+    ConfigConflict,
     Conflict,
+    ConnectionFailed,
     CorralError,
+    HandlerError,
     InvalidId,
+    InvalidInput,
+    InvalidRecord,
     InvalidTransition,
+    KeyExists,
     NotFound,
+    PayloadTooLarge,
+    PresenceConflict,
+    PresenceLost,
+    ServerUnsupported,
     StaleClaim,
     TaskExists,
+    Unavailable,
 )
 from coord.server import NatsCluster, NatsServer
+from coord.settings import Settings
+from coord.tasks.observer import Observer, Scope, Submission
+from coord.telemetry.observer import OtelObserver
 
 __all__ = [
     "DEFAULT_NAMESPACE",
     "DEFAULT_URL",
     "Auth",
+    "Backoff",
+    "ConfigConflict",
     "Conflict",
+    "ConnectionFailed",
     "Coord",
     "CorralError",
+    "HandlerError",
     "InvalidId",
+    "InvalidInput",
+    "InvalidRecord",
     "InvalidTransition",
+    "KeyExists",
     "NatsCluster",
     "NatsServer",
     "NotFound",
+    "Observer",
+    "OtelObserver",
+    "PayloadTooLarge",
+    "PresenceConflict",
+    "PresenceLost",
+    "Scope",
+    "ServerUnsupported",
+    "Settings",
     "StaleClaim",
+    "Submission",
     "TaskExists",
+    "Unavailable",
     "connect",
 ]

@@ -8,12 +8,12 @@ older than 2.11, and provisions the namespace's buckets and streams idempotently
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from functools import cached_property
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -22,19 +22,23 @@ from nats.js.errors import ServiceUnavailableError
 from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from coord.errors import ConnectionFailed, ServerUnsupported
+from coord.deadletter import DeadLetters
+from coord.errors import ConnectionFailed, InvalidInput, ServerUnsupported
+from coord.events import Events
 from coord.ids import validate_namespace
+from coord.kv import Bucket
+from coord.mailbox import Mailbox
 from coord.naming import Names
-from coord.provision import ProvisionSettings, provision
+from coord.presence import Presence
+from coord.provision import provision
+from coord.records import RecordStore
+from coord.registry import Registry
+from coord.settings import Settings
+from coord.streams import Stream
+from coord.tasks import Journal, Observer, TaskEffects, TaskStore
+from coord.telemetry.observer import OtelObserver
 
-if TYPE_CHECKING:
-    from coord.events import Events
-    from coord.mailbox import Mailbox
-    from coord.presence import Presence
-    from coord.registry import Registry
-    from coord.tasks import TaskStore
-
-__all__ = ["DEFAULT_NAMESPACE", "DEFAULT_URL", "Auth", "Coord", "connect"]
+__all__ = ["DEFAULT_NAMESPACE", "DEFAULT_URL", "Auth", "Coord", "compose", "connect"]
 
 log = logging.getLogger("corral.connection")
 
@@ -87,13 +91,14 @@ class Auth:
         return opts
 
 
-@dataclass
+@dataclass(eq=False)
 class Coord:
-    """A live connection to one corral namespace.
+    """A live connection to one corral namespace: the composition root's product.
 
-    Gives the raw NATS client and JetStream context plus the substrate services (``presence``,
-    ``tasks``, ``mailbox``, ``events``, ``registry``), each created on first use. Use as an async
-    context manager, or call :meth:`close`.
+    Holds the raw NATS client and JetStream context plus the substrate services, each built once by
+    :func:`connect` with exactly the collaborators it needs: ``presence``, ``tasks``, ``registry``,
+    ``mailbox``, ``events`` and ``dead_letters``. Use as an async context manager, or call
+    :meth:`close`.
     """
 
     nc: NATS
@@ -102,8 +107,22 @@ class Coord:
     """JetStream context of ``nc``."""
     names: Names
     """Bucket, stream and subject names of this namespace."""
-    settings: ProvisionSettings = field(default_factory=ProvisionSettings)
-    """How the namespace's storage was provisioned."""
+    settings: Settings
+    """The tunables every service was built with."""
+    observer: Observer
+    """Where task steps and presence changes are reported (spans and metrics)."""
+    presence: Presence
+    """Presence of agents in this namespace (see :mod:`coord.presence`)."""
+    tasks: TaskStore
+    """The task store (see :mod:`coord.tasks`)."""
+    registry: Registry
+    """Sessions, threads and tags (see :mod:`coord.registry`)."""
+    mailbox: Mailbox
+    """Agent-to-agent messaging (see :mod:`coord.mailbox`)."""
+    events: Events
+    """Durable child-to-parent lifecycle events (see :mod:`coord.events`)."""
+    dead_letters: DeadLetters
+    """Messages that could not be processed, recorded (see :mod:`coord.deadletter`)."""
     _kv: dict[str, KeyValue] = field(default_factory=dict, repr=False)
 
     @property
@@ -112,54 +131,21 @@ class Coord:
         return self.names.namespace
 
     async def kv(self, bucket: str) -> KeyValue:
-        """The nats-py KeyValue handle of ``bucket`` (cached)."""
+        """The raw nats-py KeyValue handle of ``bucket`` (cached), for tools that need one."""
         if bucket not in self._kv:
             self._kv[bucket] = await self.js.key_value(bucket)
         return self._kv[bucket]
 
-    @cached_property
-    def presence(self) -> Presence:
-        """Presence of agents in this namespace (see :mod:`coord.presence`)."""
-        from coord.presence import Presence
-
-        return Presence(self)
-
-    @cached_property
-    def tasks(self) -> TaskStore:
-        """The task store (see :mod:`coord.tasks`)."""
-        from coord.tasks import TaskStore
-
-        return TaskStore(self)
-
-    @cached_property
-    def mailbox(self) -> Mailbox:
-        """Agent-to-agent messaging (see :mod:`coord.mailbox`)."""
-        from coord.mailbox import Mailbox
-
-        return Mailbox(self)
-
-    @cached_property
-    def events(self) -> Events:
-        """Durable child-to-parent lifecycle events (see :mod:`coord.events`)."""
-        from coord.events import Events
-
-        return Events(self)
-
-    @cached_property
-    def registry(self) -> Registry:
-        """Sessions, threads and tags (see :mod:`coord.registry`)."""
-        from coord.registry import Registry
-
-        return Registry(self)
-
     async def close(self) -> None:
-        """Flush and close the connection (pending publishes are sent first)."""
+        """Flush and close the connection (pending publishes are sent first); never raises."""
         if self.nc.is_closed:
             return
         try:
             await asyncio.wait_for(self.nc.drain(), timeout=5)
-        except Exception:
-            await self.nc.close()
+        except Exception as err:
+            log.debug("drain failed (%s); closing", err or type(err).__name__)
+            with contextlib.suppress(Exception):
+                await self.nc.close()
 
     async def __aenter__(self) -> Coord:
         return self
@@ -170,10 +156,46 @@ class Coord:
         await self.close()
 
 
+def compose(nc: NATS, js: JetStreamContext, names: Names, settings: Settings, observer: Observer) -> Coord:
+    """Build every service of a namespace from one connection: the composition root.
+
+    No service reaches sideways for a collaborator: each gets its bucket or stream, the names and
+    the other services it uses, here, once.
+    """
+
+    def bucket(name: str) -> Bucket:
+        return Bucket(js, nc, name, patience=settings.io_patience, request_timeout=settings.request_timeout)
+
+    def stream(name: str) -> Stream:
+        return Stream(js, nc, name, patience=settings.io_patience)
+
+    events_stream = stream(names.events_stream)
+    dead_letters = DeadLetters(events_stream, names)
+    presence = Presence(bucket(names.presence_bucket), interval=settings.presence_interval, ttl=settings.presence_ttl)
+    records = RecordStore(bucket(names.registry_bucket))
+    registry = Registry(records, presence, terminal_ttl=settings.session_retention)
+    effects = TaskEffects(
+        nc, stream(names.dispatch_stream), Journal(events_stream, names), names, inline_limit=settings.inline_limit
+    )
+    return Coord(
+        nc=nc,
+        js=js,
+        names=names,
+        settings=settings,
+        observer=observer,
+        presence=presence,
+        tasks=TaskStore(bucket(names.tasks_bucket), effects, settings=settings, observer=observer),
+        registry=registry,
+        mailbox=Mailbox(stream(names.inbox_stream), names, registry, presence, dead_letters),
+        events=Events(events_stream, names, records, dead_letters, retention=settings.events_max_age),
+        dead_letters=dead_letters,
+    )
+
+
 def _split_servers(url: str) -> list[str]:
     servers = [u.strip() for u in url.split(",") if u.strip()]
     if not servers:
-        raise ValueError("server URL must not be empty (e.g. nats://127.0.0.1:4222)")
+        raise InvalidInput("server URL must not be empty (e.g. nats://127.0.0.1:4222)")
     return [u if "://" in u else f"nats://{u}" for u in servers]
 
 
@@ -182,12 +204,16 @@ async def _log_error(exc: Exception) -> None:
 
 
 async def _open(
-    url: str, namespace: str, auth: Auth, settings: ProvisionSettings, name: str | None, connect_timeout: float
+    url: str,
+    namespace: str,
+    auth: Auth,
+    settings: Settings,
+    observer: Observer,
+    name: str | None,
+    connect_timeout: float,
 ) -> Coord:
     names = Names(validate_namespace(namespace))
     servers = _split_servers(url)
-    if settings.replicas < 1:
-        raise ValueError(f"replicas must be >= 1, got {settings.replicas}")
     nc: NATS | None = None
     try:
         # nats-py keeps retrying an unreachable initial server when reconnects are unlimited, so
@@ -235,7 +261,7 @@ async def _open(
             with attempt:
                 await _require_jetstream(js, url)
                 await provision(js, names, settings)
-        return Coord(nc=nc, js=js, names=names, settings=settings)
+        return compose(nc, js, names, settings, observer)
     except nats.js.errors.APIError as err:
         raise ServerUnsupported(
             f"NATS at {url} refused namespace {namespace!r} (replicas={settings.replicas}): {err.description}"
@@ -290,18 +316,22 @@ def connect(
     url: str = DEFAULT_URL,
     *,
     namespace: str = DEFAULT_NAMESPACE,
-    replicas: int = 1,
+    replicas: int | None = None,
     auth: Auth | None = None,
     name: str | None = None,
     connect_timeout: float = 10.0,
-    settings: ProvisionSettings | None = None,
+    settings: Settings | None = None,
+    observer: Observer | None = None,
     **auth_kwargs: Any,
 ) -> _Connecting:
     """Connect to NATS at ``url`` (comma-separated for a cluster) and open ``namespace``.
 
     Use ``async with connect(url) as coord:`` or ``coord = await connect(url)``. Credentials come as
     an :class:`Auth` or as its fields in ``auth_kwargs`` (``user=``, ``password=``, ``token=``,
-    ``creds_file=``, ``nkeys_seed=``, ``tls_ca=``, ``tls_cert=``, ``tls_key=``).
+    ``creds_file=``, ``nkeys_seed=``, ``tls_ca=``, ``tls_cert=``, ``tls_key=``). ``settings``
+    (default: :meth:`Settings.load`, i.e. the defaults and ``CORRAL_*`` variables) tunes every
+    service; ``replicas`` overrides its field of that name. ``observer`` receives every task step
+    (default: :class:`~coord.telemetry.observer.OtelObserver`, OpenTelemetry spans and metrics).
 
     Raises :class:`~coord.errors.InvalidId` for a bad namespace (before any network I/O),
     :class:`~coord.errors.ConnectionFailed` naming the URL when the server cannot be reached within
@@ -310,5 +340,5 @@ def connect(
     """
     validate_namespace(namespace)
     auth = auth or Auth(**auth_kwargs)
-    settings = settings or ProvisionSettings(replicas=replicas)
-    return _Connecting(url, namespace, auth, settings, name, connect_timeout)
+    settings = (settings or Settings.load()).but(replicas=replicas)
+    return _Connecting(url, namespace, auth, settings, observer or OtelObserver(), name, connect_timeout)

@@ -2,26 +2,25 @@
 
 A dead letter is a JSON record on ``{ns}.deadletter.{source}`` in the events stream (kept as long as
 events are), carrying the reason, the original subject, headers and body (as text, truncated).
+``coord.dead_letters`` is the :class:`DeadLetters` of a connection.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ValidationError
 
-from coord.streams import stream_snapshot
+from coord.naming import Names
+from coord.streams import Stream
 
-if TYPE_CHECKING:
-    from coord.connection import Coord
-
-__all__ = ["DeadLetter", "dead_letter", "read_dead_letters"]
+__all__ = ["MAX_BODY", "DeadLetter", "DeadLetters"]
 
 log = logging.getLogger("corral.deadletter")
 
 MAX_BODY = 4096
+"""Characters of the original body kept in a dead letter."""
 
 
 class DeadLetter(BaseModel):
@@ -43,44 +42,49 @@ class DeadLetter(BaseModel):
     """When it was recorded."""
 
 
-async def dead_letter(
-    coord: Coord,
-    source: str,
-    reason: str,
-    *,
-    subject: str | None = None,
-    body: bytes | str = b"",
-    headers: dict[str, str] | None = None,
-    task_id: str | None = None,
-) -> None:
-    """Record a dead letter and log it; never raises (a failure to record is logged)."""
-    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
-    letter = DeadLetter(
-        source=source,
-        reason=reason,
-        subject=subject,
-        headers=dict(headers or {}),
-        body=text[:MAX_BODY],
-        task_id=task_id,
-        at=datetime.now(UTC),
-    )
-    log.warning("dead letter from %s: %s (subject=%s task=%s)", source, reason, subject, task_id)
-    try:
-        await coord.js.publish(coord.names.deadletter_subject(source), letter.model_dump_json().encode())
-    except Exception as err:  # recording must never take the caller down
-        log.error("could not record dead letter from %s: %s", source, err)
+class DeadLetters:
+    """Records and reads the dead letters of one namespace (in its events ``stream``)."""
 
+    def __init__(self, stream: Stream, names: Names) -> None:
+        self._stream = stream
+        self._names = names
 
-async def read_dead_letters(coord: Coord, source: str = "*", limit: int = 100) -> list[DeadLetter]:
-    """The most recent dead letters from ``source`` (``*``: all), oldest first, at most ``limit``.
-
-    A stored message that is not a dead letter record is skipped (logged), never raised.
-    """
-    subject = f"{coord.namespace}.deadletter.{source}"
-    letters: list[DeadLetter] = []
-    for msg in await stream_snapshot(coord.js, coord.names.events_stream, subject):
+    async def record(
+        self,
+        source: str,
+        reason: str,
+        *,
+        subject: str | None = None,
+        body: bytes | str = b"",
+        headers: dict[str, str] | None = None,
+        task_id: str | None = None,
+    ) -> None:
+        """Record a dead letter and log it; never raises (a failure to record is logged)."""
+        text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+        letter = DeadLetter(
+            source=source,
+            reason=reason,
+            subject=subject,
+            headers=dict(headers or {}),
+            body=text[:MAX_BODY],
+            task_id=task_id,
+            at=datetime.now(UTC),
+        )
+        log.warning("dead letter from %s: %s (subject=%s task=%s)", source, reason, subject, task_id)
         try:
-            letters.append(DeadLetter.model_validate_json(msg.data or b""))
-        except ValidationError:
-            log.warning("dead letters: a message on %s is not a dead letter record; skipped", msg.subject)
-    return letters[-limit:]
+            await self._stream.publish(self._names.deadletter_subject(source), letter.model_dump_json().encode())
+        except Exception as err:  # recording must never take the caller down
+            log.error("could not record dead letter from %s: %s", source, err)
+
+    async def read(self, source: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters from ``source`` (all sources when None), oldest first, at most ``limit``.
+
+        A stored message that is not a dead letter record is skipped (logged), never raised.
+        """
+        letters: list[DeadLetter] = []
+        for msg in await self._stream.snapshot(self._names.deadletter_filter(source)):
+            try:
+                letters.append(DeadLetter.model_validate_json(msg.data or b""))
+            except ValidationError:
+                log.warning("dead letters: a message on %s is not a dead letter record; skipped", msg.subject)
+        return letters[-limit:]

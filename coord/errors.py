@@ -1,20 +1,26 @@
 """The one error hierarchy of corral.
 
 Every error corral raises on purpose derives from :class:`CorralError`, so callers can catch the
-whole family in one place. Bad identifiers raise :class:`InvalidId`, which is also a ``ValueError``.
+whole family in one place. Errors about bad input (:class:`InvalidInput`, :class:`InvalidId`) are
+also ``ValueError``; :class:`Unavailable` is also a ``TimeoutError``, so code written against the
+builtin families keeps working.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
-    "ClaimLost",
     "ConfigConflict",
     "Conflict",
     "ConnectionFailed",
     "CorralError",
+    "HandlerError",
     "InvalidId",
     "InvalidInput",
+    "InvalidRecord",
     "InvalidTransition",
+    "KeyExists",
     "NotFound",
     "PayloadTooLarge",
     "PresenceConflict",
@@ -22,6 +28,7 @@ __all__ = [
     "ServerUnsupported",
     "StaleClaim",
     "TaskExists",
+    "Unavailable",
 ]
 
 
@@ -29,8 +36,16 @@ class CorralError(Exception):
     """Base class of every error corral raises on purpose."""
 
 
-class InvalidId(CorralError, ValueError):
+class InvalidInput(CorralError, ValueError):
+    """An argument is malformed (wrong type, not JSON, out of range); raised before anything is written."""
+
+
+class InvalidId(InvalidInput):
     """An id, namespace or key is not a valid token; raised before anything touches NATS."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """A record or message would exceed the server's max payload; nothing was written."""
 
 
 class ConnectionFailed(CorralError):
@@ -45,12 +60,29 @@ class ConfigConflict(CorralError):
     """A bucket or stream already exists with a configuration that conflicts with ours."""
 
 
+class Unavailable(CorralError, TimeoutError):
+    """The server did not answer within the patience of the call (restart, election, partition)."""
+
+
 class NotFound(CorralError):
     """The named record (task, agent, session, …) does not exist."""
 
 
+class InvalidRecord(CorralError):
+    """A stored value (or a message) is not what corral wrote there: malformed, or from a foreign writer."""
+
+
 class Conflict(CorralError):
     """A compare-and-set lost a race: someone else changed the record first."""
+
+
+class KeyExists(Conflict):
+    """A create found a live value under the key; ``entry`` is what is there (a :class:`coord.kv.Entry`)."""
+
+    def __init__(self, message: str, entry: Any = None) -> None:
+        super().__init__(message)
+        self.entry = entry
+        """The entry found under the key."""
 
 
 class TaskExists(Conflict):
@@ -65,10 +97,6 @@ class StaleClaim(CorralError):
     """The claim presented is no longer the current claim of the task (reclaimed, expired or replaced)."""
 
 
-class ClaimLost(StaleClaim):
-    """The worker gave up its claim itself (its presence was lost, or it is shutting down)."""
-
-
 class PresenceConflict(CorralError):
     """Another live process already holds this agent id."""
 
@@ -77,9 +105,5 @@ class PresenceLost(CorralError):
     """This process's own presence key was lost or taken over; it must stop taking work."""
 
 
-class InvalidInput(CorralError, ValueError):
-    """An argument is malformed (wrong type, not JSON, out of range); raised before anything is written."""
-
-
-class PayloadTooLarge(InvalidInput):
-    """A record or message would exceed the server's max payload; nothing was written."""
+class HandlerError(CorralError):
+    """A task handler failed without producing a Result (the message says how)."""

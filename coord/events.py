@@ -32,7 +32,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 import nats.errors
 import nats.js.errors
@@ -40,13 +40,12 @@ from nats.aio.msg import Msg
 from nats.js import api as js_api
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from coord.deadletter import dead_letter
+from coord.deadletter import DeadLetters
 from coord.ids import Token, new_id, validate_id
-from coord.retry import retry_transient
+from coord.naming import Names
+from coord.records import RecordStore
+from coord.streams import Stream
 from coord.tracing import inject
-
-if TYPE_CHECKING:
-    from coord.connection import Coord
 
 __all__ = [
     "Descendant",
@@ -292,10 +291,26 @@ def upward_id(event_id: str, relay: str) -> str:
 
 # --- emitting --------------------------------------------------------------------------------
 class Events:
-    """Emit lifecycle events and listen to them (``coord.events``)."""
+    """Emit lifecycle events and listen to them (``coord.events``).
 
-    def __init__(self, coord: Coord) -> None:
-        self._coord = coord
+    Built on the events ``stream``, the namespace's ``names``, the ``tree`` store (descendant
+    records and seen-markers, in the registry bucket) and ``dead_letters``; ``retention`` is how
+    long the stream keeps events (idle listener positions and seen-markers live as long).
+    """
+
+    def __init__(
+        self, stream: Stream, names: Names, tree: RecordStore, dead_letters: DeadLetters, *, retention: float
+    ) -> None:
+        self.stream = stream
+        """The events stream."""
+        self.names = names
+        """Names of the namespace."""
+        self.tree = tree
+        """Where descendant records and seen-markers are kept."""
+        self.dead_letters = dead_letters
+        """Where malformed events are recorded."""
+        self.retention = retention
+        """Seconds events are kept."""
         self._background: set[asyncio.Task[bool]] = set()
 
     async def emit(
@@ -316,15 +331,16 @@ class Events:
         """
         if parent is None:
             return False
-        subject = self._coord.names.event_subject(parent, sender or event.agent, event.kind)
+        subject = self.names.event_subject(parent, sender or event.agent, event.kind)
         data = event.model_dump_json().encode()
-        headers = inject({"Nats-Msg-Id": f"{parent}:{event.id}"})
         try:
-            await retry_transient(
-                lambda: self._coord.js.publish(subject, data, headers=headers, timeout=min(timeout, 2.0)),
-                nc=self._coord.nc,
-                within=timeout,
-                what=f"emit {event.kind} {event.id} to {parent}",
+            await self.stream.publish(
+                subject,
+                data,
+                headers=inject(),
+                msg_id=f"{parent}:{event.id}",
+                patience=timeout,
+                timeout=min(timeout, 2.0),
             )
         except Exception as err:  # transport trouble is logged, never raised into the child's work
             log.warning("could not emit %s %s to %s: %s", event.kind, event.id, parent, err or type(err).__name__)
@@ -341,7 +357,7 @@ class Events:
     ) -> asyncio.Task[bool]:
         """Emit in the background (fire and forget, retried for up to ``timeout``); see :meth:`flush`."""
         if parent is not None:
-            self._coord.names.event_subject(parent, sender or event.agent, event.kind)  # validate now
+            self.names.event_subject(parent, sender or event.agent, event.kind)  # validate now
         task = asyncio.create_task(self.emit(parent, event, sender=sender, timeout=timeout))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -362,12 +378,12 @@ class Events:
         on_event: Callable[[ReceivedEvent], Awaitable[None] | None] | None = None,
     ) -> EventListener:
         """An :class:`EventListener` for ``agent`` (re-emitting delegations to ``parent``)."""
-        return EventListener(self._coord, agent, parent=parent, on_event=on_event)
+        return EventListener(self, agent, parent=parent, on_event=on_event)
 
     async def descendants(self, agent: str) -> dict[str, Descendant]:
         """``agent``'s descendant registry (what its listener has applied so far)."""
         prefix = f"tree.{validate_id(agent, 'agent')}."
-        found = await self._coord.registry.store.scan(prefix, Descendant)
+        found = await self.tree.scan(prefix, Descendant)
         return {d.agent: d for _, d in found}
 
     async def tail(
@@ -377,16 +393,13 @@ class Events:
 
         Read-only: no durable position, no side effects. Malformed messages are skipped (logged).
         """
-        ns = self._coord.namespace
-        subject = f"{ns}.events.{validate_id(agent, 'agent')}.>" if agent else f"{ns}.events.>"
+        subject = self.names.events_filter(agent)
         config = js_api.ConsumerConfig(
             deliver_policy=js_api.DeliverPolicy.BY_START_TIME if since is not None else js_api.DeliverPolicy.ALL,
         )
         if since is not None:
             config.opt_start_time = _now() - timedelta(seconds=since)
-        sub = await self._coord.js.subscribe(
-            subject, stream=self._coord.names.events_stream, ordered_consumer=True, config=config
-        )
+        sub = await self.stream.js.subscribe(subject, stream=self.stream.name, ordered_consumer=True, config=config)
         try:
             info = await sub.consumer_info()
             # Messages may already be on their way to us when we ask: count what was delivered too.
@@ -442,14 +455,15 @@ class EventListener:
 
     def __init__(
         self,
-        coord: Coord,
+        events: Events,
         agent: str,
         *,
         parent: str | None = None,
         on_event: Callable[[ReceivedEvent], Awaitable[None] | None] | None = None,
         batch: int = 64,
     ) -> None:
-        self._coord = coord
+        self._events = events
+        self._stream = events.stream
         self.agent = validate_id(agent, "agent")
         """The listening agent."""
         self.parent = validate_id(parent, "parent") if parent is not None else None
@@ -457,19 +471,19 @@ class EventListener:
         self._on_event = on_event
         self._batch = batch
         self._task: asyncio.Task[None] | None = None
-        self._store = coord.registry.store
-        self.durable = f"events-{self.agent}"
+        self._store = events.tree
+        self.durable = events.names.events_consumer(self.agent)
         """Name of the durable consumer holding this listener's position."""
         self.processed = 0
         """Events handled by this instance (duplicates excluded)."""
 
     @property
     def _filter(self) -> str:
-        return f"{self._coord.namespace}.events.{self.agent}.>"
+        return self._events.names.events_filter(self.agent)
 
     async def _consumer(self) -> None:
-        js = self._coord.js
-        stream = self._coord.names.events_stream
+        js = self._stream.js
+        stream = self._stream.name
         try:
             await js.consumer_info(stream, self.durable)
             return
@@ -482,7 +496,7 @@ class EventListener:
             deliver_policy=js_api.DeliverPolicy.ALL,
             ack_wait=ACK_WAIT,
             max_ack_pending=1024,
-            inactive_threshold=self._coord.settings.events_max_age,
+            inactive_threshold=self._events.retention,
         )
         await js.add_consumer(stream, config)
 
@@ -491,7 +505,7 @@ class EventListener:
         if self._task is not None:
             return
         await self._consumer()
-        sub = await self._coord.js.pull_subscribe_bind(durable=self.durable, stream=self._coord.names.events_stream)
+        sub = await self._stream.js.pull_subscribe_bind(durable=self.durable, stream=self._stream.name)
         self._task = asyncio.create_task(self._run(sub), name=f"events-listener-{self.agent}")
 
     async def stop(self) -> None:
@@ -511,8 +525,8 @@ class EventListener:
 
     async def catch_up(self, timeout: float = 10.0) -> None:
         """Wait until every event stored so far for this agent is processed; ``TimeoutError`` if not."""
-        js = self._coord.js
-        stream = self._coord.names.events_stream
+        js = self._stream.js
+        stream = self._stream.name
         async with asyncio.timeout(timeout):
             while True:
                 info = await js.consumer_info(stream, self.durable)
@@ -544,8 +558,8 @@ class EventListener:
     async def _handle(self, msg: Msg) -> None:
         received = _decode(msg)
         if isinstance(received, str):
-            await dead_letter(
-                self._coord, "events", received, subject=msg.subject, body=msg.data, headers=dict(msg.headers or {})
+            await self._events.dead_letters.record(
+                "events", received, subject=msg.subject, body=msg.data, headers=dict(msg.headers or {})
             )
             await _settle(msg.term())
             return
@@ -589,7 +603,7 @@ class EventListener:
 
     async def _mark_seen(self, event_id: str) -> None:
         key = self._seen_key(event_id)
-        await self._store.write(key, b"1", last=None, ttl=self._coord.settings.events_max_age)
+        await self._store.write(key, b"1", last=None, ttl=self._events.retention)
 
     async def apply(self, received: ReceivedEvent) -> None:
         """Apply ``received``'s side effects: merge it into the descendant registry, re-emit delegations.
@@ -610,12 +624,12 @@ class EventListener:
         event = received.event
         if isinstance(event, ScopeSubDelegated) and self.parent is not None:
             upward = event.model_copy(update={"id": upward_id(event.id, self.agent)})
-            if not await self._coord.events.emit(self.parent, upward, sender=self.agent, timeout=5.0):
+            if not await self._events.emit(self.parent, upward, sender=self.agent, timeout=5.0):
                 raise ConnectionError(f"could not re-emit delegation {event.id} to {self.parent}")
 
     async def descendants(self) -> dict[str, Descendant]:
         """This agent's descendant registry."""
-        return await self._coord.events.descendants(self.agent)
+        return await self._events.descendants(self.agent)
 
 
 async def _keep_in_progress(msg: Msg) -> None:

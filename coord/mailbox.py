@@ -36,12 +36,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import nats.errors
 import nats.js.errors
@@ -52,16 +51,15 @@ from nats.js import api as js_api
 from nats.js.client import JetStreamContext
 from pydantic import BaseModel, ConfigDict
 
-from coord.deadletter import dead_letter
-from coord.errors import PayloadTooLarge
+from coord.deadletter import DeadLetters
+from coord.errors import InvalidInput, PayloadTooLarge
 from coord.ids import Token, new_id, validate_id
-from coord.registry import format_ttl
-from coord.retry import retry_transient
-from coord.streams import stream_snapshot
+from coord.kv import MSG_TTL, ttl_header
+from coord.naming import TAG_TOKEN, Names
+from coord.presence import Presence
+from coord.registry import Registry
+from coord.streams import MSG_ID, Stream
 from coord.tracing import inject
-
-if TYPE_CHECKING:
-    from coord.connection import Coord
 
 __all__ = [
     "Agent",
@@ -95,7 +93,6 @@ H_STREAM_TO = "Corral-Stream-To"
 H_STREAM = "Corral-Stream"
 H_SEQ = "Corral-Seq"
 
-TAG_TOKEN = "tag"
 QUICK_ACK = 0.5
 """Seconds a sender waits for an ack before it also starts watching the agent's presence."""
 
@@ -233,7 +230,7 @@ class InboxMessage:
 
     def _nc(self) -> NATS:
         assert self._mailbox is not None, "message is not attached to a mailbox"
-        return self._mailbox._coord.nc
+        return self._mailbox._stream.nc
 
     async def _stream(self, kind: str, data: bytes, seq: int) -> None:
         if self.stream_to is None or self._closed:
@@ -243,7 +240,7 @@ class InboxMessage:
     async def chunk(self, data: str | bytes) -> None:
         """Send one piece of a streamed reply (no-op if the sender did not ask for a stream)."""
         if self._closed:
-            raise RuntimeError(f"stream of message {self.id} is already closed")
+            raise InvalidInput(f"stream of message {self.id} is already closed")
         self._chunks += 1
         await self._stream("chunk", data.encode() if isinstance(data, str) else data, self._chunks)
 
@@ -257,14 +254,7 @@ class InboxMessage:
         if self.acked:
             return
         assert self._mailbox is not None, "message is not attached to a mailbox"
-        for attempt in range(5):
-            try:
-                await self._mailbox._delete(self.seq)
-                break
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                if attempt == 4:
-                    raise
-                await asyncio.sleep(0.2 * (attempt + 1))
+        await self._mailbox._stream.delete(self.seq)
         self.acked = True
         nc = self._nc()
         if self.ack_to:
@@ -382,33 +372,43 @@ class Inbox:
 
 # --- the mailbox -------------------------------------------------------------------------------
 class Mailbox:
-    """Send, receive and route messages between agents (``coord.mailbox``)."""
+    """Send, receive and route messages between agents (``coord.mailbox``).
 
-    def __init__(self, coord: Coord) -> None:
-        self._coord = coord
-        self._stream = coord.names.inbox_stream
+    Built on the inbox ``stream``, the namespace's ``names``, the ``registry`` (tag bindings),
+    ``presence`` (who is live) and ``dead_letters``.
+    """
+
+    def __init__(
+        self, stream: Stream, names: Names, registry: Registry, presence: Presence, dead_letters: DeadLetters
+    ) -> None:
+        self._stream = stream
+        self._names = names
+        self._registry = registry
+        self._presence = presence
+        self._dead_letters = dead_letters
 
     # --- subjects ----------------------------------------------------------------------------
     def _agent_filter(self, agent: str) -> str:
-        return f"{self._coord.namespace}.inbox.{validate_id(agent, 'agent')}.*.*"
+        return self._names.inbox_filter(agent)
 
     def _tag_filter(self, tag: str) -> str:
-        return f"{self._coord.namespace}.inbox.{TAG_TOKEN}.{validate_id(tag, 'tag')}.*.*"
+        return self._names.tag_filter(tag)
 
     def _subject(self, owner: Agent | Tag, message_id: str, key: str | None) -> str:
-        names = self._coord.names
+        names = self._names
         if isinstance(owner, Agent):
             if key is not None:
                 return names.inbox_keyed_subject(owner.id, key)
             return names.inbox_message_subject(owner.id, message_id)
-        suffix = f"k.{validate_id(key, 'key')}" if key is not None else f"m.{validate_id(message_id, 'id')}"
-        return f"{self._coord.namespace}.inbox.{TAG_TOKEN}.{owner.name}.{suffix}"
+        if key is not None:
+            return names.tag_keyed_subject(owner.name, key)
+        return names.tag_message_subject(owner.name, message_id)
 
     # --- low-level stream operations ------------------------------------------------------------
     async def _ordered(self, subject: str) -> PushSubscription:
-        return await self._coord.js.subscribe(
+        return await self._stream.js.subscribe(
             subject,
-            stream=self._stream,
+            stream=self._stream.name,
             ordered_consumer=True,
             deliver_policy=js_api.DeliverPolicy.ALL,
             idle_heartbeat=2.0,
@@ -416,33 +416,18 @@ class Mailbox:
 
     async def _snapshot(self, subject: str, limit: int | None = None) -> list[Msg]:
         """Messages on ``subject`` stored right now, oldest first."""
-        return await stream_snapshot(self._coord.js, self._stream, subject, limit=limit)
-
-    async def _delete(self, seq: int) -> bool:
-        """Delete stream message ``seq``; False if it was already gone."""
-        request = json.dumps({"seq": seq, "no_erase": True}).encode()
-        reply = await self._coord.nc.request(f"$JS.API.STREAM.MSG.DELETE.{self._stream}", request, timeout=5)
-        answer = json.loads(reply.data)
-        if answer.get("success"):
-            return True
-        error = answer.get("error") or {}
-        if error.get("err_code") == 10057 or error.get("code") == 404:  # no message found
-            return False
-        raise nats.js.errors.APIError(description=str(error.get("description", answer)))
+        return await self._stream.snapshot(subject, limit=limit)
 
     async def _still_queued(self, subject: str, message_id: str) -> bool:
-        try:
-            msg = await self._coord.js.get_msg(self._stream, subject=subject)
-        except nats.js.errors.NotFoundError:
-            return False
-        return (msg.headers or {}).get(H_ID) == message_id
+        msg = await self._stream.last(subject)
+        return msg is not None and (msg.headers or {}).get(H_ID) == message_id
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
-        await dead_letter(
-            self._coord, "inbox", reason, subject=msg.subject, body=msg.data, headers=dict(msg.headers or {})
+        await self._dead_letters.record(
+            "inbox", reason, subject=msg.subject, body=msg.data, headers=dict(msg.headers or {})
         )
         with contextlib.suppress(Exception):
-            await self._delete(msg.metadata.sequence.stream)
+            await self._stream.delete(msg.metadata.sequence.stream)
 
     async def _publish(
         self,
@@ -458,9 +443,9 @@ class Mailbox:
         ttl: float | None = None,
     ) -> str:
         subject = self._subject(owner, message_id, key)
-        headers = {H_ID: message_id, H_SENT: _now().isoformat(), "Nats-Msg-Id": message_id}
+        headers = {H_ID: message_id, H_SENT: _now().isoformat(), MSG_ID: message_id}
         if ttl is not None:
-            headers["Nats-TTL"] = format_ttl(ttl)
+            headers[MSG_TTL] = ttl_header(ttl)
         for name, value in ((H_FROM, sender), (H_TAG, tag), (H_ACK_TO, ack_to), (H_STREAM_TO, stream_to)):
             if value is not None:
                 headers[name] = value
@@ -473,17 +458,12 @@ class Mailbox:
         Every message carries a ``Nats-Msg-Id``, so a retry of one that did land is dropped by the
         stream's duplicate window instead of stored twice.
         """
-        await retry_transient(
-            lambda: self._coord.js.publish(subject, body, headers=headers, timeout=min(within, 2.0)),
-            nc=self._coord.nc,
-            within=within,
-            what=f"publish to {subject}",
-        )
+        await self._stream.publish(subject, body, headers=headers, patience=within)
 
     async def _alive(self, agent: str) -> bool:
         """Present in presence; unknown counts as absent here (the message is then queued, never lost)."""
         try:
-            return await asyncio.wait_for(self._coord.presence.get(agent), timeout=5) is not None
+            return await asyncio.wait_for(self._presence.get(agent), timeout=5) is not None
         except Exception as err:
             log.warning("presence of %s unknown (%s); queueing instead of waiting", agent, err)
             return False
@@ -493,21 +473,21 @@ class Mailbox:
         """How ``target`` resolves now: ``("DIRECT", agent)``, ``("BOUND", agent)``, ``("PENDING"|"ABSENT", None)``."""
         if isinstance(target, Agent):
             return "DIRECT", target.id
-        state, agent = await self._coord.registry.tag_state(target.name)
+        state, agent = await self._registry.tag_state(target.name)
         return state, agent
 
     # --- sending -----------------------------------------------------------------------------
     def _check(self, target: Target, body: str | bytes, key: str | None, mode: str, sender: str | None) -> bytes:
         if not isinstance(target, Agent | Tag):
-            raise TypeError(f"target must be Agent(id) or Tag(name), got {type(target).__name__}")
+            raise InvalidInput(f"target must be Agent(id) or Tag(name), got {type(target).__name__}")
         if mode not in ("auto", "enqueue"):
-            raise ValueError(f"mode must be 'auto' or 'enqueue', got {mode!r}")
+            raise InvalidInput(f"mode must be 'auto' or 'enqueue', got {mode!r}")
         if key is not None:
             validate_id(key, "key")
         if sender is not None:
             validate_id(sender, "sender")
         data = body.encode() if isinstance(body, str) else bytes(body)
-        limit = self._coord.nc.max_payload - 4096
+        limit = self._stream.nc.max_payload - 4096
         if len(data) > limit:
             raise PayloadTooLarge(f"body is {len(data)} bytes; the server accepts at most {limit} per message")
         return data
@@ -534,7 +514,7 @@ class Mailbox:
         """
         data = self._check(target, body, key, mode, sender)
         if ttl is not None:
-            format_ttl(ttl)  # validates: > 0
+            ttl_header(ttl)  # validates: >= 1 s
         message_id = new_id("msg")
         _, agent = await self.resolve(target)
         tag = target.name if isinstance(target, Tag) else None
@@ -550,7 +530,7 @@ class Mailbox:
         if not live and spawn is None:
             await self._publish(owner, data, message_id, key=None, sender=sender, tag=tag, ttl=ttl)
             return Enqueued(id=message_id, queue=queue)
-        nc = self._coord.nc
+        nc = self._stream.nc
         ack_inbox = nc.new_inbox()
         sub = await nc.subscribe(ack_inbox, max_msgs=1)
         try:
@@ -560,7 +540,7 @@ class Mailbox:
             if not live:
                 assert spawn is not None
                 await _call(spawn, target)
-                if await self._coord.presence.wait_present(agent, timeout) is None:
+                if await self._presence.wait_present(agent, timeout) is None:
                     return Enqueued(id=message_id, queue=queue)
             if await self._race_ack(sub, agent, timeout):
                 return Delivered(id=message_id)
@@ -588,7 +568,7 @@ class Mailbox:
         waits: set[asyncio.Future[object]] = {ack}  # type: ignore[arg-type]
         gone: asyncio.Future[bool] | None = None
         if agent is not None:
-            gone = asyncio.ensure_future(self._coord.presence.wait_absent(agent, remaining))
+            gone = asyncio.ensure_future(self._presence.wait_absent(agent, remaining))
             waits.add(gone)  # type: ignore[arg-type]
         try:
             while waits:
@@ -617,7 +597,7 @@ class Mailbox:
         ttl: float | None,
     ) -> SendResult:
         wait_ack = spawn is not None and key is None and mode == "auto"
-        nc = self._coord.nc
+        nc = self._stream.nc
         ack_inbox = nc.new_inbox() if wait_ack else None
         sub = await nc.subscribe(ack_inbox, max_msgs=1) if ack_inbox else None
         try:
@@ -625,7 +605,7 @@ class Mailbox:
                 target, data, message_id, key=key, sender=sender, tag=target.name, ack_to=ack_inbox, ttl=ttl
             )
             # A binder may have drained the tag queue between our lookup and our publish: hand it over.
-            state, agent = await self._coord.registry.tag_state(target.name)
+            state, agent = await self._registry.tag_state(target.name)
             queue = f"tag:{target.name}"
             if state == "BOUND" and agent is not None:
                 await self._drain_tag(target.name, agent)
@@ -660,7 +640,7 @@ class Mailbox:
         data = self._check(target, body, None, "auto", sender)
         message_id = new_id("msg")
         _, agent = await self.resolve(target)
-        nc = self._coord.nc
+        nc = self._stream.nc
         reply_inbox = nc.new_inbox()
         sub = await nc.subscribe(reply_inbox)
         gone: asyncio.Task[bool] | None = None
@@ -675,12 +655,12 @@ class Mailbox:
                     yield Enqueued(id=message_id, queue=queue)
                     return
                 await _call(spawn, target)
-                if agent is not None and await self._coord.presence.wait_present(agent, timeout) is None:
+                if agent is not None and await self._presence.wait_present(agent, timeout) is None:
                     yield Error(message=f"agent {agent!r} did not come up within {timeout}s; message {queue}")
                     return
             yield Id(id=message_id)
             if agent is not None:
-                gone = asyncio.create_task(self._coord.presence.wait_absent(agent, 86_400 * 365))
+                gone = asyncio.create_task(self._presence.wait_absent(agent, 86_400 * 365))
             expected = 1
             while True:
                 item = await self._next_reply(sub, gone, timeout, agent)
@@ -766,7 +746,7 @@ class Mailbox:
         Messages that went to a dead previous holder through the tag follow as well. Returns how many
         messages moved. Raises :class:`~coord.errors.Conflict` if a live agent holds the tag.
         """
-        _, previous = await self._coord.registry.bind_tag(tag, agent)
+        _, previous = await self._registry.bind_tag(tag, agent)
         moved = await self._drain_tag(tag, agent)
         if previous is not None:
             for msg in await self._snapshot(self._agent_filter(previous)):
@@ -776,7 +756,7 @@ class Mailbox:
 
     async def unbind_tag(self, tag: str, agent: str) -> bool:
         """Release ``tag`` if ``agent`` holds it (it becomes PENDING: new messages wait under the tag)."""
-        return await self._coord.registry.unbind_tag(tag, agent)
+        return await self._registry.unbind_tag(tag, agent)
 
     async def _drain_tag(self, tag: str, agent: str) -> int:
         moved = 0
@@ -791,10 +771,10 @@ class Mailbox:
             await self._dead_letter(msg, parsed)
             return 0
         headers = dict(msg.headers or {})
-        headers["Nats-Msg-Id"] = f"mv-{parsed.seq}-{parsed.id}"
+        headers[MSG_ID] = f"mv-{parsed.seq}-{parsed.id}"
         subject = self._subject(Agent(id=agent), parsed.id, parsed.key)
         await self._store(subject, msg.data, headers)
-        await self._delete(parsed.seq)
+        await self._stream.delete(parsed.seq)
         return 1
 
 

@@ -1,4 +1,8 @@
-"""Where things live on NATS for one namespace: bucket, stream and subject names."""
+"""Where things live on NATS for one namespace: every bucket, stream, consumer and subject name.
+
+Nothing else in corral spells a subject: services ask :class:`Names` (or, for a bucket's own keys,
+:func:`kv_subject_prefix`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,20 @@ from dataclasses import dataclass
 
 from coord.ids import validate_id, validate_namespace
 
-__all__ = ["Names"]
+__all__ = ["TAG_TOKEN", "Names", "kv_stream_name", "kv_subject_prefix"]
+
+TAG_TOKEN = "tag"
+"""Token that marks a tag's waiting queue in inbox subjects (``{ns}.inbox.tag.{tag}...``)."""
+
+
+def kv_stream_name(bucket: str) -> str:
+    """The stream behind KV bucket ``bucket``."""
+    return f"KV_{bucket}"
+
+
+def kv_subject_prefix(bucket: str) -> str:
+    """Prefix of the subjects of ``bucket``'s keys (``$KV.{bucket}.``)."""
+    return f"$KV.{bucket}."
 
 
 @dataclass(frozen=True)
@@ -50,26 +67,67 @@ class Names:
         """Stream of agent mailboxes (one message per subject: keyed messages replace older ones)."""
         return f"{self.namespace}_inbox"
 
-    # --- subjects ------------------------------------------------------------------------
+    # --- dispatch ------------------------------------------------------------------------
+    @property
+    def dispatch_subjects(self) -> str:
+        """Every notification subject of the namespace."""
+        return f"{self.namespace}.dispatch.>"
+
     def dispatch_subject(self, queue: str) -> str:
         """Subject of notifications for ``queue``."""
         return f"{self.namespace}.dispatch.{validate_id(queue, 'queue')}"
+
+    def queue_consumer(self, queue: str) -> str:
+        """Durable pull consumer shared by the workers of ``queue``."""
+        return f"q-{validate_id(queue, 'queue')}"
+
+    def results_subject(self, parent: str) -> str:
+        """Core-NATS subject where results are pushed to the submitting parent."""
+        return f"{self.namespace}.results.{validate_id(parent, 'parent')}"
+
+    # --- events stream -------------------------------------------------------------------
+    @property
+    def events_subjects(self) -> list[str]:
+        """Every subject of the events stream."""
+        ns = self.namespace
+        return [f"{ns}.events.>", f"{ns}.journal.>", f"{ns}.deadletter.>"]
 
     def journal_subject(self, task_id: str) -> str:
         """Subject of the per-task journal."""
         return f"{self.namespace}.journal.{validate_id(task_id, 'task_id')}"
 
+    @property
+    def journal_prefix(self) -> str:
+        """Prefix of every journal subject (the task id follows)."""
+        return f"{self.namespace}.journal."
+
     def event_subject(self, to: str, sender: str, kind: str) -> str:
         """Subject of a lifecycle event from ``sender`` to ``to``."""
         return f"{self.namespace}.events.{validate_id(to, 'to')}.{validate_id(sender, 'from')}.{kind}"
+
+    def events_filter(self, to: str | None = None) -> str:
+        """Subjects of the events sent to ``to`` (to anyone when None)."""
+        if to is None:
+            return f"{self.namespace}.events.>"
+        return f"{self.namespace}.events.{validate_id(to, 'agent')}.>"
+
+    def events_consumer(self, agent: str) -> str:
+        """Durable consumer holding the position of ``agent``'s event listener."""
+        return f"events-{validate_id(agent, 'agent')}"
 
     def deadletter_subject(self, source: str) -> str:
         """Subject where malformed messages from ``source`` (e.g. ``dispatch``) are recorded."""
         return f"{self.namespace}.deadletter.{validate_id(source, 'source')}"
 
-    def results_subject(self, parent: str) -> str:
-        """Core-NATS subject where results are pushed to the submitting parent."""
-        return f"{self.namespace}.results.{validate_id(parent, 'parent')}"
+    def deadletter_filter(self, source: str | None = None) -> str:
+        """Subjects of the dead letters from ``source`` (from every source when None)."""
+        return f"{self.namespace}.deadletter.{'*' if source is None else validate_id(source, 'source')}"
+
+    # --- mailboxes -----------------------------------------------------------------------
+    @property
+    def inbox_subjects(self) -> str:
+        """Every subject of the inbox stream."""
+        return f"{self.namespace}.inbox.>"
 
     def inbox_message_subject(self, agent: str, message_id: str) -> str:
         """Subject of one unkeyed mailbox message."""
@@ -78,3 +136,19 @@ class Names:
     def inbox_keyed_subject(self, agent: str, key: str) -> str:
         """Subject of a keyed mailbox message (latest wins)."""
         return f"{self.namespace}.inbox.{validate_id(agent, 'agent')}.k.{validate_id(key, 'key')}"
+
+    def inbox_filter(self, agent: str) -> str:
+        """Subjects of every message in ``agent``'s inbox."""
+        return f"{self.namespace}.inbox.{validate_id(agent, 'agent')}.*.*"
+
+    def tag_message_subject(self, tag: str, message_id: str) -> str:
+        """Subject of an unkeyed message waiting for whoever binds ``tag``."""
+        return f"{self.namespace}.inbox.{TAG_TOKEN}.{validate_id(tag, 'tag')}.m.{validate_id(message_id, 'id')}"
+
+    def tag_keyed_subject(self, tag: str, key: str) -> str:
+        """Subject of a keyed message waiting for whoever binds ``tag``."""
+        return f"{self.namespace}.inbox.{TAG_TOKEN}.{validate_id(tag, 'tag')}.k.{validate_id(key, 'key')}"
+
+    def tag_filter(self, tag: str) -> str:
+        """Subjects of every message waiting for ``tag``."""
+        return f"{self.namespace}.inbox.{TAG_TOKEN}.{validate_id(tag, 'tag')}.*.*"

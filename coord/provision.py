@@ -7,37 +7,19 @@ configuration raises :class:`coord.errors.ConfigConflict` naming the stream and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 
 from coord.errors import ConfigConflict
-from coord.naming import Names
+from coord.naming import Names, kv_stream_name, kv_subject_prefix
+from coord.settings import Settings
 
 __all__ = ["ProvisionSettings", "kv_stream_name", "provision", "stream_configs"]
 
-DAY = 86_400.0
 
-
-@dataclass(frozen=True)
-class ProvisionSettings:
-    """Tunables of a namespace's storage."""
-
-    replicas: int = 1
-    """Replicas of every bucket and stream (3 on a 3-node cluster)."""
-    presence_marker_ttl: float = 60.0
-    """How long the server keeps the PURGE marker it writes when a presence key expires."""
-    events_max_age: float = 7 * DAY
-    """How long lifecycle events, journals and dead letters are kept."""
-    dispatch_duplicate_window: float = 120.0
-    """Window in which a notification with the same ``Nats-Msg-Id`` is dropped as a duplicate."""
-
-
-def kv_stream_name(bucket: str) -> str:
-    """The stream behind KV bucket ``bucket``."""
-    return f"KV_{bucket}"
+ProvisionSettings = Settings
+"""Deprecated alias of :class:`coord.settings.Settings` (the storage fields live there now)."""
 
 
 def _kv(
@@ -46,7 +28,7 @@ def _kv(
     return js_api.StreamConfig(
         name=kv_stream_name(bucket),
         description=description,
-        subjects=[f"$KV.{bucket}.>"],
+        subjects=[kv_subject_prefix(bucket) + ">"],
         allow_direct=True,
         allow_rollup_hdrs=True,
         allow_msg_ttl=True,
@@ -60,9 +42,9 @@ def _kv(
     )
 
 
-def stream_configs(names: Names, settings: ProvisionSettings) -> list[js_api.StreamConfig]:
+def stream_configs(names: Names, settings: Settings) -> list[js_api.StreamConfig]:
     """Every stream (KV buckets included) of the namespace, with its one configuration."""
-    ns, r = names.namespace, settings.replicas
+    r = settings.replicas
     return [
         _kv(
             names.presence_bucket,
@@ -75,7 +57,7 @@ def stream_configs(names: Names, settings: ProvisionSettings) -> list[js_api.Str
         js_api.StreamConfig(
             name=names.dispatch_stream,
             description="corral task-ready notifications",
-            subjects=[f"{ns}.dispatch.>"],
+            subjects=[names.dispatch_subjects],
             retention=js_api.RetentionPolicy.WORK_QUEUE,
             duplicate_window=settings.dispatch_duplicate_window,
             num_replicas=r,
@@ -84,7 +66,7 @@ def stream_configs(names: Names, settings: ProvisionSettings) -> list[js_api.Str
         js_api.StreamConfig(
             name=names.events_stream,
             description="corral lifecycle events, task journals, dead letters",
-            subjects=[f"{ns}.events.>", f"{ns}.journal.>", f"{ns}.deadletter.>"],
+            subjects=names.events_subjects,
             retention=js_api.RetentionPolicy.LIMITS,
             max_age=settings.events_max_age,
             duplicate_window=120.0,
@@ -94,7 +76,7 @@ def stream_configs(names: Names, settings: ProvisionSettings) -> list[js_api.Str
         js_api.StreamConfig(
             name=names.inbox_stream,
             description="corral agent mailboxes (one message per subject)",
-            subjects=[f"{ns}.inbox.>"],
+            subjects=[names.inbox_subjects],
             retention=js_api.RetentionPolicy.LIMITS,
             max_msgs_per_subject=1,
             duplicate_window=120.0,
@@ -133,7 +115,7 @@ def _differences(want: js_api.StreamConfig, have: js_api.StreamConfig) -> list[s
     return diffs
 
 
-async def provision(js: JetStreamContext, names: Names, settings: ProvisionSettings) -> None:
+async def provision(js: JetStreamContext, names: Names, settings: Settings) -> None:
     """Create every stream of the namespace, or check that the existing ones match."""
     for config in stream_configs(names, settings):
         assert config.name is not None

@@ -15,8 +15,7 @@ Liveness is presence: an active session is alive while its ``agent_id`` is prese
 cannot be asked (an error, a timeout), the owner counts as alive — a reservation is never stolen on
 a guess. Join presence *before* reserving: an owner that is absent from presence is dead.
 
-:class:`RecordStore` is the small compare-and-set layer under all of this (also used by
-:mod:`coord.events` for its descendant records).
+:class:`coord.records.RecordStore` is the compare-and-set layer under all of this.
 """
 
 from __future__ import annotations
@@ -24,28 +23,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
+from typing import Annotated, Literal
 
-import nats.errors
-import nats.js.errors
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from coord.errors import Conflict, InvalidTransition, NotFound
+from coord.errors import Conflict, InvalidInput, InvalidTransition, NotFound
 from coord.ids import Token, new_id, validate_id
-from coord.provision import kv_stream_name
-from coord.streams import stream_snapshot
-
-if TYPE_CHECKING:
-    from coord.connection import Coord
+from coord.kv import conflicts
+from coord.presence import Presence
+from coord.records import MAX_CAS_ATTEMPTS, RecordStore
 
 __all__ = [
     "DEFAULT_TERMINAL_TTL",
     "LiveOwner",
     "LookupValue",
-    "RecordStore",
     "Registry",
     "Reserved",
     "Session",
@@ -53,7 +46,6 @@ __all__ = [
     "TagBinding",
     "TagState",
     "ThreadReservation",
-    "format_ttl",
 ]
 
 log = logging.getLogger("corral.registry")
@@ -61,7 +53,6 @@ log = logging.getLogger("corral.registry")
 DEFAULT_TERMINAL_TTL = 7 * 86_400.0
 """How long complete/abandoned sessions are kept (seconds)."""
 
-MAX_CAS_ATTEMPTS = 32
 MAX_CHAIN_DEPTH = 256
 
 SessionStatus = Literal["active", "complete", "abandoned"]
@@ -73,22 +64,9 @@ TagState = Literal["BOUND", "PENDING", "ABSENT"]
 LookupValue = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 """A free-form lookup value (path, client instance id, native actor key): 1..4096 chars."""
 
-M = TypeVar("M", bound=BaseModel)
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def format_ttl(seconds: float) -> str:
-    """A ``Nats-TTL`` header value: whole seconds as ``"10s"``, anything finer as ``"1500ms"``.
-
-    nats-py's own ``msg_ttl=`` truncates to whole seconds, which is why corral writes the header.
-    """
-    if seconds <= 0:
-        raise ValueError(f"ttl must be > 0 seconds, got {seconds}")
-    millis = round(seconds * 1000)
-    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 
 
 class Session(BaseModel):
@@ -176,137 +154,6 @@ class LiveOwner(BaseModel):
     """The owner's session (synthesized from the reservation if its record is not written yet)."""
 
 
-class RecordStore:
-    """JSON records in one KV bucket with compare-and-set writes and optional per-key TTL.
-
-    Reads go straight to the stream (direct get), so deleted keys, purged keys and server-placed
-    expiry markers all read as "missing" together with the revision a CAS must name to recreate them.
-    Writes name the expected last revision (0: the key must not exist) and raise
-    :class:`~coord.errors.Conflict` when someone else wrote first.
-    """
-
-    def __init__(self, coord: Coord, bucket: str) -> None:
-        self._coord = coord
-        self.bucket = bucket
-        """The KV bucket name."""
-        self._stream = kv_stream_name(bucket)
-
-    def subject(self, key: str) -> str:
-        """The stream subject of ``key``."""
-        return f"$KV.{self.bucket}.{key}"
-
-    async def get_raw(self, key: str) -> tuple[bytes | None, int]:
-        """``(value, revision)``; value None when the key is missing, deleted or expired.
-
-        The revision is that of the latest message of the key (a delete marker included) or 0.
-        """
-        try:
-            msg = await self._coord.js.get_msg(self._stream, subject=self.subject(key), direct=True)
-        except nats.js.errors.NotFoundError:
-            return None, 0
-        headers = msg.headers or {}
-        seq = msg.seq or 0
-        if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers or not msg.data:
-            return None, seq
-        return msg.data, seq
-
-    async def get(self, key: str, model: type[M]) -> tuple[M | None, int]:
-        """Read and validate ``key`` as ``model``; a malformed value is logged and reads as missing."""
-        data, revision = await self.get_raw(key)
-        if data is None:
-            return None, revision
-        try:
-            value = model.model_validate_json(data)
-        except ValidationError as err:
-            log.warning("registry key %s holds a malformed %s: %s", key, model.__name__, err.errors()[0]["msg"])
-            return None, revision
-        if "revision" in type(value).model_fields:
-            value = value.model_copy(update={"revision": revision})
-        return value, revision
-
-    async def write(
-        self,
-        key: str,
-        value: BaseModel | bytes | None,
-        *,
-        last: int | None,
-        ttl: float | None = None,
-        delete: bool = False,
-    ) -> int:
-        """Write ``value`` (or a delete marker) if the key's last revision is ``last``; return the new one.
-
-        ``last=None`` writes unconditionally; ``last=0`` requires the key never to have existed (use the
-        revision from :meth:`get_raw` to recreate a deleted key). ``ttl`` (seconds) makes the server
-        remove the entry after that long. Raises :class:`Conflict` when ``last`` is not current.
-        """
-        headers: dict[str, str] = {}
-        if last is not None:
-            headers["Nats-Expected-Last-Subject-Sequence"] = str(last)
-        if ttl is not None:
-            headers["Nats-TTL"] = format_ttl(ttl)
-        if delete:
-            headers["KV-Operation"] = "DEL"
-            data = b""
-        elif isinstance(value, BaseModel):
-            data = value.model_dump_json().encode()
-        else:
-            data = value or b""
-        try:
-            ack = await self._coord.js.publish(self.subject(key), data, headers=headers or None)
-        except nats.js.errors.APIError as err:
-            if err.err_code in (10071, 10164):
-                raise Conflict(f"{key} changed concurrently (expected revision {last})") from None
-            raise
-        return ack.seq
-
-    async def update(
-        self,
-        key: str,
-        model: type[M],
-        change: Callable[[M | None], M | None],
-        *,
-        ttl: Callable[[M], float | None] | None = None,
-    ) -> M | None:
-        """Read-modify-write ``key`` with CAS, retrying on conflict; ``change`` returns None to leave it.
-
-        ``change`` must be a pure function of the current value (it may run several times).
-        """
-        for attempt in range(MAX_CAS_ATTEMPTS):
-            current, revision = await self.get(key, model)
-            new = change(current)
-            if new is None:
-                return current
-            try:
-                new_revision = await self.write(key, new, last=revision, ttl=ttl(new) if ttl else None)
-            except Conflict:
-                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
-                continue
-            if "revision" in type(new).model_fields:
-                new = new.model_copy(update={"revision": new_revision})
-            return new
-        raise Conflict(f"{key}: gave up after {MAX_CAS_ATTEMPTS} concurrent changes")
-
-    async def scan(self, prefix: str, model: type[M]) -> list[tuple[str, M]]:
-        """Every live ``(key, value)`` under ``prefix`` (e.g. ``"session."``), malformed ones skipped."""
-        msgs = await stream_snapshot(self._coord.js, self._stream, f"{self.subject(prefix)}>", last_per_subject=True)
-        found: list[tuple[str, M]] = []
-        cut = len(self.subject(""))
-        for msg in msgs:
-            headers = msg.headers or {}
-            if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers or not msg.data:
-                continue
-            key = msg.subject[cut:]
-            try:
-                value = model.model_validate_json(msg.data)
-            except ValidationError as err:
-                log.warning("skipping malformed registry key %s: %s", key, err.errors()[0]["msg"])
-                continue
-            if "revision" in type(value).model_fields:
-                value = value.model_copy(update={"revision": msg.metadata.sequence.stream})
-            found.append((key, value))
-        return found
-
-
 def _session_key(session_id: str) -> str:
     return f"session.{validate_id(session_id, 'session_id')}"
 
@@ -322,25 +169,28 @@ def _tag_key(tag: str) -> str:
 def _norm_path(path: str | os.PathLike[str]) -> str:
     text = os.fspath(path)
     if not text:
-        raise ValueError("path must not be empty")
+        raise InvalidInput("path must not be empty")
     return os.path.normpath(text)
 
 
 class Registry:
-    """Sessions, thread reservations and tag bindings of one namespace (``coord.registry``)."""
+    """Sessions, thread reservations and tag bindings of one namespace (``coord.registry``).
 
-    def __init__(self, coord: Coord, *, terminal_ttl: float = DEFAULT_TERMINAL_TTL) -> None:
-        self._coord = coord
+    Built on the registry bucket's ``store``; ``presence`` answers whether an owner is alive.
+    """
+
+    def __init__(self, store: RecordStore, presence: Presence, *, terminal_ttl: float = DEFAULT_TERMINAL_TTL) -> None:
+        self._presence = presence
         self.terminal_ttl = terminal_ttl
         """Seconds a complete/abandoned session is kept before the server removes it."""
-        self.store = RecordStore(coord, coord.names.registry_bucket)
+        self.store = store
         """The compare-and-set layer over the registry bucket."""
 
     # --- liveness ------------------------------------------------------------------------
     async def agent_alive(self, agent_id: str) -> bool:
         """Whether ``agent_id`` is present; True when presence cannot be asked (unknown = alive)."""
         try:
-            return await asyncio.wait_for(self._coord.presence.get(agent_id), timeout=5) is not None
+            return await asyncio.wait_for(self._presence.get(agent_id), timeout=5) is not None
         except Exception as err:
             log.warning("presence of %s unknown (%s); counting it as alive", agent_id, err or type(err).__name__)
             return True
@@ -428,7 +278,7 @@ class Registry:
         if alive_only:
             sessions = [s for s in sessions if s.status == "active"]
             try:
-                present = await asyncio.wait_for(self._coord.presence.present_ids(), timeout=10)
+                present = await asyncio.wait_for(self._presence.present_ids(), timeout=10)
             except Exception as err:
                 log.warning("presence unknown (%s); listing every active session as alive", err)
             else:
@@ -499,7 +349,7 @@ class Registry:
             native_actor_key=native_actor_key,
             session_id=session_id,
         )
-        for attempt in range(MAX_CAS_ATTEMPTS):
+        async for _ in conflicts(f"thread {thread!r}", MAX_CAS_ATTEMPTS):
             current, revision = await self.store.get(key, ThreadReservation)
             owner: Session | None = None
             if current is not None:
@@ -510,7 +360,6 @@ class Registry:
             try:
                 await self.store.write(key, reservation, last=revision)
             except Conflict:
-                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
                 continue
             # The thread key is the decision; the session record and the reaped owner's status follow.
             created = await self.store.write(_session_key(session.id), session, last=None)
@@ -518,7 +367,7 @@ class Registry:
             if current is not None:
                 reaped = await self._abandon_quietly(current.session_id)
             return Reserved(session=session.model_copy(update={"revision": created}), reaped=reaped)
-        raise Conflict(f"thread {thread!r}: gave up after {MAX_CAS_ATTEMPTS} concurrent changes")
+        raise AssertionError("unreachable: conflicts() raises when the attempts are spent")
 
     async def _abandon_quietly(self, session_id: str) -> Session | None:
         try:
@@ -529,7 +378,7 @@ class Registry:
     async def release_thread(self, thread: str, session_id: str) -> bool:
         """Drop ``thread``'s reservation if ``session_id`` still holds it; True if it did."""
         key = _thread_key(thread)
-        for _ in range(MAX_CAS_ATTEMPTS):
+        async for _ in conflicts(f"thread {thread!r}", MAX_CAS_ATTEMPTS):
             current, revision = await self.store.get(key, ThreadReservation)
             if current is None or current.session_id != session_id:
                 return False
@@ -538,7 +387,7 @@ class Registry:
                 return True
             except Conflict:
                 continue
-        return False
+        raise AssertionError("unreachable: conflicts() raises when the attempts are spent")
 
     async def reap_dead(self, thread: str) -> int:
         """Abandon every active session on ``thread`` whose owner is dead; return how many.
@@ -637,7 +486,7 @@ class Registry:
         validate_id(agent_id, "agent_id")
         alive = alive or self.agent_alive
         key = _tag_key(tag)
-        for attempt in range(MAX_CAS_ATTEMPTS):
+        async for _ in conflicts(f"tag {tag!r}", MAX_CAS_ATTEMPTS):
             current, revision = await self.store.get(key, TagBinding)
             previous = current.agent_id if current is not None else None
             if previous == agent_id:
@@ -649,10 +498,9 @@ class Registry:
             try:
                 new_revision = await self.store.write(key, binding, last=revision)
             except Conflict:
-                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
                 continue
             return binding.model_copy(update={"revision": new_revision}), previous
-        raise Conflict(f"tag {tag!r}: gave up after {MAX_CAS_ATTEMPTS} concurrent changes")
+        raise AssertionError("unreachable: conflicts() raises when the attempts are spent")
 
     async def unbind_tag(self, tag: str, agent_id: str) -> bool:
         """Set ``tag`` back to PENDING if ``agent_id`` holds it; True if it did."""

@@ -3,7 +3,8 @@
 A server restart, a leader election or a request lost in a reconnect shows up as a timeout, "no
 responders" or a 503 from JetStream. Calls that are safe to repeat (reads, CAS writes whose outcome
 is checked, publishes carrying a ``Nats-Msg-Id``) are retried with jittered exponential backoff
-until a deadline, and not at all once the connection is closed for good.
+until a deadline, and not at all once the connection is closed for good. The first attempt runs
+without any retry machinery, so the common case costs one await.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from nats.aio.client import Client as NATS
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_any,
     stop_before_delay,
     wait_exponential_jitter,
 )
 from tenacity.stop import stop_base
 
-__all__ = ["TRANSIENT", "retry_transient"]
+from coord.errors import Unavailable
+
+__all__ = ["TRANSIENT", "is_transient", "retry_transient"]
 
 log = logging.getLogger("corral.retry")
 
@@ -35,10 +38,18 @@ TRANSIENT: tuple[type[Exception], ...] = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
     nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
     nats.js.errors.NoStreamResponseError,
     nats.js.errors.ServiceUnavailableError,
 )
 """Failures that mean "the server is away for now", worth trying again."""
+
+
+def is_transient(err: BaseException) -> bool:
+    """True for :data:`TRANSIENT` failures and JetStream's 503 answers (no leader, no quorum)."""
+    if isinstance(err, TRANSIENT):
+        return True
+    return isinstance(err, nats.js.errors.APIError) and err.code == 503
 
 
 class _Closed(stop_base):
@@ -52,24 +63,42 @@ class _Closed(stop_base):
 
 
 async def retry_transient(call: Callable[[], Awaitable[T]], *, nc: NATS, within: float, what: str) -> T:
-    """Await ``call()``, retrying :data:`TRANSIENT` failures for up to ``within`` seconds.
+    """Await ``call()``, retrying transient failures (:func:`is_transient`) for up to ``within`` seconds.
 
-    Backoff starts at 50 ms and doubles to 1 s, jittered. Gives up (re-raising the last failure)
-    when the next wait would pass ``within`` or when ``nc`` is closed; any other error is raised at
-    once. ``call`` must be idempotent.
+    Backoff starts at 50 ms and doubles to 1 s, jittered. Gives up with :class:`Unavailable` (naming
+    ``what`` and the last failure) when the next wait would pass ``within`` or when ``nc`` is
+    closed; any other error is raised at once. ``call`` must be idempotent.
     """
+    try:
+        return await call()
+    except Exception as err:
+        if not is_transient(err):
+            raise
+        if nc.is_closed or within <= 0:
+            raise _unavailable(what, err) from err
+        log.debug("%s: %s; retrying", what, err or type(err).__name__)
 
     def note(state: RetryCallState) -> None:
         failure = state.outcome.exception() if state.outcome else None
         log.debug("%s: %s; retrying", what, failure or "failed")
 
-    async for attempt in AsyncRetrying(
-        stop=stop_any(stop_before_delay(within), _Closed(nc)),
-        wait=wait_exponential_jitter(multiplier=0.05, max=1.0),
-        retry=retry_if_exception_type(TRANSIENT),
-        before_sleep=note,
-        reraise=True,
-    ):
-        with attempt:
-            return await call()
+    try:
+        async for attempt in AsyncRetrying(
+            stop=stop_any(stop_before_delay(within), _Closed(nc)),
+            wait=wait_exponential_jitter(multiplier=0.05, max=1.0),
+            retry=retry_if_exception(is_transient),
+            before_sleep=note,
+            reraise=True,
+        ):
+            with attempt:
+                return await call()
+    except Exception as err:
+        if is_transient(err):
+            raise _unavailable(what, err) from err
+        raise
     raise AssertionError("unreachable: tenacity re-raises the last failure")
+
+
+def _unavailable(what: str, err: BaseException) -> Unavailable:
+    reason = str(err) or type(err).__name__
+    return Unavailable(f"{what}: the NATS server did not answer ({reason})")

@@ -1,15 +1,31 @@
-"""Reading what a stream holds on a subject right now, in one ordered pass."""
+"""Plain streams (dispatch, events, inbox): :class:`Stream` publishes, reads and deletes with one set of rules.
+
+Acknowledged publishes carry a ``Nats-Msg-Id`` when the caller gives one, so a retry of a publish
+whose answer was lost is dropped by the stream's duplicate window instead of stored twice; they are
+retried through transient trouble (:mod:`coord.retry`) and end in :class:`~coord.errors.Unavailable`.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
+from collections.abc import Mapping
 
 import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
+from nats.js.api import RawStreamMsg
 
-__all__ = ["stream_snapshot"]
+from coord.retry import retry_transient
+
+__all__ = ["MSG_ID", "Stream", "stream_snapshot"]
+
+MSG_ID = "Nats-Msg-Id"
+"""Header the stream deduplicates publishes by."""
+_NO_MESSAGE = frozenset({10037, 10057})  # no message found / message delete failed (already gone)
 
 
 async def stream_snapshot(
@@ -43,3 +59,88 @@ async def stream_snapshot(
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
     return out
+
+
+class Stream:
+    """One JetStream stream, reached through ``js`` (``patience``: default retry budget, seconds)."""
+
+    def __init__(self, js: JetStreamContext, nc: NATS, name: str, *, patience: float = 15.0) -> None:
+        self.js = js
+        """JetStream context."""
+        self.nc = nc
+        """The connection (core publishes, and retries stop once it is closed)."""
+        self.name = name
+        """The stream's name."""
+        self.patience = patience
+        """Default seconds a call keeps retrying through server unavailability."""
+
+    async def publish(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        msg_id: str | None = None,
+        patience: float | None = None,
+        timeout: float = 2.0,
+    ) -> int:
+        """Store ``data`` on ``subject`` and wait for the stream's ack; return its sequence.
+
+        With ``msg_id`` a retry (or a second publish within the duplicate window) stores nothing new.
+        """
+        sent = dict(headers or {})
+        if msg_id is not None:
+            sent[MSG_ID] = msg_id
+        within = self.patience if patience is None else patience
+
+        async def call() -> int:
+            ack = await self.js.publish(subject, data, timeout=min(timeout, max(within, 0.05)), headers=sent or None)
+            return ack.seq
+
+        return await retry_transient(call, nc=self.nc, within=within, what=f"publish to {subject}")
+
+    async def publish_nowait(self, subject: str, data: bytes, *, headers: Mapping[str, str] | None = None) -> None:
+        """Send ``data`` into the stream without waiting for its ack (a core publish: it may be lost)."""
+        await self.nc.publish(subject, data, headers=dict(headers) if headers else None)
+
+    async def snapshot(self, subject: str, *, last_per_subject: bool = False, limit: int | None = None) -> list[Msg]:
+        """See :func:`stream_snapshot` (retried through transient trouble)."""
+        return await retry_transient(
+            lambda: stream_snapshot(self.js, self.name, subject, last_per_subject=last_per_subject, limit=limit),
+            nc=self.nc,
+            within=self.patience,
+            what=f"read {subject}",
+        )
+
+    async def last(self, subject: str) -> RawStreamMsg | None:
+        """The latest message stored on ``subject`` (asked of the stream's leader), or None."""
+
+        async def call() -> RawStreamMsg | None:
+            try:
+                return await self.js.get_msg(self.name, subject=subject)
+            except nats.js.errors.NotFoundError:
+                return None
+
+        return await retry_transient(call, nc=self.nc, within=self.patience, what=f"read {subject}")
+
+    async def delete(self, seq: int) -> bool:
+        """Delete message ``seq`` (no erase); False if it was already gone."""
+        request = json.dumps({"seq": seq, "no_erase": True}).encode()
+
+        async def call() -> bool:
+            reply = await self.nc.request(f"$JS.API.STREAM.MSG.DELETE.{self.name}", request, timeout=5)
+            answer = json.loads(reply.data)
+            if answer.get("success"):
+                return True
+            error = answer.get("error") or {}
+            if error.get("err_code") in _NO_MESSAGE or error.get("code") == 404:
+                return False
+            raise nats.js.errors.APIError(
+                code=error.get("code"),
+                err_code=error.get("err_code"),
+                description=str(error.get("description", answer)),
+            )
+
+        return await retry_transient(
+            call, nc=self.nc, within=self.patience, what=f"delete message {seq} of {self.name}"
+        )

@@ -5,43 +5,38 @@ baggage in its NATS headers (:func:`inject`); every consumer continues it (:func
 task record keeps the submit span's context in its ``meta`` dict (:func:`context_to_meta`), so a
 worker on another host, or a re-run after a reclaim, joins the same trace.
 
-Nothing is exported unless configured: until :func:`configure` installs an SDK (or the
-application installs its own tracer provider), :data:`tracer` is OpenTelemetry's no-op proxy and
-:func:`start_span` costs a function call. Span and attribute names follow the OpenTelemetry
-messaging semantic conventions (``messaging.system="nats"``, ``messaging.destination.name``,
+Nothing is exported unless configured: until :func:`configure` (:mod:`coord.telemetry.setup`)
+installs an SDK (or the application installs its own tracer provider), :data:`tracer` is
+OpenTelemetry's no-op proxy and :func:`start_span` costs a function call. Span and attribute names
+follow the OpenTelemetry messaging semantic conventions (``messaging.system="nats"``, ``messaging.destination.name``,
 ``messaging.operation.type`` ...); the names corral itself adds live under ``corral.*``.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
-import os
-import sys
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Literal, TextIO, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace import Span as SdkSpan
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    SimpleSpanProcessor,
-    SpanExporter,
-    SpanExportResult,
-)
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind
-from opentelemetry.util.types import Attributes, AttributeValue
+from opentelemetry.util.types import AttributeValue
 
-from coord.errors import CorralError
+from coord.errors import InvalidInput
+from coord.telemetry.setup import (
+    Mode,
+    configure_traces,
+    configured_mode,
+    enabled,
+    force_flush,
+    otlp_exporter,
+    sdk_tracer,
+    service_resource,
+)
 
 __all__ = [
     "CLAIM",
@@ -71,13 +66,12 @@ __all__ = [
     "service_resource",
     "start_span",
     "task_attributes",
+    "task_headers",
     "tracer",
 ]
 
-log = logging.getLogger("corral.tracing")
-
-Mode = Literal["none", "console", "otlp", "env"]
-"""Where spans go: nowhere, stderr (one line per span), OTLP, or whatever ``OTEL_*`` says."""
+configure = configure_traces
+"""Where this process's spans go (see :func:`coord.telemetry.setup.configure_traces`)."""
 
 tracer: trace.Tracer = trace.get_tracer("corral")
 """corral's tracer. A proxy: no-op until a tracer provider is installed, then that provider's."""
@@ -122,7 +116,8 @@ EVENT_RECLAIMED = "corral.reclaimed"
 RECLAIM_META_PREFIX = "corral.reclaim."
 """``prefix`` under which a reclaimer may store its own span context in the record's meta."""
 
-_TRACE_KEYS = ("traceparent", "tracestate", "baggage")
+TRACE_KEYS = ("traceparent", "tracestate", "baggage")
+"""The W3C trace-context and baggage keys, in headers and in a record's meta."""
 
 
 def task_attributes(
@@ -205,6 +200,18 @@ def extract(headers: Mapping[str, str] | None, context: Context | None = None) -
     return propagate.extract(headers, context, getter=_GETTER)
 
 
+def task_headers(meta: Mapping[str, str], headers: dict[str, str] | None = None) -> dict[str, str]:
+    """Headers for a message about a task: the current span's context when tracing records, else the
+    context the task's record carries in ``meta`` (so every message of a task joins its trace)."""
+    carrier: dict[str, str] = {} if headers is None else headers
+    if enabled():
+        propagate.inject(carrier)
+    for key in TRACE_KEYS:
+        if key not in carrier and key in meta:
+            carrier[key] = meta[key]
+    return carrier
+
+
 def context_to_meta(context: Context | None = None, *, prefix: str = "") -> dict[str, str]:
     """The trace context of ``context`` (default: current) as string entries for a record's meta.
 
@@ -223,9 +230,7 @@ def context_from_meta(meta: Mapping[str, str] | None, *, prefix: str = "") -> Co
     if not meta:
         return otel_context.get_current()
     if prefix:
-        meta = {
-            k[len(prefix) :]: v for k, v in meta.items() if k.startswith(prefix) and k[len(prefix) :] in _TRACE_KEYS
-        }
+        meta = {k[len(prefix) :]: v for k, v in meta.items() if k.startswith(prefix) and k[len(prefix) :] in TRACE_KEYS}
     return extract(meta)
 
 
@@ -274,7 +279,7 @@ def start_span(
             return _NOOP_SPAN
         return _NOOP_TRACER.start_as_current_span(operation.name, context=context)
     # Our own SDK tracer when we installed it (skips two proxy layers); else the app's, via the proxy.
-    return (_state.sdk_tracer or tracer).start_as_current_span(
+    return (sdk_tracer() or tracer).start_as_current_span(
         operation.name,
         context=context,
         kind=operation.kind,
@@ -291,7 +296,7 @@ class Throttle:
 
     def __init__(self, interval: float = 30.0) -> None:
         if interval < 0:
-            raise ValueError(f"interval must be >= 0 seconds, got {interval}")
+            raise InvalidInput(f"interval must be >= 0 seconds, got {interval}")
         self.interval = interval
         """Minimum seconds between two True answers."""
         self._next = float("-inf")
@@ -303,256 +308,3 @@ class Throttle:
             return False
         self._next = now + self.interval
         return True
-
-
-# --- configuration -------------------------------------------------------------------------------
-
-
-class _Switch(SpanProcessor):
-    """Forwards to the processors of the current configuration, so configure() can swap them."""
-
-    def __init__(self) -> None:
-        self.processors: tuple[SpanProcessor, ...] = ()
-
-    def on_start(self, span: SdkSpan, parent_context: Context | None = None) -> None:
-        for p in self.processors:
-            p.on_start(span, parent_context=parent_context)
-
-    def on_end(self, span: ReadableSpan) -> None:
-        for p in self.processors:
-            p.on_end(span)
-
-    def shutdown(self) -> None:
-        for p in self.processors:
-            p.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return all(p.force_flush(timeout_millis) for p in self.processors)
-
-
-class _SwitchingTracer(trace.Tracer):
-    """The SDK's tracer while an exporter is configured, the API's no-op tracer otherwise.
-
-    So a process switched back to ``"none"`` behaves exactly like one never configured: no spans
-    are created, and a remote parent passes through unchanged instead of being replaced by an
-    unexported span (which would leave a hole in the trace downstream).
-    """
-
-    def __init__(self, sdk: trace.Tracer, switch: _Switch) -> None:
-        self._sdk = sdk
-        self._switch = switch
-
-    def _active(self) -> trace.Tracer:
-        return self._sdk if self._switch.processors else _NOOP_TRACER
-
-    def start_span(self, *args: Any, **kwargs: Any) -> Span:
-        return self._active().start_span(*args, **kwargs)
-
-    def start_as_current_span(self, *args: Any, **kwargs: Any) -> AbstractContextManager[Span]:  # type: ignore[override]
-        return self._active().start_as_current_span(*args, **kwargs)
-
-
-class _SwitchingProvider(trace.TracerProvider):
-    """Hands out :class:`_SwitchingTracer` over one SDK provider."""
-
-    def __init__(self, sdk: TracerProvider, switch: _Switch) -> None:
-        self.sdk = sdk
-        self._switch = switch
-
-    def get_tracer(
-        self,
-        instrumenting_module_name: str,
-        instrumenting_library_version: str | None = None,
-        schema_url: str | None = None,
-        attributes: Attributes = None,
-    ) -> trace.Tracer:
-        sdk_tracer = self.sdk.get_tracer(
-            instrumenting_module_name, instrumenting_library_version, schema_url, attributes
-        )
-        return _SwitchingTracer(sdk_tracer, self._switch)
-
-
-def _console_line(span: ReadableSpan) -> str:
-    ctx = span.context
-    duration = ((span.end_time or 0) - (span.start_time or 0)) / 1e6
-    parent = f"{span.parent.span_id:016x}" if span.parent is not None else "-"
-    attrs = " ".join(k + "=" + str(v) for k, v in (span.attributes or {}).items() if not k.startswith("messaging."))
-    status = "" if span.status.is_ok else f" status={span.status.status_code.name}"
-    extras = "".join(f" event={e.name}" for e in span.events) + "".join(
-        f" link={link.context.span_id:016x}" for link in span.links
-    )
-    trace_id = f"{ctx.trace_id:032x}" if ctx is not None else "-"
-    span_id = f"{ctx.span_id:016x}" if ctx is not None else "-"
-    return (
-        f"[trace] {span.name} {duration:.2f}ms trace={trace_id} span={span_id} parent={parent}"
-        f"{status} {attrs}{extras}\n"
-    )
-
-
-class _ConsoleExporter(SpanExporter):
-    """One human line per span on stderr (stdout stays free for a command's own output)."""
-
-    def __init__(self, out: TextIO | None = None) -> None:
-        self._out = out
-
-    def export(self, spans: Iterable[ReadableSpan]) -> SpanExportResult:
-        out = self._out or sys.stderr
-        out.write("".join(_console_line(s) for s in spans))
-        out.flush()
-        return SpanExportResult.SUCCESS
-
-
-def otlp_exporter(signal: Literal["traces", "metrics"]) -> Any:
-    """A new OTLP exporter for ``signal``, over the protocol the standard variables name.
-
-    ``OTEL_EXPORTER_OTLP_{TRACES|METRICS}_PROTOCOL`` or ``OTEL_EXPORTER_OTLP_PROTOCOL``:
-    ``http/protobuf`` (the default) or ``grpc``; endpoint, headers and timeouts are read by the
-    exporter itself. Raises :class:`CorralError` naming the ``corral[otlp]`` extra when the exporter
-    packages are missing, and naming the variable for an unsupported protocol.
-    """
-    noun = "trace" if signal == "traces" else "metric"
-    protocol = (
-        os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
-        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or ""
-    ).strip() or "http/protobuf"
-    transport = {"grpc": "grpc", "http/protobuf": "http"}.get(protocol)
-    if transport is None:
-        raise CorralError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported for {signal}; use 'http/protobuf' or 'grpc'"
-        )
-    try:
-        module = importlib.import_module(f"opentelemetry.exporter.otlp.proto.{transport}.{noun}_exporter")
-    except ImportError as err:
-        raise CorralError(
-            f"OTLP {noun} export over {protocol} needs the OTLP exporter packages: pip install 'corral[otlp]' ({err})"
-        ) from None
-    return getattr(module, "OTLPSpanExporter" if signal == "traces" else "OTLPMetricExporter")()
-
-
-def _env_exporter_names() -> list[str]:
-    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return []
-    names = [n.strip().lower() for n in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
-    if names:
-        return [n for n in names if n != "none"] if "none" not in names else []
-    # OTel's own default is "otlp", but corral exports nothing unless asked: an OTLP endpoint in the
-    # environment is such a request.
-    if os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        return ["otlp"]
-    return []
-
-
-def _exporters(mode: Mode) -> list[SpanExporter]:
-    if mode == "none":
-        return []
-    if mode == "console":
-        return [_ConsoleExporter()]
-    if mode == "otlp":
-        return [cast(SpanExporter, otlp_exporter("traces"))]
-    if mode == "env":
-        exporters: list[SpanExporter] = []
-        for name in _env_exporter_names():
-            if name == "otlp":
-                exporters.append(cast(SpanExporter, otlp_exporter("traces")))
-            elif name == "console":
-                exporters.append(_ConsoleExporter())
-            else:
-                raise CorralError(f"OTEL_TRACES_EXPORTER={name!r} is not supported; use otlp, console or none")
-        return exporters
-    raise ValueError(f"trace mode must be one of none, console, otlp, env; got {mode!r}")
-
-
-def service_resource(service_name: str) -> Resource:
-    """The OpenTelemetry resource of this process: ``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES`` win."""
-    attrs = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
-    named_by_env = bool(os.environ.get("OTEL_SERVICE_NAME")) or any(
-        part.split("=", 1)[0].strip() == "service.name" for part in attrs.split(",")
-    )
-    return Resource.create({} if named_by_env else {"service.name": service_name})
-
-
-@dataclass
-class _State:
-    provider: TracerProvider | None = None
-    switch: _Switch | None = None
-    sdk_tracer: trace.Tracer | None = None
-    key: tuple[object, ...] | None = None
-    mode: str | None = None
-
-
-_state = _State()
-_lock = threading.Lock()
-
-
-def configure(
-    mode: Mode = "env",
-    *,
-    service_name: str = "corral",
-    exporter: SpanExporter | None = None,
-) -> None:
-    """Choose where this process's spans go. Idempotent; a later call with other arguments swaps.
-
-    - ``"none"``: export nothing.
-    - ``"console"``: one line per span on stderr, for a quick look.
-    - ``"otlp"``: OTLP over HTTP (``http/protobuf``, the default) or gRPC, as
-      ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`` says; endpoint, headers, TLS and timeouts from the
-      standard ``OTEL_EXPORTER_OTLP_*`` variables. Needs ``corral[otlp]``.
-    - ``"env"``: ``OTEL_TRACES_EXPORTER`` (``otlp``, ``console``, ``none``, comma-separated); if
-      unset, OTLP when an ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`` is set, else nothing.
-
-    ``exporter`` adds one more exporter, fed synchronously (tests use an in-memory one).
-    ``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES`` win over ``service_name``, which applies when
-    the SDK is first installed. Sampling follows ``OTEL_TRACES_SAMPLER`` (default: parent-based,
-    always on). If the application installed its own tracer provider, corral leaves it alone.
-    Raises :class:`~coord.errors.CorralError` naming the missing extra or the bad variable.
-    """
-    with _lock:
-        key = (mode, id(exporter) if exporter is not None else None)
-        if key == _state.key:
-            return
-        exporters = _exporters(mode)
-        processors: list[SpanProcessor] = [BatchSpanProcessor(e) for e in exporters]
-        if exporter is not None:
-            processors.append(SimpleSpanProcessor(exporter))
-        if _state.switch is None:
-            if not processors:
-                _state.key, _state.mode = key, mode
-                return
-            current = trace.get_tracer_provider()
-            if not isinstance(current, trace.ProxyTracerProvider):
-                log.info("a tracer provider is already installed by the application; corral leaves it alone")
-                for p in processors:
-                    p.shutdown()
-                _state.key, _state.mode = key, mode
-                return
-            switch = _Switch()
-            provider = TracerProvider(resource=service_resource(service_name))
-            provider.add_span_processor(switch)
-            trace.set_tracer_provider(_SwitchingProvider(provider, switch))
-            _state.provider, _state.switch = provider, switch
-            _state.sdk_tracer = provider.get_tracer("corral")
-        old = _state.switch.processors
-        _state.switch.processors = tuple(processors)
-        _state.key, _state.mode = key, mode
-    for p in old:
-        p.shutdown()
-
-
-def configured_mode() -> str | None:
-    """The mode of the last :func:`configure` call, or None if it was never called."""
-    return _state.mode
-
-
-def enabled() -> bool:
-    """Whether spans are recorded in this process (an exporter is configured, or the app's provider)."""
-    switch = _state.switch
-    if switch is not None:
-        return bool(switch.processors)
-    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
-
-
-def force_flush(timeout: float = 5.0) -> bool:
-    """Export every span ended so far (before a process exits); True if all were exported in time."""
-    switch = _state.switch
-    return switch.force_flush(int(timeout * 1000)) if switch is not None else True

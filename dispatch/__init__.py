@@ -2,7 +2,7 @@
 
 from coord.wire import Result, ResultError, ResultKind, Spec, TaskInput, build_spec, format_result, parse_result
 from dispatch.dispatcher import Dispatcher, result_of
-from dispatch.reclaimer import Reclaimer, ReclaimEvent, reclaim_claim
+from dispatch.reclaimer import Reclaimer, ReclaimEvent
 from dispatch.spawn import SpawnedWorker, SpawnOutcome, build_worker_command, wait_worker_absent
 
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "build_worker_command",
     "format_result",
     "parse_result",
-    "reclaim_claim",
     "result_of",
     "wait_worker_absent",
 ]

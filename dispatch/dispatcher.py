@@ -5,9 +5,9 @@ the truth, so a parent that restarts (or missed a push while disconnected) recon
 records. Backpressure: at most ``max_in_flight`` submitted tasks await a result at once; ``submit``
 waits for room. A :class:`~dispatch.reclaimer.Reclaimer` runs inside every dispatcher by default.
 
-Telemetry: when tracing records, each task gets a ``submit`` span (a child of the caller's current
-span) whose context is stored in the task record's ``meta``: the worker's spans, on any host, join
-that trace. New records count ``corral.tasks.submitted``. With tracing off nothing is added to meta.
+Telemetry happens in the task store's observer: each task gets a ``submit`` span (a child of the
+caller's current span) whose context is stored in the task record's ``meta``, so the worker's spans,
+on any host, join that trace.
 """
 
 from __future__ import annotations
@@ -16,30 +16,22 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode
 from pydantic import ValidationError
 
-from coord import tracing
 from coord.connection import Coord
-from coord.errors import NotFound
+from coord.errors import InvalidInput, NotFound
 from coord.ids import new_id, validate_id
-from coord.metrics import instruments
-from coord.tasks import ResultNotice, ScheduleRequest, TaskRecord, TaskStatus
+from coord.tasks import TERMINAL, ResultNotice, ScheduleRequest, TaskRecord, TaskStatus
 from coord.wire import Result, Spec, TaskInput
 from dispatch.reclaimer import Reclaimer
 
 __all__ = ["TERMINAL", "Dispatcher", "result_of"]
 
 log = logging.getLogger("corral.dispatcher")
-
-TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED})
 
 
 def result_of(record: TaskRecord) -> Result:
@@ -65,14 +57,16 @@ class Dispatcher:
         parent_id: str | None = None,
         max_in_flight: int = 10_000,
         reclaimer: bool = True,
-        reconcile_interval: float = 5.0,
+        reconcile_interval: float | None = None,
     ) -> None:
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise InvalidInput(f"max_in_flight must be an integer >= 1, got {max_in_flight!r}")
         self.coord = coord
         self.parent_id = validate_id(parent_id or new_id("p"), "parent_id")
         self.max_in_flight = max_in_flight
-        self.reconcile_interval = reconcile_interval
+        self.reconcile_interval = (
+            coord.settings.reconcile_interval if reconcile_interval is None else reconcile_interval
+        )
         self.reclaimer: Reclaimer | None = Reclaimer(coord) if reclaimer else None
         """The embedded reclaimer (None when disabled)."""
         self._room = asyncio.Semaphore(max_in_flight)
@@ -80,7 +74,6 @@ class Dispatcher:
         self._holding: set[str] = set()
         self._sub: Subscription | None = None
         self._reconciler: asyncio.Task[None] | None = None
-        self._metrics = instruments()
 
     async def start(self) -> Dispatcher:
         """Subscribe to this parent's results and start the reclaimer."""
@@ -118,7 +111,7 @@ class Dispatcher:
         request = ScheduleRequest(
             task_id=spec.task_id,
             queue=spec.queue,
-            payload=spec.model_dump(mode="json"),
+            spec=spec.model_dump(mode="json"),
             max_attempts=spec.max_attempts,
             timeout=spec.timeout,
             parent=self.parent_id,
@@ -135,64 +128,23 @@ class Dispatcher:
         ids = [spec.task_id for spec, _ in prepared]
         if len(set(ids)) != len(ids):
             twice = sorted({t for t in ids if ids.count(t) > 1})
-            raise ValueError(f"task_id {twice[0]!r} appears more than once in the batch (ids must be unique)")
+            raise InvalidInput(f"task_id {twice[0]!r} appears more than once in the batch (ids must be unique)")
         # A resubmit of a task this dispatcher already awaits takes no second slot.
         fresh = [t for t in ids if t not in self._holding]
         for _ in fresh:
             await self._room.acquire()
         for task_id in ids:
             self._track(task_id)
-        requests = [r for _, r in prepared]
-        spans = self._start_submit_spans(requests) if tracing.enabled() else None
-        started = datetime.now(UTC)
         try:
-            if spans is None:
-                records = await self.coord.tasks.schedule_many(requests)
-            else:
-                records = await self._schedule_traced(spans)
-        except BaseException as err:
+            records = await self.coord.tasks.schedule_many([r for _, r in prepared])
+        except BaseException:
             for task_id in fresh:
                 self._untrack(task_id)
-            for span, _ in spans or ():
-                span.record_exception(err)
-                span.set_status(Status(StatusCode.ERROR, f"{type(err).__name__}: {err}"))
-                span.end()
             raise
-        for i, record in enumerate(records):
-            created = record.created_at >= started  # else an idempotent resubmit of an existing task
-            if created:
-                self._metrics.submitted.add(1, self._metrics.attrs(record.queue))
-            if spans is not None:
-                span = spans[i][0]
-                span.set_attribute("corral.task.existing", not created)
-                span.end()
+        for record in records:
             if record.status in TERMINAL:  # an idempotent resubmit of a finished task
                 self._resolve(record)
-        return [spec.task_id for spec, _ in prepared]
-
-    def _start_submit_spans(self, requests: list[ScheduleRequest]) -> list[tuple[Span, ScheduleRequest]]:
-        """One ``submit`` span per task (children of the caller's span) and requests carrying their context."""
-        parent = otel_context.get_current()
-        out: list[tuple[Span, ScheduleRequest]] = []
-        for request in requests:
-            span = tracing.tracer.start_span(
-                tracing.SUBMIT.name,
-                context=parent,
-                kind=tracing.SUBMIT.kind,
-                attributes=tracing.task_attributes(request.task_id, request.queue, operation=tracing.SUBMIT),
-            )
-            meta = {**request.meta, **tracing.context_to_meta(trace.set_span_in_context(span, parent))}
-            out.append((span, request.model_copy(update={"meta": meta})))
-        return out
-
-    async def _schedule_traced(self, spans: list[tuple[Span, ScheduleRequest]]) -> list[TaskRecord]:
-        """``schedule_many`` outside any current span, so each notification carries its own task's
-        submit context (from the record's meta) rather than the caller's span."""
-        token = otel_context.attach(otel_context.Context())
-        try:
-            return await self.coord.tasks.schedule_many([r for _, r in spans])
-        finally:
-            otel_context.detach(token)
+        return ids
 
     def _future(self, task_id: str) -> asyncio.Future[TaskRecord]:
         """The future that resolves with ``task_id``'s finished record (created on first use)."""

@@ -7,11 +7,10 @@ task store then publishes a fresh notification. A periodic sweep covers what wat
 claims past their deadline, claims of workers absent at start (the full rebuild), and pending tasks
 whose notification seems lost. Any number of reclaimers may run at once: the CAS makes them safe.
 
-Telemetry: every reclaim goes through :func:`reclaim_claim`, which (when tracing records) emits a
-``reclaim`` span in the task's trace (a child of ``submit``, with a ``presence.left`` event when a
-departure caused it) and stores the span's context in the record's meta so the re-run links to it;
-it counts ``corral.tasks.reclaimed`` (and ``dead``) and records the detection latency. The reclaimer
-also keeps the ``corral.presence.size`` and ``corral.queue.depth`` gauges.
+Telemetry: every reclaim is ``TaskStore.reclaim``, which reports to the connection's observer (the
+``reclaim`` span, the reclaim counters and the detection latency); the reclaimer also reports the
+number of agents present and the pending tasks per queue (``observer.presence_changed`` and
+``observer.queue_depths``).
 """
 
 from __future__ import annotations
@@ -22,102 +21,17 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from coord import tracing
 from coord.connection import Coord
 from coord.errors import Conflict, InvalidTransition, NotFound, StaleClaim
-from coord.metrics import instruments
 from coord.presence import Joined, Left
 from coord.presence.watcher import PresenceWatcher
-from coord.tasks import TaskIndex, TaskRecord, TaskStatus
+from coord.tasks import TaskIndex, TaskStatus
 
-__all__ = ["RECLAIM_EPOCH_META", "RECLAIM_WORKER_META", "ReclaimEvent", "Reclaimer", "reclaim_claim"]
+__all__ = ["ReclaimEvent", "Reclaimer"]
 
 log = logging.getLogger("corral.reclaimer")
 
-RECLAIM_EPOCH_META = tracing.RECLAIM_META_PREFIX + "epoch"
-"""Meta key naming the epoch of the claim a traced reclaim took back (the re-run is the claim after it)."""
-RECLAIM_WORKER_META = tracing.RECLAIM_META_PREFIX + "worker_id"
-"""Meta key naming the worker whose claim a traced reclaim took back."""
 _LOST_RACE = (StaleClaim, Conflict, InvalidTransition, NotFound)
-
-
-async def reclaim_claim(
-    coord: Coord,
-    task_id: str,
-    claim_id: str,
-    *,
-    reason: str,
-    worker_id: str | None = None,
-    left_reason: str | None = None,
-    last_beat: datetime | None = None,
-    record: TaskRecord | None = None,
-) -> TaskRecord:
-    """Reclaim claim ``claim_id`` of ``task_id`` (one CAS: ``TaskStore.reclaim``) with its span and metrics.
-
-    When tracing records, the record is read first (unless ``record`` is given) so that the
-    ``reclaim`` span is a child of the task's ``submit`` span; ``left_reason`` (``graceful`` or
-    ``expired``) adds a ``presence.left`` event; the span's context, the reclaimed epoch and worker
-    are written into the record's meta by the same CAS, for the re-run to link to. A lost race is
-    not an error on the span (attribute ``corral.reclaim.outcome=stale``). Counts
-    ``corral.tasks.reclaimed`` (and ``dead`` when the attempts are spent) and records
-    ``corral.reclaim.detection_latency`` from ``last_beat`` (the claim's last write: claimed or
-    extended). Raises what ``TaskStore.reclaim`` raises (``StaleClaim`` ...).
-    """
-    if tracing.enabled():
-        done = await _traced_reclaim(coord, task_id, claim_id, reason, worker_id, left_reason, record)
-    else:
-        done = await coord.tasks.reclaim(task_id, claim_id, reason=reason)
-    inst = instruments()
-    attrs = inst.attrs(done.queue)
-    inst.reclaimed.add(1, attrs)
-    if done.status is TaskStatus.DEAD:
-        inst.dead.add(1, attrs)
-    if last_beat is not None:
-        inst.detection_latency.record(max(0.0, (datetime.now(UTC) - last_beat).total_seconds()), attrs)
-    return done
-
-
-async def _traced_reclaim(
-    coord: Coord,
-    task_id: str,
-    claim_id: str,
-    reason: str,
-    worker_id: str | None,
-    left_reason: str | None,
-    record: TaskRecord | None,
-) -> TaskRecord:
-    current = record if record is not None else await coord.tasks.get(task_id)
-    held = current.claim
-    if current.status is not TaskStatus.CLAIMED or held is None or held.claim_id != claim_id:
-        # Already settled or taken back: no span for a reclaim that cannot happen (the store says why).
-        return await coord.tasks.reclaim(task_id, claim_id, reason=reason)
-    worker = worker_id or held.worker_id
-    lost: Exception | None = None
-    with tracing.start_span(
-        tracing.RECLAIM,
-        task_id,
-        current.queue,
-        current.attempt,
-        current.epoch,
-        context=tracing.context_from_meta(current.meta),
-    ) as span:
-        span.set_attribute("corral.worker.id", worker)
-        span.set_attribute("corral.reclaim.reason", reason)
-        if left_reason is not None:
-            span.add_event(tracing.EVENT_PRESENCE_LEFT, {"reason": left_reason, "corral.worker.id": worker})
-        meta = tracing.context_to_meta(prefix=tracing.RECLAIM_META_PREFIX)
-        meta[RECLAIM_EPOCH_META] = str(current.epoch)
-        meta[RECLAIM_WORKER_META] = worker
-        try:
-            done = await coord.tasks.reclaim(task_id, claim_id, reason=reason, meta=meta)
-        except _LOST_RACE as err:
-            span.set_attribute("corral.reclaim.outcome", "stale")
-            lost = err
-        else:
-            span.set_attribute("corral.reclaim.outcome", done.status.value)
-    if lost is not None:
-        raise lost
-    return done
 
 
 @dataclass(frozen=True)
@@ -142,10 +56,14 @@ class Reclaimer:
     reclaim, for progress displays and tests.
     """
 
-    def __init__(self, coord: Coord, *, sweep_interval: float = 1.0, renotify_after: float = 30.0) -> None:
+    def __init__(
+        self, coord: Coord, *, sweep_interval: float | None = None, renotify_after: float | None = None
+    ) -> None:
         self.coord = coord
-        self.sweep_interval = sweep_interval
-        self.renotify_after = renotify_after
+        self.sweep_interval = coord.settings.sweep_interval if sweep_interval is None else sweep_interval
+        """Seconds between sweeps (defaults to the connection's settings)."""
+        self.renotify_after = coord.settings.renotify_after if renotify_after is None else renotify_after
+        """A pending task older than this whose notification seems lost is notified again."""
         self.events: asyncio.Queue[ReclaimEvent] = asyncio.Queue()
         """Every reclaim this reclaimer made, in order."""
         self.reclaimed = 0
@@ -155,8 +73,6 @@ class Reclaimer:
         self._present: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._renotified: dict[str, datetime] = {}
-        self._metrics = instruments()
-        self._depth_queues: set[str] = set()
 
     async def start(self) -> Reclaimer:
         """Start watching; returns once the initial rebuild is done."""
@@ -207,17 +123,13 @@ class Reclaimer:
                 await self.reclaim_worker(change.agent_id, f"worker-left:{change.reason}", departed_at=change.at)
 
     def _observe_presence(self) -> None:
-        self._metrics.presence_size.set(len(self._present), self._metrics.attrs())
+        self.coord.observer.presence_changed(len(self._present))
 
     def _observe_depth(self) -> None:
-        """Set ``corral.queue.depth`` per queue: pending tasks in the index (0 once for a queue that emptied)."""
+        """Report the pending tasks per queue, as the index sees them."""
         assert self._index is not None
-        depth = {queue: n for (queue, status), n in self._index.counts().items() if status is TaskStatus.PENDING}
-        for queue in self._depth_queues - depth.keys():
-            depth[queue] = 0
-        for queue, n in depth.items():
-            self._metrics.queue_depth.set(n, self._metrics.attrs(queue))
-        self._depth_queues = {queue for queue, n in depth.items() if n}
+        counts = self._index.counts().items()
+        self.coord.observer.queue_depths({queue: n for (queue, status), n in counts if status is TaskStatus.PENDING})
 
     # --- reclaiming ----------------------------------------------------------------------------
     async def reclaim_worker(self, worker_id: str, reason: str, *, departed_at: datetime | None = None) -> int:
@@ -234,18 +146,10 @@ class Reclaimer:
         self, task_id: str, worker_id: str, claim_id: str, reason: str, departed_at: datetime | None
     ) -> bool:
         assert self._index is not None
-        entry = self._index.entry(task_id)
-        last_beat = entry.updated_at if entry is not None and entry.claim_id == claim_id else None
-        kind, _, left_reason = reason.partition(":")
+        kind, _, departure = reason.partition(":")
         try:
-            record = await reclaim_claim(
-                self.coord,
-                task_id,
-                claim_id,
-                reason=reason,
-                worker_id=worker_id,
-                left_reason=left_reason if kind == "worker-left" and left_reason else None,
-                last_beat=last_beat,
+            record = await self.coord.tasks.reclaim(
+                task_id, claim_id, reason=reason, departure=departure if kind == "worker-left" and departure else None
             )
         except _LOST_RACE:
             return False  # completed, or another reclaimer got there first: nothing to do

@@ -17,10 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from coord.connection import Coord
-from coord.errors import Conflict, InvalidTransition, NotFound, StaleClaim
+from coord.errors import Conflict, InvalidInput, InvalidTransition, NotFound, StaleClaim
 from coord.tasks import TaskRecord, TaskStatus
 from coord.wire import Spec
-from dispatch.reclaimer import reclaim_claim
 
 __all__ = ["SpawnOutcome", "SpawnedWorker", "build_worker_command", "wait_worker_absent"]
 
@@ -42,9 +41,9 @@ def build_worker_command(
     Exactly one of ``handler`` (``module:function``) or ``command`` (argv) says what to run.
     """
     if not spec.worker_agent_id:
-        raise ValueError("spec.worker_agent_id must be set to spawn a worker for it")
+        raise InvalidInput("spec.worker_agent_id must be set to spawn a worker for it")
     if (handler is None) == (not command):
-        raise ValueError("give exactly one of handler= (module:function) or command= (argv)")
+        raise InvalidInput("give exactly one of handler= (module:function) or command= (argv)")
     argv = [bin] if isinstance(bin, str) else list(bin)
     if server:
         argv += ["--server", server]
@@ -113,14 +112,8 @@ class SpawnedWorker:
         claim = record.claim
         if record.status is TaskStatus.CLAIMED and claim is not None and claim.worker_id == self.spec.worker_agent_id:
             with contextlib.suppress(StaleClaim, Conflict, InvalidTransition, NotFound):
-                record = await reclaim_claim(
-                    self.coord,
-                    self.spec.task_id,
-                    claim.claim_id,
-                    reason=f"process-exit:{code}",
-                    worker_id=claim.worker_id,
-                    last_beat=record.updated_at,
-                    record=record,
+                record = await self.coord.tasks.reclaim(
+                    self.spec.task_id, claim.claim_id, reason=f"process-exit:{code}"
                 )
                 log.info("worker process for %s exited (%s) holding its claim; reclaimed", self.spec.task_id, code)
                 return SpawnOutcome(code, record, True)

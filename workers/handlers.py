@@ -21,16 +21,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from coord import tracing
+from coord.errors import HandlerError, InvalidInput
 from coord.wire import Result, Spec, parse_result
 from workers.context import Context
 
 __all__ = ["CommandHandler", "Handler", "HandlerError", "as_handler", "load_handler"]
 
 MAX_CAPTURE = 1 << 20
-
-
-class HandlerError(Exception):
-    """The handler failed without producing a Result (the message says how)."""
 
 
 class Handler(Protocol):
@@ -71,18 +68,18 @@ def load_handler(ref: str) -> Handler:
     """Import ``module:function`` and wrap it with :func:`as_handler`; clear errors otherwise."""
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"handler must look like 'module:function', got {ref!r}")
+        raise InvalidInput(f"handler must look like 'module:function', got {ref!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"handler {ref!r}: cannot import module {module_name!r}: {err}") from None
+        raise InvalidInput(f"handler {ref!r}: cannot import module {module_name!r}: {err}") from None
     fn = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)  # type: ignore[assignment]
         if fn is None:
-            raise ValueError(f"handler {ref!r}: module {module_name!r} has no attribute {attr!r}")
+            raise InvalidInput(f"handler {ref!r}: module {module_name!r} has no attribute {attr!r}")
     if not callable(fn):
-        raise ValueError(f"handler {ref!r} is not callable")
+        raise InvalidInput(f"handler {ref!r} is not callable")
     return as_handler(fn)
 
 
@@ -91,7 +88,7 @@ class CommandHandler:
 
     def __init__(self, argv: Sequence[str], *, env: dict[str, str] | None = None, kill_grace: float = 5.0) -> None:
         if not argv:
-            raise ValueError("command handler needs a command (after --)")
+            raise InvalidInput("command handler needs a command (after --)")
         self.argv = list(argv)
         self.env = env
         self.kill_grace = kill_grace

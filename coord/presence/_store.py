@@ -1,62 +1,28 @@
-"""Raw operations on the presence bucket, with the nats-py 2.16 expiry-marker quirks handled.
+"""Agent keys in the presence bucket: records, their tombstones, and compare-and-set on the key's revision.
 
-We publish to ``$KV.{bucket}.{id}`` ourselves instead of using ``kv.put``/``kv.create`` because:
-
-- ``kv.put`` sends no ``Nats-TTL`` and nats-py's ``msg_ttl=`` truncates to whole seconds; we need
-  the TTL on every renewal together with ``Nats-Expected-Last-Subject-Sequence``.
-- quirk 1: while the server's expiry marker (``Nats-Marker-Reason: MaxAge``, no ``KV-Operation``)
-  is the latest message of a key, ``kv.get`` returns an entry with value None instead of raising
-  ``KeyNotFoundError``. :meth:`PresenceStore.latest` reads the raw message and its headers instead.
-- quirk 2: for the same reason ``kv.create`` raises ``KeyWrongLastSequenceError`` (it only retries
-  over ``KV-Operation`` tombstones). :meth:`PresenceStore.create` retries over any tombstone,
-  expecting the tombstone's own sequence.
+Everything goes through :class:`coord.kv.Bucket`, which gives what presence needs together: the
+``Nats-TTL`` header on every renewal with the expected revision, and the server's expiry markers
+(``Nats-Marker-Reason: MaxAge``) read as tombstones, so a create over an expired key succeeds.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg
-from nats.js.errors import APIError, NotFoundError
-
-from coord.errors import PresenceConflict
-from coord.naming import Names
+from coord.errors import Conflict, KeyExists, PresenceConflict
+from coord.kv import Bucket, Entry, Op, ttl_header
 from coord.presence.models import AgentInfo, LeftReason, _Record, decode_record, encode_record
-from coord.provision import kv_stream_name
+from coord.presence.timing import enforced_ttl
+
+__all__ = ["LEFT_REASON", "Latest", "PresenceStore", "classify", "enforced_ttl", "tombstone_reason", "ttl_header"]
 
 log = logging.getLogger("corral.presence")
 
-KV_OPERATION = "KV-Operation"
-MARKER_REASON = "Nats-Marker-Reason"
-EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
-MSG_TTL = "Nats-TTL"
 LEFT_REASON = "Corral-Left-Reason"
 """Header on a DEL we write after a loss, so watchers report that departure as ``expired``."""
-WRONG_LAST_SEQUENCE = 10071
-MIN_TTL = 1.0
-
-
-def ttl_header(ttl: float) -> str:
-    """``Nats-TTL`` value for ``ttl`` seconds: ``"3s"``, or the millisecond form ``"1500ms"``."""
-    if ttl == int(ttl):
-        return f"{int(ttl)}s"
-    return f"{round(ttl * 1000)}ms"
-
-
-def enforced_ttl(ttl: float) -> float:
-    """The TTL the server actually applies: nats-server truncates ``Nats-TTL`` to whole seconds."""
-    return float(math.floor(ttl))
-
-
-def is_wrong_last_sequence(err: BaseException) -> bool:
-    """True for the server's answer to a failed ``Nats-Expected-Last-Subject-Sequence`` check."""
-    return isinstance(err, APIError) and err.err_code == WRONG_LAST_SEQUENCE
 
 
 @dataclass(frozen=True)
@@ -82,94 +48,83 @@ class Latest:
         return "value" if self.record is not None else "malformed"
 
 
-def tombstone_reason(headers: dict[str, str] | None) -> LeftReason | None:
-    """Why a message with these headers removes its key, or None if it is a value."""
-    if not headers:
+def tombstone_reason(entry: Entry) -> LeftReason | None:
+    """Why ``entry`` removes its agent (``graceful``/``expired``), or None if it is a value."""
+    if entry.op is Op.PUT:
         return None
-    op = headers.get(KV_OPERATION)
-    if op in ("DEL", "PURGE"):
-        return "expired" if headers.get(LEFT_REASON) == "expired" else "graceful"
-    marker = headers.get(MARKER_REASON)
-    if marker is not None:
-        # MaxAge: the per-key TTL ran out. Remove/Purge: an operator removed it by hand.
-        return "expired" if marker == "MaxAge" else "graceful"
-    return None
+    if entry.op is Op.EXPIRED:
+        return "expired"  # the per-key TTL ran out
+    if entry.op in (Op.DELETE, Op.PURGE) and entry.headers.get(LEFT_REASON) == "expired":
+        return "expired"
+    return "graceful"  # deleted by the agent, or removed by an operator
 
 
-def classify(key: str, seq: int, at: datetime, headers: dict[str, str] | None, data: bytes | None) -> Latest:
-    """Turn one raw message of ``key`` into a :class:`Latest`."""
-    reason = tombstone_reason(headers)
+def classify(entry: Entry) -> Latest:
+    """Turn one entry of an agent's key into a :class:`Latest`."""
+    at = entry.time or datetime.now(UTC)
+    reason = tombstone_reason(entry)
     if reason is not None:
-        return Latest(seq=seq, at=at, record=None, tombstone=reason)
-    record, problem = decode_record(data, key)
-    return Latest(seq=seq, at=at, record=record, problem=problem)
+        return Latest(seq=entry.revision, at=at, record=None, tombstone=reason)
+    record, problem = decode_record(entry.value, entry.key)
+    return Latest(seq=entry.revision, at=at, record=record, problem=problem)
 
 
 class PresenceStore:
     """Create, renew, delete and read agent keys with compare-and-set on the key's revision."""
 
-    def __init__(self, js: JetStreamContext, names: Names) -> None:
-        self.js = js
-        self.bucket = names.presence_bucket
-        self.stream = kv_stream_name(self.bucket)
-        self.prefix = f"$KV.{self.bucket}."
+    def __init__(self, bucket: Bucket) -> None:
+        self.bucket = bucket
+        """The presence bucket."""
+        self.stream = bucket.stream
+        """The stream behind it."""
+        self.prefix = bucket.prefix
+        """Subject prefix of its keys."""
 
     def subject(self, agent_id: str) -> str:
         """Subject of ``agent_id``'s key."""
-        return self.prefix + agent_id
+        return self.bucket.subject(agent_id)
 
     async def latest(self, agent_id: str, within: float | None = None) -> Latest | None:
         """The latest message of the key (value, tombstone or malformed), or None if it has none."""
-        try:
-            get = self.js.get_msg(self.stream, subject=self.subject(agent_id), direct=True)
-            msg: RawStreamMsg = await (asyncio.wait_for(get, within) if within is not None else get)
-        except NotFoundError:
-            return None
-        return classify(agent_id, msg.seq or 0, msg.time or datetime.now(UTC), msg.headers, msg.data)
+        entry = await self.bucket.get(agent_id, patience=within)
+        return None if entry is None else classify(entry)
 
     async def write(self, info: AgentInfo, instance: str, *, last: int, ttl: float, within: float | None = None) -> int:
-        """Write the record with a TTL, only if the key's latest revision is ``last``; return the new one."""
-        headers = {MSG_TTL: ttl_header(ttl), EXPECTED_LAST_SUBJECT_SEQ: str(last)}
-        ack = await self.js.publish(
-            self.subject(info.id), encode_record(info, instance), timeout=within, headers=headers
-        )
-        return ack.seq
+        """Write the record with a TTL, only if the key's latest revision is ``last``; return the new one.
+
+        Raises :class:`~coord.errors.Conflict` when the key is not at ``last``.
+        """
+        return await self.bucket.update(info.id, encode_record(info, instance), last=last, ttl=ttl, patience=within)
 
     async def create(self, info: AgentInfo, instance: str, *, ttl: float, within: float | None = None) -> int:
         """Create the key for a new membership; return its revision.
 
-        Succeeds when the key is absent, a tombstone (DEL, or a server expiry marker: quirk 2) or
-        malformed. Raises :class:`PresenceConflict` when another instance's live value holds it.
+        Succeeds when the key is absent, a tombstone (DEL, or a server expiry marker) or malformed.
+        Raises :class:`PresenceConflict` when another instance's live value holds it.
         """
-        last = 0
+        data = encode_record(info, instance)
         for _ in range(5):
             try:
-                return await self.write(info, instance, last=last, ttl=ttl, within=within)
-            except APIError as err:
-                if not is_wrong_last_sequence(err):
-                    raise
-            current = await self.latest(info.id, within)
-            if current is None:
-                last = 0
-            elif current.record is not None:
+                return await self.bucket.create(info.id, data, ttl=ttl, patience=within)
+            except KeyExists as held:
+                current = classify(held.entry)
+            if current.record is not None:
                 if current.record.instance == instance:
                     return current.seq  # our own earlier attempt landed; its ack was lost
                 raise PresenceConflict(_held_message(current.record))
-            else:
-                if current.kind == "malformed":
-                    log.warning("presence: replacing malformed value of %r (%s)", info.id, current.problem)
-                last = current.seq
+            log.warning("presence: replacing malformed value of %r (%s)", info.id, current.problem)
+            try:
+                return await self.bucket.update(info.id, data, last=current.seq, ttl=ttl, patience=within)
+            except Conflict:
+                continue
         raise PresenceConflict(f"agent id {info.id!r} keeps changing under us; another process is joining with it")
 
     async def delete(
         self, agent_id: str, *, last: int, reason: LeftReason = "graceful", within: float | None = None
     ) -> int:
         """Delete the key (DEL tombstone) only if its latest revision is ``last``; return the tombstone's."""
-        headers = {KV_OPERATION: "DEL", EXPECTED_LAST_SUBJECT_SEQ: str(last)}
-        if reason == "expired":
-            headers[LEFT_REASON] = "expired"
-        ack = await self.js.publish(self.subject(agent_id), b"", timeout=within, headers=headers)
-        return ack.seq
+        headers = {LEFT_REASON: "expired"} if reason == "expired" else None
+        return await self.bucket.delete(agent_id, last=last, headers=headers, patience=within)
 
 
 def _held_message(record: _Record) -> str:

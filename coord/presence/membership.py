@@ -25,10 +25,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
+from pydantic import ValidationError
 
-from coord.errors import ConnectionFailed, PresenceConflict, PresenceLost
-from coord.presence._store import MIN_TTL, PresenceStore, enforced_ttl, is_wrong_last_sequence
+from coord.errors import Conflict, ConnectionFailed, InvalidInput, PresenceConflict, PresenceLost, Unavailable
+from coord.presence._store import PresenceStore
 from coord.presence.models import AgentInfo, LossReason, MembershipLost
+from coord.presence.timing import check_timing, enforced_ttl
+from coord.validation import invalid_input
 
 if TYPE_CHECKING:
     from coord.presence import Presence
@@ -46,20 +49,6 @@ REJOIN_MAX_DELAY = 2.0
 
 def _new_instance() -> str:
     return secrets.token_hex(8)
-
-
-def check_timing(interval: float, ttl: float) -> None:
-    """Raise ``ValueError`` naming the field unless ``interval`` and ``ttl`` make a working heartbeat."""
-    if not ttl >= MIN_TTL:
-        raise ValueError(f"ttl must be at least {MIN_TTL:g}s (nats-server refuses shorter per-message TTLs), got {ttl}")
-    if not interval > 0:
-        raise ValueError(f"interval must be > 0 seconds, got {interval}")
-    enforced = enforced_ttl(ttl)
-    if interval >= enforced:
-        raise ValueError(
-            f"interval ({interval:g}s) must be shorter than the TTL the server enforces ({enforced:g}s: "
-            f"nats-server truncates ttl={ttl:g}s to whole seconds); use e.g. interval={enforced / 3:g}"
-        )
 
 
 class Membership:
@@ -83,8 +72,8 @@ class Membership:
         wait: float,
     ) -> None:
         check_timing(interval, ttl)
-        if wait < 0:
-            raise ValueError(f"wait must be >= 0 seconds, got {wait}")
+        if not wait >= 0:
+            raise InvalidInput(f"wait must be >= 0 seconds, got {wait}")
         self.info = info
         """The info being published (replaced by :meth:`update`)."""
         self.interval = interval
@@ -156,8 +145,8 @@ class Membership:
                 if remaining <= 0:
                     raise
                 await self._presence.wait_absent(self.info.id, remaining)
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as err:
-                raise ConnectionFailed(f"could not join presence as {self.info.id!r}: {type(err).__name__}") from err
+            except (Unavailable, nats.errors.ConnectionClosedError) as err:
+                raise ConnectionFailed(f"could not join presence as {self.info.id!r}: {err}") from err
         self._last_ok_send = sent
         self.present.set()
         self._task = asyncio.create_task(self._run(), name=f"corral-presence-{self.info.id}")
@@ -178,14 +167,18 @@ class Membership:
     async def update(self, **fields: Any) -> None:
         """Change the published info (e.g. ``inflight=3``); written at once, bursts coalesced.
 
-        Raises ``ValueError`` naming the field for an unknown field, an invalid value, or an id change.
+        Raises :class:`InvalidInput` naming the field for an unknown field, an invalid value, or an
+        id change.
         """
         unknown = sorted(set(fields) - set(AgentInfo.model_fields))
         if unknown:
-            raise ValueError(f"unknown AgentInfo field(s): {', '.join(unknown)}")
+            raise InvalidInput(f"unknown AgentInfo field(s): {', '.join(unknown)}")
         if "id" in fields and fields["id"] != self.info.id:
-            raise ValueError(f"id cannot change ({self.info.id!r} -> {fields['id']!r}); join with the new id instead")
-        self.info = AgentInfo.model_validate({**self.info.model_dump(), **fields})
+            raise InvalidInput(f"id cannot change ({self.info.id!r} -> {fields['id']!r}); join with the new id instead")
+        try:
+            self.info = AgentInfo.model_validate({**self.info.model_dump(), **fields})
+        except ValidationError as err:
+            raise invalid_input(err) from None
         self._wake.set()
 
     async def leave(self) -> None:
@@ -211,7 +204,7 @@ class Membership:
                 log.info("presence: %s left", self.info.id)
                 return
             except Exception as err:
-                if not is_wrong_last_sequence(err):
+                if not isinstance(err, Conflict):
                     log.warning(
                         "presence: %s could not delete its key (%s); it expires within the TTL", self.info.id, err
                     )
@@ -274,7 +267,7 @@ class Membership:
             except asyncio.CancelledError:
                 raise
             except Exception as err:
-                if is_wrong_last_sequence(err) and await self._key_is_not_ours():
+                if isinstance(err, Conflict) and await self._key_is_not_ours():
                     if self.ended.is_set():
                         return
                     next_beat = self._last_ok_send + self.interval

@@ -6,7 +6,10 @@ its KV revision, a claim's ``epoch`` is a fencing number, a late result from a r
 rejected with :class:`~coord.errors.StaleClaim`. See ``docs/tasks.md``.
 """
 
-from coord.tasks.journal import read_journal
+from coord.backoff import Backoff
+from coord.tasks.effects import TaskEffects
+from coord.tasks.index import IndexEntry, TaskIndex
+from coord.tasks.journal import Journal
 from coord.tasks.models import (
     TERMINAL,
     Claim,
@@ -19,9 +22,9 @@ from coord.tasks.models import (
     TaskStatus,
     Transition,
 )
+from coord.tasks.observer import Observer, Scope, Submission
 from coord.tasks.store import DEFAULT_LEASE, TaskStore
-from coord.tasks.transitions import Backoff
-from coord.tasks.watch import IndexEntry, TaskIndex, TaskWatch
+from coord.tasks.watch import TaskWatch
 
 __all__ = [
     "DEFAULT_LEASE",
@@ -30,15 +33,19 @@ __all__ = [
     "Claim",
     "ClaimInfo",
     "IndexEntry",
+    "Journal",
     "JournalEntry",
     "Notification",
+    "Observer",
     "ResultNotice",
     "ScheduleRequest",
+    "Scope",
+    "Submission",
+    "TaskEffects",
     "TaskIndex",
     "TaskRecord",
     "TaskStatus",
     "TaskStore",
     "TaskWatch",
     "Transition",
-    "read_journal",
 ]

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from coord.ids import Token
 
@@ -102,8 +102,10 @@ class TaskRecord(BaseModel):
     """Queue whose workers may run it."""
     status: TaskStatus
     """Where the task is in its life."""
-    payload: Any = None
-    """The task's input (any JSON)."""
+    spec: Any = Field(default=None, validation_alias=AliasChoices("spec", "payload"))
+    """What the task is, as submitted (any JSON; for a parent's tasks, a :class:`coord.wire.Spec`).
+
+    Records written by corral 0.1 stored it as ``payload``; both names are read."""
     attempt: int = 0
     """Claims counted so far against ``max_attempts`` (a ``release`` gives one back; ``retry`` resets)."""
     max_attempts: int = 3
@@ -152,8 +154,8 @@ class ScheduleRequest(BaseModel):
     """The task's id (idempotency key)."""
     queue: Token
     """Queue whose workers may run it."""
-    payload: JsonValue = None
-    """The task's input: any JSON value."""
+    spec: JsonValue = Field(default=None, validation_alias=AliasChoices("spec", "payload"))
+    """What the task is: any JSON value (a parent stores a :class:`coord.wire.Spec` here)."""
     max_attempts: int = Field(default=3, ge=1, le=1000, strict=True)
     """Claims allowed before the task goes ``dead`` (1..1000)."""
     timeout: float | None = Field(default=None, gt=0, le=86_400.0)
@@ -188,7 +190,7 @@ class Claim:
     """KV revision after this worker's last write."""
     record: TaskRecord
     """The record as of ``revision``."""
-    lease: float = 30.0
+    lease: float
     """Lease length in seconds; each heartbeat extends the deadline to now + lease."""
 
 

@@ -4,15 +4,15 @@ Guarantees:
 
 * The record under the task's id is the single source of truth. A transition reads (or reuses the
   record it wrote last), applies a pure function from :mod:`coord.tasks.transitions`, and writes the
-  result with ``Nats-Expected-Last-Subject-Sequence`` = the revision it started from. A lost race is
-  retried against the fresh record only while the transition is still valid there (bounded), so
-  no interleaving records a result twice or accepts one from a claim that is no longer current.
+  result as a compare-and-set on the revision it started from (:class:`coord.kv.Bucket`). A lost
+  race is retried against the fresh record only while the transition is still valid there
+  (bounded), so no interleaving records a result twice or accepts one from a claim that is no
+  longer current.
 * ``epoch`` increases with every claim; the raw claim token goes only to the worker, the record
   keeps its SHA-256 (compared in constant time).
-* Side effects follow a successful CAS only: a journal entry on ``{ns}.journal.{task}`` (deduped by
-  ``{task}:{revision}``), a notification on ``{ns}.dispatch.{queue}`` for every transition into
-  pending (``Nats-Msg-Id`` = ``{task}:{epoch}:{revision}``, never repeated), and a
-  :class:`ResultNotice` to the parent for every terminal transition.
+* Side effects follow a successful CAS only (:class:`coord.tasks.effects.TaskEffects`): a journal
+  entry, a notification for every transition into pending, a result push for every terminal one.
+* Every step is reported to the :class:`coord.observer.Observer` (spans and metrics live there).
 """
 
 from __future__ import annotations
@@ -21,58 +21,35 @@ import asyncio
 import builtins
 import json
 import logging
-import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import warnings
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-import nats.errors
-import nats.js.errors
-from opentelemetry import trace
-from pydantic import ValidationError
-
-from coord import metrics, tracing
-from coord.errors import Conflict, CorralError, InvalidInput, InvalidTransition, NotFound, PayloadTooLarge, TaskExists
+from coord.errors import Conflict, InvalidInput, InvalidRecord, InvalidTransition, KeyExists, NotFound, TaskExists
 from coord.ids import new_id, validate_id
-from coord.provision import kv_stream_name
-from coord.retry import retry_transient
+from coord.kv import Bucket, Entry, conflicts
+from coord.settings import Settings
 from coord.tasks import transitions
-from coord.tasks.journal import JournalWriter, read_journal
-from coord.tasks.models import (
-    Claim,
-    JournalEntry,
-    ResultNotice,
-    ScheduleRequest,
-    TaskRecord,
-    TaskStatus,
-    Transition,
-)
-from coord.tasks.transitions import Backoff
-from coord.tasks.watch import INDEX_HEADER, TaskIndex, TaskWatch, index_header
+from coord.tasks.codec import decode_record, encode_record
+from coord.tasks.effects import TaskEffects
+from coord.tasks.index import INDEX_HEADER, TaskIndex, index_header
+from coord.tasks.models import Claim, JournalEntry, ScheduleRequest, TaskRecord, TaskStatus, Transition
+from coord.tasks.observer import Observer
+from coord.tasks.watch import TaskWatch
 
-if TYPE_CHECKING:
-    from coord.connection import Coord
-
-__all__ = ["DEFAULT_LEASE", "TaskStore"]
+__all__ = ["DEFAULT_LEASE", "MAX_ERROR_CHARS", "TaskStore"]
 
 log = logging.getLogger("corral.tasks")
 
-DEFAULT_LEASE = 30.0
-"""Lease length (seconds) of a claim when neither the claim nor the task names one."""
+DEFAULT_LEASE = Settings.model_fields["lease"].default
+"""Lease length (seconds) of a claim when neither the claim, the task nor the settings name one."""
 
 MAX_ERROR_CHARS = 16_384
 """``error`` texts are cut to this many characters (the record must stay small)."""
 
-_HEADER_ROOM = 1024  # bytes kept free below max_payload for the headers of journal/notification messages
-_WRONG_LAST = (10071, 10164)  # JSStreamWrongLastSequence{ErrF,ConstantErr}
-_KV_OP = "KV-Operation"
-_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
-_MSG_ID = "Nats-Msg-Id"
-_MARKER = "Nats-Marker-Reason"
-_TRANSIENT = (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError)
-
-T = TypeVar("T")
+_IDENTITY = ("queue", "spec", "max_attempts", "timeout", "parent")
 
 
 def _now() -> datetime:
@@ -104,61 +81,54 @@ def _positive(value: float | None, field: str) -> float | None:
     return float(value)
 
 
-class _Raw:
-    """One KV entry as read: value bytes (None for a delete/expiry marker) and revision."""
-
-    __slots__ = ("data", "revision")
-
-    def __init__(self, data: bytes | None, revision: int) -> None:
-        self.data = data
-        self.revision = revision
-
-
 class TaskStore:
     """Tasks and claims in one namespace (``coord.tasks``). See the module docstring for guarantees.
 
-    ``default_lease`` is the lease (seconds) when neither ``claim(lease=)`` nor the task's
-    ``timeout`` names one; ``backoff`` spaces retries after ``fail``; ``visibility_tolerance``
-    accepts a claim that many seconds before ``visible_at`` (clock skew between hosts);
-    ``max_cas_attempts`` bounds the retries of a transition that keeps losing races;
-    ``inline_limit`` is the largest record (bytes) copied into its notification so that a claim
-    needs no read; ``io_patience`` is how long a write or read keeps retrying through a server
-    restart or leader election before giving up.
+    Built by :func:`coord.connect` from the tasks ``bucket``, the ``effects`` publisher, the
+    :class:`~coord.settings.Settings` (lease, backoff, visibility tolerance, CAS budget, patience)
+    and the ``observer``. :meth:`tuned` gives a store with other settings on the same collaborators.
     """
 
     def __init__(
         self,
-        coord: Coord,
+        bucket: Bucket,
+        effects: TaskEffects,
         *,
-        default_lease: float = DEFAULT_LEASE,
-        backoff: Backoff | None = None,
-        visibility_tolerance: float = 0.25,
-        max_cas_attempts: int = 10,
-        inline_limit: int = 32 * 1024,
-        io_patience: float = 15.0,
+        settings: Settings | None = None,
+        observer: Observer | None = None,
     ) -> None:
-        self.coord = coord
-        """The connection this store works through."""
-        self.default_lease = _positive(default_lease, "default_lease") or DEFAULT_LEASE
-        """Lease (seconds) used when neither the claim nor the task names one."""
-        self.backoff = backoff or Backoff()
+        self.bucket = bucket
+        """The tasks bucket."""
+        self.effects = effects
+        """What follows a transition (journal, notifications, result pushes)."""
+        self.settings = settings or Settings.load()
+        """The tunables this store applies."""
+        self.observer = observer or Observer()
+        """Where every step is reported."""
+        self.backoff = self.settings.backoff
         """Retry delays after ``fail``."""
-        self.visibility_tolerance = visibility_tolerance
-        """Seconds before ``visible_at`` from which a claim is accepted."""
-        self.max_cas_attempts = max(1, max_cas_attempts)
-        """Writes a transition attempts before giving up with :class:`Conflict`."""
-        self.inline_limit = inline_limit
-        """Records up to this many bytes travel inside their notification."""
-        self.io_patience = io_patience
-        """Seconds an I/O call keeps retrying through server unavailability."""
-        names = coord.names
-        self._names = names
-        self._stream = kv_stream_name(names.tasks_bucket)
-        self._prefix = f"$KV.{names.tasks_bucket}."
         self._index: TaskIndex | None = None
-        self._journal = JournalWriter(coord)
         self.last_revision = 0
         """Highest KV revision this store has written (an index waits for it: read-your-writes)."""
+
+    def tuned(self, **changes: Any) -> TaskStore:
+        """A store on the same bucket and publishers with ``changes`` applied to its settings.
+
+        E.g. ``coord.tasks.tuned(backoff=Backoff(base=0.1), lease=5)``; names are :class:`Settings` fields.
+        """
+        settings = self.settings.but(**changes)
+        bucket = self.bucket
+        if (settings.io_patience, settings.request_timeout) != (bucket.patience, bucket.request_timeout):
+            bucket = bucket.tuned(patience=settings.io_patience, request_timeout=settings.request_timeout)
+        effects = self.effects
+        if settings.inline_limit != effects.inline_limit:
+            effects = effects.with_inline_limit(settings.inline_limit)
+        return TaskStore(bucket, effects, settings=settings, observer=self.observer)
+
+    @property
+    def default_lease(self) -> float:
+        """Lease (seconds) used when neither the claim nor the task names one."""
+        return self.settings.lease
 
     # --- reading ---------------------------------------------------------------------------------
     async def get(self, task_id: str) -> TaskRecord:
@@ -187,10 +157,10 @@ class TaskStore:
                     if record is not None and _matches(record, queue, wanted):
                         yield record
             return
-        async with TaskWatch(self, snapshot_only=True) as scan:
-            async for record in scan:
-                if record is not None and _matches(record, queue, wanted):
-                    yield record
+        for entry in await self.bucket.scan():
+            record = self._decode_or_skip(entry)
+            if record is not None and _matches(record, queue, wanted):
+                yield record
 
     async def list(
         self, *, queue: str | None = None, status: TaskStatus | str | None = None
@@ -212,6 +182,15 @@ class TaskStore:
         """
         return TaskIndex(self)
 
+    def attach_index(self, index: TaskIndex) -> None:
+        """Use ``index`` (running) for :meth:`list` and :meth:`iter`."""
+        self._index = index
+
+    def detach_index(self, index: TaskIndex) -> None:
+        """Stop using ``index`` (it is stopping)."""
+        if self._index is index:
+            self._index = None
+
     async def journal(self, task_id: str) -> builtins.list[JournalEntry]:
         """The task's successful transitions in revision order (:class:`NotFound` if the task is unknown).
 
@@ -220,11 +199,12 @@ class TaskStore:
         republished here, deduplicated by ``{task}:{revision}``.
         """
         validate_id(task_id, "task_id")
-        await self._journal.replay_if_reconnected()
+        journal = self.effects.journal
+        await journal.replay_if_reconnected()
         record = await self._read(task_id)
-        entries = await read_journal(self.coord, task_id)
+        entries = await journal.read(task_id)
         if not entries or entries[-1].revision < record.revision:
-            await self._publish_journal(record, self._encode(record), wait=True)
+            await self.effects.record_journal(record, self._encode(record), wait=True)
             entries.append(JournalEntry.of(record))
         return entries
 
@@ -234,32 +214,37 @@ class TaskStore:
         task_id: str,
         *,
         queue: str,
-        payload: Any,
+        spec: Any = None,
         max_attempts: int = 3,
         timeout: float | None = None,  # the task's lease length, not a deadline for this call
         parent: str | None = None,
         meta: Mapping[str, str] | None = None,
+        payload: Any = None,
     ) -> TaskRecord:
         """Create ``task_id`` as pending on ``queue`` and notify its workers; idempotent by task id.
 
-        Scheduling an existing task with the same definition (queue, payload, max_attempts, timeout,
+        Scheduling an existing task with the same definition (queue, spec, max_attempts, timeout,
         parent) returns the existing record (re-notifying it if it is pending); a different
         definition raises :class:`TaskExists`. Raises :class:`~coord.errors.InvalidId` or a pydantic
-        ``ValidationError`` for bad arguments and :class:`PayloadTooLarge` beyond the server's max
-        payload, in all cases before anything is written.
+        ``ValidationError`` for bad arguments and :class:`~coord.errors.PayloadTooLarge` beyond the
+        server's max payload, in all cases before anything is written. (``payload=`` is the
+        deprecated name of ``spec=``.)
         """
+        if payload is not None:
+            warnings.warn("schedule(payload=...) is deprecated; use spec=", DeprecationWarning, stacklevel=2)
+            spec = payload if spec is None else spec
         validate_id(task_id, "task_id")
         validate_id(queue, "queue")
         request = ScheduleRequest(
             task_id=task_id,
             queue=queue,
-            payload=payload,
+            spec=spec,
             max_attempts=max_attempts,
             timeout=timeout,
             parent=parent,
             meta=dict(meta or {}),
         )
-        return await self._schedule(request)
+        return (await self.schedule_many([request]))[0]
 
     async def schedule_many(self, requests: Sequence[ScheduleRequest]) -> builtins.list[TaskRecord]:
         """:meth:`schedule` for many tasks with pipelined writes; records in the order of ``requests``.
@@ -267,17 +252,25 @@ class TaskStore:
         Every request is validated (and every record sized) before any is written.
         """
         checked = [r if isinstance(r, ScheduleRequest) else ScheduleRequest.model_validate(r) for r in requests]
-        now = _now()
-        records = [self._new_record(r, now) for r in checked]
-        prepared = [(r, record, self._encode(record)) for r, record in zip(checked, records, strict=True)]
-        return list(await asyncio.gather(*(self._schedule(r, record, data) for r, record, data in prepared)))
+        with self.observer.submitting(checked) as submission:
+            now = _now()
+            records = [self._new_record(r, now) for r in submission.requests]
+            encoded = [self._encode(record) for record in records]
+            outcomes = await asyncio.gather(
+                *(
+                    self._schedule(r, rec, data)
+                    for r, rec, data in zip(submission.requests, records, encoded, strict=True)
+                )
+            )
+            submission.created([record for record, _ in outcomes], [new for _, new in outcomes])
+        return [record for record, _ in outcomes]
 
     def _new_record(self, request: ScheduleRequest, now: datetime) -> TaskRecord:
         return TaskRecord(
             task_id=request.task_id,
             queue=request.queue,
             status=TaskStatus.PENDING,
-            payload=request.payload,
+            spec=request.spec,
             max_attempts=request.max_attempts,
             timeout=request.timeout,
             parent=request.parent,
@@ -287,30 +280,21 @@ class TaskStore:
             transition=Transition.SCHEDULED,
         )
 
-    async def _schedule(
-        self, request: ScheduleRequest, record: TaskRecord | None = None, data: bytes | None = None
-    ) -> TaskRecord:
-        if record is None or data is None:
-            record = self._new_record(request, _now())
-            data = self._encode(record)
-        revision = await self._write(record, data, 0)
-        if revision is None:
-            existing = await self._read_raw(request.task_id)
-            if existing is not None and existing.data is None:  # a deleted key: create over its marker
-                revision = await self._write(record, data, existing.revision)
-            if revision is None:
-                return await self._existing(request)
+    async def _schedule(self, request: ScheduleRequest, record: TaskRecord, data: bytes) -> tuple[TaskRecord, bool]:
+        try:
+            revision = await self.bucket.create(record.task_id, data, headers={INDEX_HEADER: index_header(record)})
+        except KeyExists:
+            return await self._existing(request), False
         created = record.model_copy(update={"revision": revision})
         self._written(revision)
-        await self._publish_journal(created, data)
-        await self._notify(created, data)
-        return created
+        await self.effects.after(None, created, data)
+        return created, True
 
     async def _existing(self, request: ScheduleRequest) -> TaskRecord:
         existing = await self._read(request.task_id)
         differences = [
             f"{name}: existing {getattr(existing, name)!r}, requested {getattr(request, name)!r}"
-            for name in ("queue", "payload", "max_attempts", "timeout", "parent")
+            for name in _IDENTITY
             if getattr(existing, name) != getattr(request, name)
         ]
         if differences:
@@ -318,7 +302,7 @@ class TaskStore:
                 f"task {request.task_id!r} already exists with a different definition ({'; '.join(differences)})"
             )
         if existing.status is TaskStatus.PENDING:
-            await self._notify(existing, None)  # heals a notification lost by an earlier attempt (deduped)
+            await self.effects.notify(existing, None)  # heals a notification lost by an earlier attempt (deduped)
         return existing
 
     # --- claims ----------------------------------------------------------------------------------
@@ -330,14 +314,16 @@ class TaskStore:
         revision: int | None = None,
         lease: float | None = None,
         record: TaskRecord | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Claim:
         """Claim pending ``task_id`` for ``worker_id``: one CAS from pending to claimed.
 
         ``revision`` is the revision named by the notification; with ``record`` (the notification's
         inlined record at that revision) the claim is a single CAS and no read, falling back to a read
         and a CAS when the record has moved on. ``lease`` (seconds) overrides the task's timeout and
-        the store's default. Raises :class:`Conflict` when another worker holds the task,
-        :class:`InvalidTransition` when it has ended or is backing off, :class:`NotFound`.
+        the store's default; ``headers`` are the notification's (trace context). Raises
+        :class:`Conflict` when another worker holds the task, :class:`InvalidTransition` when it has
+        ended or is backing off, :class:`NotFound`.
         """
         validate_id(task_id, "task_id")
         validate_id(worker_id, "worker_id")
@@ -354,10 +340,10 @@ class TaskStore:
         token = secrets.token_urlsafe(32)
         claim_id = new_id("c")
         digest = transitions.token_digest(token)
-        used: list[float] = []
+        used: builtins.list[float] = []
 
         def step(current: TaskRecord) -> TaskRecord:
-            length = lease or current.timeout or self.default_lease
+            length = lease or current.timeout or self.settings.lease
             used.append(length)
             return transitions.claim(
                 current,
@@ -366,22 +352,25 @@ class TaskStore:
                 token_sha256=digest,
                 lease=length,
                 now=_now(),
-                visibility_tolerance=self.visibility_tolerance,
+                visibility_tolerance=self.settings.visibility_tolerance,
             )
 
-        claimed = await self._transition(task_id, step, first)
-        assert claimed.claim is not None
-        return Claim(
-            task_id=task_id,
-            worker_id=worker_id,
-            claim_id=claim_id,
-            token=token,
-            epoch=claimed.epoch,
-            deadline=claimed.claim.deadline,
-            revision=claimed.revision,
-            record=claimed,
-            lease=used[-1],
-        )
+        with self.observer.claiming(task_id, worker_id, first, headers) as scope:
+            claimed = await self._transition(task_id, step, first)
+            assert claimed.claim is not None
+            claim = Claim(
+                task_id=task_id,
+                worker_id=worker_id,
+                claim_id=claim_id,
+                token=token,
+                epoch=claimed.epoch,
+                deadline=claimed.claim.deadline,
+                revision=claimed.revision,
+                record=claimed,
+                lease=used[-1],
+            )
+            scope.done(claim)
+        return claim
 
     async def heartbeat(self, claim: Claim, progress: Any = None) -> Claim:
         """Extend ``claim``'s lease to now + lease and record ``progress`` (if not None).
@@ -397,7 +386,8 @@ class TaskStore:
                 current, claim_id=claim.claim_id, token=claim.token, lease=claim.lease, progress=progress, now=_now()
             )
 
-        record = await self._transition(claim.task_id, step, claim.record)
+        with self.observer.heartbeating(claim):
+            record = await self._transition(claim.task_id, step, claim.record)
         assert record.claim is not None
         claim.deadline = record.claim.deadline
         self._advance(claim, record)
@@ -406,17 +396,19 @@ class TaskStore:
     async def complete(self, claim: Claim, result: Any) -> TaskRecord:
         """Record ``result`` and mark the task succeeded, if ``claim`` is still current (else :class:`StaleClaim`).
 
-        A result too large for the record raises :class:`PayloadTooLarge` and writes nothing (the
-        claim stays current, so the worker can still ``fail`` the task).
+        A result too large for the record raises :class:`~coord.errors.PayloadTooLarge` and writes
+        nothing (the claim stays current, so the worker can still ``fail`` the task).
         """
         _json_check(result, "result")
-        record = await self._transition(
-            claim.task_id,
-            lambda current: transitions.complete(
-                current, claim_id=claim.claim_id, token=claim.token, result=result, now=_now()
-            ),
-            claim.record,
-        )
+        with self.observer.settling(claim, ok=True) as scope:
+            record = await self._transition(
+                claim.task_id,
+                lambda current: transitions.complete(
+                    current, claim_id=claim.claim_id, token=claim.token, result=result, now=_now()
+                ),
+                claim.record,
+            )
+            scope.done(record)
         self._advance(claim, record)
         return record
 
@@ -433,20 +425,22 @@ class TaskStore:
         if result is not None:
             _json_check(result, "result")
         error = error[:MAX_ERROR_CHARS]
-        record = await self._transition(
-            claim.task_id,
-            lambda current: transitions.fail(
-                current,
-                claim_id=claim.claim_id,
-                token=claim.token,
-                error=error,
-                retry=retry,
-                backoff=self.backoff,
-                now=_now(),
-                result=result,
-            ),
-            claim.record,
-        )
+        with self.observer.settling(claim, ok=False, error=error) as scope:
+            record = await self._transition(
+                claim.task_id,
+                lambda current: transitions.fail(
+                    current,
+                    claim_id=claim.claim_id,
+                    token=claim.token,
+                    error=error,
+                    retry=retry,
+                    backoff=self.backoff,
+                    now=_now(),
+                    result=result,
+                ),
+                claim.record,
+            )
+            scope.done(record)
         self._advance(claim, record)
         return record
 
@@ -462,12 +456,22 @@ class TaskStore:
         return record
 
     async def reclaim(
-        self, task_id: str, expected_claim_id: str, *, reason: str = "reclaimed", meta: Mapping[str, str] | None = None
+        self,
+        task_id: str,
+        expected_claim_id: str,
+        *,
+        reason: str = "reclaimed",
+        departure: str | None = None,
+        meta: Mapping[str, str] | None = None,
     ) -> TaskRecord:
         """Take the task away from claim ``expected_claim_id``: pending again (the attempt counts), or
         ``dead`` when its attempts are spent. :class:`StaleClaim` if that claim is not current any more
-        (completed, failed, reclaimed by someone else). ``meta`` entries (e.g. the reclaim span's trace
-        context) are merged into the record's meta in the same compare-and-set."""
+        (completed, failed, reclaimed by someone else).
+
+        Decided on the record read now, inside the compare-and-set. ``departure`` (``graceful`` or
+        ``expired``) says a presence departure caused it; ``meta`` entries are merged into the
+        record's meta by the same write (as are the observer's, e.g. the reclaim span's context).
+        """
         validate_id(task_id, "task_id")
         if not isinstance(expected_claim_id, str) or not isinstance(reason, str):
             raise InvalidInput("expected_claim_id and reason must be strings")
@@ -475,12 +479,17 @@ class TaskStore:
         extra = dict(meta or {})
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
             raise InvalidInput("meta must map strings to strings")
+        current = await self._read(task_id)
+        with self.observer.reclaiming(current, reason=reason, departure=departure) as scope:
+            added = {**extra, **scope.meta}
 
-        def step(current: TaskRecord) -> TaskRecord:
-            new = transitions.reclaim(current, expected_claim_id=expected_claim_id, reason=reason, now=_now())
-            return new.model_copy(update={"meta": {**new.meta, **extra}}) if extra else new
+            def step(record: TaskRecord) -> TaskRecord:
+                new = transitions.reclaim(record, expected_claim_id=expected_claim_id, reason=reason, now=_now())
+                return new.model_copy(update={"meta": {**new.meta, **added}}) if added else new
 
-        return await self._transition(task_id, step, None)
+            record = await self._transition(task_id, step, current)
+            scope.done(record)
+        return record
 
     async def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a pending or claimed task (its claim, if any, becomes stale); a no-op if already
@@ -505,7 +514,7 @@ class TaskStore:
             raise InvalidTransition(
                 f"task {record.task_id!r} is {record.status.value}; only pending tasks are notified"
             )
-        await self._notify(record, None, force=force)
+        await self.effects.notify(record, None, force=force)
 
     # --- the transition engine -------------------------------------------------------------------
     async def _transition(
@@ -514,45 +523,25 @@ class TaskStore:
         """Apply ``step`` to the current record and write it with one CAS; on a lost race re-read and
         retry while ``step`` still accepts the record (it raises when the transition became invalid)."""
         current = first if first is not None else await self._read(task_id)
-        for attempt in range(self.max_cas_attempts):
+        async for attempt in conflicts(f"task {task_id!r}", self.settings.max_cas_attempts):
+            if attempt:
+                current = await self._read(task_id)
             new = step(current)
             if new is None:
                 return current
             data = self._encode(new)
-            revision = await self._write(new, data, current.revision)
-            if revision is not None:
-                written = new.model_copy(update={"revision": revision})
-                self._written(revision)
-                await self._after(current, written, data)
-                return written
-            trace.get_current_span().add_event(
-                tracing.EVENT_CAS_RETRY, {"key": task_id, "revision": current.revision, "attempt": attempt + 1}
-            )
-            metrics.instruments().cas_retries.add(1, metrics.instruments().attrs(current.queue))
-            if attempt:  # repeated losses: step aside briefly so a busy writer cannot starve us
-                await asyncio.sleep(random.uniform(0, 0.002 * attempt))
-            current = await self._read(task_id)
-        raise Conflict(f"task {task_id!r}: gave up after {self.max_cas_attempts} conflicting writes")
-
-    async def _after(self, before: TaskRecord, record: TaskRecord, data: bytes) -> None:
-        """Side effects of a successful CAS: journal, notification into pending, result push."""
-        await self._publish_journal(record, data)
-        if record.status is TaskStatus.PENDING:
             try:
-                await self._notify(record, data)
-            except Exception as err:  # the transition happened; a sweep re-notifies pending tasks
-                log.warning("task %s: notification after %s failed: %s", record.task_id, record.transition, err)
-        elif record.terminal and record.parent and not before.terminal:
-            notice = ResultNotice(task_id=record.task_id, status=record.status, revision=record.revision)
-            body = notice.model_dump_json(exclude={"record"}).encode()
-            if len(data) <= self.inline_limit:
-                body = body[:-1] + b',"record":' + data + b"}"
-            try:
-                await self.coord.nc.publish(
-                    self._names.results_subject(record.parent), body, headers=tracing.inject() or None
+                revision = await self.bucket.update(
+                    task_id, data, last=current.revision, headers={INDEX_HEADER: index_header(new)}
                 )
-            except Exception as err:
-                log.warning("task %s: result push to %s failed: %s", record.task_id, record.parent, err)
+            except Conflict:
+                self.observer.cas_retried(task_id, current.queue, current.revision, attempt + 1)
+                continue
+            written = new.model_copy(update={"revision": revision})
+            self._written(revision)
+            await self.effects.after(current, written, data)
+            return written
+        raise AssertionError("unreachable: conflicts() raises when the attempts are spent")
 
     def _advance(self, claim: Claim, record: TaskRecord) -> None:
         claim.revision = record.revision
@@ -562,137 +551,32 @@ class TaskStore:
         if revision > self.last_revision:
             self.last_revision = revision
 
-    # --- encoding --------------------------------------------------------------------------------
+    # --- encoding and reading --------------------------------------------------------------------
     def _encode(self, record: TaskRecord) -> bytes:
-        data = record.model_dump_json().encode()
-        limit = self.coord.nc.max_payload - _HEADER_ROOM
-        if len(data) > limit:
-            raise PayloadTooLarge(
-                f"task {record.task_id!r}: the record would be {len(data)} bytes; the server accepts at most "
-                f"{limit} (max_payload {self.coord.nc.max_payload} minus header room). Keep payload and "
-                f"result small and put large data elsewhere (e.g. an object store) with a reference."
-            )
-        return data
+        return encode_record(record, self.bucket.nc.max_payload)
 
-    def _decode(self, task_id: str, raw: _Raw) -> TaskRecord:
-        assert raw.data is not None
+    def _decode(self, entry: Entry) -> TaskRecord:
+        assert entry.value is not None
+        return decode_record(entry.value, entry.revision, where=f"{self.bucket.name} key {entry.key!r}")
+
+    def _decode_or_skip(self, entry: Entry) -> TaskRecord | None:
         try:
-            return TaskRecord.model_validate_json(raw.data).model_copy(update={"revision": raw.revision})
-        except ValidationError as err:
-            raise CorralError(
-                f"task {task_id!r}: revision {raw.revision} of {self._names.tasks_bucket} is not a task record "
-                f"({err.error_count()} problems, first: {err.errors()[0]['msg']})"
-            ) from None
-
-    # --- NATS I/O --------------------------------------------------------------------------------
-    async def _patiently(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run an idempotent call, retrying through server unavailability for ``io_patience`` seconds."""
-        return await retry_transient(call, nc=self.coord.nc, within=self.io_patience, what=what)
-
-    async def _read_raw(self, task_id: str) -> _Raw | None:
-        subject = self._prefix + task_id
-
-        async def call() -> _Raw | None:
-            try:
-                msg = await self.coord.js.get_msg(self._stream, subject=subject, direct=True)
-            except nats.js.errors.NotFoundError:
-                return None
-            headers = msg.headers or {}
-            if headers.get(_KV_OP) or headers.get(_MARKER):
-                return _Raw(None, msg.seq or 0)
-            return _Raw(msg.data or b"", msg.seq or 0)
-
-        return await self._patiently(f"read {task_id}", call)
+            return self._decode(entry)
+        except InvalidRecord as err:
+            log.warning("%s; skipped", err)
+            return None
 
     async def _read_or_none(self, task_id: str) -> TaskRecord | None:
-        raw = await self._read_raw(task_id)
-        if raw is None or raw.data is None:
+        entry = await self.bucket.get(task_id)
+        if entry is None or entry.deleted:
             return None
-        return self._decode(task_id, raw)
+        return self._decode(entry)
 
     async def _read(self, task_id: str) -> TaskRecord:
         record = await self._read_or_none(task_id)
         if record is None:
-            raise NotFound(f"task {task_id!r} does not exist in namespace {self.coord.namespace!r}")
+            raise NotFound(f"task {task_id!r} does not exist in bucket {self.bucket.name!r}")
         return record
-
-    async def _write(self, record: TaskRecord, data: bytes, last: int) -> int | None:
-        """CAS ``data`` (the encoded ``record``) over revision ``last`` (0: the key must not exist).
-
-        Returns the new revision, or None when the key is not at ``last``. A write whose outcome is
-        unknown (timeout, server gone) is resolved by reading the key: our exact bytes there mean it
-        landed. Every write carries the record's index summary in a header, so an index can follow
-        the bucket from headers alone.
-        """
-        task_id = record.task_id
-        subject = self._prefix + task_id
-        headers = {_EXPECTED_LAST: str(last), INDEX_HEADER: index_header(record)}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.io_patience
-        pause = 0.05
-        uncertain = False  # an earlier attempt may have landed without us hearing back
-        while True:
-            try:
-                ack = await self.coord.js.publish(subject, data, headers=dict(headers))
-                return ack.seq
-            except nats.js.errors.APIError as err:
-                if err.err_code in _WRONG_LAST:
-                    return await self._landed(task_id, data) if uncertain else None
-                if err.code != 503:
-                    raise
-                failure: Exception = err
-            except _TRANSIENT as err:
-                failure = err
-            uncertain = True
-            if loop.time() + pause > deadline:
-                raise failure
-            log.debug("write %s: %s; retrying in %.2fs", task_id, failure, pause)
-            await asyncio.sleep(pause)
-            pause = min(1.0, pause * 2)
-            try:
-                raw = await self._read_raw(task_id)
-            except Exception:
-                continue  # still unreachable: write again (a wrong-last answer is then checked above)
-            if raw is not None and raw.data == data:
-                return raw.revision
-            if (raw.revision if raw is not None else 0) != last:
-                return None
-
-    async def _landed(self, task_id: str, data: bytes) -> int | None:
-        """The revision at which ``data`` is the key's current value, or None if it is not."""
-        raw = await self._read_raw(task_id)
-        return raw.revision if raw is not None and raw.data == data else None
-
-    async def _publish_journal(self, record: TaskRecord, data: bytes, *, wait: bool = False) -> None:
-        try:
-            if wait:
-                await self._patiently("journal", lambda: self._journal.publish_acked(record, data))
-            else:
-                await self._journal.publish(record, data)
-        except Exception as err:
-            log.warning("task %s: journal entry for revision %d not written: %s", record.task_id, record.revision, err)
-
-    async def _notify(self, record: TaskRecord, data: bytes | None, *, force: bool = False) -> None:
-        head: dict[str, Any] = {
-            "task_id": record.task_id,
-            "revision": record.revision,
-            "epoch": record.epoch,
-            "visible_at": record.visible_at.isoformat() if record.visible_at else None,
-        }
-        if data is None:
-            data = record.model_dump_json().encode()
-        body = json.dumps(head, separators=(",", ":")).encode()
-        if len(data) <= self.inline_limit:
-            body = body[:-1] + b',"record":' + data + b"}"
-        msg_id = f"{record.task_id}:{record.epoch}:{record.revision}"
-        if force:
-            msg_id += f":{secrets.token_hex(4)}"
-        headers = tracing.inject({_MSG_ID: msg_id})
-        for key in ("traceparent", "tracestate"):
-            if key in record.meta and key not in headers:
-                headers[key] = record.meta[key]
-        subject = self._names.dispatch_subject(record.queue)
-        await self._patiently("notify", lambda: self.coord.js.publish(subject, body, headers=dict(headers)))
 
 
 def _matches(record: TaskRecord, queue: str | None, status: TaskStatus | None) -> bool:

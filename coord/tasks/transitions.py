@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import random
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from coord.backoff import Backoff
 from coord.errors import Conflict, InvalidTransition, StaleClaim
 from coord.tasks.models import ClaimInfo, TaskRecord, TaskStatus, Transition
 
@@ -30,31 +29,6 @@ __all__ = [
     "retry",
     "token_digest",
 ]
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Retry delay after the n-th failed attempt: ``min(max, base * factor**(n-1))``, jittered.
-
-    Jitter is "equal jitter": the delay is drawn uniformly from ``[d * (1 - jitter), d]``, so
-    retries of many tasks that failed together spread out but never wait longer than ``d``.
-    """
-
-    base: float = 1.0
-    """Delay after the first failure, in seconds."""
-    factor: float = 2.0
-    """Growth per further failure."""
-    max: float = 300.0
-    """Upper bound of the delay."""
-    jitter: float = 0.5
-    """Fraction of the delay that is random (0 = none, 1 = full jitter)."""
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before the retry that follows failed attempt number ``attempt`` (1-based)."""
-        if self.base <= 0:
-            return 0.0
-        raw = min(self.max, self.base * self.factor ** max(0, attempt - 1))
-        return raw * (1.0 - self.jitter * random.random())
 
 
 def token_digest(token: str) -> str:

@@ -147,7 +147,7 @@ async def _show(opts: Options, task_id: str, as_json: bool) -> None:
         lines.append(("visible", f"{record.visible_at.isoformat()} ({_ago(record.visible_at)})"))
     if record.parent:
         lines.append(("parent", record.parent))
-    lines.append(("payload", _short(record.payload, 200)))
+    lines.append(("spec", _short(record.spec, 200)))
     if record.progress is not None:
         lines.append(("progress", _short(record.progress, 200)))
     if record.result is not None:

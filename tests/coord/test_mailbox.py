@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack
 import pytest
 
 import coord
-from coord.errors import Conflict, PayloadTooLarge
+from coord.errors import Conflict, InvalidInput, PayloadTooLarge
 from coord.mailbox import Agent, Chunk, Delivered, End, Enqueued, Error, Id, InboxMessage, Tag
 from coord.presence import AgentInfo
 from coord.server import NatsServer
@@ -202,7 +202,7 @@ async def test_bad_input_is_rejected_before_sending(coord_conn: coord.Coord) -> 
         await mb.send(Agent(id="a"), "x", key="bad key")
     with pytest.raises(ValueError, match="mode"):
         await mb.send(Agent(id="a"), "x", mode="shout")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="target"):
+    with pytest.raises(InvalidInput, match="target"):
         await mb.send("a", "x")  # type: ignore[arg-type]
     with pytest.raises(PayloadTooLarge, match="body"):
         await mb.send(Agent(id="a"), b"x" * (coord_conn.nc.max_payload + 1))

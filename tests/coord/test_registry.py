@@ -159,7 +159,7 @@ async def test_find_active_by_lookup_keys_ignores_ended_sessions(coord_conn: coo
 
 
 async def test_terminal_sessions_expire_after_their_ttl(coord_conn: coord.Coord) -> None:
-    reg = Registry(coord_conn, terminal_ttl=1.5)
+    reg = Registry(coord_conn.registry.store, coord_conn.presence, terminal_ttl=1.5)
     ending = await reg.create_session("a")
     staying = await reg.create_session("b")
     await reg.abandon(ending.id)

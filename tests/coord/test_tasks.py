@@ -57,7 +57,7 @@ async def journal_subjects_count(conn: coord.Coord) -> int:
 @pytest.fixture
 def store(coord_conn: coord.Coord) -> TaskStore:
     """A store whose retries back off by 50-100 ms (so tests can wait them out)."""
-    return TaskStore(coord_conn, backoff=Backoff(base=0.1), visibility_tolerance=0.0)
+    return coord_conn.tasks.tuned(backoff=Backoff(base=0.1), visibility_tolerance=0.0)
 
 
 # --- scheduling -----------------------------------------------------------------------------------
@@ -66,7 +66,7 @@ def store(coord_conn: coord.Coord) -> TaskStore:
 async def test_schedule_creates_a_pending_record_and_notifies_its_queue(
     store: TaskStore, coord_conn: coord.Coord
 ) -> None:
-    record = await store.schedule("t1", queue="q", payload={"n": 1}, max_attempts=2, timeout=5, parent="p1")
+    record = await store.schedule("t1", queue="q", spec={"n": 1}, max_attempts=2, timeout=5, parent="p1")
     assert record.status is TaskStatus.PENDING
     assert (record.attempt, record.epoch, record.max_attempts, record.timeout) == (0, 0, 2, 5.0)
     assert record.revision > 0
@@ -80,22 +80,22 @@ async def test_schedule_creates_a_pending_record_and_notifies_its_queue(
 async def test_scheduling_the_same_task_twice_returns_the_existing_record(
     store: TaskStore, coord_conn: coord.Coord
 ) -> None:
-    first = await store.schedule("t1", queue="q", payload=[1, 2])
-    again = await store.schedule("t1", queue="q", payload=[1, 2], meta={"traceparent": "ignored-for-identity"})
+    first = await store.schedule("t1", queue="q", spec=[1, 2])
+    again = await store.schedule("t1", queue="q", spec=[1, 2], meta={"traceparent": "ignored-for-identity"})
     assert again == first and again.revision == first.revision
     assert len(await notifications(coord_conn, "q")) == 1  # the repeat notification was deduplicated
 
 
 async def test_scheduling_an_existing_id_with_another_definition_raises_task_exists(store: TaskStore) -> None:
-    await store.schedule("t1", queue="q", payload={"a": 1})
-    with pytest.raises(TaskExists, match=r"payload: existing \{'a': 1\}, requested \{'a': 2\}"):
-        await store.schedule("t1", queue="q", payload={"a": 2})
+    await store.schedule("t1", queue="q", spec={"a": 1})
+    with pytest.raises(TaskExists, match=r"spec: existing \{'a': 1\}, requested \{'a': 2\}"):
+        await store.schedule("t1", queue="q", spec={"a": 2})
     with pytest.raises(TaskExists, match="queue"):
-        await store.schedule("t1", queue="other", payload={"a": 1})
+        await store.schedule("t1", queue="other", spec={"a": 1})
 
 
 async def test_schedule_many_pipelines_and_keeps_the_order(store: TaskStore, coord_conn: coord.Coord) -> None:
-    requests = [ScheduleRequest(task_id=f"t{i}", queue="q", payload=i) for i in range(50)]
+    requests = [ScheduleRequest(task_id=f"t{i}", queue="q", spec=i) for i in range(50)]
     records = await store.schedule_many(requests)
     assert [r.task_id for r in records] == [f"t{i}" for i in range(50)]
     assert all(r.status is TaskStatus.PENDING for r in records)
@@ -111,7 +111,7 @@ async def test_schedule_many_pipelines_and_keeps_the_order(store: TaskStore, coo
 async def test_claim_hands_the_raw_token_to_the_worker_and_stores_only_its_hash(
     store: TaskStore, coord_conn: coord.Coord
 ) -> None:
-    await store.schedule("t1", queue="q", payload=None, timeout=7)
+    await store.schedule("t1", queue="q", spec=None, timeout=7)
     before = datetime.now(UTC)
     claim = await store.claim("t1", "w1")
     assert claim.epoch == 1 and claim.record.attempt == 1
@@ -130,7 +130,7 @@ async def test_claim_hands_the_raw_token_to_the_worker_and_stores_only_its_hash(
 async def test_claiming_a_claimed_task_is_a_conflict_and_an_ended_one_an_invalid_transition(
     store: TaskStore,
 ) -> None:
-    await store.schedule("t1", queue="q", payload=None)
+    await store.schedule("t1", queue="q", spec=None)
     claim = await store.claim("t1", "w1")
     with pytest.raises(Conflict, match="already claimed by w1"):
         await store.claim("t1", "w2")
@@ -140,7 +140,7 @@ async def test_claiming_a_claimed_task_is_a_conflict_and_an_ended_one_an_invalid
 
 
 async def test_epoch_strictly_increases_with_every_claim(store: TaskStore) -> None:
-    await store.schedule("t1", queue="q", payload=None, max_attempts=5)
+    await store.schedule("t1", queue="q", spec=None, max_attempts=5)
     epochs = []
     claim = await store.claim("t1", "w1")
     epochs.append(claim.epoch)
@@ -159,17 +159,17 @@ async def test_epoch_strictly_increases_with_every_claim(store: TaskStore) -> No
 
 
 async def test_claim_with_the_inlined_record_of_a_notification(store: TaskStore, coord_conn: coord.Coord) -> None:
-    await store.schedule("t1", queue="q", payload={"big": "no"})
+    await store.schedule("t1", queue="q", spec={"big": "no"})
     [(_, note)] = await notifications(coord_conn, "q")
     assert note.record is not None
     claim = await store.claim(note.task_id, "w1", revision=note.revision, record=note.record)
-    assert claim.record.payload == {"big": "no"} and claim.epoch == 1
+    assert claim.record.spec == {"big": "no"} and claim.epoch == 1
 
 
 async def test_claim_from_a_stale_notification_falls_back_to_the_current_record(
     store: TaskStore, coord_conn: coord.Coord
 ) -> None:
-    await store.schedule("t1", queue="q", payload=None)
+    await store.schedule("t1", queue="q", spec=None)
     [(_, stale)] = await notifications(coord_conn, "q")
     first = await store.claim("t1", "w1")
     await store.release(first)  # pending again, at a newer revision
@@ -178,19 +178,19 @@ async def test_claim_from_a_stale_notification_falls_back_to_the_current_record(
 
 
 async def test_large_records_are_not_inlined_in_notifications(coord_conn: coord.Coord) -> None:
-    store = TaskStore(coord_conn, inline_limit=100)
-    await store.schedule("t1", queue="q", payload="x" * 500)
+    store = coord_conn.tasks.tuned(inline_limit=100)
+    await store.schedule("t1", queue="q", spec="x" * 500)
     [(_, note)] = await notifications(coord_conn, "q")
     assert note.record is None and note.task_id == "t1"
     claim = await store.claim("t1", "w1", revision=note.revision)
-    assert claim.record.payload == "x" * 500
+    assert claim.record.spec == "x" * 500
 
 
 # --- heartbeat, complete, fail, release ------------------------------------------------------------
 
 
 async def test_heartbeat_extends_the_deadline_and_records_progress(store: TaskStore) -> None:
-    await store.schedule("t1", queue="q", payload=None)
+    await store.schedule("t1", queue="q", spec=None)
     claim = await store.claim("t1", "w1", lease=2)
     first_deadline, first_revision = claim.deadline, claim.revision
     await asyncio.sleep(0.05)
@@ -204,7 +204,7 @@ async def test_heartbeat_extends_the_deadline_and_records_progress(store: TaskSt
 
 
 async def test_complete_records_the_result_once(store: TaskStore) -> None:
-    await store.schedule("t1", queue="q", payload=None)
+    await store.schedule("t1", queue="q", spec=None)
     claim = await store.claim("t1", "w1")
     done = await store.complete(claim, {"answer": 42})
     assert done.status is TaskStatus.SUCCEEDED and done.result == {"answer": 42} and done.claim is None
@@ -214,7 +214,7 @@ async def test_complete_records_the_result_once(store: TaskStore) -> None:
 
 
 async def test_heartbeat_racing_complete_from_the_same_worker_both_land(store: TaskStore) -> None:
-    await store.schedule("t1", queue="q", payload=None)
+    await store.schedule("t1", queue="q", spec=None)
     claim = await store.claim("t1", "w1")
     outcomes = await asyncio.gather(store.heartbeat(claim), store.complete(claim, "r"), return_exceptions=True)
     final = await store.get("t1")
@@ -226,7 +226,7 @@ async def test_heartbeat_racing_complete_from_the_same_worker_both_land(store: T
 async def test_fail_with_retry_backs_off_and_notifies_with_visible_at(
     store: TaskStore, coord_conn: coord.Coord
 ) -> None:
-    await store.schedule("t1", queue="q", payload=None, max_attempts=3)
+    await store.schedule("t1", queue="q", spec=None, max_attempts=3)
     claim = await store.claim("t1", "w1")
     before = datetime.now(UTC)
     record = await store.fail(claim, "flaky")
@@ -252,18 +252,18 @@ async def test_backoff_grows_exponentially_with_jitter() -> None:
 
 
 async def test_fail_when_attempts_are_spent_is_dead_and_without_retry_is_failed(store: TaskStore) -> None:
-    await store.schedule("t1", queue="q", payload=None, max_attempts=1)
+    await store.schedule("t1", queue="q", spec=None, max_attempts=1)
     claim = await store.claim("t1", "w1")
     dead = await store.fail(claim, "boom")
     assert dead.status is TaskStatus.DEAD and dead.error == "boom"
-    await store.schedule("t2", queue="q", payload=None, max_attempts=5)
+    await store.schedule("t2", queue="q", spec=None, max_attempts=5)
     claim = await store.claim("t2", "w1")
     failed = await store.fail(claim, "bad input", retry=False)
     assert failed.status is TaskStatus.FAILED and failed.attempt == 1
 
 
 async def test_a_failure_report_is_kept_as_the_attempts_result_until_the_next_claim(store: TaskStore) -> None:
-    await store.schedule("t1", queue="q", payload=None, max_attempts=2)
+    await store.schedule("t1", queue="q", spec=None, max_attempts=2)
     report = {"kind": "fail", "error": {"message": "disk full"}}
     pending = await store.fail(await store.claim("t1", "w1"), "disk full", result=report)
     assert pending.status is TaskStatus.PENDING and pending.result == report
@@ -278,7 +278,7 @@ async def test_a_failure_report_is_kept_as_the_attempts_result_until_the_next_cl
 async def test_release_gives_the_task_back_without_counting_the_attempt(
     store: TaskStore, coord_conn: coord.Coord
 ) -> None:
-    await store.schedule("t1", queue="q", payload=None, max_attempts=1)
+    await store.schedule("t1", queue="q", spec=None, max_attempts=1)
     for _ in range(3):  # with max_attempts=1 only uncounted attempts can repeat
         claim = await store.claim("t1", "w1")
         released = await store.release(claim)
@@ -291,7 +291,7 @@ async def test_release_gives_the_task_back_without_counting_the_attempt(
 
 
 async def test_reclaim_puts_the_task_back_and_counts_the_attempt(store: TaskStore, coord_conn: coord.Coord) -> None:
-    await store.schedule("t1", queue="q", payload=None, max_attempts=2)
+    await store.schedule("t1", queue="q", spec=None, max_attempts=2)
     claim = await store.claim("t1", "w1")
     record = await store.reclaim("t1", claim.claim_id, reason="worker-left:expired")
     assert record.status is TaskStatus.PENDING and record.attempt == 1 and record.claim is None
@@ -303,7 +303,7 @@ async def test_reclaim_puts_the_task_back_and_counts_the_attempt(store: TaskStor
 
 
 async def test_reclaim_of_a_claim_that_is_not_current_is_stale(store: TaskStore) -> None:
-    await store.schedule("t1", queue="q", payload=None)
+    await store.schedule("t1", queue="q", spec=None)
     claim = await store.claim("t1", "w1")
     with pytest.raises(StaleClaim, match="c-other"):
         await store.reclaim("t1", "c-other")
@@ -313,7 +313,7 @@ async def test_reclaim_of_a_claim_that_is_not_current_is_stale(store: TaskStore)
 
 
 async def test_a_result_from_a_reclaimed_worker_is_rejected_and_not_recorded(store: TaskStore) -> None:
-    await store.schedule("t1", queue="q", payload=None)
+    await store.schedule("t1", queue="q", spec=None)
     old = await store.claim("t1", "w1")
     await store.reclaim("t1", old.claim_id, reason="deadline")
     new = await store.claim("t1", "w2")
@@ -328,7 +328,7 @@ async def test_a_result_from_a_reclaimed_worker_is_rejected_and_not_recorded(sto
 
 
 async def test_a_forged_token_is_rejected(store: TaskStore) -> None:
-    await store.schedule("t1", queue="q", payload=None)
+    await store.schedule("t1", queue="q", spec=None)
     claim = await store.claim("t1", "w1")
     claim.token = "not-the-token"
     with pytest.raises(StaleClaim, match="token"):
@@ -337,28 +337,28 @@ async def test_a_forged_token_is_rejected(store: TaskStore) -> None:
 
 
 async def test_cancel_makes_a_claim_stale_and_is_idempotent(store: TaskStore) -> None:
-    await store.schedule("t1", queue="q", payload=None)
+    await store.schedule("t1", queue="q", spec=None)
     claim = await store.claim("t1", "w1")
     cancelled = await store.cancel("t1")
     assert cancelled.status is TaskStatus.CANCELLED and cancelled.claim is None
     assert (await store.cancel("t1")).revision == cancelled.revision  # nothing written the second time
     with pytest.raises(StaleClaim):
         await store.complete(claim, "too late")
-    await store.schedule("t2", queue="q", payload=None)
+    await store.schedule("t2", queue="q", spec=None)
     assert (await store.cancel("t2")).status is TaskStatus.CANCELLED
     with pytest.raises(InvalidTransition, match="only a dead or failed task"):
         await store.retry("t2")
 
 
 async def test_ended_tasks_cannot_be_cancelled(store: TaskStore) -> None:
-    await store.schedule("t1", queue="q", payload=None)
+    await store.schedule("t1", queue="q", spec=None)
     await store.complete(await store.claim("t1", "w1"), "ok")
     with pytest.raises(InvalidTransition, match="succeeded; it cannot be cancelled"):
         await store.cancel("t1")
 
 
 async def test_retry_by_hand_revives_a_dead_task_with_fresh_attempts(store: TaskStore, coord_conn: coord.Coord) -> None:
-    await store.schedule("t1", queue="q", payload=None, max_attempts=1)
+    await store.schedule("t1", queue="q", spec=None, max_attempts=1)
     await store.fail(await store.claim("t1", "w1"), "boom")
     revived = await store.retry("t1")
     assert revived.status is TaskStatus.PENDING and revived.attempt == 0 and revived.epoch == 1
@@ -371,7 +371,7 @@ async def test_retry_by_hand_revives_a_dead_task_with_fresh_attempts(store: Task
 
 
 async def test_retry_of_a_task_that_has_not_ended_badly_is_an_invalid_transition(store: TaskStore) -> None:
-    await store.schedule("t1", queue="q", payload=None)
+    await store.schedule("t1", queue="q", spec=None)
     with pytest.raises(InvalidTransition, match="pending"):
         await store.retry("t1")
     await store.complete(await store.claim("t1", "w1"), "ok")
@@ -404,7 +404,7 @@ async def test_a_terminal_transition_pushes_a_result_notice_to_the_parent(
         received.put_nowait(ResultNotice.model_validate_json(msg.data))
 
     sub = await coord_conn.nc.subscribe(coord_conn.names.results_subject("parent-1"), cb=on_result)
-    await store.schedule("t1", queue="q", payload=None, parent="parent-1")
+    await store.schedule("t1", queue="q", spec=None, parent="parent-1")
     claim = await store.claim("t1", "w1")
     await store.heartbeat(claim)
     done = await store.complete(claim, "ok")
@@ -417,7 +417,7 @@ async def test_a_terminal_transition_pushes_a_result_notice_to_the_parent(
 
 
 async def test_the_journal_holds_every_successful_transition_and_no_rejected_one(store: TaskStore) -> None:
-    await store.schedule("t1", queue="q", payload=None, max_attempts=3)
+    await store.schedule("t1", queue="q", spec=None, max_attempts=3)
     first = await store.claim("t1", "w1")
     await store.heartbeat(first, progress=1)
     await store.reclaim("t1", first.claim_id, reason="deadline")
@@ -441,7 +441,7 @@ async def test_the_journal_holds_every_successful_transition_and_no_rejected_one
 
 
 async def test_the_journal_repairs_a_missing_latest_entry(store: TaskStore, coord_conn: coord.Coord) -> None:
-    await store.schedule("t1", queue="q", payload=None)
+    await store.schedule("t1", queue="q", spec=None)
     kv = await coord_conn.kv(coord_conn.names.tasks_bucket)
     record = await store.get("t1")
     # a writer that crashed between its CAS and its journal publish
@@ -460,8 +460,8 @@ async def test_the_journal_repairs_a_missing_latest_entry(store: TaskStore, coor
 
 async def _mixed(store: TaskStore) -> None:
     await store.schedule_many(
-        [ScheduleRequest(task_id=f"a{i}", queue="alpha", payload=i) for i in range(6)]
-        + [ScheduleRequest(task_id=f"b{i}", queue="beta", payload=i) for i in range(3)]
+        [ScheduleRequest(task_id=f"a{i}", queue="alpha", spec=i) for i in range(6)]
+        + [ScheduleRequest(task_id=f"b{i}", queue="beta", spec=i) for i in range(3)]
     )
     await store.claim("a0", "w1")
     await store.claim("a1", "w2")
@@ -497,8 +497,8 @@ async def test_a_running_index_answers_lookups_and_list_reads_only_matching_reco
 
 
 async def test_watch_yields_the_snapshot_then_none_then_live_updates(store: TaskStore) -> None:
-    await store.schedule("t1", queue="q", payload=None)
-    await store.schedule("t2", queue="q", payload=None)
+    await store.schedule("t1", queue="q", spec=None)
+    await store.schedule("t2", queue="q", spec=None)
     seen: list[tuple[str, TaskStatus] | None] = []
     async with store.watch() as updates:
         async for record in updates:
@@ -525,12 +525,12 @@ async def test_an_oversized_payload_is_refused_before_anything_is_written(
 ) -> None:
     too_big = "x" * coord_conn.nc.max_payload
     with pytest.raises(PayloadTooLarge, match=r"task 't1': the record would be \d+ bytes; the server accepts"):
-        await store.schedule("t1", queue="q", payload=too_big)
+        await store.schedule("t1", queue="q", spec=too_big)
     with pytest.raises(PayloadTooLarge):
         await store.schedule_many(
             [
-                ScheduleRequest(task_id="t0", queue="q", payload=1),
-                ScheduleRequest(task_id="t1", queue="q", payload=too_big),
+                ScheduleRequest(task_id="t0", queue="q", spec=1),
+                ScheduleRequest(task_id="t1", queue="q", spec=too_big),
             ]
         )
     await _nothing_written(store, coord_conn, "t1")
@@ -546,8 +546,8 @@ async def test_an_oversized_payload_is_refused_before_anything_is_written(
         ({"max_attempts": True}, "max_attempts"),
         ({"timeout": -1}, "timeout"),
         ({"timeout": "soon"}, "timeout"),
-        ({"payload": {1, 2}}, "payload"),
-        ({"payload": object()}, "payload"),
+        ({"spec": {1, 2}}, "spec"),
+        ({"spec": object()}, "spec"),
         ({"meta": {"k": 1}}, "meta"),
         ({"parent": "a.b"}, "parent"),
     ],
@@ -555,7 +555,7 @@ async def test_an_oversized_payload_is_refused_before_anything_is_written(
 async def test_wrong_types_are_refused_naming_the_field(
     store: TaskStore, coord_conn: coord.Coord, kwargs: dict[str, object], field: str
 ) -> None:
-    arguments: dict[str, object] = {"queue": "q", "payload": None, **kwargs}
+    arguments: dict[str, object] = {"queue": "q", "spec": None, **kwargs}
     with pytest.raises(ValidationError, match=field):
         await store.schedule("t1", **arguments)  # type: ignore[arg-type]
     await _nothing_written(store, coord_conn, "t1")
@@ -568,14 +568,14 @@ async def test_bad_ids_are_refused_naming_the_field(
     store: TaskStore, coord_conn: coord.Coord, task_id: object, queue: str, field: str
 ) -> None:
     with pytest.raises(InvalidId, match=field):
-        await store.schedule(task_id, queue=queue, payload=None)  # type: ignore[arg-type]
+        await store.schedule(task_id, queue=queue, spec=None)  # type: ignore[arg-type]
     assert await journal_subjects_count(coord_conn) == 0
 
 
 async def test_bad_results_and_leases_are_refused_and_leave_the_claim_current(
     store: TaskStore, coord_conn: coord.Coord
 ) -> None:
-    await store.schedule("t1", queue="q", payload=None)
+    await store.schedule("t1", queue="q", spec=None)
     with pytest.raises(InvalidInput, match="lease"):
         await store.claim("t1", "w1", lease=-5)
     with pytest.raises(InvalidId, match="worker_id"):
@@ -597,7 +597,7 @@ async def test_bad_results_and_leases_are_refused_and_leave_the_claim_current(
 
 async def test_journal_entries_carry_the_tasks_trace_context(coord_conn: coord.Coord) -> None:
     traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    await coord_conn.tasks.schedule("traced", queue="q", payload=None, meta={"traceparent": traceparent})
+    await coord_conn.tasks.schedule("traced", queue="q", spec=None, meta={"traceparent": traceparent})
     claim = await coord_conn.tasks.claim("traced", "w1")
     await coord_conn.tasks.complete(claim, {"ok": True})
     subject = coord_conn.names.journal_subject("traced")
@@ -615,6 +615,6 @@ async def test_journal_entries_carry_the_tasks_trace_context(coord_conn: coord.C
 async def test_a_scan_without_an_index_never_ends_before_every_existing_task(coord_conn: coord.Coord) -> None:
     # nats-py's KV watcher can signal "no more entries" while the entries are still in flight;
     # a scan must see every task every time.
-    await coord_conn.tasks.schedule_many([ScheduleRequest(task_id=f"s{i}", queue="q", payload=i) for i in range(50)])
+    await coord_conn.tasks.schedule_many([ScheduleRequest(task_id=f"s{i}", queue="q", spec=i) for i in range(50)])
     for _ in range(20):
         assert len(await coord_conn.tasks.list()) == 50

@@ -26,8 +26,8 @@ async def _seed(url: str, namespace: str) -> None:
     async with coord.connect(url, namespace=namespace) as conn:
         tasks = conn.tasks
         for i in range(3):
-            await tasks.schedule(f"a{i}", queue="alpha", payload={"n": i})
-        await tasks.schedule("b0", queue="beta", payload="hello", max_attempts=1)
+            await tasks.schedule(f"a{i}", queue="alpha", spec={"n": i})
+        await tasks.schedule("b0", queue="beta", spec="hello", max_attempts=1)
         claim = await tasks.claim("a0", "worker-1")
         await tasks.heartbeat(claim, progress={"step": 1})
         await tasks.complete(claim, {"answer": 42})

@@ -10,7 +10,6 @@ import psutil
 import pytest
 
 import coord
-from coord.connection import Coord
 from coord.errors import Conflict, InvalidTransition, StaleClaim
 from coord.server import NatsCluster, NatsServer
 from coord.tasks import Claim, ScheduleRequest, TaskRecord, TaskStatus, TaskStore, Transition
@@ -22,7 +21,7 @@ ROUNDS = 25
 async def stores(nats_server: NatsServer, namespace: str) -> AsyncIterator[list[TaskStore]]:
     """Eight stores on eight connections to the same namespace: eight independent actors."""
     conns = [await coord.connect(nats_server.url, namespace=namespace) for _ in range(8)]
-    yield [TaskStore(c) for c in conns]
+    yield [c.tasks for c in conns]
     for c in conns:
         await c.close()
 
@@ -30,7 +29,7 @@ async def stores(nats_server: NatsServer, namespace: str) -> AsyncIterator[list[
 async def test_eight_concurrent_claimers_on_one_task_have_exactly_one_winner(stores: list[TaskStore]) -> None:
     for round_no in range(ROUNDS):
         task_id = f"r{round_no}"
-        scheduled = await stores[0].schedule(task_id, queue="q", payload=round_no)
+        scheduled = await stores[0].schedule(task_id, queue="q", spec=round_no)
         # half of the claimers take the one-CAS path with the record a notification carries
         outcomes = await asyncio.gather(
             *(
@@ -57,7 +56,7 @@ async def test_a_reclaim_racing_a_complete_has_exactly_one_winner_and_a_consiste
     wins = {"complete": 0, "reclaim": 0}
     for round_no in range(ROUNDS):
         task_id = f"r{round_no}"
-        await worker.schedule(task_id, queue="q", payload=None)
+        await worker.schedule(task_id, queue="q", spec=None)
         claim = await worker.claim(task_id, "w1")
         completed, reclaimed = await asyncio.gather(
             worker.complete(claim, {"round": round_no}),
@@ -84,7 +83,7 @@ async def test_a_completion_presenting_an_old_claim_after_a_reclaim_is_stale_and
     stores: list[TaskStore],
 ) -> None:
     old_worker, reclaimer, new_worker = stores[0], stores[1], stores[2]
-    await old_worker.schedule("t1", queue="q", payload=None)
+    await old_worker.schedule("t1", queue="q", spec=None)
     old = await old_worker.claim("t1", "w-old")
     await reclaimer.reclaim("t1", old.claim_id, reason="worker-left:expired")
     new = await new_worker.claim("t1", "w-new")
@@ -100,7 +99,7 @@ async def test_a_completion_presenting_an_old_claim_after_a_reclaim_is_stale_and
 async def test_concurrent_reclaimers_and_the_worker_have_exactly_one_winner(stores: list[TaskStore]) -> None:
     for round_no in range(ROUNDS):
         task_id = f"r{round_no}"
-        await stores[0].schedule(task_id, queue="q", payload=None)
+        await stores[0].schedule(task_id, queue="q", spec=None)
         claim = await stores[0].claim(task_id, "w1")
         outcomes = await asyncio.gather(
             *(s.reclaim(task_id, claim.claim_id, reason=f"reclaimer-{i}") for i, s in enumerate(stores[1:5])),
@@ -118,7 +117,7 @@ async def test_a_cancel_racing_a_complete_leaves_either_a_result_or_a_cancellati
     seen = set()
     for round_no in range(ROUNDS):
         task_id = f"r{round_no}"
-        await stores[0].schedule(task_id, queue="q", payload=None)
+        await stores[0].schedule(task_id, queue="q", spec=None)
         claim = await stores[0].claim(task_id, "w1")
         completed, cancelled = await asyncio.gather(
             stores[0].complete(claim, "done"), stores[1].cancel(task_id), return_exceptions=True
@@ -136,7 +135,7 @@ async def test_a_cancel_racing_a_complete_leaves_either_a_result_or_a_cancellati
 
 async def test_heartbeats_racing_a_reclaim_never_revive_a_reclaimed_claim(stores: list[TaskStore]) -> None:
     worker, reclaimer = stores[0], stores[1]
-    await worker.schedule("t1", queue="q", payload=None, max_attempts=10)
+    await worker.schedule("t1", queue="q", spec=None, max_attempts=10)
     claim = await worker.claim("t1", "w1")
 
     async def beat() -> int:
@@ -174,10 +173,9 @@ async def _until_stopped(server: NatsServer) -> None:
 
 async def test_a_completion_sent_while_the_server_is_stopped_lands_exactly_once(own_server: NatsServer) -> None:
     async with coord.connect(own_server.url, namespace="faults") as conn:
-        # a short JetStream timeout so the write's outcome becomes unknown while the server is stopped
-        impatient = Coord(nc=conn.nc, js=conn.nc.jetstream(timeout=0.3), names=conn.names)
-        store = TaskStore(impatient, io_patience=20)
-        await store.schedule("t1", queue="q", payload=None)
+        # a short request timeout so the write's outcome becomes unknown while the server is stopped
+        store = conn.tasks.tuned(io_patience=20, request_timeout=0.3)
+        await store.schedule("t1", queue="q", spec=None)
         claim = await store.claim("t1", "w1")
         own_server.pause()
         await _until_stopped(own_server)
@@ -197,8 +195,8 @@ async def test_a_completion_sent_while_the_server_is_stopped_lands_exactly_once(
 
 async def test_tasks_and_claims_survive_a_server_crash(own_server: NatsServer) -> None:
     async with coord.connect(own_server.url, namespace="faults") as conn:
-        store = TaskStore(conn, io_patience=30)
-        await store.schedule("t1", queue="q", payload={"keep": True})
+        store = conn.tasks.tuned(io_patience=30)
+        await store.schedule("t1", queue="q", spec={"keep": True})
         claim = await store.claim("t1", "w1")
         own_server.kill()
         await asyncio.sleep(0.2)
@@ -206,7 +204,7 @@ async def test_tasks_and_claims_survive_a_server_crash(own_server: NatsServer) -
         # the worker's claim is still current after the restart; its heartbeat and result land
         await store.heartbeat(claim, progress="after crash")
         done = await store.complete(claim, "ok")
-        assert done.status is TaskStatus.SUCCEEDED and done.payload == {"keep": True}
+        assert done.status is TaskStatus.SUCCEEDED and done.spec == {"keep": True}
         with pytest.raises(StaleClaim):
             await store.complete(claim, "again")
         assert [e.transition for e in await store.journal("t1")] == [
@@ -221,8 +219,8 @@ async def test_tasks_and_claims_survive_a_server_crash(own_server: NatsServer) -
 async def test_results_land_exactly_once_when_the_tasks_stream_leader_dies(tmp_path: Path) -> None:
     with NatsCluster(3, store_root=tmp_path / "cluster") as cluster:
         async with coord.connect(cluster.url, namespace="r3", replicas=3) as conn:
-            store = TaskStore(conn, io_patience=30)
-            await store.schedule_many([ScheduleRequest(task_id=f"t{i}", queue="q", payload=i) for i in range(20)])
+            store = conn.tasks.tuned(io_patience=30)
+            await store.schedule_many([ScheduleRequest(task_id=f"t{i}", queue="q", spec=i) for i in range(20)])
             claims = await asyncio.gather(*(store.claim(f"t{i}", "w1") for i in range(20)))
             info = await conn.js.stream_info(f"KV_{conn.names.tasks_bucket}")
             assert info.cluster is not None and info.cluster.leader is not None

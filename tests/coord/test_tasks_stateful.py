@@ -96,7 +96,7 @@ class TaskMachine(RuleBasedStateMachine):
     def schedule(self, k: int, max_attempts: int, actor: int) -> None:
         model = self.models.get(k)
         attempts = model.max_attempts if model else max_attempts
-        record = self.run(self.stores[actor].schedule(self.task_id(k), queue="q", payload=k, max_attempts=attempts))
+        record = self.run(self.stores[actor].schedule(self.task_id(k), queue="q", spec=k, max_attempts=attempts))
         if model is None:
             model = self.models[k] = Model(max_attempts=attempts)
             assert record.status is TaskStatus.PENDING and record.epoch == 0
@@ -315,7 +315,7 @@ def test_random_interleavings_of_all_actors_keep_the_task_invariants(nats_server
     conns = [loop.run_until_complete(coord.connect(nats_server.url, namespace=namespace)) for _ in range(ACTORS)]
     try:
         TaskMachine.loop = loop
-        TaskMachine.stores = [TaskStore(c, backoff=Backoff(base=0), visibility_tolerance=0.0) for c in conns]
+        TaskMachine.stores = [c.tasks.tuned(backoff=Backoff(base=0), visibility_tolerance=0.0) for c in conns]
         run_state_machine_as_test(
             TaskMachine,
             settings=settings(

@@ -23,7 +23,7 @@ async def test_server_prints_a_url_that_corral_can_use_and_stops_on_sigterm(subp
         info = json.loads(proc.stdout.readline())
         assert info["url"].startswith("nats://127.0.0.1:")
         async with coord.connect(info["url"], namespace="cli") as conn:
-            await conn.tasks.schedule("t1", queue="q", payload={"x": 1})
+            await conn.tasks.schedule("t1", queue="q", spec={"x": 1})
             assert (await conn.tasks.get("t1")).status == "pending"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import coord
-from coord.deadletter import read_dead_letters
 from coord.server import NatsServer
 from coord.tasks import TaskStatus
 from coord.wire import Spec
@@ -95,7 +94,7 @@ async def test_spawned_worker_that_exits_without_result_is_reclaimed_without_wai
     coord_conn: coord.Coord, nats_server: NatsServer, subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
     spec = Spec(task_id="t1", queue="q", worker_agent_id="child-1", payload={"seconds": 30, "marks": str(tmp_path)})
-    await coord_conn.tasks.schedule("t1", queue="q", payload=spec.model_dump(mode="json"))
+    await coord_conn.tasks.schedule("t1", queue="q", spec=spec.model_dump(mode="json"))
     argv = build_worker_command(
         corral_argv(), spec, server=nats_server.url, namespace=coord_conn.namespace, handler="tests.e2e.handlers:sleepy"
     )
@@ -115,7 +114,7 @@ async def test_spawned_worker_crashing_by_itself_is_reclaimed_at_once(
     coord_conn: coord.Coord, nats_server: NatsServer, subprocess_env: dict[str, str]
 ) -> None:
     spec = Spec(task_id="t2", queue="q", worker_agent_id="child-2")
-    await coord_conn.tasks.schedule("t2", queue="q", payload=spec.model_dump(mode="json"))
+    await coord_conn.tasks.schedule("t2", queue="q", spec=spec.model_dump(mode="json"))
     argv = build_worker_command(
         corral_argv(), spec, server=nats_server.url, namespace=coord_conn.namespace, handler="tests.e2e.handlers:exits"
     )
@@ -194,7 +193,7 @@ async def test_malformed_notification_and_invalid_spec_are_dead_lettered_and_the
     worker = spawn_worker("w1", concurrency=1)
     assert await coord_conn.presence.wait_present("w1", 20)
     await coord_conn.js.publish(coord_conn.names.dispatch_subject("q"), b"{not json")
-    await coord_conn.tasks.schedule("bad", queue="q", payload={"task_id": "bad", "queue": "q", "max_attempts": "lots"})
+    await coord_conn.tasks.schedule("bad", queue="q", spec={"task_id": "bad", "queue": "q", "max_attempts": "lots"})
     async with Dispatcher(coord_conn) as dispatcher:
         await dispatcher.submit(Spec(task_id="good", queue="q"))
         good = await dispatcher.wait("good", 20)
@@ -203,8 +202,8 @@ async def test_malformed_notification_and_invalid_spec_are_dead_lettered_and_the
     assert bad.status is TaskStatus.FAILED
     assert "max_attempts" in (bad.error or "")
     assert result_of(bad).error is not None and result_of(bad).error.substrate_fault  # type: ignore[union-attr]
-    dispatch_letters = await read_dead_letters(coord_conn, "dispatch")
-    spec_letters = await read_dead_letters(coord_conn, "spec")
+    dispatch_letters = await coord_conn.dead_letters.read("dispatch")
+    spec_letters = await coord_conn.dead_letters.read("spec")
     assert len(dispatch_letters) == 1 and "malformed notification" in dispatch_letters[0].reason
     assert len(spec_letters) == 1 and spec_letters[0].task_id == "bad"
     assert worker.poll() is None, "the worker must keep running"

@@ -273,7 +273,7 @@ async def test_a_task_whose_trace_was_not_sampled_gets_no_worker_spans_but_keeps
         await asyncio.wait_for(worker.wait_started(), 20)
         spec = Spec(task_id="quiet", queue="q", parent_agent_id="p1")
         await coord_conn.tasks.schedule(
-            "quiet", queue="q", payload=spec.model_dump(mode="json"), parent="p1", meta={"traceparent": unsampled}
+            "quiet", queue="q", spec=spec.model_dump(mode="json"), parent="p1", meta={"traceparent": unsampled}
         )
         headers = await asyncio.wait_for(pushes.get(), 20)
     finally:

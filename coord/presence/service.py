@@ -1,0 +1,134 @@
+"""The presence service: join, watch, list and wait on the agents of one namespace (``coord.presence``)."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+
+from coord.errors import InvalidInput
+from coord.ids import validate_id
+from coord.kv import Bucket
+from coord.presence._store import PresenceStore
+from coord.presence.membership import LostCallback, Membership
+from coord.presence.models import AgentInfo, Joined, Left
+from coord.presence.watcher import PresenceWatcher
+
+__all__ = ["Presence"]
+
+log = logging.getLogger("corral.presence")
+
+
+class Presence:
+    """Presence of agents in one namespace: join, watch, list, wait. Get it as ``coord.presence``.
+
+    Built on the presence ``bucket``; ``interval`` and ``ttl`` are the defaults of :meth:`join`.
+    """
+
+    def __init__(self, bucket: Bucket, *, interval: float = 1.0, ttl: float = 3.0) -> None:
+        self._bucket = bucket
+        self._store = PresenceStore(bucket)
+        self.interval = interval
+        """Default seconds between renewals of a membership."""
+        self.ttl = ttl
+        """Default TTL of a membership's key."""
+
+    @property
+    def connection_closed(self) -> bool:
+        """True once the underlying NATS connection was closed (it will not come back)."""
+        return bool(self._bucket.nc.is_closed)
+
+    def join(
+        self,
+        info: AgentInfo,
+        *,
+        interval: float | None = None,
+        ttl: float | None = None,
+        on_lost: LostCallback | None = None,
+        rejoin: bool = True,
+        wait: float = 0.0,
+    ) -> Membership:
+        """Become present as ``info.id``: ``async with presence.join(info) as m:`` (or ``await``).
+
+        Renews every ``interval`` s with TTL ``ttl`` (>= 1 s; whole seconds are enforced by the
+        server; both default to this service's). Entering raises
+        :class:`~coord.errors.PresenceConflict` while another live process holds the id (after
+        waiting up to ``wait`` s for it to go). ``on_lost`` is called with a
+        :class:`~coord.presence.MembershipLost` when the membership fails closed; unless
+        ``rejoin=False`` it then re-joins with a fresh instance (not when the id was taken). Bad
+        timing raises :class:`~coord.errors.InvalidInput` at once, before any NATS call.
+        """
+        if not isinstance(info, AgentInfo):
+            raise InvalidInput(f"info must be an AgentInfo, got {type(info).__name__}")
+        return Membership(
+            self,
+            self._store,
+            info,
+            interval=self.interval if interval is None else interval,
+            ttl=self.ttl if ttl is None else ttl,
+            on_lost=on_lost,
+            rejoin=rejoin,
+            wait=wait,
+        )
+
+    def watch(self, *, include_existing: bool = True, updates: bool = False) -> PresenceWatcher:
+        """Joined / Left events for every agent: ``async with presence.watch() as w: async for ev in w``.
+
+        Entering returns once the agents present now are known (``w.present``). With
+        ``include_existing`` a :class:`Joined` is yielded for each of them first. ``updates=True``
+        also yields :class:`Updated` when a present agent changes its info.
+        """
+        return PresenceWatcher(self._store, include_existing=include_existing, updates=updates)
+
+    def watch_agent(self, agent_id: str, *, include_existing: bool = True) -> PresenceWatcher:
+        """Like :meth:`watch`, for one agent id only (cheap: one key)."""
+        validate_id(agent_id, "agent_id")
+        return PresenceWatcher(self._store, include_existing=include_existing, agent_id=agent_id)
+
+    async def present_ids(self) -> set[str]:
+        """Ids of the agents present now."""
+        async with self.watch(include_existing=False) as watcher:
+            return set(watcher.present)
+
+    async def list(self) -> builtins.list[AgentInfo]:
+        """Info of every agent present now, sorted by id. Malformed values are skipped (and logged)."""
+        async with self.watch(include_existing=False) as watcher:
+            present = watcher.present
+        return [present[agent_id] for agent_id in sorted(present)]
+
+    async def get(self, agent_id: str) -> AgentInfo | None:
+        """Info of ``agent_id`` if it is present, else None (also while only an expiry marker is left)."""
+        validate_id(agent_id, "agent_id")
+        latest = await self._store.latest(agent_id)
+        if latest is None or latest.tombstone is not None:
+            return None
+        if latest.record is None:
+            log.warning("presence: malformed value of key %r at revision %d (%s)", agent_id, latest.seq, latest.problem)
+            return None
+        return latest.record.info()
+
+    async def wait_absent(self, agent_id: str, timeout: float) -> bool:
+        """True as soon as ``agent_id`` is absent (at once if it is), False if still present after ``timeout`` s."""
+        validate_id(agent_id, "agent_id")
+        try:
+            async with asyncio.timeout(timeout), self.watch_agent(agent_id, include_existing=False) as watcher:
+                if agent_id not in watcher.present:
+                    return True
+                async for event in watcher:
+                    if isinstance(event, Left):
+                        return True
+        except TimeoutError:
+            return False
+        return False  # pragma: no cover - the watch ended early
+
+    async def wait_present(self, agent_id: str, timeout: float) -> AgentInfo | None:
+        """The agent's info as soon as ``agent_id`` is present (at once if it is), None after ``timeout`` s."""
+        validate_id(agent_id, "agent_id")
+        try:
+            async with asyncio.timeout(timeout), self.watch_agent(agent_id, include_existing=True) as watcher:
+                async for event in watcher:
+                    if isinstance(event, Joined):
+                        return event.agent
+        except TimeoutError:
+            return None
+        return None  # pragma: no cover - the watch ended early

@@ -1,0 +1,105 @@
+"""Every tunable of a corral process in one typed object: :class:`Settings`.
+
+``connect(settings=...)`` takes one; without it, :meth:`Settings.load` builds one from the defaults
+below overridden by ``CORRAL_*`` environment variables (``CORRAL_LEASE=60``,
+``CORRAL_PRESENCE_TTL=5``, ``CORRAL_BACKOFF__BASE=2`` ...). The CLI sets the same fields from its
+flags. :func:`coord.connect` hands each service only the values it uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from coord.backoff import Backoff
+from coord.presence.timing import check_timing
+from coord.validation import invalid_input
+
+__all__ = ["DAY", "Settings"]
+
+DAY = 86_400.0
+"""Seconds in a day."""
+
+ENV_PREFIX = "CORRAL_"
+
+
+class Settings(BaseSettings):
+    """Tunables of storage, tasks, presence, reclaiming and retention (validated; immutable)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", frozen=True, extra="forbid")
+
+    # --- storage ---------------------------------------------------------------------------------
+    replicas: int = Field(default=1, ge=1, le=5)
+    """Replicas of every bucket and stream (3 on a 3-node cluster)."""
+    io_patience: float = Field(default=15.0, gt=0, le=3600)
+    """Seconds a read or write keeps retrying through a server restart or leader election."""
+    request_timeout: float = Field(default=5.0, gt=0, le=60)
+    """Longest wait for one answer from the server before the request counts as lost (and is retried)."""
+    dispatch_duplicate_window: float = Field(default=120.0, gt=0, le=DAY)
+    """Window in which a notification with the same ``Nats-Msg-Id`` is dropped as a duplicate."""
+    presence_marker_ttl: float = Field(default=60.0, ge=1, le=DAY)
+    """How long the server keeps the marker it writes when a presence key expires."""
+    events_max_age: float = Field(default=7 * DAY, gt=0)
+    """How long lifecycle events, journals and dead letters are kept."""
+    session_retention: float = Field(default=7 * DAY, ge=1)
+    """How long complete or abandoned registry sessions are kept."""
+
+    # --- tasks -----------------------------------------------------------------------------------
+    lease: float = Field(default=30.0, gt=0, le=DAY)
+    """Lease (seconds) of a claim when neither the claim nor the task names one."""
+    backoff: Backoff = Field(default_factory=Backoff)
+    """Retry delays after a failed attempt."""
+    visibility_tolerance: float = Field(default=0.25, ge=0, le=60)
+    """Seconds before ``visible_at`` from which a claim is accepted (clock skew between hosts)."""
+    max_cas_attempts: int = Field(default=10, ge=1, le=1000)
+    """Writes a transition attempts against a changing record before giving up with ``Conflict``."""
+    inline_limit: int = Field(default=32 * 1024, ge=0)
+    """Records up to this many bytes travel inside their notification and result push."""
+
+    # --- presence --------------------------------------------------------------------------------
+    presence_ttl: float = Field(default=3.0, ge=1, le=3600)
+    """TTL of a presence key (whole seconds are enforced by the server)."""
+    presence_interval: float = Field(default=1.0, gt=0, le=3600)
+    """Seconds between presence renewals (shorter than the enforced TTL)."""
+
+    # --- reclaiming and dispatch -----------------------------------------------------------------
+    sweep_interval: float = Field(default=1.0, ge=0.05, le=3600)
+    """Seconds between two reclaimer sweeps (deadlines, absent workers, lost notifications)."""
+    renotify_after: float = Field(default=30.0, gt=0, le=DAY)
+    """A pending task whose notification seems lost for this long is notified again."""
+    reconcile_interval: float = Field(default=5.0, gt=0, le=3600)
+    """Seconds between two reads of the records a dispatcher awaits (missed result pushes)."""
+
+    @model_validator(mode="after")
+    def _presence_timing(self) -> Settings:
+        check_timing(self.presence_interval, self.presence_ttl)
+        return self
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Defaults, then ``CORRAL_*`` variables, then ``overrides``; one-line ``InvalidInput`` if invalid.
+
+        The error names the field as its environment variable when the value came from there.
+        """
+        try:
+            return cls(**overrides)
+        except ValidationError as err:
+            given = set(overrides)
+
+            def name(path: str) -> str:
+                top = path.split(".", 1)[0]
+                return path if top in given else ENV_PREFIX + path.upper().replace(".", "__")
+
+            raise invalid_input(err, name, what="settings") from None
+
+    def but(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied and validated (``None`` values are ignored)."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        if not given:
+            return self
+        try:
+            return type(self).model_validate({**self.model_dump(), **given})
+        except ValidationError as err:
+            raise invalid_input(err, what="settings") from None

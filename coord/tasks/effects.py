@@ -1,0 +1,104 @@
+"""What follows a successful transition: the journal entry, the notification, the result push.
+
+Side effects never come before the compare-and-set they describe, and a failed side effect never
+undoes it: the record stays the truth, a sweep re-notifies pending tasks, and a parent reconciles
+results by reading records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from coord import tracing
+from coord.naming import Names
+from coord.streams import Stream
+from coord.tasks.journal import Journal
+from coord.tasks.models import ResultNotice, TaskRecord, TaskStatus
+
+__all__ = ["TaskEffects", "notification_id"]
+
+log = logging.getLogger("corral.tasks")
+
+
+def notification_id(record: TaskRecord) -> str:
+    """``Nats-Msg-Id`` of the notification of pending ``record``: ``{task}:{epoch}:{revision}`` (never repeats)."""
+    return f"{record.task_id}:{record.epoch}:{record.revision}"
+
+
+class TaskEffects:
+    """Publishes what a transition implies (see the module docstring).
+
+    ``inline_limit`` is the largest record (bytes) copied into its notification and result push.
+    """
+
+    def __init__(self, nc: NATS, dispatch: Stream, journal: Journal, names: Names, *, inline_limit: int) -> None:
+        self.journal = journal
+        """The journal writer and reader."""
+        self.inline_limit = inline_limit
+        """Records up to this many bytes travel inside their notification and result push."""
+        self._nc = nc
+        self._dispatch = dispatch
+        self._names = names
+
+    def with_inline_limit(self, inline_limit: int) -> TaskEffects:
+        """The same publisher, inlining records up to ``inline_limit`` bytes."""
+        return TaskEffects(self._nc, self._dispatch, self.journal, self._names, inline_limit=inline_limit)
+
+    async def after(self, before: TaskRecord | None, record: TaskRecord, data: bytes) -> None:
+        """Side effects of the transition ``before`` → ``record`` (``data``: its stored bytes)."""
+        await self.record_journal(record, data)
+        if record.status is TaskStatus.PENDING:
+            try:
+                await self.notify(record, data)
+            except Exception as err:  # the transition happened; a sweep re-notifies pending tasks
+                log.warning("task %s: notification after %s failed: %s", record.task_id, record.transition, err)
+        elif record.terminal and record.parent and (before is None or not before.terminal):
+            await self._push_result(record, data)
+
+    async def record_journal(self, record: TaskRecord, data: bytes, *, wait: bool = False) -> None:
+        """Write ``record``'s journal entry (awaiting the stream's ack with ``wait``); failures are logged."""
+        try:
+            if wait:
+                await self.journal.publish_acked(record, data)
+            else:
+                await self.journal.publish(record, data)
+        except Exception as err:
+            log.warning("task %s: journal entry for revision %d not written: %s", record.task_id, record.revision, err)
+
+    async def notify(self, record: TaskRecord, data: bytes | None, *, force: bool = False) -> None:
+        """Publish "``record`` is pending at its revision" on its queue (deduped by :func:`notification_id`)."""
+        head: dict[str, Any] = {
+            "task_id": record.task_id,
+            "revision": record.revision,
+            "epoch": record.epoch,
+            "visible_at": record.visible_at.isoformat() if record.visible_at else None,
+        }
+        body = json.dumps(head, separators=(",", ":")).encode()
+        if data is None:
+            data = record.model_dump_json().encode()
+        if len(data) <= self.inline_limit:
+            body = body[:-1] + b',"record":' + data + b"}"
+        msg_id = notification_id(record)
+        if force:
+            msg_id += f":{secrets.token_hex(4)}"
+        await self._dispatch.publish(
+            self._names.dispatch_subject(record.queue), body, headers=tracing.task_headers(record.meta), msg_id=msg_id
+        )
+
+    async def _push_result(self, record: TaskRecord, data: bytes) -> None:
+        assert record.parent is not None
+        notice = ResultNotice(task_id=record.task_id, status=record.status, revision=record.revision)
+        body = notice.model_dump_json(exclude={"record"}).encode()
+        if len(data) <= self.inline_limit:
+            body = body[:-1] + b',"record":' + data + b"}"
+        try:
+            await self._nc.publish(
+                self._names.results_subject(record.parent), body, headers=tracing.task_headers(record.meta) or None
+            )
+        except Exception as err:
+            log.warning("task %s: result push to %s failed: %s", record.task_id, record.parent, err)
