@@ -28,7 +28,8 @@ def describe(err: ValidationError, rename: Mapping[str, str] | Callable[[str], s
     parts: list[str] = []
     for problem in err.errors(include_url=False):
         message = str(problem["msg"]).removeprefix("Value error, ")
-        parts.append(f"{_field(problem['loc'], rename)}: {message}")
+        # A model-level check (empty location) names its fields in its own message.
+        parts.append(f"{_field(problem['loc'], rename)}: {message}" if problem["loc"] else message)
     return "; ".join(parts).replace("\n", " ")
 
 

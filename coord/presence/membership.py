@@ -22,7 +22,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats.errors
 from pydantic import ValidationError
@@ -31,10 +31,8 @@ from coord.errors import Conflict, ConnectionFailed, InvalidInput, PresenceConfl
 from coord.presence._store import PresenceStore
 from coord.presence.models import AgentInfo, LossReason, MembershipLost
 from coord.presence.timing import check_timing, enforced_ttl
+from coord.presence.watcher import wait_absent
 from coord.validation import invalid_input
-
-if TYPE_CHECKING:
-    from coord.presence import Presence
 
 __all__ = ["LostCallback", "Membership"]
 
@@ -61,7 +59,6 @@ class Membership:
 
     def __init__(
         self,
-        presence: Presence,
         store: PresenceStore,
         info: AgentInfo,
         *,
@@ -90,7 +87,6 @@ class Membership:
         """Set when the membership is over: it left, or it was lost for good (``taken``)."""
         self.last_loss: MembershipLost | None = None
         """The most recent loss, if any."""
-        self._presence = presence
         self._store = store
         self._on_lost = on_lost
         self._rejoin = rejoin
@@ -144,7 +140,7 @@ class Membership:
                 remaining = give_up - loop.time()
                 if remaining <= 0:
                     raise
-                await self._presence.wait_absent(self.info.id, remaining)
+                await wait_absent(self._store, self.info.id, remaining)
             except (Unavailable, nats.errors.ConnectionClosedError) as err:
                 raise ConnectionFailed(f"could not join presence as {self.info.id!r}: {err}") from err
         self._last_ok_send = sent
@@ -347,7 +343,7 @@ class Membership:
                 await self._lose("taken", str(err))
                 return
             except Exception as err:
-                if self._presence.connection_closed:
+                if self._store.bucket.nc.is_closed:
                     log.warning("presence: %s cannot re-join: its NATS connection was closed", self.info.id)
                     self.ended.set()
                     return

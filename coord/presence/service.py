@@ -11,8 +11,8 @@ from coord.ids import validate_id
 from coord.kv import Bucket
 from coord.presence._store import PresenceStore
 from coord.presence.membership import LostCallback, Membership
-from coord.presence.models import AgentInfo, Joined, Left
-from coord.presence.watcher import PresenceWatcher
+from coord.presence.models import AgentInfo, Joined
+from coord.presence.watcher import PresenceWatcher, wait_absent
 
 __all__ = ["Presence"]
 
@@ -61,7 +61,6 @@ class Presence:
         if not isinstance(info, AgentInfo):
             raise InvalidInput(f"info must be an AgentInfo, got {type(info).__name__}")
         return Membership(
-            self,
             self._store,
             info,
             interval=self.interval if interval is None else interval,
@@ -110,16 +109,7 @@ class Presence:
     async def wait_absent(self, agent_id: str, timeout: float) -> bool:
         """True as soon as ``agent_id`` is absent (at once if it is), False if still present after ``timeout`` s."""
         validate_id(agent_id, "agent_id")
-        try:
-            async with asyncio.timeout(timeout), self.watch_agent(agent_id, include_existing=False) as watcher:
-                if agent_id not in watcher.present:
-                    return True
-                async for event in watcher:
-                    if isinstance(event, Left):
-                        return True
-        except TimeoutError:
-            return False
-        return False  # pragma: no cover - the watch ended early
+        return await wait_absent(self._store, agent_id, timeout)
 
     async def wait_present(self, agent_id: str, timeout: float) -> AgentInfo | None:
         """The agent's info as soon as ``agent_id`` is present (at once if it is), None after ``timeout`` s."""

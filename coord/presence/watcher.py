@@ -17,7 +17,7 @@ from coord.kv import Entry, KeyWatch
 from coord.presence._store import PresenceStore, classify
 from coord.presence.models import AgentInfo, Joined, Left, PresenceEvent, Updated
 
-__all__ = ["PresenceWatcher"]
+__all__ = ["PresenceWatcher", "wait_absent"]
 
 log = logging.getLogger("corral.presence")
 
@@ -63,7 +63,7 @@ class PresenceWatcher:
         self._queue: asyncio.Queue[PresenceEvent | _Stop] = asyncio.Queue()
         self._holders: dict[str, _Holder] = {}
         self._last_seq = 0
-        self._watch: KeyWatch = store.bucket.watch(self._on_entry, keys=agent_id or ">", heartbeat=HEARTBEAT)
+        self._watch = KeyWatch(store.bucket, self._on_entry, keys=agent_id or ">", heartbeat=HEARTBEAT)
         self._start_lock = asyncio.Lock()
         self._started = False
         self._stopped = False
@@ -157,3 +157,17 @@ class PresenceWatcher:
                 self._queue.put_nowait(Joined(info, entry.revision))
         elif self._updates and previous.info != info and emit:
             self._queue.put_nowait(Updated(info, entry.revision))
+
+
+async def wait_absent(store: PresenceStore, agent_id: str, timeout: float) -> bool:
+    """True as soon as ``agent_id`` is absent (at once if it is), False if still present after ``timeout`` s."""
+    try:
+        async with asyncio.timeout(timeout), PresenceWatcher(store, include_existing=False, agent_id=agent_id) as w:
+            if agent_id not in w.present:
+                return True
+            async for event in w:
+                if isinstance(event, Left):
+                    return True
+    except TimeoutError:
+        return False
+    return False  # pragma: no cover - the watch ended early

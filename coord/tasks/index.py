@@ -13,16 +13,13 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING
 
-from coord.kv import Entry, KeyWatch
+from coord.kv import Bucket, Entry, KeyWatch
 from coord.tasks.models import TaskRecord, TaskStatus
-
-if TYPE_CHECKING:
-    from coord.tasks.store import TaskStore
 
 __all__ = ["INDEX_HEADER", "IndexEntry", "TaskIndex", "entry_from_header", "index_header"]
 
@@ -132,14 +129,25 @@ class TaskIndex:
     """A live in-memory index of every task by (queue, status) and by claiming worker.
 
     Costs one small :class:`IndexEntry` per task (~300 bytes) and receives every write to the
-    bucket. Lookups are O(matching). While it runs (``async with store.index()``),
-    ``store.list``/``store.iter`` use it and first wait until it has seen the store's own latest
-    write (read-your-writes). It may lag other writers by a network hop: callers act through CAS
-    transitions, which re-check the record.
+    bucket; a write without the summary header is looked up with ``read``. ``on_start`` and
+    ``on_stop`` are told when the index becomes usable and when it stops. Lookups are
+    O(matching). While it runs (``async with store.index()``), ``store.list``/``store.iter`` use it
+    and first wait until it has seen the store's own latest write (read-your-writes). It may lag
+    other writers by a network hop: callers act through CAS transitions, which re-check the record.
     """
 
-    def __init__(self, store: TaskStore) -> None:
-        self._store = store
+    def __init__(
+        self,
+        bucket: Bucket,
+        read: Callable[[str], Awaitable[TaskRecord]],
+        *,
+        on_start: Callable[[TaskIndex], None] | None = None,
+        on_stop: Callable[[TaskIndex], None] | None = None,
+    ) -> None:
+        self._bucket = bucket
+        self._read = read
+        self._on_start = on_start
+        self._on_stop = on_stop
         self._entries: dict[str, IndexEntry] = {}
         self._groups: defaultdict[tuple[str, TaskStatus], set[str]] = defaultdict(set)
         self._by_worker: defaultdict[str, set[str]] = defaultdict(set)
@@ -156,18 +164,20 @@ class TaskIndex:
     async def start(self, within: float = 30.0) -> TaskIndex:
         """Start the watch and wait (up to ``within`` seconds) until the snapshot is loaded."""
         if self._watch is None:
-            self._watch = self._store.bucket.watch(self._on_entry, headers_only=True)
+            self._watch = KeyWatch(self._bucket, self._on_entry, headers_only=True)
         try:
             await self._watch.start(within=within)
         except BaseException:
             await self.stop()
             raise
-        self._store.attach_index(self)
+        if self._on_start is not None:
+            self._on_start(self)
         return self
 
     async def stop(self) -> None:
         """Stop the watch; the store goes back to scanning."""
-        self._store.detach_index(self)
+        if self._on_stop is not None:
+            self._on_stop(self)
         watch, self._watch = self._watch, None
         if watch is not None:
             await watch.stop()
@@ -187,7 +197,7 @@ class TaskIndex:
             elif INDEX_HEADER in entry.headers:
                 self._apply_entry(entry_from_header(entry.key, entry.revision, entry.headers[INDEX_HEADER]))
             else:  # written by something that does not summarise (e.g. by hand): read the record
-                record = await self._store.get(entry.key)
+                record = await self._read(entry.key)
                 self.apply(record)
         except Exception as err:  # a malformed write must not stop the index
             log.warning("task index: skipping %s at revision %s: %s", entry.key, entry.revision, err)

@@ -4,7 +4,7 @@ Guarantees:
 
 * The record under the task's id is the single source of truth. A transition reads (or reuses the
   record it wrote last), applies a pure function from :mod:`coord.tasks.transitions`, and writes the
-  result as a compare-and-set on the revision it started from (:class:`coord.kv.Bucket`). A lost
+  result as a compare-and-set on the revision it started from (:mod:`coord.tasks.engine`). A lost
   race is retried against the fresh record only while the transition is still valid there
   (bounded), so no interleaving records a result twice or accepts one from a claim that is no
   longer current.
@@ -19,29 +19,26 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import json
-import logging
 import secrets
 import warnings
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from coord.errors import Conflict, InvalidInput, InvalidRecord, InvalidTransition, KeyExists, NotFound, TaskExists
+from coord.errors import InvalidInput, InvalidTransition, TaskExists
 from coord.ids import new_id, validate_id
-from coord.kv import Bucket, Entry, conflicts
+from coord.kv import Bucket
 from coord.settings import Settings
 from coord.tasks import transitions
-from coord.tasks.codec import decode_record, encode_record
+from coord.tasks.checks import as_status, check_json, positive_seconds
 from coord.tasks.effects import TaskEffects
-from coord.tasks.index import INDEX_HEADER, TaskIndex, index_header
+from coord.tasks.engine import TransitionEngine
+from coord.tasks.index import TaskIndex
 from coord.tasks.models import Claim, JournalEntry, ScheduleRequest, TaskRecord, TaskStatus, Transition
 from coord.tasks.observer import Observer
 from coord.tasks.watch import TaskWatch
 
 __all__ = ["DEFAULT_LEASE", "MAX_ERROR_CHARS", "TaskStore"]
-
-log = logging.getLogger("corral.tasks")
 
 DEFAULT_LEASE = Settings.model_fields["lease"].default
 """Lease length (seconds) of a claim when neither the claim, the task nor the settings name one."""
@@ -54,31 +51,6 @@ _IDENTITY = ("queue", "spec", "max_attempts", "timeout", "parent")
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _json_check(value: Any, field: str) -> None:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise InvalidInput(f"{field} must be a JSON value (dict, list, str, number, bool or None): {err}") from None
-
-
-def _status(value: TaskStatus | str | None) -> TaskStatus | None:
-    if value is None or isinstance(value, TaskStatus):
-        return value
-    try:
-        return TaskStatus(value)
-    except ValueError:
-        allowed = ", ".join(s.value for s in TaskStatus)
-        raise InvalidInput(f"status {value!r} is not a task status (one of: {allowed})") from None
-
-
-def _positive(value: float | None, field: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86_400:
-        raise InvalidInput(f"{field} must be a number of seconds in (0, 86400], got {value!r}")
-    return float(value)
 
 
 class TaskStore:
@@ -107,9 +79,13 @@ class TaskStore:
         """Where every step is reported."""
         self.backoff = self.settings.backoff
         """Retry delays after ``fail``."""
+        self._engine = TransitionEngine(bucket, effects, self.observer, max_cas_attempts=self.settings.max_cas_attempts)
         self._index: TaskIndex | None = None
-        self.last_revision = 0
+
+    @property
+    def last_revision(self) -> int:
         """Highest KV revision this store has written (an index waits for it: read-your-writes)."""
+        return self._engine.last_revision
 
     def tuned(self, **changes: Any) -> TaskStore:
         """A store on the same bucket and publishers with ``changes`` applied to its settings.
@@ -134,7 +110,7 @@ class TaskStore:
     async def get(self, task_id: str) -> TaskRecord:
         """The current record of ``task_id``; :class:`NotFound` if there is none."""
         validate_id(task_id, "task_id")
-        return await self._read(task_id)
+        return await self._engine.read(task_id)
 
     async def iter(
         self, *, queue: str | None = None, status: TaskStatus | str | None = None
@@ -146,19 +122,19 @@ class TaskStore:
         """
         if queue is not None:
             validate_id(queue, "queue")
-        wanted = _status(status)
+        wanted = as_status(status)
         index = self._index
         if index is not None and index.ready:
             await index.wait_for(self.last_revision)
             ids = index.ids(queue=queue, status=wanted)
             for start in range(0, len(ids), 256):
-                chunk = await asyncio.gather(*(self._read_or_none(t) for t in ids[start : start + 256]))
+                chunk = await asyncio.gather(*(self._engine.read_or_none(t) for t in ids[start : start + 256]))
                 for record in chunk:
                     if record is not None and _matches(record, queue, wanted):
                         yield record
             return
         for entry in await self.bucket.scan():
-            record = self._decode_or_skip(entry)
+            record = self._engine.decode_or_skip(entry)
             if record is not None and _matches(record, queue, wanted):
                 yield record
 
@@ -173,21 +149,19 @@ class TaskStore:
 
         Use ``async with store.watch() as updates: async for record in updates: ...``.
         """
-        return TaskWatch(self)
+        return TaskWatch(self.bucket)
 
     def index(self) -> TaskIndex:
         """A live in-memory index of all tasks by queue, status and worker (``async with``).
 
         While it runs, :meth:`list` and :meth:`iter` of this store use it instead of scanning.
         """
-        return TaskIndex(self)
+        return TaskIndex(self.bucket, self.get, on_start=self._attach_index, on_stop=self._detach_index)
 
-    def attach_index(self, index: TaskIndex) -> None:
-        """Use ``index`` (running) for :meth:`list` and :meth:`iter`."""
+    def _attach_index(self, index: TaskIndex) -> None:
         self._index = index
 
-    def detach_index(self, index: TaskIndex) -> None:
-        """Stop using ``index`` (it is stopping)."""
+    def _detach_index(self, index: TaskIndex) -> None:
         if self._index is index:
             self._index = None
 
@@ -201,10 +175,10 @@ class TaskStore:
         validate_id(task_id, "task_id")
         journal = self.effects.journal
         await journal.replay_if_reconnected()
-        record = await self._read(task_id)
+        record = await self._engine.read(task_id)
         entries = await journal.read(task_id)
         if not entries or entries[-1].revision < record.revision:
-            await self.effects.record_journal(record, self._encode(record), wait=True)
+            await self.effects.record_journal(record, self._engine.encode(record), wait=True)
             entries.append(JournalEntry.of(record))
         return entries
 
@@ -255,7 +229,7 @@ class TaskStore:
         with self.observer.submitting(checked) as submission:
             now = _now()
             records = [self._new_record(r, now) for r in submission.requests]
-            encoded = [self._encode(record) for record in records]
+            encoded = [self._engine.encode(record) for record in records]
             outcomes = await asyncio.gather(
                 *(
                     self._schedule(r, rec, data)
@@ -281,17 +255,13 @@ class TaskStore:
         )
 
     async def _schedule(self, request: ScheduleRequest, record: TaskRecord, data: bytes) -> tuple[TaskRecord, bool]:
-        try:
-            revision = await self.bucket.create(record.task_id, data, headers={INDEX_HEADER: index_header(record)})
-        except KeyExists:
+        created = await self._engine.create(record, data)
+        if created is None:
             return await self._existing(request), False
-        created = record.model_copy(update={"revision": revision})
-        self._written(revision)
-        await self.effects.after(None, created, data)
         return created, True
 
     async def _existing(self, request: ScheduleRequest) -> TaskRecord:
-        existing = await self._read(request.task_id)
+        existing = await self._engine.read(request.task_id)
         differences = [
             f"{name}: existing {getattr(existing, name)!r}, requested {getattr(request, name)!r}"
             for name in _IDENTITY
@@ -327,7 +297,7 @@ class TaskStore:
         """
         validate_id(task_id, "task_id")
         validate_id(worker_id, "worker_id")
-        lease = _positive(lease, "lease")
+        lease = positive_seconds(lease, "lease")
         first = None
         if record is not None:
             if record.task_id != task_id:
@@ -356,7 +326,7 @@ class TaskStore:
             )
 
         with self.observer.claiming(task_id, worker_id, first, headers) as scope:
-            claimed = await self._transition(task_id, step, first)
+            claimed = await self._engine.apply(task_id, step, first)
             assert claimed.claim is not None
             claim = Claim(
                 task_id=task_id,
@@ -379,7 +349,7 @@ class TaskStore:
         longer current. Updates ``claim`` in place and returns it.
         """
         if progress is not None:
-            _json_check(progress, "progress")
+            check_json(progress, "progress")
 
         def step(current: TaskRecord) -> TaskRecord:
             return transitions.heartbeat(
@@ -387,7 +357,7 @@ class TaskStore:
             )
 
         with self.observer.heartbeating(claim):
-            record = await self._transition(claim.task_id, step, claim.record)
+            record = await self._engine.apply(claim.task_id, step, claim.record)
         assert record.claim is not None
         claim.deadline = record.claim.deadline
         self._advance(claim, record)
@@ -399,9 +369,9 @@ class TaskStore:
         A result too large for the record raises :class:`~coord.errors.PayloadTooLarge` and writes
         nothing (the claim stays current, so the worker can still ``fail`` the task).
         """
-        _json_check(result, "result")
+        check_json(result, "result")
         with self.observer.settling(claim, ok=True) as scope:
-            record = await self._transition(
+            record = await self._engine.apply(
                 claim.task_id,
                 lambda current: transitions.complete(
                     current, claim_id=claim.claim_id, token=claim.token, result=result, now=_now()
@@ -423,10 +393,10 @@ class TaskStore:
         if not isinstance(error, str):
             raise InvalidInput(f"error must be a string, got {type(error).__name__}")
         if result is not None:
-            _json_check(result, "result")
+            check_json(result, "result")
         error = error[:MAX_ERROR_CHARS]
         with self.observer.settling(claim, ok=False, error=error) as scope:
-            record = await self._transition(
+            record = await self._engine.apply(
                 claim.task_id,
                 lambda current: transitions.fail(
                     current,
@@ -447,7 +417,7 @@ class TaskStore:
     async def release(self, claim: Claim) -> TaskRecord:
         """Give ``claim`` back voluntarily (e.g. on shutdown): the task is pending again and the
         attempt is not counted. :class:`StaleClaim` if the claim is no longer current."""
-        record = await self._transition(
+        record = await self._engine.apply(
             claim.task_id,
             lambda current: transitions.release(current, claim_id=claim.claim_id, token=claim.token, now=_now()),
             claim.record,
@@ -479,7 +449,7 @@ class TaskStore:
         extra = dict(meta or {})
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
             raise InvalidInput("meta must map strings to strings")
-        current = await self._read(task_id)
+        current = await self._engine.read(task_id)
         with self.observer.reclaiming(current, reason=reason, departure=departure) as scope:
             added = {**extra, **scope.meta}
 
@@ -487,7 +457,7 @@ class TaskStore:
                 new = transitions.reclaim(record, expected_claim_id=expected_claim_id, reason=reason, now=_now())
                 return new.model_copy(update={"meta": {**new.meta, **added}}) if added else new
 
-            record = await self._transition(task_id, step, current)
+            record = await self._engine.apply(task_id, step, current)
             scope.done(record)
         return record
 
@@ -495,13 +465,13 @@ class TaskStore:
         """Cancel a pending or claimed task (its claim, if any, becomes stale); a no-op if already
         cancelled; :class:`InvalidTransition` if it has otherwise ended."""
         validate_id(task_id, "task_id")
-        return await self._transition(task_id, lambda current: transitions.cancel(current, now=_now()), None)
+        return await self._engine.apply(task_id, lambda current: transitions.cancel(current, now=_now()), None)
 
     async def retry(self, task_id: str) -> TaskRecord:
         """Put a dead or failed task back to pending with a fresh set of attempts (by hand);
         :class:`InvalidTransition` for any other status."""
         validate_id(task_id, "task_id")
-        return await self._transition(task_id, lambda current: transitions.retry(current, now=_now()), None)
+        return await self._engine.apply(task_id, lambda current: transitions.retry(current, now=_now()), None)
 
     async def notify(self, record: TaskRecord, *, force: bool = False) -> None:
         """(Re)publish the notification of pending ``record`` (e.g. from a sweep).
@@ -516,67 +486,9 @@ class TaskStore:
             )
         await self.effects.notify(record, None, force=force)
 
-    # --- the transition engine -------------------------------------------------------------------
-    async def _transition(
-        self, task_id: str, step: Callable[[TaskRecord], TaskRecord | None], first: TaskRecord | None
-    ) -> TaskRecord:
-        """Apply ``step`` to the current record and write it with one CAS; on a lost race re-read and
-        retry while ``step`` still accepts the record (it raises when the transition became invalid)."""
-        current = first if first is not None else await self._read(task_id)
-        async for attempt in conflicts(f"task {task_id!r}", self.settings.max_cas_attempts):
-            if attempt:
-                current = await self._read(task_id)
-            new = step(current)
-            if new is None:
-                return current
-            data = self._encode(new)
-            try:
-                revision = await self.bucket.update(
-                    task_id, data, last=current.revision, headers={INDEX_HEADER: index_header(new)}
-                )
-            except Conflict:
-                self.observer.cas_retried(task_id, current.queue, current.revision, attempt + 1)
-                continue
-            written = new.model_copy(update={"revision": revision})
-            self._written(revision)
-            await self.effects.after(current, written, data)
-            return written
-        raise AssertionError("unreachable: conflicts() raises when the attempts are spent")
-
     def _advance(self, claim: Claim, record: TaskRecord) -> None:
         claim.revision = record.revision
         claim.record = record
-
-    def _written(self, revision: int) -> None:
-        if revision > self.last_revision:
-            self.last_revision = revision
-
-    # --- encoding and reading --------------------------------------------------------------------
-    def _encode(self, record: TaskRecord) -> bytes:
-        return encode_record(record, self.bucket.nc.max_payload)
-
-    def _decode(self, entry: Entry) -> TaskRecord:
-        assert entry.value is not None
-        return decode_record(entry.value, entry.revision, where=f"{self.bucket.name} key {entry.key!r}")
-
-    def _decode_or_skip(self, entry: Entry) -> TaskRecord | None:
-        try:
-            return self._decode(entry)
-        except InvalidRecord as err:
-            log.warning("%s; skipped", err)
-            return None
-
-    async def _read_or_none(self, task_id: str) -> TaskRecord | None:
-        entry = await self.bucket.get(task_id)
-        if entry is None or entry.deleted:
-            return None
-        return self._decode(entry)
-
-    async def _read(self, task_id: str) -> TaskRecord:
-        record = await self._read_or_none(task_id)
-        if record is None:
-            raise NotFound(f"task {task_id!r} does not exist in bucket {self.bucket.name!r}")
-        return record
 
 
 def _matches(record: TaskRecord, queue: str | None, status: TaskStatus | None) -> bool:

@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from coord.errors import InvalidRecord
-from coord.kv import Entry, KeyWatch
+from coord.kv import Bucket, Entry, KeyWatch
 from coord.tasks.codec import decode_record
 from coord.tasks.models import TaskRecord
-
-if TYPE_CHECKING:
-    from coord.tasks.store import TaskStore
 
 __all__ = ["TaskWatch"]
 
@@ -36,10 +32,10 @@ class TaskWatch:
     there is none; a consumer lost to a server restart is re-created (see :class:`coord.kv.KeyWatch`).
     """
 
-    def __init__(self, store: TaskStore) -> None:
+    def __init__(self, bucket: Bucket) -> None:
         self._queue: asyncio.Queue[TaskRecord | _Stop | None] = asyncio.Queue()
-        self._watch: KeyWatch = store.bucket.watch(self._on_entry, on_ready=lambda: self._queue.put_nowait(None))
-        self._bucket = store.bucket.name
+        self._watch = KeyWatch(bucket, self._on_entry, on_ready=lambda: self._queue.put_nowait(None))
+        self._bucket = bucket.name
         self._started = False
         self.snapshot_done = self._watch.ready
         """Set once every record that existed at the start has been yielded."""

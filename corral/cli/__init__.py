@@ -9,7 +9,7 @@ import typer
 from coord.connection import DEFAULT_NAMESPACE, DEFAULT_URL, Auth
 from corral import __version__
 from corral.cli import demo, events, msg, presence, reclaimer, registry, server, submit, tasks, worker
-from corral.cli._common import Options
+from corral.cli._common import Options, setting_bounds, setting_env, setting_help
 from corral.cli._telemetry import MetricsPortOption, TraceChoice, TraceOption, setup_telemetry
 
 app = typer.Typer(
@@ -19,6 +19,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+_REPLICAS_MIN, _REPLICAS_MAX = setting_bounds("replicas")
 
 
 def _version(value: bool) -> None:
@@ -48,14 +51,16 @@ def main_options(
     tls_cert: Annotated[str | None, typer.Option(envvar="CORRAL_TLS_CERT", help="Client cert.")] = None,
     tls_key: Annotated[str | None, typer.Option(envvar="CORRAL_TLS_KEY", help="Client key.")] = None,
     replicas: Annotated[
-        int,
+        int | None,
         typer.Option(
-            envvar="CORRAL_REPLICAS",
-            min=1,
-            max=5,
-            help="Replicas of the namespace's buckets/streams (3 on a 3-node cluster).",
+            envvar=setting_env("replicas"),
+            min=_REPLICAS_MIN,
+            max=_REPLICAS_MAX,
+            help=setting_help(
+                "Replicas of the namespace's buckets/streams (3 on a 3-node cluster).", "replicas", env=False
+            ),
         ),
-    ] = 1,
+    ] = None,
     trace: TraceOption = TraceChoice.env,
     metrics_port: MetricsPortOption = None,
     version: Annotated[

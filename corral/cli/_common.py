@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
+import annotated_types
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from coord.connection import Auth, connect
+from coord.connection import Auth, Coord, connect
 from coord.errors import CorralError
+from coord.settings import Settings
+from coord.validation import describe
 
 T = TypeVar("T")
 
@@ -31,13 +36,12 @@ class Options:
     auth: Auth = field(default_factory=Auth)
     server_given: bool = False
     """True when --server or CORRAL_URL was given (rather than the default URL)."""
-    replicas: int = 1
-    """Replicas of the namespace's buckets and streams (3 on a 3-node cluster)."""
+    replicas: int | None = None
+    """Replicas of the namespace's buckets and streams (3 on a 3-node cluster); None: the settings' value."""
 
-    def connect(self, **kwargs: Any) -> Any:
-        """``coord.connect`` with these options."""
-        kwargs.setdefault("replicas", self.replicas)
-        return connect(self.server, namespace=self.namespace, auth=self.auth, **kwargs)
+    def connect(self, *, name: str | None = None) -> AbstractAsyncContextManager[Coord, None]:
+        """``coord.connect`` with these options (tunables from :meth:`Settings.load`, i.e. ``CORRAL_*``)."""
+        return connect(self.server, namespace=self.namespace, auth=self.auth, replicas=self.replicas, name=name)
 
 
 def options(ctx: typer.Context) -> Options:
@@ -47,18 +51,60 @@ def options(ctx: typer.Context) -> Options:
     return obj
 
 
+def setting_default(name: str) -> Any:
+    """The default of the :class:`~coord.settings.Settings` field ``name`` (its one definition)."""
+    return Settings.model_fields[name].default
+
+
+def setting_env(name: str) -> str:
+    """The environment variable that sets the :class:`~coord.settings.Settings` field ``name``."""
+    return f"{Settings.model_config.get('env_prefix', '')}{name}".upper()
+
+
+def setting_bounds(name: str) -> tuple[float | None, float | None]:
+    """The inclusive ``(min, max)`` the :class:`~coord.settings.Settings` field ``name`` allows (None: unbounded)."""
+    low: float | None = None
+    high: float | None = None
+    for rule in Settings.model_fields[name].metadata:
+        if isinstance(rule, annotated_types.Ge) and isinstance(rule.ge, int | float):
+            low = rule.ge
+        elif isinstance(rule, annotated_types.Le) and isinstance(rule.le, int | float):
+            high = rule.le
+    return low, high
+
+
+def setting_help(text: str, name: str, *, env: bool = True) -> str:
+    """``text`` followed by the default of the settings field ``name`` (and the variable that overrides it).
+
+    For an option that defaults to ``None`` so that the settings (and ``CORRAL_*``) supply the value;
+    ``env=False`` when the option declares the variable itself (typer then names it).
+    """
+    source = f", or ${setting_env(name)}" if env else ""
+    return f"{text.removesuffix('.')} (default: {setting_default(name)}{source})."
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print ``message`` as an error and exit with ``code``."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; turn corral's errors into a one-line message and Ctrl-C into exit 130."""
+def invalid(err: ValidationError, rename: Mapping[str, str] | None = None) -> NoReturn:
+    """Exit 1 with ``err`` as one line (``field: rule; ...``), fields named as in ``rename`` (their flags)."""
+    fail(describe(err, rename))
+
+
+def run(coro: Coroutine[Any, Any, T], rename: Mapping[str, str] | None = None) -> T:
+    """Run ``coro``; turn corral's errors and invalid input into a one-line message (exit 1), Ctrl-C into exit 130.
+
+    ``rename`` names the fields of a pydantic ``ValidationError`` as the command's flags.
+    """
     try:
         return asyncio.run(coro)
-    except (CorralError, ValueError) as err:
+    except CorralError as err:
         fail(str(err))
+    except ValidationError as err:
+        invalid(err, rename)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

@@ -75,5 +75,9 @@ def setup_telemetry(
             metrics.serve_prometheus(metrics_port, service_name=service_name)
         else:
             metrics.configure("env", service_name=service_name)
-    except (CorralError, ValueError) as err:
+    except CorralError as err:
         fail(str(err))
+    except ValueError as err:
+        # Not ours: the OpenTelemetry SDK raises a bare ValueError for some malformed OTEL_* values
+        # (OTEL_BSP_SCHEDULE_DELAY=-5: "schedule_delay_millis must be positive.").
+        fail(f"OpenTelemetry configuration (OTEL_* environment variables): {err}")

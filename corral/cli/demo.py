@@ -26,11 +26,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from coord.connection import Coord, connect
+from coord.errors import InvalidInput
 from coord.ids import new_id
 from coord.presence import Joined, Left
 from coord.server import NatsServer
+from coord.settings import Settings
 from coord.wire import Result, Spec
-from corral.cli._common import console, options, print_json, run
+from corral.cli._common import console, options, print_json, run, setting_help
 from dispatch.dispatcher import Dispatcher
 from dispatch.reclaimer import ReclaimEvent
 from workers.context import Context
@@ -40,8 +42,10 @@ QUEUE = "demo"
 
 async def work(spec: Spec, ctx: Context) -> Result:
     """The demo handler: sleep for ``payload.seconds`` and say who did it."""
-    seconds = float((spec.payload or {}).get("seconds", 0.5)) if isinstance(spec.payload, dict) else 0.5
-    await asyncio.sleep(seconds)
+    seconds = spec.payload.get("seconds", 0.5) if isinstance(spec.payload, dict) else 0.5
+    if not isinstance(seconds, int | float | str):
+        raise InvalidInput(f"payload.seconds must be a number, got {seconds!r}")
+    await asyncio.sleep(float(seconds))
     return Result.success(
         summary=f"{spec.title} done by {ctx.worker_id} (epoch {ctx.epoch})",
         output={"worker": ctx.worker_id, "epoch": ctx.epoch},
@@ -284,8 +288,11 @@ class _Demo:
 
 
 async def _demo(
-    url: str | None, namespace: str, workers: int, tasks: int, concurrency: int, ttl: float, as_json: bool
+    url: str | None, namespace: str, workers: int, tasks: int, concurrency: int, ttl: float | None, as_json: bool
 ) -> int:
+    settings = Settings.load()
+    if ttl is None:
+        ttl = settings.presence_ttl
     server = None
     if url is None:
         server = NatsServer()
@@ -294,7 +301,7 @@ async def _demo(
         if not as_json:
             console.print(f"embedded NATS started at [bold]{url}[/]", highlight=False)
     try:
-        async with connect(url, namespace=namespace) as coord:
+        async with connect(url, namespace=namespace, settings=settings) as coord:
             demo = _Demo(coord, url, workers, tasks, concurrency, ttl, as_json)
             if as_json:
                 summary = await demo.run(None)
@@ -351,7 +358,10 @@ def demo(
     workers: Annotated[int, typer.Option("--workers", "-N", min=1, max=32, help="Worker processes.")] = 4,
     tasks: Annotated[int, typer.Option("--tasks", "-M", min=1, max=100_000, help="Tasks to submit.")] = 40,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Tasks each worker runs at once.")] = 2,
-    ttl: Annotated[float, typer.Option(min=0.5, max=30, help="Presence TTL of the workers (s).")] = 3.0,
+    ttl: Annotated[
+        float | None,
+        typer.Option(min=0.5, max=30, help=setting_help("Presence TTL of the workers (s).", "presence_ttl")),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="No live screen; print the summary as JSON.")] = False,
 ) -> None:
     """Run a fleet on an embedded NATS, kill one worker and pause another mid-task, show the recovery.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from coord.events import (
@@ -18,11 +19,23 @@ from coord.events import (
     TurnEnded,
     render_event,
 )
-from corral.cli._common import Options, console, fail, options, print_json, run
+from corral.cli._common import Options, console, fail, invalid, options, print_json, run
 
 app = typer.Typer(name="events", help="Lifecycle events: tail, emit, tree.", no_args_is_help=True)
 
 KINDS: tuple[EventKind, ...] = ("turn_ended", "errored", "shut_down", "scope_sub_delegated", "progress")
+
+_EMIT_FLAGS = {
+    "agent": "--agent",
+    "turn": "--turn",
+    "summary": "--text",
+    "message": "--text",
+    "reason": "--text",
+    "sub_agent": "--sub-agent",
+    "scope": "--scope",
+    "fraction": "--fraction",
+}
+"""The ``emit`` flag behind each event field (for error messages)."""
 
 
 def register(parent: typer.Typer) -> None:
@@ -87,8 +100,8 @@ def emit(
                 event = ScopeSubDelegated(agent=agent, sub_agent=sub_agent, scope=scope or [])
             case _:
                 event = Progress(agent=agent, message=text, fraction=fraction)
-    except ValueError as err:
-        fail(" ".join(str(err).split()))
+    except ValidationError as err:
+        invalid(err, _EMIT_FLAGS)
     if not run(_emit(options(ctx), to, event)):
         fail(f"could not store the event for {to} (server unreachable?)")
     typer.echo(f"emitted {event.id}: {render_event(event)}")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
+from pydantic import ValidationError
 
 from coord.errors import PresenceConflict
 from coord.mailbox import Agent, Chunk, Delivered, End, Enqueued, Error, Id, InboxMessage, Tag
 from coord.presence import AgentInfo
-from corral.cli._common import Options, err_console, fail, options, print_json, run
+from corral.cli._common import Options, err_console, fail, invalid, options, print_json, run
 
 app = typer.Typer(name="msg", help="Agent messaging: send, read, bind tags.", no_args_is_help=True)
 
@@ -48,8 +49,8 @@ def send(
         fail("--stream cannot be combined with --key, --enqueue or --ttl")
     try:
         target: Agent | Tag = Agent(id=to) if to is not None else Tag(name=tag or "")
-    except ValueError as err:
-        fail(f"{'--to' if to is not None else '--tag'}: {_first_error(err)}")
+    except ValidationError as err:
+        invalid(err, {"id": "--to", "name": "--tag"})
     text = _body(body)
     opts = options(ctx)
     if stream:
@@ -64,20 +65,12 @@ def send(
         typer.echo(f"enqueued {result.id} ({result.queue})")
 
 
-def _first_error(err: ValueError) -> str:
-    errors = getattr(err, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        return str(first.get("msg", err))
-    return str(err)
-
-
 async def _send(
     opts: Options,
     target: Agent | Tag,
     text: str,
     key: str | None,
-    mode: Any,
+    mode: Literal["auto", "enqueue"],
     sender: str | None,
     timeout: float,
     ttl: float | None,
@@ -150,7 +143,7 @@ def read(
     """Print AGENT's messages, oldest first; each is acknowledged once printed (unless --peek)."""
     if follow and peek:
         fail("--peek shows what is pending; it cannot be combined with --follow")
-    run(_read(options(ctx), agent, follow, peek, join, json_out))
+    run(_read(options(ctx), agent, follow, peek, join, json_out), {"id": "--agent"})
 
 
 async def _read(opts: Options, agent: str, follow: bool, peek: bool, join: bool, json_out: bool) -> None:

@@ -8,14 +8,18 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from coord.errors import PresenceConflict, PresenceLost
 from coord.presence import AgentInfo, Joined, Left, Membership, MembershipLost, PresenceEvent, Updated
-from corral.cli._common import Options, console, err_console, fail, options, print_json, run
+from corral.cli._common import Options, console, err_console, invalid, options, print_json, run, setting_help
 
 EXIT_HELD = 3
 """Exit code of ``hold`` when the id is held by another live process."""
+
+_HOLD_FLAGS = {"id": "--id", "role": "--role", "tags": "--tag", "queues": "--queue", "parent": "--parent"}
+"""The ``hold`` flag behind each AgentInfo field (for error messages)."""
 
 app = typer.Typer(name="presence", help="Who is alive: list, watch, or hold an agent id.", no_args_is_help=True)
 
@@ -113,8 +117,15 @@ async def _watch(opts: Options, json_out: bool, existing: bool, updates: bool) -
 def hold(
     ctx: typer.Context,
     agent_id: Annotated[str, typer.Option("--id", help="Agent id to keep present.")],
-    interval: Annotated[float, typer.Option(help="Seconds between renewals.")] = 1.0,
-    ttl: Annotated[float, typer.Option(help="Per-key TTL in seconds (>= 1; the server enforces whole seconds).")] = 3.0,
+    interval: Annotated[
+        float | None, typer.Option(help=setting_help("Seconds between renewals.", "presence_interval"))
+    ] = None,
+    ttl: Annotated[
+        float | None,
+        typer.Option(
+            help=setting_help("Per-key TTL in seconds (>= 1; the server enforces whole seconds).", "presence_ttl")
+        ),
+    ] = None,
     role: Annotated[str, typer.Option(help="Role published in the agent info.")] = "agent",
     tag: Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeatable).")] = None,
     queue: Annotated[list[str] | None, typer.Option("--queue", help="A queue (repeatable).")] = None,
@@ -127,12 +138,12 @@ def hold(
     """
     try:
         info = AgentInfo(id=agent_id, role=role, tags=tag or [], queues=queue or [], parent=parent)
-    except ValueError as err:
-        fail(str(err).replace("\n", " "))
+    except ValidationError as err:
+        invalid(err, _HOLD_FLAGS)
     run(_hold(options(ctx), info, interval, ttl))
 
 
-async def _hold(opts: Options, info: AgentInfo, interval: float, ttl: float) -> None:
+async def _hold(opts: Options, info: AgentInfo, interval: float | None, ttl: float | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from corral.cli._common import Options, console, options, print_json, run
+from corral.cli._common import Options, console, options, print_json, run, setting_help
 from corral.cli._logging import setup_logging
 from dispatch.reclaimer import Reclaimer
 
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
     app.command("reclaimer")(reclaimer)
 
 
-async def _serve(opts: Options, sweep: float, as_json: bool) -> int:
+async def _serve(opts: Options, sweep: float | None, as_json: bool) -> int:
     async with opts.connect(name="corral-reclaimer") as coord, Reclaimer(coord, sweep_interval=sweep) as rec:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -48,7 +48,10 @@ async def _serve(opts: Options, sweep: float, as_json: bool) -> int:
 
 def reclaimer(
     ctx: typer.Context,
-    sweep: Annotated[float, typer.Option(help="Seconds between sweeps (deadlines, lost notifications).")] = 1.0,
+    sweep: Annotated[
+        float | None,
+        typer.Option(help=setting_help("Seconds between sweeps (deadlines, lost notifications).", "sweep_interval")),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON line per reclaim.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:

@@ -9,8 +9,19 @@ import typer
 from pydantic import ValidationError
 
 from coord.wire import TaskInput
-from corral.cli._common import Options, console, fail, options, print_json, run
+from corral.cli._common import Options, console, fail, invalid, options, print_json, run
 from dispatch.dispatcher import Dispatcher, result_of
+
+_FLAGS = {
+    "task_id": "--id",
+    "queue": "--queue",
+    "title": "--title",
+    "files": "--file",
+    "payload": "--payload",
+    "max_attempts": "--max-attempts",
+    "timeout": "--timeout",
+}
+"""The flag behind each TaskInput (and Spec) field, for error messages."""
 
 
 def register(app: typer.Typer) -> None:
@@ -82,5 +93,5 @@ def submit(
     try:
         item = TaskInput.model_validate(fields)
     except ValidationError as err:
-        fail("; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()))
-    raise typer.Exit(run(_submit(options(ctx), item, parent, wait, wait_timeout, json_out)))
+        invalid(err, _FLAGS)
+    raise typer.Exit(run(_submit(options(ctx), item, parent, wait, wait_timeout, json_out), _FLAGS))

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import signal
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer.core import TyperGroup
 
-from coord.errors import PresenceLost
-from corral.cli._common import Options, fail, options, run
+from coord.connection import Coord
+from coord.errors import InvalidInput, PresenceLost
+from corral.cli._common import Options, fail, options, run, setting_help
 from corral.cli._logging import setup_logging
 from workers.handlers import CommandHandler, Handler, load_handler
 from workers.runtime import Worker
+
+if TYPE_CHECKING:
+    # The context class TyperGroup's methods take: typer vendors click as typer._click and exports
+    # only the subclass typer.Context, so the override below can only name the base from there.
+    from typer._click import Context as ClickContext
 
 EXIT_PRESENCE_LOST = 4
 
@@ -22,11 +30,11 @@ EXIT_PRESENCE_LOST = 4
 class _CommandOrSubcommand(TyperGroup):
     """``corral worker [OPTIONS] -- CMD...`` runs a worker; ``corral worker run-one ...`` is a subcommand."""
 
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+    def parse_args(self, ctx: ClickContext, args: list[str]) -> list[str]:
         rest = super().parse_args(ctx, args)
-        protected = list(getattr(ctx, "_protected_args", []))
+        protected = list(ctx._protected_args)
         if protected and protected[0] not in self.commands:
-            ctx._protected_args = []  # type: ignore[attr-defined]
+            ctx._protected_args = []
             ctx.args = protected + ctx.args
             return ctx.args
         return rest
@@ -46,16 +54,16 @@ def _handler(handler: str | None, command: list[str]) -> Handler:
     if handler is not None:
         try:
             return load_handler(handler)
-        except ValueError as err:
+        except InvalidInput as err:
             fail(str(err))
     if shutil.which(command[0]) is None:
         fail(f"command {command[0]!r} not found (is it on PATH? a typo of a subcommand such as run-one?)")
     return CommandHandler(command)
 
 
-async def _serve(opts: Options, worker_kwargs: dict[str, Any]) -> int:
-    async with opts.connect(name=f"corral-worker {worker_kwargs.get('worker_id') or ''}") as coord:
-        worker = Worker(coord, **worker_kwargs)
+async def _serve(opts: Options, worker_id: str | None, make_worker: Callable[[Coord], Worker]) -> int:
+    async with opts.connect(name=f"corral-worker {worker_id or ''}") as coord:
+        worker = make_worker(coord)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, worker.stop)
@@ -82,8 +90,10 @@ def worker(
     worker_id: Annotated[str | None, typer.Option("--id", help="Agent id (default: random).")] = None,
     handler: Annotated[str | None, typer.Option(help="Python handler as module:function.")] = None,
     lease: Annotated[float | None, typer.Option(help="Claim lease in seconds (default: the task's timeout).")] = None,
-    ttl: Annotated[float, typer.Option(help="Presence TTL in seconds.")] = 3.0,
-    interval: Annotated[float, typer.Option(help="Presence heartbeat interval in seconds.")] = 1.0,
+    ttl: Annotated[float | None, typer.Option(help=setting_help("Presence TTL in seconds.", "presence_ttl"))] = None,
+    interval: Annotated[
+        float | None, typer.Option(help=setting_help("Presence heartbeat interval in seconds.", "presence_interval"))
+    ] = None,
     grace: Annotated[float, typer.Option(help="Seconds in-flight work may finish on SIGTERM.")] = 10.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each claim and result.")] = False,
 ) -> None:
@@ -98,7 +108,8 @@ def worker(
     if not queue:
         fail("--queue is required (repeat it to serve several queues)")
     setup_logging(verbose)
-    kwargs = dict(
+    make_worker = functools.partial(
+        Worker,
         queues=queue,
         handler=_handler(handler, list(ctx.args)),
         concurrency=concurrency,
@@ -108,10 +119,10 @@ def worker(
         presence_interval=interval,
         grace=grace,
     )
-    raise typer.Exit(run(_serve(options(ctx), kwargs)))
+    raise typer.Exit(run(_serve(options(ctx), worker_id, make_worker)))
 
 
-async def _run_one(opts: Options, task_id: str, worker_agent_id: str, handler: Handler, ttl: float) -> int:
+async def _run_one(opts: Options, task_id: str, worker_agent_id: str, handler: Handler, ttl: float | None) -> int:
     async with opts.connect(name=f"corral-run-one {worker_agent_id}") as coord:
         worker = Worker(coord, [], handler, worker_id=worker_agent_id, presence_ttl=ttl)
         try:
@@ -129,7 +140,7 @@ def run_one(
     task_id: Annotated[str, typer.Option(help="The task to claim and run.")],
     worker_agent_id: Annotated[str, typer.Option(help="Agent id to run as (present while running).")],
     handler: Annotated[str | None, typer.Option(help="Python handler as module:function.")] = None,
-    ttl: Annotated[float, typer.Option(help="Presence TTL in seconds.")] = 3.0,
+    ttl: Annotated[float | None, typer.Option(help=setting_help("Presence TTL in seconds.", "presence_ttl"))] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Claim one task, run it, report, exit (the parent-spawns-worker flow).

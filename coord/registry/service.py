@@ -1,22 +1,4 @@
-"""The registry: sessions, thread reservations and tag bindings, in the ``{ns}_registry`` KV bucket.
-
-Keys (all JSON values):
-
-- ``session.{id}`` — a :class:`Session`: who runs it (``agent_id``), its parent session, status
-  ``active → complete | abandoned``, its thread and lookup keys (path, client instance id, native
-  actor key). Terminal sessions are rewritten with a per-key TTL (default 7 days) and then vanish.
-- ``thread.{name}`` — a :class:`ThreadReservation` naming the session (and agent) that owns the
-  thread. :meth:`Registry.reserve_thread` is one compare-and-set on this key: it either creates it,
-  or replaces a reservation whose owner is dead ("reap dead, then reserve" in one CAS). Exactly one
-  live owner per thread.
-- ``tag.{name}`` — a :class:`TagBinding` (pending, or bound to an agent); used by the mailbox.
-
-Liveness is presence: an active session is alive while its ``agent_id`` is present. When presence
-cannot be asked (an error, a timeout), the owner counts as alive — a reservation is never stolen on
-a guess. Join presence *before* reserving: an owner that is absent from presence is dead.
-
-:class:`coord.records.RecordStore` is the compare-and-set layer under all of this.
-"""
+"""The :class:`Registry` service: liveness, sessions, thread reservations, lookups and tag bindings."""
 
 from __future__ import annotations
 
@@ -25,133 +7,34 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from typing import Literal
 
 from coord.errors import Conflict, InvalidInput, InvalidTransition, NotFound
-from coord.ids import Token, new_id, validate_id
+from coord.ids import new_id, validate_id
 from coord.kv import conflicts
 from coord.presence import Presence
 from coord.records import MAX_CAS_ATTEMPTS, RecordStore
+from coord.registry.models import (
+    DEFAULT_TERMINAL_TTL,
+    LiveOwner,
+    Reserved,
+    Session,
+    SessionStatus,
+    TagBinding,
+    TagState,
+    ThreadReservation,
+)
 
-__all__ = [
-    "DEFAULT_TERMINAL_TTL",
-    "LiveOwner",
-    "LookupValue",
-    "Registry",
-    "Reserved",
-    "Session",
-    "SessionStatus",
-    "TagBinding",
-    "TagState",
-    "ThreadReservation",
-]
+__all__ = ["MAX_CHAIN_DEPTH", "Registry"]
 
 log = logging.getLogger("corral.registry")
 
-DEFAULT_TERMINAL_TTL = 7 * 86_400.0
-"""How long complete/abandoned sessions are kept (seconds)."""
-
 MAX_CHAIN_DEPTH = 256
-
-SessionStatus = Literal["active", "complete", "abandoned"]
-"""``active`` until the session ends (``complete``) or is reaped or given up (``abandoned``)."""
-
-TagState = Literal["BOUND", "PENDING", "ABSENT"]
-"""A tag is BOUND to an agent, PENDING (known, nobody bound), or ABSENT (never heard of)."""
-
-LookupValue = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
-"""A free-form lookup value (path, client instance id, native actor key): 1..4096 chars."""
+"""How many ancestors :meth:`Registry.actor_chain` follows before it cuts the chain."""
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-class Session(BaseModel):
-    """One agent session: who runs it, where it sits in the tree, and how to find it again."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    id: Token
-    """Session id (the ``session.{id}`` key)."""
-    agent_id: Token
-    """Agent whose presence says whether this session is alive."""
-    parent_session: Token | None = None
-    """Session that spawned this one (``actor_chain`` follows it)."""
-    status: SessionStatus = "active"
-    """active, complete or abandoned."""
-    thread: Token | None = None
-    """Thread this session reserved, if any."""
-    path: LookupValue | None = None
-    """Working directory / worktree root (lookup key)."""
-    client_instance_id: LookupValue | None = None
-    """Stable client-side instance id (lookup key)."""
-    native_actor_key: LookupValue | None = None
-    """Harness-native actor key (lookup key)."""
-    started_at: datetime = Field(default_factory=_now)
-    """When the session was created (UTC)."""
-    ended_at: datetime | None = None
-    """When it became complete or abandoned."""
-    revision: int = Field(default=0, exclude=True)
-    """KV revision this copy was read at (not stored)."""
-
-    @property
-    def terminal(self) -> bool:
-        """True once complete or abandoned."""
-        return self.status != "active"
-
-
-class ThreadReservation(BaseModel):
-    """The value of ``thread.{name}``: which session and agent own the thread."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    thread: Token
-    """The thread name."""
-    session_id: Token
-    """The owning session."""
-    agent_id: Token
-    """The owning agent (its presence is the owner's liveness)."""
-    reserved_at: datetime = Field(default_factory=_now)
-    """When the reservation was made."""
-
-
-class TagBinding(BaseModel):
-    """The value of ``tag.{name}``: bound to an agent, or pending (known but unbound)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    tag: Token
-    """The tag name."""
-    agent_id: Token | None = None
-    """The bound agent, or None while pending."""
-    updated_at: datetime = Field(default_factory=_now)
-    """Last change."""
-    revision: int = Field(default=0, exclude=True)
-    """KV revision this copy was read at (not stored)."""
-
-    @property
-    def state(self) -> TagState:
-        """BOUND when an agent holds it, else PENDING."""
-        return "BOUND" if self.agent_id else "PENDING"
-
-
-class Reserved(BaseModel):
-    """``reserve_thread`` won: ``session`` is the new active session owning the thread."""
-
-    session: Session
-    """The new session."""
-    reaped: Session | None = None
-    """The dead owner's session that was abandoned to make room, if any."""
-
-
-class LiveOwner(BaseModel):
-    """``reserve_thread`` lost: a live session already owns the thread."""
-
-    session: Session
-    """The owner's session (synthesized from the reservation if its record is not written yet)."""
 
 
 def _session_key(session_id: str) -> str:

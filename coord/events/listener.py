@@ -1,0 +1,267 @@
+"""The :class:`EventListener`: a parent's durable, idempotent consumer of the events sent to it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api as js_api
+
+from coord.deadletter import DeadLetters
+from coord.events.codec import decode_event
+from coord.events.models import Descendant, Errored, Progress, ReceivedEvent, ScopeSubDelegated, ShutDown, TurnEnded
+from coord.events.tree import Change, event_changes, upward_id
+from coord.ids import validate_id
+from coord.naming import Names
+from coord.records import RecordStore
+from coord.streams import Stream
+
+__all__ = ["ACK_WAIT", "EventListener", "ListenerHost"]
+
+log = logging.getLogger("corral.events")
+
+ACK_WAIT = 5.0
+"""Seconds before an unacknowledged event is redelivered (handling in progress keeps extending it)."""
+
+
+class ListenerHost(Protocol):
+    """What an :class:`EventListener` uses of its ``events`` service; :class:`~coord.events.Events` satisfies it.
+
+    A protocol rather than an import, so the listener does not depend on the service that builds it.
+    """
+
+    stream: Stream
+    """The events stream."""
+    names: Names
+    """Names of the namespace."""
+    tree: RecordStore
+    """Where descendant records and seen-markers are kept."""
+    dead_letters: DeadLetters
+    """Where malformed events are recorded."""
+    retention: float
+    """Seconds events are kept (also the idle lifetime of positions and seen-markers)."""
+
+    async def emit(
+        self,
+        parent: str | None,
+        event: TurnEnded | Errored | ShutDown | ScopeSubDelegated | Progress,
+        *,
+        sender: str | None = None,
+        timeout: float = 2.0,
+    ) -> bool:
+        """Durably send ``event`` to ``parent``; True once the server stored it, never raises for transport."""
+        ...
+
+    async def descendants(self, agent: str) -> dict[str, Descendant]:
+        """``agent``'s descendant registry."""
+        ...
+
+
+class EventListener:
+    """A parent's durable, idempotent consumer of the events sent to it.
+
+    Use as ``async with coord.events.listener(agent, parent=..., on_event=cb) as listener:``; it
+    replays everything sent to ``agent`` that it has not acknowledged before (from the start of the
+    stream the first time), applies side effects, calls ``on_event`` once per event id (sync or
+    async; an exception there is logged, not fatal), then acknowledges. :meth:`catch_up` waits until
+    everything stored so far is processed.
+    """
+
+    def __init__(
+        self,
+        events: ListenerHost,
+        agent: str,
+        *,
+        parent: str | None = None,
+        on_event: Callable[[ReceivedEvent], Awaitable[None] | None] | None = None,
+        batch: int = 64,
+    ) -> None:
+        self._events = events
+        self._stream = events.stream
+        self.agent = validate_id(agent, "agent")
+        """The listening agent."""
+        self.parent = validate_id(parent, "parent") if parent is not None else None
+        """Where delegations are re-emitted (None at the root)."""
+        self._on_event = on_event
+        self._batch = batch
+        self._task: asyncio.Task[None] | None = None
+        self._store = events.tree
+        self.durable = events.names.events_consumer(self.agent)
+        """Name of the durable consumer holding this listener's position."""
+        self.processed = 0
+        """Events handled by this instance (duplicates excluded)."""
+
+    @property
+    def _filter(self) -> str:
+        return self._events.names.events_filter(self.agent)
+
+    async def _consumer(self) -> None:
+        js = self._stream.js
+        stream = self._stream.name
+        try:
+            await js.consumer_info(stream, self.durable)
+            return
+        except nats.js.errors.NotFoundError:
+            pass
+        config = js_api.ConsumerConfig(
+            durable_name=self.durable,
+            filter_subject=self._filter,
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            ack_wait=ACK_WAIT,
+            max_ack_pending=1024,
+            inactive_threshold=self._events.retention,
+        )
+        await js.add_consumer(stream, config)
+
+    async def start(self) -> None:
+        """Create (or find) the durable consumer and start processing in the background."""
+        if self._task is not None:
+            return
+        await self._consumer()
+        sub = await self._stream.js.pull_subscribe_bind(durable=self.durable, stream=self._stream.name)
+        self._task = asyncio.create_task(self._run(sub), name=f"events-listener-{self.agent}")
+
+    async def stop(self) -> None:
+        """Stop processing (the position is kept on the server)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> EventListener:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def catch_up(self, timeout: float = 10.0) -> None:
+        """Wait until every event stored so far for this agent is processed; ``TimeoutError`` if not."""
+        js = self._stream.js
+        stream = self._stream.name
+        async with asyncio.timeout(timeout):
+            while True:
+                info = await js.consumer_info(stream, self.durable)
+                if info.num_pending == 0 and info.num_ack_pending == 0:
+                    return
+                if self._task is not None and self._task.done():
+                    self._task.result()  # surface a crash of the loop
+                await asyncio.sleep(0.05)
+
+    async def _run(self, sub: object) -> None:
+        fetch = sub.fetch  # type: ignore[attr-defined]
+        delay = 0.1
+        while True:
+            try:
+                msgs = await fetch(batch=self._batch, timeout=2.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("events listener %s: fetch failed (%s); retrying", self.agent, err or type(err).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.1
+            for msg in msgs:
+                await self._handle(msg)
+
+    async def _handle(self, msg: Msg) -> None:
+        received = decode_event(msg)
+        if isinstance(received, str):
+            await self._events.dead_letters.record(
+                "events", received, subject=msg.subject, body=msg.data, headers=dict(msg.headers or {})
+            )
+            await _settle(msg.term())
+            return
+        ticker = asyncio.create_task(_keep_in_progress(msg))
+        try:
+            if await self._seen(received.event.id):
+                await _settle(msg.ack())
+                return
+            await self.apply(received)
+            await self._notify(received)
+            await self._mark_seen(received.event.id)
+            await msg.ack_sync()
+            self.processed += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            # Left unacknowledged: redelivered after a pause; side effects are idempotent.
+            log.warning(
+                "events listener %s: %s %s not applied yet: %s", self.agent, received.event.kind, received.event.id, err
+            )
+            await _settle(msg.nak(delay=1.0))
+        finally:
+            ticker.cancel()
+
+    async def _notify(self, received: ReceivedEvent) -> None:
+        if self._on_event is None:
+            return
+        try:
+            result = self._on_event(received)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("events listener %s: on_event failed for %s", self.agent, received.event.id)
+
+    def _seen_key(self, event_id: str) -> str:
+        return f"seen.{self.agent}.{event_id}"
+
+    async def _seen(self, event_id: str) -> bool:
+        data, _ = await self._store.get_raw(self._seen_key(event_id))
+        return data is not None
+
+    async def _mark_seen(self, event_id: str) -> None:
+        key = self._seen_key(event_id)
+        await self._store.write(key, b"1", last=None, ttl=self._events.retention)
+
+    async def apply(self, received: ReceivedEvent) -> None:
+        """Apply ``received``'s side effects: merge it into the descendant registry, re-emit delegations.
+
+        Idempotent and order-independent; safe to call by hand (tests, reconciliation).
+        """
+        for agent, changes in event_changes(self.agent, received).items():
+
+            def merged(
+                current: Descendant | None, agent: str = agent, changes: list[Change] = changes
+            ) -> Descendant | None:
+                record = current or Descendant(agent=agent)
+                for change in changes:
+                    record = change(record)
+                return None if record == current else record
+
+            await self._store.update(f"tree.{self.agent}.{agent}", Descendant, merged)
+        event = received.event
+        if isinstance(event, ScopeSubDelegated) and self.parent is not None:
+            upward = event.model_copy(update={"id": upward_id(event.id, self.agent)})
+            if not await self._events.emit(self.parent, upward, sender=self.agent, timeout=5.0):
+                raise ConnectionError(f"could not re-emit delegation {event.id} to {self.parent}")
+
+    async def descendants(self) -> dict[str, Descendant]:
+        """This agent's descendant registry."""
+        return await self._events.descendants(self.agent)
+
+
+async def _keep_in_progress(msg: Msg) -> None:
+    """Tell the server a slow handler is still working, so the event is not redelivered meanwhile."""
+    while True:
+        await asyncio.sleep(ACK_WAIT / 2)
+        await _settle(msg.in_progress())
+
+
+async def _settle(ack: Awaitable[None]) -> None:
+    try:
+        await ack
+    except Exception as err:  # the server redelivers what we could not settle
+        log.debug("could not settle event message: %s", err)

@@ -1,0 +1,77 @@
+"""How one event changes a listener's descendant registry: pure merges, no I/O.
+
+Every change is a join (union, maximum, a status that only moves to ``shut_down``), so applying a set
+of events gives the same records whatever the order or repetition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import datetime
+
+from coord.events.models import Descendant, Errored, ReceivedEvent, ScopeSubDelegated, ShutDown, TurnEnded
+
+__all__ = ["Change", "event_changes", "upward_id"]
+
+
+def _max_dt(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _min_dt(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+Change = Callable[[Descendant], Descendant]
+"""One merge into a descendant record: old record in, new record out."""
+
+
+def event_changes(owner: str, received: ReceivedEvent) -> dict[str, list[Change]]:
+    """The merges one event makes, per descendant id (pure; no I/O)."""
+    event = received.event
+    out: dict[str, list[Change]] = {}
+
+    def add(agent: str, change: Change) -> None:
+        if agent != owner:
+            out.setdefault(agent, []).append(change)
+
+    add(received.sender, lambda d: d.model_copy(update={"direct": True}))
+    add(event.agent, lambda d: d.model_copy(update={"last_event_at": _max_dt(d.last_event_at, event.at)}))
+    match event:
+        case TurnEnded(turn=turn) if turn is not None:
+            add(event.agent, lambda d: d.model_copy(update={"last_turn": max(d.last_turn or 0, turn)}))
+        case Errored():
+            mine = (event.at, event.id)
+
+            def error(d: Descendant) -> Descendant:
+                if d.last_error_at is not None and (d.last_error_at, d.last_error_id or "") >= mine:
+                    return d
+                return d.model_copy(
+                    update={"last_error": event.message, "last_error_at": event.at, "last_error_id": event.id}
+                )
+
+            add(event.agent, error)
+        case ShutDown():
+            add(
+                event.agent,
+                lambda d: d.model_copy(
+                    update={"status": "shut_down", "shut_down_at": _min_dt(d.shut_down_at, event.at)}
+                ),
+            )
+        case ScopeSubDelegated():
+            delegator = event.agent
+
+            def delegated(d: Descendant) -> Descendant:
+                by = delegator if d.delegated_by is None else min(d.delegated_by, delegator)
+                return d.model_copy(update={"delegated_by": by, "scope": sorted({*d.scope, *event.scope})})
+
+            add(event.sub_agent, delegated)
+        case _:
+            pass
+    return out
+
+
+def upward_id(event_id: str, relay: str) -> str:
+    """Deterministic id of a delegation re-emitted by ``relay``: duplicates upstream dedupe by it."""
+    return "up-" + hashlib.sha256(f"{event_id}:{relay}".encode()).hexdigest()[:32]

@@ -1,0 +1,268 @@
+"""Reading and writing one KV bucket: :class:`Bucket`, and :func:`conflicts`, the one CAS retry rhythm."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Mapping
+
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from coord.errors import Conflict, KeyExists, Unavailable
+from coord.kv.entry import (
+    EXPECTED_LAST,
+    KV_OPERATION,
+    MSG_TTL,
+    ROLLUP,
+    WRONG_LAST_SEQUENCE,
+    Entry,
+    Op,
+    entry_of,
+    ttl_header,
+)
+from coord.naming import kv_stream_name, kv_subject_prefix
+from coord.retry import TRANSIENT, is_transient, retry_transient
+from coord.streams import stream_snapshot
+
+__all__ = ["Bucket", "conflicts"]
+
+log = logging.getLogger("corral.kv")
+
+
+async def conflicts(what: str, attempts: int) -> AsyncIterator[int]:
+    """The one retry rhythm of compare-and-set loops: yields attempt numbers 0, 1, ... ``attempts - 1``.
+
+    From the second attempt on it first steps aside for a jittered 0..2·n ms, so a busy writer
+    cannot starve the others; once the attempts are spent it raises :class:`~coord.errors.Conflict`
+    naming ``what``. Use ``async for attempt in conflicts(...)`` with a ``continue`` after each lost race.
+    """
+    for attempt in range(attempts):
+        if attempt:
+            await asyncio.sleep(random.uniform(0, 0.002 * attempt))
+        yield attempt
+    raise Conflict(f"{what}: gave up after {attempts} conflicting writes")
+
+
+class Bucket:
+    """One KV bucket (see the module docstring for the rules every method follows).
+
+    ``patience`` is how long a call keeps retrying through server unavailability unless the call
+    names its own; ``request_timeout`` bounds each request.
+    """
+
+    def __init__(
+        self, js: JetStreamContext, nc: NATS, name: str, *, patience: float = 15.0, request_timeout: float = 5.0
+    ) -> None:
+        self.js = js
+        """JetStream context the bucket is reached through."""
+        self.nc = nc
+        """The connection (retries stop once it is closed for good)."""
+        self.name = name
+        """The bucket's name."""
+        self.stream = kv_stream_name(name)
+        """The stream behind the bucket."""
+        self.prefix = kv_subject_prefix(name)
+        """Subject prefix of the bucket's keys (``$KV.{bucket}.``)."""
+        self.patience = patience
+        """Default seconds a call keeps retrying through server unavailability."""
+        self.request_timeout = request_timeout
+        """Longest wait for one request."""
+
+    def tuned(self, *, patience: float, request_timeout: float) -> Bucket:
+        """The same bucket with another default ``patience`` and ``request_timeout``."""
+        return Bucket(self.js, self.nc, self.name, patience=patience, request_timeout=request_timeout)
+
+    def subject(self, key: str) -> str:
+        """The stream subject of ``key``."""
+        return self.prefix + key
+
+    def key_of(self, subject: str) -> str:
+        """The key of a stream subject of this bucket."""
+        return subject[len(self.prefix) :]
+
+    # --- reading ---------------------------------------------------------------------------------
+    async def get(self, key: str, *, patience: float | None = None, leader: bool = False) -> Entry | None:
+        """The latest entry of ``key`` (value or tombstone), or None if the key has no message.
+
+        Reads are served by any replica (direct get) unless ``leader``: a replica may lag the
+        leader by a moment, which compare-and-set writes tolerate.
+        """
+        subject = self.subject(key)
+
+        async def call() -> Entry | None:
+            try:
+                msg = await self.js.get_msg(self.stream, subject=subject, direct=not leader)
+            except nats.js.errors.NotFoundError:
+                return None
+            return entry_of(key, msg.seq or 0, msg.headers, msg.data, msg.time)
+
+        return await retry_transient(call, nc=self.nc, within=self._patience(patience), what=f"read {self.name}/{key}")
+
+    async def scan(self, prefix: str = "", *, include_deleted: bool = False) -> list[Entry]:
+        """The latest entry of every key starting with ``prefix`` (tombstones only if asked), in stream order."""
+        msgs = await retry_transient(
+            lambda: stream_snapshot(self.js, self.stream, self.subject(prefix) + ">", last_per_subject=True),
+            nc=self.nc,
+            within=self.patience,
+            what=f"scan {self.name}/{prefix}*",
+        )
+        entries = [self.entry_from(m) for m in msgs]
+        return entries if include_deleted else [e for e in entries if not e.deleted]
+
+    def entry_from(self, msg: Msg, *, headers_only: bool = False) -> Entry:
+        """The :class:`Entry` a stream message of this bucket is (``headers_only``: its value was not sent)."""
+        meta = msg.metadata
+        entry = entry_of(self.key_of(msg.subject), meta.sequence.stream, msg.headers, msg.data, meta.timestamp)
+        if headers_only and entry.op is Op.PUT:
+            return Entry(entry.key, entry.revision, entry.op, None, entry.headers, entry.time)
+        return entry
+
+    # --- writing ---------------------------------------------------------------------------------
+    async def create(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        ttl: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        patience: float | None = None,
+    ) -> int:
+        """Write ``value`` if ``key`` has no live value (absent, or a tombstone); return its revision.
+
+        Raises :class:`~coord.errors.KeyExists` (carrying the live :class:`Entry`) otherwise.
+        """
+        last = 0
+        for _ in range(8):
+            try:
+                return await self._write(key, value, headers, last=last, ttl=ttl, op=Op.PUT, patience=patience)
+            except Conflict:
+                pass
+            entry = await self.get(key, patience=patience, leader=True)
+            if entry is not None and not entry.deleted:
+                raise KeyExists(f"{self.name}: key {key!r} already exists (revision {entry.revision})", entry)
+            last = entry.revision if entry is not None else 0
+        raise Conflict(f"{self.name}: key {key!r} keeps changing; cannot create it")
+
+    async def update(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        last: int,
+        ttl: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        patience: float | None = None,
+    ) -> int:
+        """Replace revision ``last`` of ``key`` with ``value``; return the new revision.
+
+        Raises :class:`~coord.errors.Conflict` when the key is not at ``last``.
+        """
+        return await self._write(key, value, headers, last=last, ttl=ttl, op=Op.PUT, patience=patience)
+
+    async def put(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        ttl: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        patience: float | None = None,
+    ) -> int:
+        """Write ``value`` whatever is there; return its revision."""
+        return await self._write(key, value, headers, last=None, ttl=ttl, op=Op.PUT, patience=patience)
+
+    async def delete(
+        self,
+        key: str,
+        *,
+        last: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        patience: float | None = None,
+    ) -> int:
+        """Write a ``DEL`` tombstone (only over revision ``last`` when given); return its revision."""
+        marked = {**(headers or {}), KV_OPERATION: "DEL"}
+        return await self._write(key, b"", marked, last=last, ttl=None, op=Op.DELETE, patience=patience)
+
+    async def purge(self, key: str, *, patience: float | None = None) -> int:
+        """Drop ``key``'s history and leave a ``PURGE`` tombstone; return its revision."""
+        marked = {KV_OPERATION: "PURGE", ROLLUP: "sub"}
+        return await self._write(key, b"", marked, last=None, ttl=None, op=Op.PURGE, patience=patience)
+
+    # --- the write engine ------------------------------------------------------------------------
+    def _patience(self, patience: float | None) -> float:
+        return self.patience if patience is None else patience
+
+    async def _write(
+        self,
+        key: str,
+        data: bytes,
+        extra: Mapping[str, str] | None,
+        *,
+        last: int | None,
+        ttl: float | None,
+        op: Op,
+        patience: float | None,
+    ) -> int:
+        subject = self.subject(key)
+        headers = dict(extra or {})
+        if last is not None:
+            headers[EXPECTED_LAST] = str(last)
+        if ttl is not None:
+            headers[MSG_TTL] = ttl_header(ttl)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._patience(patience)
+        pause = 0.05
+        uncertain = False  # an earlier attempt may have landed without us hearing back
+        while True:
+            timeout = max(0.05, min(self.request_timeout, deadline - loop.time()))
+            try:
+                ack = await self.js.publish(subject, data, timeout=timeout, headers=dict(headers))
+                return ack.seq
+            except nats.js.errors.APIError as err:
+                if err.err_code in WRONG_LAST_SEQUENCE:
+                    if uncertain:
+                        landed = await self._landed(key, data, op, last)
+                        if landed is not None:
+                            return landed
+                    raise Conflict(
+                        f"{self.name}: key {key!r} changed concurrently (expected revision {last})"
+                    ) from None
+                if not is_transient(err):
+                    raise
+                failure: Exception = err
+            except TRANSIENT as err:
+                failure = err
+            uncertain = True
+            if self.nc.is_closed or loop.time() + pause > deadline:
+                raise Unavailable(
+                    f"write {self.name}/{key}: the NATS server did not answer ({failure or type(failure).__name__})"
+                ) from failure
+            log.debug("write %s/%s: %s; retrying in %.2fs", self.name, key, failure, pause)
+            await asyncio.sleep(pause)
+            pause = min(1.0, pause * 2)
+            if last is None:
+                continue  # unconditional: writing again is harmless
+            try:
+                entry = await self.get(key, patience=0, leader=True)
+            except Exception:
+                continue  # still unreachable: write again (a wrong-last answer is then settled above)
+            if (entry.revision if entry is not None else 0) == last:
+                continue
+            if entry is not None and _same(entry, data, op):
+                return entry.revision
+            raise Conflict(f"{self.name}: key {key!r} changed concurrently (expected revision {last})")
+
+    async def _landed(self, key: str, data: bytes, op: Op, last: int | None) -> int | None:
+        """The revision at which our write is the key's latest entry, or None if it is not."""
+        entry = await self.get(key, leader=True)
+        if entry is None or entry.revision == last or not _same(entry, data, op):
+            return None
+        return entry.revision
+
+
+def _same(entry: Entry, data: bytes, op: Op) -> bool:
+    return entry.op is op and (op is not Op.PUT or entry.value == data)

@@ -1,0 +1,104 @@
+"""Reading an agent's inbox: the :class:`Inbox` iterator, and dead-lettering what cannot be read."""
+
+from __future__ import annotations
+
+import contextlib
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import api as js_api
+from nats.js.client import JetStreamContext
+
+from coord.deadletter import DeadLetters
+from coord.ids import validate_id
+from coord.mailbox.message import InboxMessage, parse
+from coord.naming import Names
+from coord.streams import Stream
+
+__all__ = ["Inbox", "parse_or_dead_letter"]
+
+
+async def parse_or_dead_letter(msg: Msg, inbox: Stream, dead_letters: DeadLetters) -> InboxMessage | None:
+    """``msg`` as an :class:`InboxMessage`; ``None`` if it is malformed.
+
+    A malformed message is recorded as an ``inbox`` dead letter with the reason, then deleted from
+    ``inbox`` (a failed delete is ignored: the message is already on record).
+    """
+    parsed = parse(msg, inbox)
+    if isinstance(parsed, InboxMessage):
+        return parsed
+    await dead_letters.record("inbox", parsed, subject=msg.subject, body=msg.data, headers=dict(msg.headers or {}))
+    with contextlib.suppress(Exception):
+        await inbox.delete(msg.metadata.sequence.stream)
+    return None
+
+
+class Inbox:
+    """An agent's inbox as an async iterator (optionally an async context manager); see :mod:`coord.mailbox`.
+
+    Yields live and queued messages alike, oldest first, and acknowledges each one when asked for
+    the next. As a context manager it also acknowledges the current message when the block exits
+    normally, and leaves it queued (failing a streamed reply) when the block raises. Built by
+    :meth:`~coord.mailbox.Mailbox.inbox` from the inbox ``stream``, the namespace's ``names``,
+    the ``dead_letters`` for malformed messages, and the ``agent`` whose inbox it reads.
+    """
+
+    def __init__(self, stream: Stream, names: Names, dead_letters: DeadLetters, agent: str) -> None:
+        self._stream = stream
+        self._names = names
+        self._dead_letters = dead_letters
+        self.agent = validate_id(agent, "agent")
+        """Whose inbox this is."""
+        self._sub: JetStreamContext.PushSubscription | None = None
+        self._current: InboxMessage | None = None
+
+    async def _start(self) -> None:
+        if self._sub is None:
+            self._sub = await self._stream.js.subscribe(
+                self._names.inbox_filter(self.agent),
+                stream=self._stream.name,
+                ordered_consumer=True,
+                deliver_policy=js_api.DeliverPolicy.ALL,
+                idle_heartbeat=2.0,
+            )
+
+    async def __aenter__(self) -> Inbox:
+        await self._start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        current, self._current = self._current, None
+        try:
+            if current is not None and not current.acked:
+                if exc is None:
+                    await current.ack()
+                elif current.streaming:
+                    await current.fail(f"handler failed: {exc!r}"[:500])
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop reading (unacknowledged messages stay queued). Idempotent."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def __aiter__(self) -> Inbox:
+        return self
+
+    async def __anext__(self) -> InboxMessage:
+        if self._current is not None and not self._current.acked:
+            await self._current.ack()
+        self._current = None
+        await self._start()
+        assert self._sub is not None
+        while True:
+            try:
+                msg = await self._sub.next_msg(timeout=None)
+            except nats.errors.ConnectionClosedError:
+                raise StopAsyncIteration from None
+            parsed = await parse_or_dead_letter(msg, self._stream, self._dead_letters)
+            if parsed is not None:
+                self._current = parsed
+                return parsed

@@ -1,0 +1,116 @@
+"""The transition engine: the task store's only path to the bucket.
+
+:class:`TransitionEngine` reads records and applies one pure step from
+:mod:`coord.tasks.transitions` as one compare-and-set on the revision it started from. A lost race
+is retried against the fresh record only while the step still accepts it (bounded, with the
+:func:`coord.kv.conflicts` rhythm); side effects follow a successful write only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from coord.errors import Conflict, InvalidRecord, KeyExists, NotFound
+from coord.kv import Bucket, Entry, conflicts
+from coord.tasks.codec import decode_record, encode_record
+from coord.tasks.effects import TaskEffects
+from coord.tasks.index import INDEX_HEADER, index_header
+from coord.tasks.models import TaskRecord
+from coord.tasks.observer import Observer
+
+__all__ = ["Step", "TransitionEngine"]
+
+log = logging.getLogger("corral.tasks")
+
+Step = Callable[[TaskRecord], TaskRecord | None]
+"""A transition: the current record in, the next one out (None: nothing to write), or a typed error."""
+
+
+class TransitionEngine:
+    """Reads, creates and transitions task records in ``bucket`` (see the module docstring)."""
+
+    def __init__(self, bucket: Bucket, effects: TaskEffects, observer: Observer, *, max_cas_attempts: int) -> None:
+        self.bucket = bucket
+        """The tasks bucket."""
+        self.effects = effects
+        """What follows a successful write."""
+        self._observer = observer
+        self._attempts = max_cas_attempts
+        self.last_revision = 0
+        """Highest KV revision written through this engine (an index waits for it: read-your-writes)."""
+
+    # --- encoding and reading --------------------------------------------------------------------
+    def encode(self, record: TaskRecord) -> bytes:
+        """The bytes stored for ``record`` (:class:`~coord.errors.PayloadTooLarge` if too big)."""
+        return encode_record(record, self.bucket.nc.max_payload)
+
+    def decode(self, entry: Entry) -> TaskRecord:
+        """The record a value entry holds (:class:`~coord.errors.InvalidRecord` if it is none)."""
+        assert entry.value is not None
+        return decode_record(entry.value, entry.revision, where=f"{self.bucket.name} key {entry.key!r}")
+
+    def decode_or_skip(self, entry: Entry) -> TaskRecord | None:
+        """Like :meth:`decode`, but a value that is not a record is logged and skipped."""
+        try:
+            return self.decode(entry)
+        except InvalidRecord as err:
+            log.warning("%s; skipped", err)
+            return None
+
+    async def read_or_none(self, task_id: str) -> TaskRecord | None:
+        """The current record of ``task_id``, or None when there is none."""
+        entry = await self.bucket.get(task_id)
+        if entry is None or entry.deleted:
+            return None
+        return self.decode(entry)
+
+    async def read(self, task_id: str) -> TaskRecord:
+        """The current record of ``task_id``; :class:`NotFound` when there is none."""
+        record = await self.read_or_none(task_id)
+        if record is None:
+            raise NotFound(f"task {task_id!r} does not exist in bucket {self.bucket.name!r}")
+        return record
+
+    # --- writing ---------------------------------------------------------------------------------
+    async def create(self, record: TaskRecord, data: bytes) -> TaskRecord | None:
+        """Write new ``record`` (encoded as ``data``) unless the task exists; None when it does."""
+        try:
+            revision = await self.bucket.create(record.task_id, data, headers={INDEX_HEADER: index_header(record)})
+        except KeyExists:
+            return None
+        created = record.model_copy(update={"revision": revision})
+        self._written(revision)
+        await self.effects.after(None, created, data)
+        return created
+
+    async def apply(self, task_id: str, step: Step, first: TaskRecord | None) -> TaskRecord:
+        """Apply ``step`` to the current record (``first``, or a fresh read) and write it with one CAS.
+
+        On a lost race the record is read again and ``step`` re-validates it (it raises when the
+        transition became invalid); :class:`Conflict` after ``max_cas_attempts`` losses.
+        """
+        current = first if first is not None else await self.read(task_id)
+        async for attempt in conflicts(f"task {task_id!r}", self._attempts):
+            if attempt:
+                current = await self.read(task_id)
+            new = step(current)
+            if new is None:
+                return current
+            data = self.encode(new)
+            try:
+                revision = await self.bucket.update(
+                    task_id, data, last=current.revision, headers={INDEX_HEADER: index_header(new)}
+                )
+            except Conflict:
+                self._observer.cas_retried(task_id, current.queue, current.revision, attempt + 1)
+                continue
+            written = new.model_copy(update={"revision": revision})
+            self._written(revision)
+            await self.effects.after(current, written, data)
+            return written
+        raise AssertionError("unreachable: conflicts() raises when the attempts are spent")
+
+    def _written(self, revision: int) -> None:
+        if revision > self.last_revision:
+            self.last_revision = revision
