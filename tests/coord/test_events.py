@@ -25,7 +25,7 @@ from coord.events import (
 )
 from coord.server import NatsServer
 from tests.conftest import PYTHON
-from tests.coord.mailbox_helpers import dead_letters
+from tests.coord.helpers_mailbox import dead_letters
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,7 +34,7 @@ async def _spawn_parent(
     url: str, namespace: str, agent: str, mode: str, env: dict[str, str]
 ) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
-        PYTHON, str(HERE / "_events_parent.py"), url, namespace, agent, mode,
+        PYTHON, str(HERE / "helpers_events_parent.py"), url, namespace, agent, mode,
         stdout=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
     assert await _line(proc) == {"ready": True}

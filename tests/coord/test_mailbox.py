@@ -13,7 +13,7 @@ from coord.errors import Conflict, InvalidInput, PayloadTooLarge
 from coord.mailbox import Agent, Chunk, Delivered, End, Enqueued, Error, Id, InboxMessage, Tag
 from coord.presence import AgentInfo
 from coord.server import NatsServer
-from tests.coord.mailbox_helpers import dead_letters
+from tests.coord.helpers_mailbox import dead_letters
 
 
 @pytest.fixture

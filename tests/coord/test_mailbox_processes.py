@@ -11,7 +11,7 @@ import pytest
 import coord
 from coord.mailbox import Agent, Chunk, Delivered, End, Enqueued, Error, Id, StreamItem, Tag
 from coord.server import NatsServer
-from tests.coord.mailbox_helpers import AgentProcess
+from tests.coord.helpers_mailbox import AgentProcess
 
 
 @pytest.fixture

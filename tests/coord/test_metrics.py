@@ -11,7 +11,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
 
 from coord.metrics import DURATION_BUCKETS, Instruments
-from tests.coord.test_tracing import OtlpReceiver, block_imports, clean_env, run_child
+from tests.helpers_telemetry import OtlpReceiver, block_imports, clean_env, run_child
 
 EXPECTED = {
     "corral.tasks.submitted": "{task}",

@@ -1,7 +1,7 @@
 """Tracing plumbing: trace context through real NATS headers and task meta, spans, opt-in export.
 
 In-process tests use an in-memory exporter; the export tests run real child processes that only
-see standard ``OTEL_*`` variables and send OTLP/HTTP to :class:`~tests.otlp.OtlpReceiver`, a
+see standard ``OTEL_*`` variables and send OTLP/HTTP to :class:`~tests.helpers_telemetry.OtlpReceiver`, a
 receiver living in the test process that decodes the protobuf requests.
 """
 
@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import coord
 from coord import tracing
 from tests.conftest import PYTHON
-from tests.otlp import OtlpReceiver
+from tests.helpers_telemetry import OtlpReceiver, block_imports, clean_env, run_child
 
 
 @pytest.fixture
@@ -29,31 +29,6 @@ def receiver() -> Iterator[OtlpReceiver]:
     r = OtlpReceiver()
     yield r
     r.close()
-
-
-def clean_env(subprocess_env: dict[str, str], **extra: str) -> dict[str, str]:
-    """The child environment without any inherited ``OTEL_*`` variable, plus ``extra``."""
-    env = {k: v for k, v in subprocess_env.items() if not k.startswith("OTEL_")}
-    env.update(extra)
-    return env
-
-
-def block_imports(prefix: str) -> str:
-    """Child-process prelude that makes package ``prefix`` look uninstalled, whatever this venv holds."""
-    return f"""
-import sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.startswith({prefix!r}):
-            raise ImportError("No module named " + repr(name))
-        return None
-sys.meta_path.insert(0, _Block())
-"""
-
-
-def run_child(code: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter; return the finished process (stdout/stderr as text)."""
-    return subprocess.run([PYTHON, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 # --- in-process: context through real NATS --------------------------------------------------------
@@ -392,54 +367,3 @@ def test_spans_of_a_submitter_and_a_worker_process_form_one_trace_over_nats(
     assert run.attributes["tenant"] == "acme"
     assert run.attributes["corral.worker.id"] == "w-8"
     assert run.attributes["messaging.operation.type"] == "process"
-
-
-# --- the CLI's --trace option -------------------------------------------------------------------------
-
-CLI = """
-import json
-import typer
-from coord import tracing
-from corral.cli._telemetry import MetricsPortOption, TraceChoice, TraceOption, setup_telemetry
-app = typer.Typer()
-@app.command()
-def main(trace: TraceOption = TraceChoice.env, metrics_port: MetricsPortOption = None) -> None:
-    setup_telemetry(trace, service_name="cli-test", metrics_port=metrics_port)
-    with tracing.start_span(tracing.SUBMIT, "task-9"):
-        pass
-    print(json.dumps({"mode": tracing.configured_mode(), "enabled": tracing.enabled()}))
-app()
-"""
-
-
-def run_cli(args: list[str], env: dict[str, str], prelude: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-c", prelude + CLI, *args], env=env, capture_output=True, text=True, timeout=60)
-
-
-def test_cli_trace_console_prints_spans_on_stderr(subprocess_env: dict[str, str]) -> None:
-    done = run_cli(["--trace", "console"], clean_env(subprocess_env))
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"mode": "console", "enabled": True}
-    assert done.stderr.startswith("[trace] submit ")
-
-
-def test_cli_trace_defaults_to_the_environment_and_reads_corral_trace(subprocess_env: dict[str, str]) -> None:
-    quiet = run_cli([], clean_env(subprocess_env))
-    assert quiet.returncode == 0, quiet.stderr
-    assert (json.loads(quiet.stdout), quiet.stderr) == ({"mode": "env", "enabled": False}, "")
-    chosen = run_cli([], clean_env(subprocess_env, CORRAL_TRACE="CONSOLE"))
-    assert json.loads(chosen.stdout) == {"mode": "console", "enabled": True}
-
-
-def test_cli_rejects_an_unknown_trace_mode_naming_the_choices(subprocess_env: dict[str, str]) -> None:
-    done = run_cli(["--trace", "jaeger"], clean_env(subprocess_env))
-    assert done.returncode == 2
-    assert "--trace" in done.stderr and "console" in done.stderr and "otlp" in done.stderr
-
-
-def test_cli_metrics_port_without_the_extra_is_a_clear_error_not_a_traceback(subprocess_env: dict[str, str]) -> None:
-    done = run_cli(
-        ["--metrics-port", "0"], clean_env(subprocess_env), block_imports("opentelemetry.exporter.prometheus")
-    )
-    assert done.returncode == 1
-    assert "corral[prometheus]" in done.stderr and "Traceback" not in done.stderr

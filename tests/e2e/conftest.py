@@ -26,7 +26,7 @@ def spawn_worker(
         worker_id: str,
         *,
         queue: str = "q",
-        handler: str = "tests.e2e.handlers:sleepy",
+        handler: str = "tests.e2e.helpers_handlers:sleepy",
         concurrency: int = 2,
         ttl: float = 1.5,
         interval: float = 0.5,

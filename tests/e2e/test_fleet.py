@@ -96,9 +96,20 @@ async def test_spawned_worker_that_exits_without_result_is_reclaimed_without_wai
     spec = Spec(task_id="t1", queue="q", worker_agent_id="child-1", payload={"seconds": 30, "marks": str(tmp_path)})
     await coord_conn.tasks.schedule("t1", queue="q", spec=spec.model_dump(mode="json"))
     argv = build_worker_command(
-        corral_argv(), spec, server=nats_server.url, namespace=coord_conn.namespace, handler="tests.e2e.handlers:sleepy"
+        corral_argv(),
+        spec,
+        server=nats_server.url,
+        namespace=coord_conn.namespace,
+        handler="tests.e2e.helpers_handlers:sleepy",
     )
-    assert argv[-6:] == ["--task-id", "t1", "--worker-agent-id", "child-1", "--handler", "tests.e2e.handlers:sleepy"]
+    assert argv[-6:] == [
+        "--task-id",
+        "t1",
+        "--worker-agent-id",
+        "child-1",
+        "--handler",
+        "tests.e2e.helpers_handlers:sleepy",
+    ]
     child = await SpawnedWorker(coord_conn, spec, argv, env=subprocess_env).start()
     await eventually(lambda: bool(executions(tmp_path, "t1", "start")), 20, "the child to start t1")
     child.kill()
@@ -116,7 +127,11 @@ async def test_spawned_worker_crashing_by_itself_is_reclaimed_at_once(
     spec = Spec(task_id="t2", queue="q", worker_agent_id="child-2")
     await coord_conn.tasks.schedule("t2", queue="q", spec=spec.model_dump(mode="json"))
     argv = build_worker_command(
-        corral_argv(), spec, server=nats_server.url, namespace=coord_conn.namespace, handler="tests.e2e.handlers:exits"
+        corral_argv(),
+        spec,
+        server=nats_server.url,
+        namespace=coord_conn.namespace,
+        handler="tests.e2e.helpers_handlers:exits",
     )
     outcome = await (await SpawnedWorker(coord_conn, spec, argv, env=subprocess_env).start()).wait()
     assert outcome.returncode == 3

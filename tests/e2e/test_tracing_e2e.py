@@ -2,7 +2,7 @@
 
 The parent (dispatcher with its embedded reclaimer) runs in the test process and records its spans
 in memory; workers are real ``corral worker`` processes that only see standard ``OTEL_*``
-variables and export over OTLP/HTTP to :class:`~tests.otlp.OtlpReceiver`. The first worker is
+variables and export over OTLP/HTTP to :class:`~tests.helpers_telemetry.OtlpReceiver`. The first worker is
 SIGKILLed mid-task, so the trace also holds the reclaim and the re-run on the second worker.
 """
 
@@ -32,7 +32,7 @@ from coord.tasks import TaskStatus
 from coord.wire import Result, Spec
 from dispatch import Dispatcher
 from tests.conftest import PYTHON
-from tests.otlp import OtlpReceiver, ReceivedSpan
+from tests.helpers_telemetry import OtlpReceiver, ReceivedSpan
 from workers import Context, Worker, as_handler
 
 TTL = 1.5
@@ -75,7 +75,7 @@ def traced_env(subprocess_env: dict[str, str], receiver: OtlpReceiver) -> dict[s
 
 def spawn(url: str, namespace: str, worker_id: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
     argv = [PYTHON, "-m", "corral", "--server", url, "--namespace", namespace, "worker", "-q", "q"]
-    argv += ["--handler", "tests.e2e.handlers:sleepy", "-c", "1", "--id", worker_id]
+    argv += ["--handler", "tests.e2e.helpers_handlers:sleepy", "-c", "1", "--id", worker_id]
     argv += ["--ttl", str(TTL), "--interval", "0.5", "-v"]
     with open(logs / f"{worker_id}.log", "wb") as log:
         return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)

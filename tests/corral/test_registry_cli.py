@@ -7,8 +7,8 @@ import signal
 
 import coord
 from coord.server import NatsServer
-from tests.coord.cli_helpers import corral
 from tests.coord.helpers_presence import HoldProcess
+from tests.corral.helpers_cli import corral
 
 
 async def test_reserve_prints_reserved_or_live_owner_and_reaps_a_killed_owner(

@@ -1,12 +1,14 @@
-"""A real OTLP/HTTP receiver for tests: child processes export spans and metrics to it over loopback.
+"""Helpers for telemetry tests: a real OTLP/HTTP receiver, and clean child processes.
 
-Shared by the tracing, metrics and end-to-end tests. It decodes the protobuf requests the standard
-OpenTelemetry exporters send (``OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint``).
+Shared by the tracing, metrics, CLI and end-to-end tests. :class:`OtlpReceiver` decodes the
+protobuf requests the standard OpenTelemetry exporters send (``OTEL_EXPORTER_OTLP_ENDPOINT=
+receiver.endpoint``); :func:`run_child` runs code in a fresh interpreter with :func:`clean_env`.
 """
 
 from __future__ import annotations
 
 import gzip
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +19,8 @@ from typing import Any
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
+
+from tests.conftest import PYTHON
 
 __all__ = ["OtlpReceiver", "ReceivedSpan"]
 
@@ -151,3 +155,28 @@ class OtlpReceiver:
                 if left <= 0:
                     raise AssertionError(f"receiver did not get what was expected within {timeout}s")
                 self._cond.wait(left)
+
+
+def clean_env(subprocess_env: dict[str, str], **extra: str) -> dict[str, str]:
+    """The child environment without any inherited ``OTEL_*`` variable, plus ``extra``."""
+    env = {k: v for k, v in subprocess_env.items() if not k.startswith("OTEL_")}
+    env.update(extra)
+    return env
+
+
+def block_imports(prefix: str) -> str:
+    """Child-process prelude that makes package ``prefix`` look uninstalled, whatever this venv holds."""
+    return f"""
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith({prefix!r}):
+            raise ImportError("No module named " + repr(name))
+        return None
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def run_child(code: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter; return the finished process (stdout/stderr as text)."""
+    return subprocess.run([PYTHON, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,4 +1,4 @@
-"""Helpers for the mailbox tests: a real agent process (``_mailbox_agent.py``) read line by line."""
+"""Helpers for the mailbox tests: a real agent process (``helpers_mailbox_agent.py``) read line by line."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import coord
 from coord.deadletter import DeadLetter
 from tests.conftest import PYTHON
 
-AGENT_SCRIPT = Path(__file__).resolve().parent / "_mailbox_agent.py"
+AGENT_SCRIPT = Path(__file__).resolve().parent / "helpers_mailbox_agent.py"
 
 
 class AgentProcess:
-    """One ``_mailbox_agent.py`` child process; its stdout is JSON lines."""
+    """One ``helpers_mailbox_agent.py`` child process; its stdout is JSON lines."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc

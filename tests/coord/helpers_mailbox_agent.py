@@ -1,6 +1,6 @@
 """An agent process for mailbox tests: joins presence, serves its inbox, prints what it does as JSON lines.
 
-Usage: python _mailbox_agent.py URL NAMESPACE AGENT MODE [TAG]
+Usage: python helpers_mailbox_agent.py URL NAMESPACE AGENT MODE [TAG]
 MODE: ``ack`` (print and acknowledge each message), ``hang`` (print the first message, never acknowledge),
 ``stream`` (reply to a message "N" with N chunks; to "hang-after-2" with 2 chunks, then hang).
 With TAG, the agent binds the tag once present (draining what waited for it).

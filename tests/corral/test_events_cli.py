@@ -7,7 +7,7 @@ import json
 import coord
 from coord.events import ShutDown
 from coord.server import NatsServer
-from tests.coord.cli_helpers import corral
+from tests.corral.helpers_cli import corral
 
 
 async def test_emit_then_tail_and_tree_show_the_events(

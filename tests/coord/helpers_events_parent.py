@@ -1,6 +1,6 @@
 """A parent process for event tests: runs an EventListener and prints each event it handles as JSON.
 
-Usage: python _events_parent.py URL NAMESPACE AGENT (once|follow)
+Usage: python helpers_events_parent.py URL NAMESPACE AGENT (once|follow)
 ``once`` catches up with what is stored and exits; ``follow`` keeps listening until killed.
 """
 

@@ -9,7 +9,7 @@ import coord
 from coord.mailbox import Agent
 from coord.presence import AgentInfo
 from coord.server import NatsServer
-from tests.coord.cli_helpers import corral, start_corral
+from tests.corral.helpers_cli import corral, start_corral
 
 
 async def test_send_enqueues_for_an_absent_agent_and_read_consumes_oldest_first(
