@@ -7,11 +7,11 @@ retried through transient trouble (:mod:`coord.retry`) and end in :class:`~coord
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Mapping
 
-import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -34,31 +34,43 @@ async def stream_snapshot(
     """The messages on ``subject`` stored right now (oldest first), read with an ordered consumer.
 
     Unlike nats-py's KV watcher it cannot stop early when messages are already on their way while it
-    asks how many there are, and it tolerates messages deleted while it reads.
+    asks how many there are, and it tolerates messages deleted while it reads. The consumer is
+    deleted when the read ends, so reading in a loop leaves none behind.
     """
     policy = js_api.DeliverPolicy.LAST_PER_SUBJECT if last_per_subject else js_api.DeliverPolicy.ALL
-    sub = await js.subscribe(subject, stream=stream, ordered_consumer=True, deliver_policy=policy, idle_heartbeat=2.0)
     out: list[Msg] = []
+    done = asyncio.Event()
+
+    async def collect(msg: Msg) -> None:
+        if done.is_set():
+            return
+        out.append(msg)
+        if msg.metadata.num_pending == 0 or (limit is not None and len(out) >= limit):
+            done.set()
+
+    sub = await js.subscribe(
+        subject, stream=stream, ordered_consumer=True, deliver_policy=policy, idle_heartbeat=2.0, cb=collect
+    )
+    name: str | None = None
     try:
         info = await sub.consumer_info()
+        name = info.name
         delivered = (info.delivered.consumer_seq or 0) if info.delivered else 0
         if (info.num_pending or 0) + delivered == 0:
             return out
-        while limit is None or len(out) < limit:
-            try:
-                msg = await sub.next_msg(timeout=2)
-            except nats.errors.TimeoutError:
-                # What was counted may have been deleted before it reached us: ask again.
-                if not (await sub.consumer_info()).num_pending:
-                    break
-                continue
-            out.append(msg)
-            if msg.metadata.num_pending == 0:
-                break
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 2)
+            # What was counted may have been deleted before it reached us: ask again.
+            if not done.is_set() and not (await sub.consumer_info()).num_pending:
+                done.set()
+        return out[:limit] if limit is not None else out
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-    return out
+        if name is not None:
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(stream, name)
 
 
 class Stream:
@@ -111,6 +123,29 @@ class Stream:
             within=self.patience,
             what=f"read {subject}",
         )
+
+    async def messages(self, subject: str, *, limit: int = 10_000) -> list[RawStreamMsg]:
+        """Every message stored on ``subject`` (one subject, no wildcard), oldest first, at most ``limit``.
+
+        Read one by one from the stream's leader (no consumer is created): for short histories such
+        as a task's journal.
+        """
+        out: list[RawStreamMsg] = []
+        seq = 1
+        while len(out) < limit:
+
+            async def call(start: int = seq) -> RawStreamMsg | None:
+                try:
+                    return await self.js.get_msg(self.name, seq=start, subject=subject, next=True)
+                except nats.js.errors.NotFoundError:
+                    return None
+
+            msg = await retry_transient(call, nc=self.nc, within=self.patience, what=f"read {subject}")
+            if msg is None or msg.seq is None:
+                break
+            out.append(msg)
+            seq = msg.seq + 1
+        return out
 
     async def last(self, subject: str) -> RawStreamMsg | None:
         """The latest message stored on ``subject`` (asked of the stream's leader), or None."""

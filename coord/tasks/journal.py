@@ -95,8 +95,8 @@ class Journal:
     async def read(self, task_id: str) -> list[JournalEntry]:
         """Every entry of ``task_id`` still kept by the events stream, in revision order (one per revision)."""
         entries: dict[int, JournalEntry] = {}
-        for msg in await self._stream.snapshot(self._names.journal_subject(task_id)):
-            seq = msg.metadata.sequence.stream
+        for msg in await self._stream.messages(self._names.journal_subject(task_id)):
+            seq = msg.seq or 0
             revision = _revision(msg.headers)
             if revision is None or not msg.data:
                 log.warning("journal of %s: message %d has no revision; skipped", task_id, seq)
