@@ -67,7 +67,7 @@ def new_id(prefix: str = "") -> str:
 def _pydantic_token(value: str) -> str:
     problem = _problem(value, MAX_ID_LENGTH)
     if problem is not None:
-        raise ValueError(problem)  # pydantic adds the field name
+        raise InvalidId(problem)  # pydantic adds the field name
     return value
 
 

@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from coord.errors import CorralError
+from coord.errors import CorralError, InvalidInput
 
 __all__ = ["NatsCluster", "NatsServer", "find_server_binary", "free_port"]
 
@@ -237,7 +237,7 @@ class NatsCluster:
 
     def __init__(self, n: int = 3, *, store_root: str | os.PathLike[str] | None = None, name: str = "corral") -> None:
         if n < 1:
-            raise ValueError(f"cluster size n must be >= 1, got {n}")
+            raise InvalidInput(f"cluster size n must be >= 1, got {n}")
         self._own_root = store_root is None
         self.store_root = Path(store_root) if store_root else Path(tempfile.mkdtemp(prefix="corral-cluster-"))
         cluster_ports = [free_port() for _ in range(n)]

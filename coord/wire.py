@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
+from coord.errors import InvalidInput
 from coord.ids import Token, new_id
 
 __all__ = [
@@ -126,14 +127,14 @@ class Spec(BaseModel):
     def _files_absolute(cls, files: tuple[str, ...]) -> tuple[str, ...]:
         for path in files:
             if not PurePosixPath(path).is_absolute():
-                raise ValueError(f"every file must be an absolute path; {path!r} is not")
+                raise InvalidInput(f"every file must be an absolute path; {path!r} is not")
         return files
 
     @field_validator("workspace_dir")
     @classmethod
     def _workspace_absolute(cls, workspace: str | None) -> str | None:
         if workspace is not None and not PurePosixPath(workspace).is_absolute():
-            raise ValueError(f"must be an absolute path; {workspace!r} is not")
+            raise InvalidInput(f"must be an absolute path; {workspace!r} is not")
         return workspace
 
 
@@ -169,15 +170,15 @@ def build_spec(
     item = task if isinstance(task, TaskInput) else TaskInput.model_validate(dict(task))
     workspace = PurePosixPath(workspace_dir)
     if not workspace.is_absolute():
-        raise ValueError(f"workspace_dir must be an absolute path; {workspace_dir!r} is not")
+        raise InvalidInput(f"workspace_dir must be an absolute path; {workspace_dir!r} is not")
     files: list[str] = []
     for raw in item.files:
         path = PurePosixPath(raw)
         if not path.is_absolute():
-            raise ValueError(f"files: {raw!r} must be an absolute path")
+            raise InvalidInput(f"files: {raw!r} must be an absolute path")
         normal = PurePosixPath(*_normalise(path.parts))
         if not allow_outside_workspace and not normal.is_relative_to(workspace):
-            raise ValueError(
+            raise InvalidInput(
                 f"files: {raw!r} is outside the workspace {workspace_dir!r} (pass allow_outside_workspace=True)"
             )
         files.append(str(normal))

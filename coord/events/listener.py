@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 from nats.js import api as js_api
 
 from coord.deadletter import DeadLetters
+from coord.errors import Unavailable
 from coord.events.codec import decode_event
 from coord.events.models import Descendant, Errored, Progress, ReceivedEvent, ScopeSubDelegated, ShutDown, TurnEnded
 from coord.events.tree import Change, event_changes, upward_id
@@ -246,7 +247,7 @@ class EventListener:
         if isinstance(event, ScopeSubDelegated) and self.parent is not None:
             upward = event.model_copy(update={"id": upward_id(event.id, self.agent)})
             if not await self._events.emit(self.parent, upward, sender=self.agent, timeout=5.0):
-                raise ConnectionError(f"could not re-emit delegation {event.id} to {self.parent}")
+                raise Unavailable(f"could not re-emit delegation {event.id} to {self.parent}")
 
     async def descendants(self) -> dict[str, Descendant]:
         """This agent's descendant registry."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 
+from coord.errors import InvalidRecord
 from coord.kv import Bucket, Entry, KeyWatch
 from coord.tasks.models import TaskRecord, TaskStatus
 
@@ -109,7 +110,7 @@ def entry_from_header(task_id: str, revision: int, header: str) -> IndexEntry:
     queue, status, epoch, attempt, worker, claim_id, deadline, visible, updated = json.loads(header)
     updated_at = _from_ms(updated)
     if updated_at is None:
-        raise ValueError("index header without updated_at")
+        raise InvalidRecord("index header without updated_at")
     return IndexEntry(
         task_id=task_id,
         queue=queue,
