@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AwareDatetime, BaseModel, ValidationError
 
 from coord.naming import Names
 from coord.streams import Stream
@@ -38,7 +38,7 @@ class DeadLetter(BaseModel):
     """Its body as text (truncated to 4 KiB)."""
     task_id: str | None = None
     """The task concerned, when known."""
-    at: datetime
+    at: AwareDatetime
     """When it was recorded."""
 
 

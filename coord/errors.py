@@ -22,6 +22,7 @@ __all__ = [
     "InvalidTransition",
     "KeyExists",
     "NotFound",
+    "NotYetVisible",
     "PayloadTooLarge",
     "PresenceConflict",
     "PresenceLost",
@@ -91,6 +92,15 @@ class TaskExists(Conflict):
 
 class InvalidTransition(CorralError):
     """The record's current status does not allow the requested transition."""
+
+
+class NotYetVisible(InvalidTransition):
+    """The task is pending but may not be claimed before ``visible_at`` (a retry backoff or a delay)."""
+
+    def __init__(self, message: str, visible_at: Any = None) -> None:
+        super().__init__(message)
+        self.visible_at = visible_at
+        """When the task becomes claimable (a timezone-aware datetime)."""
 
 
 class StaleClaim(CorralError):

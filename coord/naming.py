@@ -73,13 +73,22 @@ class Names:
         """Every notification subject of the namespace."""
         return f"{self.namespace}.dispatch.>"
 
-    def dispatch_subject(self, queue: str) -> str:
-        """Subject of notifications for ``queue``."""
-        return f"{self.namespace}.dispatch.{validate_id(queue, 'queue')}"
+    def notification_subject(self, queue: str, task_id: str) -> str:
+        """Subject of the notification of ``task_id`` on ``queue`` (one subject per task, so the stream
+        itself says whether a task's notification is still queued)."""
+        return f"{self.namespace}.dispatch.{validate_id(queue, 'queue')}.{validate_id(task_id, 'task_id')}"
+
+    def queue_filter(self, queue: str) -> str:
+        """Subjects of every notification on ``queue`` (what the queue's consumer takes)."""
+        return f"{self.namespace}.dispatch.{validate_id(queue, 'queue')}.*"
 
     def queue_consumer(self, queue: str) -> str:
         """Durable pull consumer shared by the workers of ``queue``."""
         return f"q-{validate_id(queue, 'queue')}"
+
+    def control_subject(self, worker: str) -> str:
+        """Core-NATS subject where a worker hears that one of its claims was taken away (cancel, reclaim)."""
+        return f"{self.namespace}.control.{validate_id(worker, 'worker')}"
 
     def results_subject(self, parent: str) -> str:
         """Core-NATS subject where results are pushed to the submitting parent."""

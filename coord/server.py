@@ -119,6 +119,7 @@ class NatsServer:
         """The command line this server runs with."""
         args = [
             find_server_binary(),
+            *(["-c", str(self.config_file)] if self.jetstream else []),
             "-a",
             LOOPBACK,
             "-p",
@@ -137,16 +138,29 @@ class NatsServer:
                 args += ["--routes", ",".join(self.routes)]
         return args + self.extra_args
 
+    @property
+    def config_file(self) -> Path:
+        """The configuration file :meth:`start` writes next to the store (JetStream limits)."""
+        return self.store_dir / "corral-embedded.conf"
+
     def start(self, timeout: float = 15.0, *, wait_jetstream: bool = True) -> NatsServer:
         """Start the process and wait until it accepts clients; return ``self``."""
         if self.running:
             return self
+        self.launch()
+        self.wait_ready(timeout, wait_jetstream=wait_jetstream and self.jetstream)
+        return self
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to be ready (see :meth:`wait_ready`)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        # Each stream reserves its size limit (Settings.max_bytes) from the server's JetStream
+        # storage, whatever it actually holds; a generous ceiling lets many namespaces share one
+        # embedded server on a small disk.
+        self.config_file.write_text("jetstream {\n  max_file_store: 64T\n  max_memory_store: 1G\n}\n")
         self._proc = subprocess.Popen(
             self.args(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        self.wait_ready(timeout, wait_jetstream=wait_jetstream and self.jetstream)
-        return self
 
     def wait_ready(self, timeout: float = 15.0, *, wait_jetstream: bool = True) -> None:
         """Block until ``/healthz`` says OK (JetStream included when asked)."""
@@ -267,10 +281,7 @@ class NatsCluster:
     def start(self, timeout: float = 30.0) -> NatsCluster:
         """Start every node, then wait until each reports JetStream healthy."""
         for node in self.nodes:
-            node.store_dir.mkdir(parents=True, exist_ok=True)
-            node._proc = subprocess.Popen(
-                node.args(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-            )
+            node.launch()
         for node in self.nodes:
             node.wait_ready(timeout)
         return self

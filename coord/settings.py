@@ -17,12 +17,20 @@ from coord.backoff import Backoff
 from coord.presence.timing import check_timing
 from coord.validation import invalid_input
 
-__all__ = ["DAY", "Settings"]
+__all__ = ["DAY", "DEFAULT_TEXT", "PRESENCE_TTL_REPLICATED", "PRESENCE_TTL_SINGLE", "Settings"]
 
 DAY = 86_400.0
 """Seconds in a day."""
 
 ENV_PREFIX = "CORRAL_"
+
+PRESENCE_TTL_SINGLE = 3.0
+"""Default presence TTL on one server: a departure is seen within about 3 s."""
+PRESENCE_TTL_REPLICATED = 15.0
+"""Default presence TTL with replicas: longer than the 4-11 s a leader election took after a node
+was SIGKILLed (bench/RESULTS.md), so losing one node of three makes no worker depart."""
+DEFAULT_TEXT = {"presence_ttl": f"{PRESENCE_TTL_SINGLE:g} with one replica, {PRESENCE_TTL_REPLICATED:g} with more"}
+"""How the defaults that depend on other fields read in help texts."""
 
 
 class Settings(BaseSettings):
@@ -39,12 +47,18 @@ class Settings(BaseSettings):
     """Longest wait for one answer from the server before the request counts as lost (and is retried)."""
     dispatch_duplicate_window: float = Field(default=120.0, gt=0, le=DAY)
     """Window in which a notification with the same ``Nats-Msg-Id`` is dropped as a duplicate."""
-    presence_marker_ttl: float = Field(default=60.0, ge=1, le=DAY)
-    """How long the server keeps the marker it writes when a presence key expires."""
     events_max_age: float = Field(default=7 * DAY, gt=0)
     """How long lifecycle events, journals and dead letters are kept."""
     session_retention: float = Field(default=7 * DAY, ge=1)
     """How long complete or abandoned registry sessions are kept."""
+    task_retention: float = Field(default=7 * DAY, ge=1)
+    """How long a finished task's record is kept (its journal lives as long as events); a retry
+    before then brings it back."""
+    max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    """Size limit of each bucket and stream, in bytes. When full, the events stream drops its oldest
+    entries; every other stream and bucket refuses new writes (a clear error, nothing lost)."""
+    expiry_marker_ttl: float = Field(default=60.0, ge=1, le=DAY)
+    """How long the server keeps the marker it writes when a key's TTL runs out (so watchers see it)."""
 
     # --- tasks -----------------------------------------------------------------------------------
     lease: float = Field(default=30.0, gt=0, le=DAY)
@@ -59,8 +73,10 @@ class Settings(BaseSettings):
     """Records up to this many bytes travel inside their notification and result push."""
 
     # --- presence --------------------------------------------------------------------------------
-    presence_ttl: float = Field(default=3.0, ge=1, le=3600)
-    """TTL of a presence key (whole seconds are enforced by the server)."""
+    presence_ttl: float = Field(default=PRESENCE_TTL_SINGLE, ge=1, le=3600)
+    """TTL of a presence key (whole seconds are enforced by the server). Without a value:
+    :data:`PRESENCE_TTL_SINGLE` with one replica, :data:`PRESENCE_TTL_REPLICATED` with more, so that
+    the election that follows the loss of a node (measured at 4-11 s) causes no departure."""
     presence_interval: float = Field(default=1.0, gt=0, le=3600)
     """Seconds between presence renewals (shorter than the enforced TTL)."""
 
@@ -71,6 +87,17 @@ class Settings(BaseSettings):
     """A pending task whose notification seems lost for this long is notified again."""
     reconcile_interval: float = Field(default=5.0, gt=0, le=3600)
     """Seconds between two reads of the records a dispatcher awaits (missed result pushes)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sized_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("presence_ttl") is None:  # not given (or given as None)
+            try:
+                replicated = int(data.get("replicas", 1)) > 1
+            except (TypeError, ValueError):
+                replicated = False  # the field's own validation reports it
+            data = {**data, "presence_ttl": PRESENCE_TTL_REPLICATED if replicated else PRESENCE_TTL_SINGLE}
+        return data
 
     @model_validator(mode="after")
     def _presence_timing(self) -> Settings:
@@ -99,7 +126,13 @@ class Settings(BaseSettings):
         given = {k: v for k, v in changes.items() if v is not None}
         if not given:
             return self
+        current = self.model_dump()
+        if "replicas" in given and "presence_ttl" not in given and self.presence_ttl in (
+            PRESENCE_TTL_SINGLE,
+            PRESENCE_TTL_REPLICATED,
+        ):
+            current.pop("presence_ttl")  # a sized default follows the new replicas
         try:
-            return type(self).model_validate({**self.model_dump(), **given})
+            return type(self).model_validate({**current, **given})
         except ValidationError as err:
             raise invalid_input(err, what="settings") from None

@@ -147,6 +147,15 @@ class Stream:
             seq = msg.seq + 1
         return out
 
+    async def subjects(self, pattern: str) -> set[str]:
+        """The subjects matching ``pattern`` that hold at least one message now (one request)."""
+
+        async def call() -> set[str]:
+            info = await self.js.stream_info(self.name, subjects_filter=pattern)
+            return set(info.state.subjects or {})
+
+        return await retry_transient(call, nc=self.nc, within=self.patience, what=f"list subjects of {self.name}")
+
     async def last(self, subject: str) -> RawStreamMsg | None:
         """The latest message stored on ``subject`` (asked of the stream's leader), or None."""
 

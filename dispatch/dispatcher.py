@@ -2,8 +2,13 @@
 
 Results are pushed to the parent on ``{ns}.results.{parent}`` as tasks end; the task record stays
 the truth, so a parent that restarts (or missed a push while disconnected) reconciles by reading the
-records. Backpressure: at most ``max_in_flight`` submitted tasks await a result at once; ``submit``
-waits for room. A :class:`~dispatch.reclaimer.Reclaimer` runs inside every dispatcher by default.
+records: all of those it awaits after a reconnect, and any it has awaited for a minute without a
+push, every ``reconcile_interval``. No error stops the reconciling. Backpressure: at most
+``max_in_flight`` submitted tasks await a result at once; ``submit`` waits for room. Nothing is kept
+of a task once its result was delivered (a later :meth:`Dispatcher.wait` reads the record), so
+memory stays flat however many tasks a parent has ever submitted. :meth:`Dispatcher.stop` returns
+within a few seconds whatever the server is doing. A :class:`~dispatch.reclaimer.Reclaimer` runs
+inside every dispatcher by default.
 
 Telemetry happens in the task store's observer: each task gets a ``submit`` span (a child of the
 caller's current span) whose context is stored in the task record's ``meta``, so the worker's spans,
@@ -15,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
+from coord.aio import stop_tasks
 from coord.connection import Coord
 from coord.errors import InvalidInput, NotFound
 from coord.ids import new_id, validate_id
@@ -32,6 +39,12 @@ from dispatch.reclaimer import Reclaimer
 __all__ = ["TERMINAL", "Dispatcher", "result_of"]
 
 log = logging.getLogger("corral.dispatcher")
+
+STOP_WITHIN = 5.0
+"""Seconds :meth:`Dispatcher.stop` takes at most."""
+UNANSWERED_AFTER = 60.0
+"""A task awaited this long without a result push is read again (a push can be lost without a reconnect
+when the parent falls behind)."""
 
 
 def result_of(record: TaskRecord) -> Result:
@@ -72,26 +85,37 @@ class Dispatcher:
         self._room = asyncio.Semaphore(max_in_flight)
         self._waiting: dict[str, asyncio.Future[TaskRecord]] = {}
         self._holding: set[str] = set()
+        self._since: dict[str, float] = {}
+        self._waiters: dict[str, int] = {}
         self._sub: Subscription | None = None
         self._reconciler: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> Dispatcher:
         """Subscribe to this parent's results and start the reclaimer."""
+        self._stopping = False
         self._sub = await self.coord.nc.subscribe(self.coord.names.results_subject(self.parent_id), cb=self._on_push)
         if self.reclaimer is not None:
             await self.reclaimer.start()
-        self._reconciler = asyncio.create_task(self._reconcile_loop())
+        self._reconciler = asyncio.create_task(self._reconcile_loop(), name=f"reconcile-{self.parent_id}")
         return self
 
     async def stop(self) -> None:
-        """Stop listening (submitted tasks go on; a later dispatcher can collect them)."""
-        if self._reconciler is not None:
-            self._reconciler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reconciler
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+        """Stop listening (submitted tasks go on; a later dispatcher can collect them).
+
+        Returns within :data:`STOP_WITHIN` seconds plus the reclaimer's own bound, and never raises.
+        """
+        self._stopping = True
+        reconciler, self._reconciler = self._reconciler, None
+        if reconciler is not None:
+            await stop_tasks([reconciler], within=STOP_WITHIN, what=f"dispatcher {self.parent_id}")
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                async with asyncio.timeout(1.0):
+                    await sub.unsubscribe()
+            except Exception as err:
+                log.debug("dispatcher %s: unsubscribe failed: %s", self.parent_id, err)
         if self.reclaimer is not None:
             await self.reclaimer.stop()
 
@@ -152,6 +176,7 @@ class Dispatcher:
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self._waiting[task_id] = future
+            self._since[task_id] = time.monotonic()
         return future
 
     def _track(self, task_id: str) -> None:
@@ -163,12 +188,15 @@ class Dispatcher:
         if task_id in self._holding:
             self._holding.discard(task_id)
             self._room.release()
+        self._since.pop(task_id, None)
         future = self._waiting.pop(task_id, None)
         if future is not None and not future.done():
             future.cancel()
 
     def _resolve(self, record: TaskRecord) -> None:
-        future = self._waiting.get(record.task_id)
+        # The waiters hold the future; nothing of a finished task stays here.
+        future = self._waiting.pop(record.task_id, None)
+        self._since.pop(record.task_id, None)
         if future is not None and not future.done():
             future.set_result(record)
         if record.task_id in self._holding:
@@ -194,15 +222,41 @@ class Dispatcher:
             self._resolve(record)
 
     async def _reconcile_loop(self) -> None:
-        """Catch results whose push was missed (disconnects): read the records of what we await."""
-        while True:
+        """Catch results whose push was missed: read the records of what we await (see the module doc)."""
+        reconnects = self._reconnects()
+        while not self._stopping:
             await asyncio.sleep(self.reconcile_interval)
-            waiting = [t for t, f in self._waiting.items() if not f.done()]
-            for task_id in waiting:
-                with contextlib.suppress(NotFound):
-                    record = await self.coord.tasks.get(task_id)
-                    if record.status in TERMINAL:
-                        self._resolve(record)
+            try:
+                now = reconnects_now = self._reconnects()
+                if reconnects_now != reconnects:
+                    candidates = list(self._waiting)
+                else:
+                    horizon = time.monotonic() - UNANSWERED_AFTER
+                    candidates = [t for t, since in self._since.items() if since <= horizon]
+                reconnects = now
+                await self._read_and_resolve(candidates, refresh=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # nothing may end the reconciling: the next pass tries again
+                log.warning("dispatcher %s: reconciling failed (%s); trying again", self.parent_id, err)
+
+    def _reconnects(self) -> int:
+        return int(self.coord.nc.stats.get("reconnects", 0))
+
+    async def _read_and_resolve(self, task_ids: list[str], *, refresh: bool = False) -> None:
+        """Read ``task_ids`` (256 at a time, concurrently) and resolve those that have ended."""
+        for start in range(0, len(task_ids), 256):
+            if self._stopping:
+                return
+            batch = task_ids[start : start + 256]
+            records = await asyncio.gather(*(self.coord.tasks.get(t) for t in batch), return_exceptions=True)
+            for task_id, record in zip(batch, records, strict=True):
+                if isinstance(record, TaskRecord) and record.status in TERMINAL:
+                    self._resolve(record)
+                elif refresh and task_id in self._since:
+                    self._since[task_id] = time.monotonic()  # checked: next look after another minute
+                elif isinstance(record, BaseException) and not isinstance(record, NotFound):
+                    log.debug("dispatcher %s: reading %s failed: %s", self.parent_id, task_id, record)
 
     # --- collecting ----------------------------------------------------------------------------
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskRecord:
@@ -213,13 +267,32 @@ class Dispatcher:
         recovers results that ended while it was away.
         """
         validate_id(task_id, "task_id")
-        future = self._waiting.get(task_id)
-        if future is None:
-            future = self._future(task_id)
-            record = await self.coord.tasks.get(task_id)
-            if record.status in TERMINAL:
-                self._resolve(record)
-        return await asyncio.wait_for(asyncio.shield(future), timeout)
+        with self._waiting_for([task_id]):
+            future = self._waiting.get(task_id)
+            if future is None:
+                future = self._future(task_id)
+                record = await self.coord.tasks.get(task_id)
+                if record.status in TERMINAL:
+                    self._resolve(record)
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+
+    @contextlib.contextmanager
+    def _waiting_for(self, task_ids: list[str]) -> Iterator[None]:
+        """Count the callers awaiting ``task_ids``; a task nobody awaits or submitted leaves no future."""
+        for task_id in task_ids:
+            self._waiters[task_id] = self._waiters.get(task_id, 0) + 1
+        try:
+            yield
+        finally:
+            for task_id in task_ids:
+                left = self._waiters.get(task_id, 1) - 1
+                if left > 0:
+                    self._waiters[task_id] = left
+                    continue
+                self._waiters.pop(task_id, None)
+                if task_id not in self._holding:
+                    self._waiting.pop(task_id, None)
+                    self._since.pop(task_id, None)
 
     async def result(self, task_id: str, timeout: float | None = None) -> Result:
         """The :class:`Result` of ``task_id`` once it has ended."""
@@ -230,34 +303,24 @@ class Dispatcher:
 
         Raises ``TimeoutError`` if they have not all finished within ``timeout`` seconds.
         """
+        ids = [validate_id(t, "task_id") for t in task_ids]
         done: asyncio.Queue[asyncio.Future[TaskRecord]] = asyncio.Queue()
         foreign: list[str] = []
-        count = 0
-        for task_id in task_ids:
-            validate_id(task_id, "task_id")
-            future = self._waiting.get(task_id)
-            if future is None:
-                future = self._future(task_id)
-                foreign.append(task_id)
-            future.add_done_callback(done.put_nowait)
-            count += 1
-        reader = asyncio.create_task(self._read_foreign(foreign)) if foreign else None
-        try:
-            async with asyncio.timeout(timeout):
-                for _ in range(count):
-                    yield (await done.get()).result()
-        finally:
-            if reader is not None:
-                reader.cancel()
-
-    async def _read_foreign(self, task_ids: list[str]) -> None:
-        """Resolve tasks that may have ended before we started watching (one read each, concurrently)."""
-        for start in range(0, len(task_ids), 256):
-            batch = task_ids[start : start + 256]
-            records = await asyncio.gather(*(self.coord.tasks.get(t) for t in batch), return_exceptions=True)
-            for record in records:
-                if isinstance(record, TaskRecord) and record.status in TERMINAL:
-                    self._resolve(record)
+        with self._waiting_for(ids):
+            for task_id in ids:
+                future = self._waiting.get(task_id)
+                if future is None:
+                    future = self._future(task_id)
+                    foreign.append(task_id)
+                future.add_done_callback(done.put_nowait)
+            reader = asyncio.create_task(self._read_and_resolve(foreign)) if foreign else None
+            try:
+                async with asyncio.timeout(timeout):
+                    for _ in ids:
+                        yield (await done.get()).result()
+            finally:
+                if reader is not None:
+                    reader.cancel()
 
     async def cancel(self, task_id: str) -> TaskRecord:
         """Cancel ``task_id`` (pending or claimed); a running worker's result will be rejected."""

@@ -4,8 +4,11 @@ It watches presence (no polling) and the task records, keeping an index of curre
 worker. When a worker leaves, each of its claims is moved back to pending (or to dead when its
 attempts are spent) by a compare-and-set that also checks the claim is still the one it saw; the
 task store then publishes a fresh notification. A periodic sweep covers what watches can miss:
-claims past their deadline, claims of workers absent at start (the full rebuild), and pending tasks
-whose notification seems lost. Any number of reclaimers may run at once: the CAS makes them safe.
+claims past their deadline (reclaimed only if the record read inside the CAS is still overdue),
+claims of workers absent at start (the full rebuild), and pending tasks whose notification is no
+longer in the dispatch stream (renotified in the background, never delaying a reclaim). Any
+number of reclaimers may run at once: the CAS makes them safe, and the renotify ids they derive
+are the same, so the stream keeps one notification for all of them.
 
 Telemetry: every reclaim is ``TaskStore.reclaim``, which reports to the connection's observer (the
 ``reclaim`` span, the reclaim counters and the detection latency); the reclaimer also reports the
@@ -19,19 +22,23 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
+from coord.aio import stop_tasks
 from coord.connection import Coord
 from coord.errors import Conflict, InvalidTransition, NotFound, StaleClaim
 from coord.presence import Joined, Left
 from coord.presence.watcher import PresenceWatcher
-from coord.tasks import TaskIndex, TaskStatus
+from coord.tasks import IndexEntry, TaskIndex, TaskStatus
 
 __all__ = ["ReclaimEvent", "Reclaimer"]
 
 log = logging.getLogger("corral.reclaimer")
 
 _LOST_RACE = (StaleClaim, Conflict, InvalidTransition, NotFound)
+EVENTS_KEPT = 1024
+"""Reclaim events kept for :attr:`Reclaimer.events` readers; older ones are dropped when nobody reads."""
+STOP_WITHIN = 5.0
 
 
 @dataclass(frozen=True)
@@ -49,11 +56,21 @@ class ReclaimEvent:
     """Seconds from the worker's departure (as recorded by the server) to the reclaim, when known."""
 
 
+class _Events(asyncio.Queue[ReclaimEvent]):
+    """A queue that keeps only the newest :data:`EVENTS_KEPT` events when nobody reads it."""
+
+    def put_nowait(self, item: ReclaimEvent) -> None:
+        if self.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.get_nowait()
+        super().put_nowait(item)
+
+
 class Reclaimer:
     """Presence-driven reclaim of departed workers' claims (see the module docstring).
 
     Use ``async with Reclaimer(coord):`` or :meth:`start` / :meth:`stop`. ``events`` receives every
-    reclaim, for progress displays and tests.
+    reclaim (the newest 1,024 when nobody reads them), for progress displays and tests.
     """
 
     def __init__(
@@ -63,19 +80,24 @@ class Reclaimer:
         self.sweep_interval = coord.settings.sweep_interval if sweep_interval is None else sweep_interval
         """Seconds between sweeps (defaults to the connection's settings)."""
         self.renotify_after = coord.settings.renotify_after if renotify_after is None else renotify_after
-        """A pending task older than this whose notification seems lost is notified again."""
-        self.events: asyncio.Queue[ReclaimEvent] = asyncio.Queue()
-        """Every reclaim this reclaimer made, in order."""
+        """A pending task older than this whose notification is no longer queued is notified again."""
+        self.events: asyncio.Queue[ReclaimEvent] = _Events(EVENTS_KEPT)
+        """The reclaims this reclaimer made, in order."""
         self.reclaimed = 0
         """How many claims it gave back."""
+        self.renotified = 0
+        """How many lost notifications it published again."""
         self._index: TaskIndex | None = None
         self._watcher: PresenceWatcher | None = None
         self._present: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
-        self._renotified: dict[str, datetime] = {}
+        self._renotifier: asyncio.Task[int] | None = None
+        self._last_renotify = 0.0
+        self._stopping = False
 
     async def start(self) -> Reclaimer:
         """Start watching; returns once the initial rebuild is done."""
+        self._stopping = False
         self._index = await self.coord.tasks.index().start()
         self._watcher = await self.coord.presence.watch(include_existing=False).start()
         self._present = set(self._watcher.present)
@@ -88,13 +110,11 @@ class Reclaimer:
         return self
 
     async def stop(self) -> None:
-        """Stop watching."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
+        """Stop watching; returns within a few seconds whatever the server is doing."""
+        self._stopping = True
+        tasks = [*self._tasks, *([self._renotifier] if self._renotifier is not None else [])]
+        self._tasks, self._renotifier = [], None
+        await stop_tasks(tasks, within=STOP_WITHIN, what="reclaimer")
         if self._watcher is not None:
             await self._watcher.stop()
         if self._index is not None:
@@ -114,13 +134,16 @@ class Reclaimer:
 
     async def _watch_presence(self, watcher: PresenceWatcher) -> None:
         async for change in watcher:
-            if isinstance(change, Joined):
-                self._present.add(change.agent.id)
-                self._observe_presence()
-            elif isinstance(change, Left):
-                self._present.discard(change.agent_id)
-                self._observe_presence()
-                await self.reclaim_worker(change.agent_id, f"worker-left:{change.reason}", departed_at=change.at)
+            try:
+                if isinstance(change, Joined):
+                    self._present.add(change.agent.id)
+                    self._observe_presence()
+                elif isinstance(change, Left):
+                    self._present.discard(change.agent_id)
+                    self._observe_presence()
+                    await self.reclaim_worker(change.agent_id, f"worker-left:{change.reason}", departed_at=change.at)
+            except Exception:  # one departure must not end the watch
+                log.exception("reclaimer: handling %r failed", change)
 
     def _observe_presence(self) -> None:
         self.coord.observer.presence_changed(len(self._present))
@@ -149,10 +172,14 @@ class Reclaimer:
         kind, _, departure = reason.partition(":")
         try:
             record = await self.coord.tasks.reclaim(
-                task_id, claim_id, reason=reason, departure=departure if kind == "worker-left" and departure else None
+                task_id,
+                claim_id,
+                reason=reason,
+                departure=departure if kind == "worker-left" and departure else None,
+                overdue_only=reason == "deadline",
             )
         except _LOST_RACE:
-            return False  # completed, or another reclaimer got there first: nothing to do
+            return False  # completed, extended, or another reclaimer got there first: nothing to do
         except Exception as err:
             log.warning("reclaimer: reclaim of %s failed (%s); the sweep will retry", task_id, err)
             return False
@@ -170,16 +197,22 @@ class Reclaimer:
         may not have been seen joining yet: its absence is confirmed with a read before reclaiming.
         """
         assert self._index is not None
-        for worker_id in self._index.workers():
-            if worker_id in self._present:
-                continue
-            if await self.coord.presence.get(worker_id) is not None:
+        suspects = [w for w in self._index.workers() if w not in self._present]
+        if not suspects:
+            return
+        infos = await asyncio.gather(*(self.coord.presence.get(w) for w in suspects), return_exceptions=True)
+        absent: list[str] = []
+        for worker_id, info in zip(suspects, infos, strict=True):
+            if isinstance(info, BaseException):
+                continue  # presence unknown: never reclaim on a guess
+            if info is not None:
                 self._present.add(worker_id)
-                continue
-            await self.reclaim_worker(worker_id, "worker-absent")
+            else:
+                absent.append(worker_id)
+        await asyncio.gather(*(self.reclaim_worker(w, "worker-absent") for w in absent))
 
     async def _sweep_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.sweep_interval)
             try:
                 await self.sweep()
@@ -189,7 +222,7 @@ class Reclaimer:
                 log.warning("reclaimer: sweep failed: %s", err)
 
     async def sweep(self) -> None:
-        """One pass: expired deadlines, claims of absent workers, pending tasks with a lost notification."""
+        """One pass: expired deadlines and absent workers now, lost notifications in the background."""
         assert self._index is not None
         now = datetime.now(UTC)
         overdue = [e for e in self._index.overdue(now) if e.worker_id and e.claim_id]
@@ -201,11 +234,48 @@ class Reclaimer:
         )
         await self._rebuild()
         self._observe_depth()
-        stale = now - timedelta(seconds=self.renotify_after)
-        for entry in self._index.entries(status=TaskStatus.PENDING):
-            last = max(entry.updated_at, self._renotified.get(entry.task_id, entry.updated_at))
-            if last > stale or (entry.visible_at is not None and entry.visible_at > now):
+        loop = asyncio.get_running_loop()
+        idle = self._renotifier is None or self._renotifier.done()
+        if idle and loop.time() - self._last_renotify >= min(self.renotify_after / 2, 10.0):
+            self._last_renotify = loop.time()
+            self._renotifier = asyncio.create_task(self.renotify_lost(), name="reclaimer-renotify")
+
+    async def renotify_lost(self) -> int:
+        """Publish again the notification of every task pending for ``renotify_after`` seconds whose
+        notification is no longer in the dispatch stream; return how many.
+
+        One stream-info request tells which tasks still have a notification queued. The id of a
+        renotification is derived from the record and the time it has been waiting, so reclaimers
+        running side by side publish it once between them.
+        """
+        assert self._index is not None
+        now = datetime.now(UTC)
+        waiting: list[IndexEntry] = [
+            e
+            for e in self._index.entries(status=TaskStatus.PENDING)
+            if (now - e.updated_at).total_seconds() >= self.renotify_after
+            and (e.visible_at is None or e.visible_at <= now)
+        ]
+        if not waiting:
+            return 0
+        queued = await self.coord.tasks.queued_notifications()
+        names = self.coord.names
+        lost = [e for e in waiting if names.notification_subject(e.queue, e.task_id) not in queued]
+        done = 0
+        for entry in lost:
+            if self._stopping:
+                break
+            round_ = int((now - entry.updated_at).total_seconds() // self.renotify_after)
+            try:
+                record = await self.coord.tasks.get(entry.task_id)
+                if record.status is not TaskStatus.PENDING or record.revision != entry.revision:
+                    continue
+                await self.coord.tasks.notify(record, again=round_)
+            except Exception as err:
+                log.warning("reclaimer: renotify of %s failed: %s", entry.task_id, err)
                 continue
-            self._renotified[entry.task_id] = now
-            with contextlib.suppress(Exception):
-                await self.coord.tasks.notify(await self.coord.tasks.get(entry.task_id), force=True)
+            done += 1
+        if done:
+            log.info("reclaimer: renotified %d task(s) whose notification was lost", done)
+        self.renotified += done
+        return done

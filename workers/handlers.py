@@ -1,9 +1,15 @@
 """Handlers: what a worker runs for a task.
 
 A handler is an async or sync Python callable ``(Spec, Context) -> Result`` (a sync one runs in a
-thread), or a command: the spec goes in as JSON on stdin plus ``CORRAL_*`` env vars; the Result comes
-back as JSON (or a ``corral-result/1`` line) on stdout. A command that exits non-zero without a
-Result is a failure; one that exits 0 without a Result is a success whose summary is its last line.
+thread, so blocking or CPU-heavy work never stalls the worker's event loop), or a command: the spec
+goes in as JSON on stdin plus ``CORRAL_*`` env vars; the Result comes back as JSON (or a
+``corral-result/1`` line) on stdout. A command that exits non-zero without a Result is a failure;
+one that exits 0 without a Result is a success whose summary is its last line.
+
+Stopping: a Python thread cannot be interrupted, so a sync handler that is cancelled is told so
+(``ctx.cancelled``) and then waited for; the claim is written only after it returned. A command
+gets SIGTERM, then SIGKILL after ``kill_grace``; it also dies with its worker (on Linux, the parent-
+death signal), so a killed worker leaves no command running beside the re-run elsewhere.
 When the task is traced, a command also gets the run span's context as ``TRACEPARENT`` /
 ``TRACESTATE`` / ``BAGGAGE`` (the OpenTelemetry environment-variable carrier), so it can continue the trace.
 """
@@ -12,10 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import ctypes
 import importlib
 import inspect
+import logging
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +37,10 @@ from workers.context import Context
 
 __all__ = ["CommandHandler", "Handler", "HandlerError", "as_handler", "load_handler"]
 
+log = logging.getLogger("corral.worker")
+
 MAX_CAPTURE = 1 << 20
+"""Bytes of a command's stdout and of its stderr kept (the last ones), however much it prints."""
 
 
 class Handler(Protocol):
@@ -46,12 +59,27 @@ def as_handler(fn: Callable[[Spec, Context], Any]) -> Handler:
         if inspect.iscoroutinefunction(fn):
             value = await fn(spec, ctx)
         else:
-            value = await asyncio.to_thread(fn, spec, ctx)
+            value = await _in_thread(fn, spec, ctx)
             if inspect.isawaitable(value):
                 value = await value
         return _to_result(value)
 
     return run
+
+
+async def _in_thread(fn: Callable[[Spec, Context], Any], spec: Spec, ctx: Context) -> Any:
+    """Run ``fn`` in a thread; if cancelled meanwhile, wait for the thread before passing the cancel on."""
+    call = contextvars.copy_context().run
+    future = asyncio.get_running_loop().run_in_executor(None, call, fn, spec, ctx)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        ctx.cancelled.set()
+        log.warning("task %s: waiting for its sync handler to return (a thread cannot be interrupted)", ctx.task_id)
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(future)
+        raise
 
 
 def _to_result(value: Any) -> Result:
@@ -97,7 +125,7 @@ class CommandHandler:
         env = {**os.environ, **(self.env or {}), **_task_env(spec, ctx)}
         cwd = spec.workspace_dir
         if cwd is not None and not await asyncio.to_thread(Path(cwd).is_dir):
-            cwd = None  # a workspace on another host: run in the worker's own directory
+            raise HandlerError(f"workspace_dir {cwd!r} does not exist on host {socket.gethostname()!r}")
         proc = await asyncio.create_subprocess_exec(
             *self.argv,
             stdin=asyncio.subprocess.PIPE,
@@ -106,14 +134,15 @@ class CommandHandler:
             env=env,
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         try:
-            out, err = await proc.communicate(spec.model_dump_json().encode())
+            out, err = await self._communicate(proc, spec.model_dump_json().encode())
         except asyncio.CancelledError:
             await self._terminate(proc)
             raise
-        stdout = out[-MAX_CAPTURE:].decode(errors="replace")
-        stderr = err[-MAX_CAPTURE:].decode(errors="replace")
+        stdout = out.decode(errors="replace")
+        stderr = err.decode(errors="replace")
         result = parse_result(stdout)
         if result is not None:
             return result
@@ -122,6 +151,29 @@ class CommandHandler:
             raise HandlerError(f"command exited with {proc.returncode}: {' | '.join(tail) or 'no output'}")
         lines = stdout.strip().splitlines()
         return Result.success(summary=lines[-1] if lines else "", output={"stdout": stdout[-4096:]})
+
+    @staticmethod
+    async def _communicate(proc: asyncio.subprocess.Process, stdin: bytes) -> tuple[bytes, bytes]:
+        """Feed ``stdin`` and collect the last :data:`MAX_CAPTURE` bytes of each output as it streams."""
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+
+        async def feed(pipe: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                pipe.write(stdin)
+                await pipe.drain()
+            pipe.close()
+
+        async def tail(pipe: asyncio.StreamReader) -> bytes:
+            kept = bytearray()
+            while chunk := await pipe.read(1 << 16):
+                kept += chunk
+                if len(kept) > MAX_CAPTURE:
+                    del kept[: len(kept) - MAX_CAPTURE]
+            return bytes(kept)
+
+        _, out, err = await asyncio.gather(feed(proc.stdin), tail(proc.stdout), tail(proc.stderr))
+        await proc.wait()
+        return out, err
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -132,6 +184,18 @@ class CommandHandler:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it when the worker dies (no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _task_env(spec: Spec, ctx: Context) -> dict[str, str]:

@@ -1,24 +1,32 @@
-"""The worker runtime: claim, run, keep the lease, report.
+"""The worker runtime: claim, run, keep the lease, report — and ride out outages.
 
-A :class:`Worker` joins presence (with its queues and capacity), pulls "task ready" notifications
-from one durable consumer per queue in batches sized to its free slots, claims them with one
-compare-and-set each (pipelined per batch), acks the notifications, runs the handler and completes
-with one more compare-and-set. It extends the deadline of long tasks itself.
+A :class:`Worker` joins presence (with its queues, capacity and in-flight count), pulls "task ready"
+notifications from one durable consumer per queue in batches sized to its free slots
+(:mod:`workers.intake`), claims them with one compare-and-set each (pipelined per batch), runs the
+handler and records the outcome (:mod:`workers.execution`).
 
 Failure behaviour:
-- a stale or duplicate notification (task already claimed, finished or gone) is acked and dropped;
-- a malformed notification is terminated and dead-lettered; a spec that fails validation fails the
-  task (no retry, ``substrate_fault``) and is dead-lettered; the worker keeps running;
-- if its own presence is lost or taken, the worker fails closed: it stops fetching, stops extending
-  its claims, gives running handlers ``lost_grace`` seconds, and :meth:`Worker.run` raises
-  :class:`~coord.errors.PresenceLost`. Any late completion is fenced by the claim and rejected with
-  ``StaleClaim`` if the task was reclaimed meanwhile;
+
+- every notification ends in a bounded outcome and never stops the intake (see
+  :mod:`workers.intake`); a consumer deleted under the worker is re-created;
+- a server restart, a leader election or a partition is a pause: fetches, claims and writes are
+  retried while it lasts. If no presence renewal reaches the server for the TTL, the worker fails
+  closed — it stops fetching and stops extending its claims, gives running handlers ``lost_grace``
+  seconds and then stops them (their claims are left for the reclaimer; a late result is rejected
+  with ``StaleClaim`` if the task was reclaimed meanwhile) — and once the server answers it joins
+  again with a fresh instance and takes work again. Only ``exit_on_loss=True`` (``--exit-on-loss``)
+  or another process taking its id makes :meth:`Worker.run` raise :class:`~coord.errors.PresenceLost`;
+- a claim cancelled or reclaimed elsewhere stops its handler at once (the store tells the worker on
+  ``{ns}.control.{worker}``, and the worker checks the record before acting);
+- if the intake itself ends unexpectedly, the worker fails closed visibly: it leaves presence and
+  :meth:`Worker.run` raises :class:`~coord.errors.CorralError` (the CLI exits non-zero);
 - :meth:`Worker.stop` (SIGTERM/SIGINT in the CLI) stops fetching, lets in-flight work finish within
-  ``grace`` seconds, releases what remains back to pending, and leaves presence.
+  ``grace`` seconds, stops what remains and releases it back to pending once its handler has really
+  stopped, and leaves presence;
+- a blocked event loop is reported with what was running (:mod:`workers.watchdog`).
 
 Telemetry goes through the connection's observer (``coord.observer``): the task store reports each
-claim, lease extension and settle; the worker wraps each handler run in ``observer.running`` (the
-``run`` span and the in-flight gauge of :class:`coord.telemetry.observer.OtelObserver`).
+claim, lease extension and settle; each handler run is wrapped in ``observer.running``.
 """
 
 from __future__ import annotations
@@ -29,35 +37,24 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
 
-import nats.errors
 from nats.aio.msg import Msg
-from nats.js import api as js_api
-from nats.js.client import JetStreamContext
-from pydantic import ValidationError
+from nats.aio.subscription import Subscription
 
+from coord.aio import stop_tasks
 from coord.connection import Coord
-from coord.errors import Conflict, InvalidInput, InvalidTransition, NotFound, PresenceLost, StaleClaim
+from coord.errors import CorralError, InvalidInput, PresenceLost
 from coord.ids import new_id, validate_id
-from coord.presence import AgentInfo, Membership
-from coord.tasks import Claim, Notification, TaskRecord
-from coord.validation import describe
-from coord.wire import Result, Spec
-from workers.context import Context
+from coord.presence import AgentInfo, Membership, MembershipLost
+from coord.tasks import Claim, TaskRecord, TaskStatus
+from workers.execution import Execution, ExecutionStats
 from workers.handlers import Handler
+from workers.intake import FETCH_WAIT, Intake, IntakeStats, Slots, queue_consumer
+from workers.watchdog import LoopWatchdog
 
 __all__ = ["Worker", "WorkerStats", "queue_consumer"]
 
 log = logging.getLogger("corral.worker")
-
-NOTIFICATION_ACK_WAIT = 5.0
-"""Seconds a fetched notification may stay unacked before redelivery. It only covers fetch -> claim
-(milliseconds); a worker that dies in between delays the task by at most this much. A redelivered
-notification whose task was claimed meanwhile is simply dropped."""
-FETCH_WAIT = 1.0
-"""Longest a pull request waits on the server; also the longest a stop waits for fetches to end."""
 
 
 @dataclass
@@ -68,35 +65,21 @@ class WorkerStats:
     succeeded: int = 0
     failed: int = 0
     stale_rejected: int = 0
-    """Completions refused because the claim was no longer current (reclaimed meanwhile)."""
+    """Outcomes refused because the claim was no longer current (reclaimed or cancelled meanwhile)."""
     dropped_notifications: int = 0
     """Stale or duplicate notifications acked and dropped."""
     dead_lettered: int = 0
+    """Notifications and specs dead-lettered."""
     released: int = 0
-
-
-async def queue_consumer(coord: Coord, queue: str) -> JetStreamContext.PullSubscription:
-    """The shared durable pull consumer of ``queue`` (created on first use, idempotent)."""
-    durable = coord.names.queue_consumer(queue)
-    config = js_api.ConsumerConfig(
-        durable_name=durable,
-        filter_subject=coord.names.dispatch_subject(queue),
-        ack_policy=js_api.AckPolicy.EXPLICIT,
-        ack_wait=NOTIFICATION_ACK_WAIT,
-        max_deliver=-1,
-        max_ack_pending=-1,
-        max_waiting=4096,
-    )
-    await coord.js.add_consumer(coord.names.dispatch_stream, config)
-    return await coord.js.pull_subscribe_bind(durable, stream=coord.names.dispatch_stream)
-
-
-@dataclass
-class _Running:
-    claim: Claim
-    ctx: Context
-    lock: asyncio.Lock
-    task: asyncio.Task[None] | None = None
+    """Claims handed back unfinished on a graceful stop."""
+    unrecorded: int = 0
+    """Outcomes that could not be written in time (the task is re-run after its lease)."""
+    taken_away: int = 0
+    """Handlers stopped because their claim ended elsewhere (cancelled, or reclaimed) before they did."""
+    presence_losses: int = 0
+    """Times the worker failed closed (and joined again unless told to exit)."""
+    loop_blocks: int = 0
+    """Times its event loop was blocked for longer than a second."""
 
 
 class Worker:
@@ -121,9 +104,15 @@ class Worker:
         lost_grace: float = 2.0,
         max_batch: int = 256,
         role: str = "worker",
+        exit_on_loss: bool = False,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInput(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        for name, value in (("grace", grace), ("lost_grace", lost_grace)):
+            if not value >= 0:
+                raise InvalidInput(f"{name} must be >= 0 seconds, got {value!r}")
+        if lease is not None and not 0 < lease <= 86_400:
+            raise InvalidInput(f"lease must be a number of seconds in (0, 86400], got {lease!r}")
         self.coord = coord
         self.queues = [validate_id(q, "queue") for q in queues]
         self.handler = handler
@@ -136,14 +125,36 @@ class Worker:
         self.lost_grace = lost_grace
         self.max_batch = max_batch
         self.role = role
-        self.stats = WorkerStats()
-        """What this worker did so far."""
-        self._free = concurrency
-        self._slots = asyncio.Condition()
-        self._running: dict[str, _Running] = {}
+        self.exit_on_loss = exit_on_loss
+        """Exit (raise :class:`PresenceLost`) when presence is lost instead of joining again."""
+        self._runs = ExecutionStats()
+        self._intake = IntakeStats()
+        self._losses = 0
+        self._blocks = 0
+        self._slots = Slots(concurrency)
+        self._running: dict[str, Execution] = {}
         self._stopping = asyncio.Event()
-        self._lost: PresenceLost | None = None
+        self._fatal: CorralError | None = None
         self._started = asyncio.Event()
+        self._membership: Membership | None = None
+
+    @property
+    def stats(self) -> WorkerStats:
+        """What this worker did so far."""
+        runs, intake = self._runs, self._intake
+        return WorkerStats(
+            claimed=runs.claimed,
+            succeeded=runs.succeeded,
+            failed=runs.failed,
+            stale_rejected=runs.stale_rejected,
+            dropped_notifications=intake.dropped_notifications,
+            dead_lettered=intake.dead_lettered + runs.dead_lettered,
+            released=runs.released,
+            unrecorded=runs.unrecorded,
+            taken_away=runs.taken_away,
+            presence_losses=self._losses,
+            loop_blocks=self._blocks,
+        )
 
     @property
     def inflight(self) -> int:
@@ -158,17 +169,81 @@ class Worker:
         """Ask for a graceful stop (returns at once; :meth:`run` finishes the shutdown)."""
         self._stopping.set()
 
-    def _on_lost(self, err: PresenceLost) -> None:
-        if self._lost is None:
-            log.error("worker %s: presence lost (%s); failing closed", self.worker_id, err)
-            self._lost = err
-            self._stopping.set()
-
-    def _join(self) -> Membership:
+    # --- presence ------------------------------------------------------------------------------
+    def _join(self, *, rejoin: bool) -> Membership:
         info = AgentInfo(id=self.worker_id, role=self.role, queues=self.queues, capacity=self.concurrency)
-        return self.coord.presence.join(
-            info, interval=self.presence_interval, ttl=self.presence_ttl, on_lost=self._on_lost, rejoin=False
+        membership = self.coord.presence.join(
+            info, interval=self.presence_interval, ttl=self.presence_ttl, on_lost=self._on_lost, rejoin=rejoin
         )
+        self._membership = membership
+        return membership
+
+    def _on_lost(self, err: PresenceLost) -> None:
+        self._losses += 1
+        rejoining = isinstance(err, MembershipLost) and err.rejoining
+        if not rejoining or self.exit_on_loss:
+            log.error("worker %s: presence lost (%s); failing closed and stopping", self.worker_id, err)
+            self._fatal = self._fatal or err
+            self._stopping.set()
+        else:
+            log.warning(
+                "worker %s: presence lost (%s); failing closed (%d claim(s) left to the reclaimer) until it rejoins",
+                self.worker_id,
+                err,
+                len(self._running),
+            )
+        for execution in list(self._running.values()):
+            execution.fail_closed()
+        asyncio.get_running_loop().call_later(self.lost_grace, self._stop_abandoned)
+
+    def _stop_abandoned(self) -> None:
+        for execution in list(self._running.values()):
+            if execution.stop_reason == "lost":
+                execution.stop("lost")
+
+    def _publish_inflight(self) -> None:
+        if self._membership is not None and not self._membership.ended.is_set():
+            with contextlib.suppress(CorralError):
+                self._membership.change(inflight=len(self._running))
+
+    # --- running -------------------------------------------------------------------------------
+    def _start(self, claim: Claim, pending: TaskRecord | None) -> None:
+        execution = Execution(self.coord, claim, self.handler, stats=self._runs, on_done=self._finished)
+        self._running[claim.task_id] = execution
+        execution.start(pending)
+        self._publish_inflight()
+
+    def _finished(self, execution: Execution) -> None:
+        if self._running.get(execution.claim.task_id) is execution:
+            del self._running[execution.claim.task_id]
+        self._slots.give_back(1)
+        self._publish_inflight()
+
+    async def _on_control(self, msg: Msg) -> None:
+        """A hint that a claim of ours ended elsewhere: checked against the record before acting."""
+        try:
+            task_id = json.loads(msg.data)["task_id"]
+        except Exception:
+            return
+        execution = self._running.get(task_id) if isinstance(task_id, str) else None
+        if execution is None:
+            return
+        try:
+            record = await self.coord.tasks.get(task_id)
+        except CorralError as err:
+            log.debug("worker %s: could not check %s: %s", self.worker_id, task_id, err)
+            return
+        held = record.claim
+        if record.status is not TaskStatus.CLAIMED or held is None or held.claim_id != execution.claim.claim_id:
+            log.warning("worker %s: %s was %s elsewhere; stopping its handler", self.worker_id, task_id, record.status)
+            execution.stop("taken")
+
+    def _describe_running(self) -> str:
+        ids = list(self._running)
+        return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+    def _blocked(self, seconds: float) -> None:
+        self._blocks += 1
 
     async def run_one(self, task_id: str) -> TaskRecord:
         """Join presence, claim ``task_id`` directly (no notification), run it, report, leave.
@@ -177,252 +252,89 @@ class Worker:
         claimable, and PresenceLost if presence was lost meanwhile.
         """
         validate_id(task_id, "task_id")
-        async with self._join() as membership:
+        async with self._join(rejoin=False) as membership:
             record = await self.coord.tasks.get(task_id)  # its meta holds the trace to continue
             claim = await self.coord.tasks.claim(task_id, self.worker_id, lease=self.lease, record=record)
-            self._start(claim)
-            running = self._running.get(task_id)
-            if running is not None and running.task is not None:
-                await running.task
-            if self._lost is None:
+            self._start(claim, None)
+            execution = self._running.get(task_id)
+            if execution is not None and execution.task is not None:
+                await asyncio.gather(execution.task, return_exceptions=True)
+            if self._fatal is None:
                 await membership.leave()
-        if self._lost is not None:
-            raise self._lost
+        if self._fatal is not None:
+            raise self._fatal
         return await self.coord.tasks.get(task_id)
 
     async def run(self) -> None:
-        """Work until :meth:`stop` (graceful) or presence is lost (raises PresenceLost)."""
+        """Work until :meth:`stop`, or until presence is lost for good (raises :class:`PresenceLost`)."""
         if not self.queues:
             raise InvalidInput("queues: a worker needs at least one queue")
-        async with self._join() as membership:
-            subs = [await queue_consumer(self.coord, q) for q in self.queues]
-            fetchers = [
-                asyncio.create_task(self._fetch_loop(sub), name=f"fetch-{q}")
-                for q, sub in zip(self.queues, subs, strict=True)
+        watchdog = LoopWatchdog(self._describe_running, on_block=self._blocked)
+        control: Subscription | None = None
+        async with self._join(rejoin=not self.exit_on_loss) as membership:
+            control = await self.coord.nc.subscribe(
+                self.coord.names.control_subject(self.worker_id), cb=self._on_control
+            )
+            intakes = [
+                Intake(
+                    self.coord,
+                    queue,
+                    worker_id=self.worker_id,
+                    lease=self.lease,
+                    slots=self._slots,
+                    max_batch=self.max_batch,
+                    on_claim=self._start,
+                    present=membership.present,
+                    stopping=self._stopping,
+                    stats=self._intake,
+                )
+                for queue in self.queues
             ]
+            fetchers = [asyncio.create_task(i.run(), name=f"intake-{i.queue}") for i in intakes]
+            watchdog.start()
             self._started.set()
             log.info("worker %s present on %s (concurrency %d)", self.worker_id, self.queues, self.concurrency)
             try:
-                await self._stopping.wait()
-                async with self._slots:
-                    self._slots.notify_all()  # wake fetch loops waiting for a free slot
+                await self._supervise(fetchers)
             finally:
+                watchdog.stop()
+                self._slots.wake()
                 # Let each fetch end by itself (<= FETCH_WAIT): a notification delivered into a
-                # cancelled pull request would sit unacked until NOTIFICATION_ACK_WAIT.
+                # cancelled pull request would sit unacked until its ack wait.
                 _, late = await asyncio.wait(fetchers, timeout=FETCH_WAIT + 2)
-                for fetcher in late:
-                    fetcher.cancel()
-                await asyncio.gather(*fetchers, return_exceptions=True)
+                await stop_tasks(late, within=2.0, what=f"worker {self.worker_id} intake")
                 await self._drain()
-                for sub in subs:
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
-            if self._lost is None:
+                with contextlib.suppress(Exception):
+                    await control.unsubscribe()
+            if self._fatal is None:
                 await membership.leave()
-        if self._lost is not None:
-            raise self._lost
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def _supervise(self, fetchers: list[asyncio.Task[None]]) -> None:
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait({stopping, *fetchers}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        ended = [t for t in done if t is not stopping]
+        if ended and not self._stopping.is_set():
+            failure = ended[0].exception() if not ended[0].cancelled() else None
+            log.error("worker %s: an intake ended unexpectedly (%r); failing closed", self.worker_id, failure)
+            self._fatal = CorralError(f"worker {self.worker_id}: intake of {ended[0].get_name()} ended: {failure!r}")
+            self._stopping.set()
 
     async def _drain(self) -> None:
-        """Let running work finish within the grace; release (or, when lost, abandon) the rest."""
-        grace = self.lost_grace if self._lost else self.grace
-        tasks = [r.task for r in self._running.values() if r.task is not None]
-        if tasks:
-            log.info("worker %s: waiting up to %.1fs for %d running task(s)", self.worker_id, grace, len(tasks))
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            for running in list(self._running.values()):
-                if running.task in pending:
-                    running.ctx.cancelled.set()
-                    running.task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-
-    # --- fetching and claiming ---------------------------------------------------------------
-    async def _reserve(self) -> int:
-        async with self._slots:
-            await self._slots.wait_for(lambda: self._free > 0 or self._stopping.is_set())
-            n = min(self._free, self.max_batch)
-            self._free -= n
-            return n
-
-    async def _give_back(self, n: int) -> None:
-        if n:
-            async with self._slots:
-                self._free += n
-                self._slots.notify_all()
-
-    async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
-        while not self._stopping.is_set():
-            n = await self._reserve()
-            if self._stopping.is_set():
-                await self._give_back(n)
-                return
-            try:
-                msgs = await sub.fetch(n, timeout=FETCH_WAIT)
-            except (nats.errors.TimeoutError, TimeoutError):
-                await self._give_back(n)
-                continue
-            except (
-                nats.errors.ConnectionClosedError,
-                nats.errors.ConnectionReconnectingError,
-                nats.errors.Error,
-            ) as err:
-                await self._give_back(n)
-                log.warning("worker %s: fetch failed (%s); retrying", self.worker_id, err)
-                await asyncio.sleep(0.2)
-                continue
-            await self._give_back(n - len(msgs))
-            if self._stopping.is_set():
-                await self._give_back(len(msgs))
-                await asyncio.gather(*(m.nak() for m in msgs), return_exceptions=True)
-                return
-            await self._claim_batch(msgs)
-
-    async def _claim_batch(self, msgs: list[Msg]) -> None:
-        notes: list[tuple[Msg, Notification]] = []
-        for msg in msgs:
-            try:
-                note = Notification.model_validate_json(msg.data)
-            except ValidationError as err:
-                await self._give_back(1)
-                await self._dead_letter_notification(msg, f"malformed notification: {describe(err)}")
-                continue
-            delay = _seconds_until(note.visible_at)
-            if delay > 0:
-                await self._give_back(1)
-                await msg.nak(delay=delay)
-                continue
-            notes.append((msg, note))
-        claims = [
-            self.coord.tasks.claim(
-                n.task_id, self.worker_id, revision=n.revision, lease=self.lease, record=n.record, headers=m.headers
-            )
-            for m, n in notes
-        ]
-        outcomes = await asyncio.gather(*claims, return_exceptions=True)
-        for (msg, note), outcome in zip(notes, outcomes, strict=True):
-            if isinstance(outcome, Claim):
-                await msg.ack()
-                self._start(outcome, note.record)
-                continue
-            await self._give_back(1)
-            if isinstance(outcome, Conflict | InvalidTransition | NotFound):
-                # Someone else holds it, it is finished, or it is gone: this notification is stale.
-                self.stats.dropped_notifications += 1
-                await msg.ack()
-            else:
-                log.warning(
-                    "worker %s: claim of %s failed (%s); notification will be redelivered",
-                    self.worker_id,
-                    note.task_id,
-                    outcome,
-                )
-                await msg.nak(delay=0.5)
-
-    async def _dead_letter_notification(self, msg: Msg, reason: str) -> None:
-        self.stats.dead_lettered += 1
-        await msg.term()
-        await self.coord.dead_letters.record(
-            "dispatch", reason, subject=msg.subject, body=msg.data, headers=dict(msg.headers or {})
-        )
-
-    # --- running -----------------------------------------------------------------------------
-    def _start(self, claim: Claim, pending: TaskRecord | None = None) -> None:
-        """Run ``claim`` in a task of its own (``pending``: the record it was claimed from, if known)."""
-        self.stats.claimed += 1
-        ctx = Context(
-            task_id=claim.task_id,
-            worker_id=self.worker_id,
-            epoch=claim.epoch,
-            attempt=claim.record.attempt,
-            queue=claim.record.queue,
-        )
-        running = _Running(claim=claim, ctx=ctx, lock=asyncio.Lock())
-        ctx._beat = lambda progress: self._heartbeat(running, progress)
-        self._running[claim.task_id] = running
-        running.task = asyncio.create_task(self._run(running, pending), name=f"run-{claim.task_id}")
-
-    async def _heartbeat(self, running: _Running, progress: Any) -> None:
-        async with running.lock:
-            running.claim = await self.coord.tasks.heartbeat(running.claim, progress=progress)
-
-    async def _keep_lease(self, running: _Running) -> None:
-        """Extend the deadline at a third of the lease, until the run ends or presence is lost."""
-        while self._lost is None:
-            remaining = (running.claim.deadline - datetime.now(UTC)).total_seconds()
-            await asyncio.sleep(max(0.05, min(running.claim.lease / 3, remaining / 2)))
-            if self._lost is not None:
-                return
-            try:
-                await self._heartbeat(running, None)
-            except StaleClaim:
-                log.warning(
-                    "worker %s: claim on %s was taken away; abandoning it", self.worker_id, running.claim.task_id
-                )
-                running.ctx.cancelled.set()
-                return
-            except Exception as err:  # transient: retry on the next beat
-                log.warning("worker %s: lease extension for %s failed: %s", self.worker_id, running.claim.task_id, err)
-
-    async def _run(self, running: _Running, pending: TaskRecord | None) -> None:
-        with self.coord.observer.running(running.claim, pending):
-            await self._run_claim(running)
-
-    async def _run_claim(self, running: _Running) -> None:
-        claim = running.claim
-        keeper = asyncio.create_task(self._keep_lease(running))
-        try:
-            try:
-                spec = Spec.model_validate(claim.record.spec)
-            except ValidationError as err:
-                reason = f"spec failed validation: {describe(err)}"
-                await self.coord.dead_letters.record(
-                    "spec", reason, task_id=claim.task_id, body=json.dumps(claim.record.spec, default=str)
-                )
-                self.stats.dead_lettered += 1
-                await self._finish(running, Result.failure(reason, substrate_fault=True), retry=False)
-                return
-            try:
-                result = await self.handler(spec, running.ctx)
-            except asyncio.CancelledError:
-                if self._lost is None and not self._stopping.is_set():
-                    raise
-                await self._release(running)
-                raise
-            except Exception as err:
-                log.info("task %s failed in handler: %s", claim.task_id, err)
-                await self._finish(running, Result.failure(f"{type(err).__name__}: {err}"), retry=True)
-                return
-            await self._finish(running, result, retry=False)
-        finally:
-            keeper.cancel()
-            self._running.pop(claim.task_id, None)
-            await self._give_back(1)
-
-    async def _finish(self, running: _Running, result: Result, *, retry: bool) -> None:
-        async with running.lock:
-            claim = running.claim
-            try:
-                if result.ok:
-                    await self.coord.tasks.complete(claim, result.model_dump(mode="json"))
-                    self.stats.succeeded += 1
-                else:
-                    message = result.error.message if result.error else result.summary
-                    await self.coord.tasks.fail(claim, message, retry=retry, result=result.model_dump(mode="json"))
-                    self.stats.failed += 1
-            except StaleClaim as err:
-                self.stats.stale_rejected += 1
-                log.warning(
-                    "worker %s: late result for %s rejected (StaleClaim: %s)", self.worker_id, claim.task_id, err
-                )
-
-    async def _release(self, running: _Running) -> None:
-        if self._lost is not None:
-            return  # fail closed: the claim is presumed reclaimed; don't touch it
-        with contextlib.suppress(StaleClaim):
-            await asyncio.shield(self.coord.tasks.release(running.claim))
-            self.stats.released += 1
-
-
-def _seconds_until(when: datetime | None) -> float:
-    if when is None:
-        return 0.0
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+        """Let running work finish within the grace; stop the rest (released on a graceful stop)."""
+        lost = self._fatal is not None or (self._membership is not None and self._membership.is_lost)
+        grace = self.lost_grace if lost else self.grace
+        tasks = [e.task for e in self._running.values() if e.task is not None]
+        if not tasks:
+            return
+        log.info("worker %s: waiting up to %.1fs for %d running task(s)", self.worker_id, grace, len(tasks))
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for execution in list(self._running.values()):
+            if execution.task in pending:
+                execution.stop("lost" if lost else "shutdown")
+        # Wait for the handlers to have really stopped (a sync handler's thread runs to its end).
+        await asyncio.gather(*pending, return_exceptions=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -12,8 +11,10 @@ from typing import Protocol
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js import api as js_api
 
+from coord.aio import stop_tasks
 from coord.deadletter import DeadLetters
 from coord.errors import Unavailable
 from coord.events.codec import decode_event
@@ -28,6 +29,8 @@ __all__ = ["ACK_WAIT", "EventListener", "ListenerHost"]
 
 log = logging.getLogger("corral.events")
 
+MAX_DELIVERIES = 10
+"""Deliveries of an event whose side effects keep failing before it is dead-lettered."""
 ACK_WAIT = 5.0
 """Seconds before an unacknowledged event is redelivered (handling in progress keeps extending it)."""
 
@@ -118,25 +121,27 @@ class EventListener:
             deliver_policy=js_api.DeliverPolicy.ALL,
             ack_wait=ACK_WAIT,
             max_ack_pending=1024,
+            max_deliver=2 * MAX_DELIVERIES,
             inactive_threshold=self._events.retention,
         )
         await js.add_consumer(stream, config)
+
+    async def _bind(self) -> JetStreamContext.PullSubscription:
+        await self._consumer()
+        return await self._stream.js.pull_subscribe_bind(durable=self.durable, stream=self._stream.name)
 
     async def start(self) -> None:
         """Create (or find) the durable consumer and start processing in the background."""
         if self._task is not None:
             return
-        await self._consumer()
-        sub = await self._stream.js.pull_subscribe_bind(durable=self.durable, stream=self._stream.name)
+        sub = await self._bind()
         self._task = asyncio.create_task(self._run(sub), name=f"events-listener-{self.agent}")
 
     async def stop(self) -> None:
-        """Stop processing (the position is kept on the server)."""
+        """Stop processing (the position is kept on the server); returns within a few seconds."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_tasks([task], within=5.0, what=f"events listener {self.agent}")
 
     async def __aenter__(self) -> EventListener:
         await self.start()
@@ -158,24 +163,42 @@ class EventListener:
                     self._task.result()  # surface a crash of the loop
                 await asyncio.sleep(0.05)
 
-    async def _run(self, sub: object) -> None:
-        fetch = sub.fetch  # type: ignore[attr-defined]
+    async def _run(self, sub: JetStreamContext.PullSubscription | None) -> None:
         delay = 0.1
         while True:
             try:
-                msgs = await fetch(batch=self._batch, timeout=2.0)
+                if sub is None:
+                    sub = await self._bind()
+                msgs = await sub.fetch(batch=self._batch, timeout=2.0)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except asyncio.CancelledError:
                 raise
             except Exception as err:
                 log.warning("events listener %s: fetch failed (%s); retrying", self.agent, err or type(err).__name__)
+                if await self._consumer_gone():
+                    sub = None  # deleted under us: make it again (its position is lost, seen-markers dedupe)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
             delay = 0.1
             for msg in msgs:
-                await self._handle(msg)
+                try:
+                    await self._handle(msg)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # one message must never end the listener
+                    log.exception("events listener %s: could not handle a message on %s", self.agent, msg.subject)
+
+    async def _consumer_gone(self) -> bool:
+        try:
+            await self._stream.js.consumer_info(self._stream.name, self.durable)
+        except nats.js.errors.NotFoundError:
+            log.warning("events listener %s: its consumer is gone; re-creating it", self.agent)
+            return True
+        except Exception:
+            return False
+        return False
 
     async def _handle(self, msg: Msg) -> None:
         received = decode_event(msg)
@@ -198,11 +221,28 @@ class EventListener:
         except asyncio.CancelledError:
             raise
         except Exception as err:
-            # Left unacknowledged: redelivered after a pause; side effects are idempotent.
+            deliveries = _deliveries(msg)
+            if deliveries >= MAX_DELIVERIES:
+                await self._events.dead_letters.record(
+                    "events",
+                    f"{received.event.kind} {received.event.id} not applied after {deliveries} deliveries: {err}",
+                    subject=msg.subject,
+                    body=msg.data,
+                    headers=dict(msg.headers or {}),
+                )
+                await _settle(msg.term())
+                return
+            # Left unacknowledged: redelivered after a growing pause; side effects are idempotent.
+            delay = min(30.0, 0.5 * 2 ** (deliveries - 1))
             log.warning(
-                "events listener %s: %s %s not applied yet: %s", self.agent, received.event.kind, received.event.id, err
+                "events listener %s: %s %s not applied yet (%s); retrying in %.1fs",
+                self.agent,
+                received.event.kind,
+                received.event.id,
+                err,
+                delay,
             )
-            await _settle(msg.nak(delay=1.0))
+            await _settle(msg.nak(delay=delay))
         finally:
             ticker.cancel()
 
@@ -252,6 +292,13 @@ class EventListener:
     async def descendants(self) -> dict[str, Descendant]:
         """This agent's descendant registry."""
         return await self._events.descendants(self.agent)
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:
+        return 1
 
 
 async def _keep_in_progress(msg: Msg) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 from coord.ids import Token, new_id
 
@@ -42,7 +42,7 @@ class _EventBase(BaseModel):
     """Unique event id: the idempotency key (and the stream's dedupe id)."""
     agent: Token
     """The agent the event is about: the child that had the turn, error or shutdown, or that delegated."""
-    at: datetime = Field(default_factory=_now)
+    at: AwareDatetime = Field(default_factory=_now)
     """When it happened (UTC)."""
 
 
@@ -136,15 +136,15 @@ class Descendant(BaseModel):
     """Union of the scopes delegated to it (sorted)."""
     status: Literal["active", "shut_down"] = "active"
     """``shut_down`` once any ShutDown about it was applied."""
-    shut_down_at: datetime | None = None
+    shut_down_at: AwareDatetime | None = None
     """Earliest ShutDown seen."""
-    last_event_at: datetime | None = None
+    last_event_at: AwareDatetime | None = None
     """Latest event about it."""
     last_turn: int | None = None
     """Highest turn number reported."""
     last_error: str | None = None
     """Message of the latest Errored (ties broken by event id)."""
-    last_error_at: datetime | None = None
+    last_error_at: AwareDatetime | None = None
     """When that error happened."""
     last_error_id: str | None = None
     """Its event id."""

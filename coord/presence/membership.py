@@ -166,6 +166,10 @@ class Membership:
         Raises :class:`InvalidInput` naming the field for an unknown field, an invalid value, or an
         id change.
         """
+        self.change(**fields)
+
+    def change(self, **fields: Any) -> None:
+        """:meth:`update` for callers that cannot await: the write follows from the renewal task."""
         unknown = sorted(set(fields) - set(AgentInfo.model_fields))
         if unknown:
             raise InvalidInput(f"unknown AgentInfo field(s): {', '.join(unknown)}")

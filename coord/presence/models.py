@@ -15,7 +15,7 @@ from functools import cache
 from importlib import metadata
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from coord.errors import PresenceLost
 from coord.ids import Token
@@ -67,7 +67,7 @@ class AgentInfo(BaseModel):
     """Host the process runs on."""
     pid: int = Field(default_factory=os.getpid, ge=0)
     """Process id on ``host``."""
-    started_at: datetime = Field(default_factory=_now)
+    started_at: AwareDatetime = Field(default_factory=_now)
     """When the agent started (UTC)."""
     parent: Token | None = None
     """Id of the agent that spawned this one, if any."""

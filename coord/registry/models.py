@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from coord.ids import Token
 
@@ -59,9 +59,9 @@ class Session(BaseModel):
     """Stable client-side instance id (lookup key)."""
     native_actor_key: LookupValue | None = None
     """Harness-native actor key (lookup key)."""
-    started_at: datetime = Field(default_factory=_now)
+    started_at: AwareDatetime = Field(default_factory=_now)
     """When the session was created (UTC)."""
-    ended_at: datetime | None = None
+    ended_at: AwareDatetime | None = None
     """When it became complete or abandoned."""
     revision: int = Field(default=0, exclude=True)
     """KV revision this copy was read at (not stored)."""
@@ -83,7 +83,7 @@ class ThreadReservation(BaseModel):
     """The owning session."""
     agent_id: Token
     """The owning agent (its presence is the owner's liveness)."""
-    reserved_at: datetime = Field(default_factory=_now)
+    reserved_at: AwareDatetime = Field(default_factory=_now)
     """When the reservation was made."""
 
 
@@ -96,7 +96,7 @@ class TagBinding(BaseModel):
     """The tag name."""
     agent_id: Token | None = None
     """The bound agent, or None while pending."""
-    updated_at: datetime = Field(default_factory=_now)
+    updated_at: AwareDatetime = Field(default_factory=_now)
     """Last change."""
     revision: int = Field(default=0, exclude=True)
     """KV revision this copy was read at (not stored)."""

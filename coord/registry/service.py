@@ -221,6 +221,11 @@ class Registry:
         one whose owner is dead (its session ended, or its agent is absent from presence). If the
         owner is alive — or its liveness is unknown — nothing changes and :class:`LiveOwner` is
         returned. Concurrent reservers of one thread: exactly one gets :class:`Reserved`.
+
+        ``session_id`` may name an active session of ``agent_id`` (it then takes the thread, and
+        re-reserving a thread it already holds is a no-op that never abandons it); a session id of
+        another agent, or of a session that has ended, is a :class:`Conflict` and nothing is written.
+        The session record is written with a compare-and-set too, so no one's session is overwritten.
         """
         key = _thread_key(thread)
         session = self._new_session(
@@ -232,12 +237,19 @@ class Registry:
             native_actor_key=native_actor_key,
             session_id=session_id,
         )
+        existing, session_revision = await self.store.get(_session_key(session.id), Session)
+        if existing is not None:
+            if existing.agent_id != agent_id:
+                raise Conflict(f"session {session.id!r} already exists and belongs to agent {existing.agent_id!r}")
+            if existing.terminal:
+                raise Conflict(f"session {session.id!r} has already ended ({existing.status}); use a new session id")
+            session = session.model_copy(update={"started_at": existing.started_at})
         async for _ in conflicts(f"thread {thread!r}", MAX_CAS_ATTEMPTS):
             current, revision = await self.store.get(key, ThreadReservation)
             owner: Session | None = None
             if current is not None:
                 owner = await self.find_session(current.session_id)
-                if await self._owner_alive(current, owner):
+                if current.session_id != session.id and await self._owner_alive(current, owner):
                     return LiveOwner(session=owner or _synthesized(current))
             reservation = ThreadReservation(thread=thread, session_id=session.id, agent_id=agent_id)
             try:
@@ -245,9 +257,13 @@ class Registry:
             except Conflict:
                 continue
             # The thread key is the decision; the session record and the reaped owner's status follow.
-            created = await self.store.write(_session_key(session.id), session, last=None)
+            try:
+                created = await self.store.write(_session_key(session.id), session, last=session_revision)
+            except Conflict:
+                await self.release_thread(thread, session.id)
+                raise Conflict(f"session {session.id!r} was written by someone else meanwhile") from None
             reaped = None
-            if current is not None:
+            if current is not None and current.session_id != session.id:
                 reaped = await self._abandon_quietly(current.session_id)
             return Reserved(session=session.model_copy(update={"revision": created}), reaped=reaped)
         raise AssertionError("unreachable: conflicts() raises when the attempts are spent")

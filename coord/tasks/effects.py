@@ -18,7 +18,7 @@ from coord import tracing
 from coord.naming import Names
 from coord.streams import Stream
 from coord.tasks.journal import Journal
-from coord.tasks.models import ResultNotice, TaskRecord, TaskStatus
+from coord.tasks.models import ResultNotice, TaskRecord, TaskStatus, Transition
 
 __all__ = ["TaskEffects", "notification_id"]
 
@@ -28,6 +28,10 @@ log = logging.getLogger("corral.tasks")
 def notification_id(record: TaskRecord) -> str:
     """``Nats-Msg-Id`` of the notification of pending ``record``: ``{task}:{epoch}:{revision}`` (never repeats)."""
     return f"{record.task_id}:{record.epoch}:{record.revision}"
+
+
+_TAKEN_AWAY = frozenset({Transition.CANCELLED, Transition.RECLAIMED})
+"""Transitions that end a claim without its holder: the holder is told, so it stops the handler."""
 
 
 class TaskEffects:
@@ -52,6 +56,8 @@ class TaskEffects:
     async def after(self, before: TaskRecord | None, record: TaskRecord, data: bytes) -> None:
         """Side effects of the transition ``before`` → ``record`` (``data``: its stored bytes)."""
         await self.record_journal(record, data)
+        if before is not None and before.claim is not None and record.transition in _TAKEN_AWAY:
+            await self._tell_holder(before, record)
         if record.status is TaskStatus.PENDING:
             try:
                 await self.notify(record, data)
@@ -70,8 +76,18 @@ class TaskEffects:
         except Exception as err:
             log.warning("task %s: journal entry for revision %d not written: %s", record.task_id, record.revision, err)
 
-    async def notify(self, record: TaskRecord, data: bytes | None, *, force: bool = False) -> None:
-        """Publish "``record`` is pending at its revision" on its queue (deduped by :func:`notification_id`)."""
+    async def queued(self) -> set[str]:
+        """Subjects of the notifications the dispatch stream holds now (one per task with one queued)."""
+        return await self._dispatch.subjects(self._names.dispatch_subjects)
+
+    async def notify(
+        self, record: TaskRecord, data: bytes | None, *, force: bool = False, again: int | None = None
+    ) -> None:
+        """Publish "``record`` is pending at its revision" on its queue (deduped by :func:`notification_id`).
+
+        ``again=n`` is the n-th renotification of the same revision (its own id, the same for every
+        publisher); ``force`` makes the id unique.
+        """
         head: dict[str, Any] = {
             "task_id": record.task_id,
             "revision": record.revision,
@@ -84,11 +100,28 @@ class TaskEffects:
         if len(data) <= self.inline_limit:
             body = body[:-1] + b',"record":' + data + b"}"
         msg_id = notification_id(record)
+        if again is not None:
+            msg_id += f":r{again}"
         if force:
             msg_id += f":{secrets.token_hex(4)}"
         await self._dispatch.publish(
-            self._names.dispatch_subject(record.queue), body, headers=tracing.task_headers(record.meta), msg_id=msg_id
+            self._names.notification_subject(record.queue, record.task_id),
+            body,
+            headers=tracing.task_headers(record.meta),
+            msg_id=msg_id,
         )
+
+    async def _tell_holder(self, before: TaskRecord, record: TaskRecord) -> None:
+        """A hint to the worker holding ``before``'s claim; it checks the record before acting on it."""
+        assert before.claim is not None
+        body = json.dumps(
+            {"task_id": record.task_id, "claim_id": before.claim.claim_id, "transition": record.transition.value},
+            separators=(",", ":"),
+        ).encode()
+        try:
+            await self._nc.publish(self._names.control_subject(before.claim.worker_id), body)
+        except Exception as err:
+            log.debug("task %s: could not tell %s its claim ended: %s", record.task_id, before.claim.worker_id, err)
 
     async def _push_result(self, record: TaskRecord, data: bytes) -> None:
         assert record.parent is not None

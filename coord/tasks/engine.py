@@ -30,13 +30,16 @@ Step = Callable[[TaskRecord], TaskRecord | None]
 class TransitionEngine:
     """Reads, creates and transitions task records in ``bucket`` (see the module docstring)."""
 
-    def __init__(self, bucket: Bucket, effects: TaskEffects, observer: Observer, *, max_cas_attempts: int) -> None:
+    def __init__(
+        self, bucket: Bucket, effects: TaskEffects, observer: Observer, *, max_cas_attempts: int, retention: float
+    ) -> None:
         self.bucket = bucket
         """The tasks bucket."""
         self.effects = effects
         """What follows a successful write."""
         self._observer = observer
         self._attempts = max_cas_attempts
+        self._retention = retention
         self.last_revision = 0
         """Highest KV revision written through this engine (an index waits for it: read-your-writes)."""
 
@@ -98,9 +101,11 @@ class TransitionEngine:
             if new is None:
                 return current
             data = self.encode(new)
+            # A finished record expires after the retention (a retry before then rewrites it without).
+            ttl = self._retention if new.terminal else None
             try:
                 revision = await self.bucket.update(
-                    task_id, data, last=current.revision, headers={INDEX_HEADER: index_header(new)}
+                    task_id, data, last=current.revision, ttl=ttl, headers={INDEX_HEADER: index_header(new)}
                 )
             except Conflict:
                 self._observer.cas_retried(task_id, current.queue, current.revision, attempt + 1)

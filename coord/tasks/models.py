@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from coord.ids import Token
 
@@ -80,9 +80,9 @@ class ClaimInfo(BaseModel):
     """Hex SHA-256 of the raw claim token."""
     epoch: int
     """Fencing number: strictly increases with every claim of the task."""
-    claimed_at: datetime
+    claimed_at: AwareDatetime
     """When the claim was taken."""
-    deadline: datetime
+    deadline: AwareDatetime
     """When the lease runs out unless extended by a heartbeat."""
 
 
@@ -126,11 +126,11 @@ class TaskRecord(BaseModel):
     """Agent id to push the terminal status to (``{ns}.results.{parent}``)."""
     meta: dict[str, str] = Field(default_factory=dict)
     """Free string metadata (e.g. W3C trace context ``traceparent``)."""
-    created_at: datetime
+    created_at: AwareDatetime
     """When the task was scheduled."""
-    updated_at: datetime
+    updated_at: AwareDatetime
     """When this revision was written."""
-    visible_at: datetime | None = None
+    visible_at: AwareDatetime | None = None
     """While pending after a failure: when the retry backoff ends and the task may be claimed."""
     transition: Transition = Transition.SCHEDULED
     """The operation that wrote this revision."""
@@ -199,10 +199,11 @@ class Notification(BaseModel):
 
     ``record`` carries the whole record at ``revision`` when it is small (see
     ``TaskStore.inline_limit``); passing it to ``TaskStore.claim(..., record=n.record)`` makes the claim
-    a single CAS with no read.
+    a single CAS with no read. Unknown fields are refused: a notification is checked as strictly as
+    the wire allows, and anything else is dead-lettered.
     """
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     task_id: Token
     """The pending task."""
@@ -210,7 +211,7 @@ class Notification(BaseModel):
     """KV revision at which it became pending."""
     epoch: int
     """Its epoch then (the next claim gets ``epoch + 1``)."""
-    visible_at: datetime | None = None
+    visible_at: AwareDatetime | None = None
     """Not claimable before this (retry backoff): NAK with the remaining delay."""
     record: TaskRecord | None = None
     """The record at ``revision``, when small enough to inline."""
@@ -250,7 +251,7 @@ class JournalEntry(BaseModel):
 
     revision: int
     """KV revision the transition wrote."""
-    at: datetime
+    at: AwareDatetime
     """When it was written."""
     transition: Transition
     """Which operation it was."""

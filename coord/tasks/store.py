@@ -34,7 +34,7 @@ from coord.tasks.checks import as_status, check_json, positive_seconds
 from coord.tasks.effects import TaskEffects
 from coord.tasks.engine import TransitionEngine
 from coord.tasks.index import TaskIndex
-from coord.tasks.models import Claim, JournalEntry, ScheduleRequest, TaskRecord, TaskStatus, Transition
+from coord.tasks.models import Claim, JournalEntry, ScheduleRequest, TaskRecord, TaskStatus
 from coord.tasks.observer import Observer
 from coord.tasks.watch import TaskWatch
 
@@ -45,8 +45,6 @@ DEFAULT_LEASE = Settings.model_fields["lease"].default
 
 MAX_ERROR_CHARS = 16_384
 """``error`` texts are cut to this many characters (the record must stay small)."""
-
-_IDENTITY = ("queue", "spec", "max_attempts", "timeout", "parent")
 
 
 def _now() -> datetime:
@@ -79,7 +77,13 @@ class TaskStore:
         """Where every step is reported."""
         self.backoff = self.settings.backoff
         """Retry delays after ``fail``."""
-        self._engine = TransitionEngine(bucket, effects, self.observer, max_cas_attempts=self.settings.max_cas_attempts)
+        self._engine = TransitionEngine(
+            bucket,
+            effects,
+            self.observer,
+            max_cas_attempts=self.settings.max_cas_attempts,
+            retention=self.settings.task_retention,
+        )
         self._index: TaskIndex | None = None
 
     @property
@@ -228,7 +232,7 @@ class TaskStore:
         checked = [r if isinstance(r, ScheduleRequest) else ScheduleRequest.model_validate(r) for r in requests]
         with self.observer.submitting(checked) as submission:
             now = _now()
-            records = [self._new_record(r, now) for r in submission.requests]
+            records = [transitions.schedule(r, now=now) for r in submission.requests]
             encoded = [self._engine.encode(record) for record in records]
             outcomes = await asyncio.gather(
                 *(
@@ -239,21 +243,6 @@ class TaskStore:
             submission.created([record for record, _ in outcomes], [new for _, new in outcomes])
         return [record for record, _ in outcomes]
 
-    def _new_record(self, request: ScheduleRequest, now: datetime) -> TaskRecord:
-        return TaskRecord(
-            task_id=request.task_id,
-            queue=request.queue,
-            status=TaskStatus.PENDING,
-            spec=request.spec,
-            max_attempts=request.max_attempts,
-            timeout=request.timeout,
-            parent=request.parent,
-            meta=request.meta,
-            created_at=now,
-            updated_at=now,
-            transition=Transition.SCHEDULED,
-        )
-
     async def _schedule(self, request: ScheduleRequest, record: TaskRecord, data: bytes) -> tuple[TaskRecord, bool]:
         created = await self._engine.create(record, data)
         if created is None:
@@ -262,11 +251,7 @@ class TaskStore:
 
     async def _existing(self, request: ScheduleRequest) -> TaskRecord:
         existing = await self._engine.read(request.task_id)
-        differences = [
-            f"{name}: existing {getattr(existing, name)!r}, requested {getattr(request, name)!r}"
-            for name in _IDENTITY
-            if getattr(existing, name) != getattr(request, name)
-        ]
+        differences = transitions.redefinition(existing, request)
         if differences:
             raise TaskExists(
                 f"task {request.task_id!r} already exists with a different definition ({'; '.join(differences)})"
@@ -432,15 +417,18 @@ class TaskStore:
         *,
         reason: str = "reclaimed",
         departure: str | None = None,
+        overdue_only: bool = False,
         meta: Mapping[str, str] | None = None,
     ) -> TaskRecord:
         """Take the task away from claim ``expected_claim_id``: pending again (the attempt counts), or
         ``dead`` when its attempts are spent. :class:`StaleClaim` if that claim is not current any more
         (completed, failed, reclaimed by someone else).
 
-        Decided on the record read now, inside the compare-and-set. ``departure`` (``graceful`` or
-        ``expired``) says a presence departure caused it; ``meta`` entries are merged into the
-        record's meta by the same write (as are the observer's, e.g. the reclaim span's context).
+        Decided on the record read now, inside the compare-and-set: with ``overdue_only`` (a lapsed
+        lease) it is :class:`StaleClaim` unless that record's deadline has passed. ``departure``
+        (``graceful`` or ``expired``) says a presence departure caused it; ``meta`` entries are merged
+        into the record's meta by the same write (as are the observer's, e.g. the reclaim span's
+        context).
         """
         validate_id(task_id, "task_id")
         if not isinstance(expected_claim_id, str) or not isinstance(reason, str):
@@ -454,7 +442,9 @@ class TaskStore:
             added = {**extra, **scope.meta}
 
             def step(record: TaskRecord) -> TaskRecord:
-                new = transitions.reclaim(record, expected_claim_id=expected_claim_id, reason=reason, now=_now())
+                new = transitions.reclaim(
+                    record, expected_claim_id=expected_claim_id, reason=reason, now=_now(), overdue_only=overdue_only
+                )
                 return new.model_copy(update={"meta": {**new.meta, **added}}) if added else new
 
             record = await self._engine.apply(task_id, step, current)
@@ -473,18 +463,23 @@ class TaskStore:
         validate_id(task_id, "task_id")
         return await self._engine.apply(task_id, lambda current: transitions.retry(current, now=_now()), None)
 
-    async def notify(self, record: TaskRecord, *, force: bool = False) -> None:
+    async def notify(self, record: TaskRecord, *, force: bool = False, again: int | None = None) -> None:
         """(Re)publish the notification of pending ``record`` (e.g. from a sweep).
 
         Deduplicated against the original notification of the same revision within the dispatch
-        stream's duplicate window, so calling it again is harmless; ``force`` publishes anyway.
+        stream's duplicate window, so calling it again is harmless; ``again=n`` publishes the n-th
+        renotification (deduplicated among everyone publishing that one); ``force`` publishes anyway.
         :class:`InvalidTransition` if ``record`` is not pending.
         """
         if record.status is not TaskStatus.PENDING:
             raise InvalidTransition(
                 f"task {record.task_id!r} is {record.status.value}; only pending tasks are notified"
             )
-        await self.effects.notify(record, None, force=force)
+        await self.effects.notify(record, None, force=force, again=again)
+
+    async def queued_notifications(self) -> set[str]:
+        """The notification subjects (``Names.notification_subject``) the dispatch stream holds now."""
+        return await self.effects.queued()
 
     def _advance(self, claim: Claim, record: TaskRecord) -> None:
         claim.revision = record.revision

@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from coord.backoff import Backoff
-from coord.errors import Conflict, InvalidTransition, StaleClaim
-from coord.tasks.models import ClaimInfo, TaskRecord, TaskStatus, Transition
+from coord.errors import Conflict, InvalidTransition, NotYetVisible, StaleClaim
+from coord.tasks.models import ClaimInfo, ScheduleRequest, TaskRecord, TaskStatus, Transition
 
 __all__ = [
     "Backoff",
@@ -25,10 +25,42 @@ __all__ = [
     "fail",
     "heartbeat",
     "reclaim",
+    "redefinition",
     "release",
     "retry",
+    "schedule",
     "token_digest",
 ]
+
+
+IDENTITY = ("queue", "spec", "max_attempts", "timeout", "parent")
+"""The fields that define a task: scheduling it again must repeat them (``meta`` may differ)."""
+
+
+def schedule(request: ScheduleRequest, *, now: datetime) -> TaskRecord:
+    """— → pending: the first record of a task."""
+    return TaskRecord(
+        task_id=request.task_id,
+        queue=request.queue,
+        status=TaskStatus.PENDING,
+        spec=request.spec,
+        max_attempts=request.max_attempts,
+        timeout=request.timeout,
+        parent=request.parent,
+        meta=request.meta,
+        created_at=now,
+        updated_at=now,
+        transition=Transition.SCHEDULED,
+    )
+
+
+def redefinition(existing: TaskRecord, request: ScheduleRequest) -> list[str]:
+    """How ``request`` differs from the task ``existing`` defines (empty: an idempotent repeat)."""
+    return [
+        f"{name}: existing {getattr(existing, name)!r}, requested {getattr(request, name)!r}"
+        for name in IDENTITY
+        if getattr(existing, name) != getattr(request, name)
+    ]
 
 
 def token_digest(token: str) -> str:
@@ -76,9 +108,10 @@ def claim(
     if record.status is not TaskStatus.PENDING:
         raise InvalidTransition(f"task {record.task_id!r} is {record.status.value}; only a pending task can be claimed")
     if record.visible_at is not None and record.visible_at - timedelta(seconds=visibility_tolerance) > now:
-        raise InvalidTransition(
+        raise NotYetVisible(
             f"task {record.task_id!r} is backing off after a failure; it may be claimed from "
-            f"{record.visible_at.isoformat()}"
+            f"{record.visible_at.isoformat()}",
+            record.visible_at,
         )
     if record.attempt >= record.max_attempts:  # cannot happen through the store; refuse rather than loop
         raise InvalidTransition(f"task {record.task_id!r} has spent its {record.max_attempts} attempts")
@@ -172,12 +205,22 @@ def release(record: TaskRecord, *, claim_id: str, token: str, now: datetime) -> 
     )
 
 
-def reclaim(record: TaskRecord, *, expected_claim_id: str, reason: str, now: datetime) -> TaskRecord:
+def reclaim(
+    record: TaskRecord, *, expected_claim_id: str, reason: str, now: datetime, overdue_only: bool = False
+) -> TaskRecord:
     """claimed → pending (the attempt stays counted), or ``dead`` when attempts are spent.
 
-    Raises :class:`StaleClaim` when ``expected_claim_id`` is not the current claim any more.
+    Raises :class:`StaleClaim` when ``expected_claim_id`` is not the current claim any more, and,
+    with ``overdue_only``, when the claim's deadline (as this record has it) has not passed: a
+    reclaim for a lapsed lease is decided on the record it replaces, never on an older view of it.
     """
     check_claim(record, expected_claim_id, None)
+    assert record.claim is not None
+    if overdue_only and record.claim.deadline > now:
+        raise StaleClaim(
+            f"task {record.task_id!r}: claim {expected_claim_id} is not overdue (its lease runs until "
+            f"{record.claim.deadline.isoformat()})"
+        )
     status = TaskStatus.DEAD if record.attempt >= record.max_attempts else TaskStatus.PENDING
     return _end_claim(record, now, Transition.RECLAIMED, status=status, error=reason, visible_at=None)
 

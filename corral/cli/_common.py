@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from coord.connection import Auth, Coord, connect
 from coord.errors import CorralError
-from coord.settings import Settings
+from coord.settings import DEFAULT_TEXT, Settings
 from coord.validation import describe
 
 T = TypeVar("T")
@@ -53,7 +53,7 @@ def options(ctx: typer.Context) -> Options:
 
 def setting_default(name: str) -> Any:
     """The default of the :class:`~coord.settings.Settings` field ``name`` (its one definition)."""
-    return Settings.model_fields[name].default
+    return DEFAULT_TEXT.get(name, Settings.model_fields[name].default)
 
 
 def setting_env(name: str) -> str:

@@ -73,6 +73,7 @@ class _Tally:
     failed: int = 0
     reclaimed: int = 0
     stale_rejected: int = 0
+    taken_away: int = 0
     detection: list[float] = field(default_factory=list)
     reruns: set[str] = field(default_factory=set)
     log: deque[str] = field(default_factory=lambda: deque(maxlen=14))
@@ -159,6 +160,11 @@ class _Demo:
             match = re.search(r"stale_rejected=(\d+)", line)
             if match:
                 self.tally.stale_rejected += int(match.group(1))
+            match = re.search(r"taken_away=(\d+)", line)
+            if match:
+                self.tally.taken_away += int(match.group(1))
+            if "elsewhere; stopping its handler" in line:
+                self.note(f"[magenta]handler stopped[/] on {worker.id} (its claim was reclaimed while it was paused)")
             if "late result" in line and "rejected" in line:
                 self.note(f"[magenta]late result rejected[/] from {worker.id} (claim was reclaimed)")
             if "presence lost" in line and worker.state != "failed closed":
@@ -265,6 +271,7 @@ class _Demo:
                 "reclaimed": self.tally.reclaimed,
                 "reclaimed_then_succeeded": reruns_ok,
                 "late_results_rejected": self.tally.stale_rejected,
+                "late_runs_stopped": self.tally.taken_away,
                 "detection_latency_s": {"min": round(det[0], 3), "max": round(det[-1], 3)} if det else None,
                 "presence_ttl_s": self.ttl,
                 "elapsed_s": round(time.monotonic() - self.started, 2),
@@ -341,6 +348,7 @@ def _print_summary(summary: dict[str, object]) -> None:
         "reclaimed": "claims reclaimed from departed workers",
         "reclaimed_then_succeeded": "reclaimed tasks re-run and succeeded",
         "late_results_rejected": "late results rejected (stale claim)",
+        "late_runs_stopped": "late runs stopped (claim taken before they finished)",
         "detection_latency_s": "signal -> reclaimed (s)",
         "presence_ttl_s": "presence TTL (s)",
         "elapsed_s": "elapsed (s)",

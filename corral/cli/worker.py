@@ -76,7 +76,8 @@ async def _serve(opts: Options, worker_id: str | None, make_worker: Callable[[Co
             s = worker.stats
             typer.echo(
                 f"worker {worker.worker_id}: claimed={s.claimed} succeeded={s.succeeded} failed={s.failed} "
-                f"stale_rejected={s.stale_rejected} released={s.released} dead_lettered={s.dead_lettered}",
+                f"stale_rejected={s.stale_rejected} released={s.released} dead_lettered={s.dead_lettered} "
+                f"taken_away={s.taken_away} presence_losses={s.presence_losses} unrecorded={s.unrecorded}",
                 err=True,
             )
     return 0
@@ -95,13 +96,22 @@ def worker(
         float | None, typer.Option(help=setting_help("Presence heartbeat interval in seconds.", "presence_interval"))
     ] = None,
     grace: Annotated[float, typer.Option(help="Seconds in-flight work may finish on SIGTERM.")] = 10.0,
+    exit_on_loss: Annotated[
+        bool,
+        typer.Option(
+            "--exit-on-loss",
+            help="Exit (code 4) when presence is lost instead of failing closed and joining again.",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each claim and result.")] = False,
 ) -> None:
     """Run a worker: `corral worker -q Q --handler mod:func` or `corral worker -q Q -- CMD ARGS...`.
 
     A command handler gets the spec as JSON on stdin (and CORRAL_* env vars) and prints a Result
     JSON on stdout. SIGTERM/SIGINT: stop fetching, finish in-flight work within --grace, release
-    the rest, leave presence. Exit code 4 if the worker lost its presence and failed closed.
+    the rest, leave presence. A server outage is a pause: past the presence TTL the worker fails
+    closed (its claims go to others), then joins again and takes work. Exit code 4 if its presence
+    was lost for good (another process took its id, or --exit-on-loss), 1 on any other failure.
     """
     if ctx.invoked_subcommand:
         return
@@ -118,6 +128,7 @@ def worker(
         presence_ttl=ttl,
         presence_interval=interval,
         grace=grace,
+        exit_on_loss=exit_on_loss,
     )
     raise typer.Exit(run(_serve(options(ctx), worker_id, make_worker)))
 

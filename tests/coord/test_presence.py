@@ -88,6 +88,7 @@ async def test_renewals_yield_no_new_joined_and_updates_are_opt_in(coord_conn: c
             _, updated = await with_updates.wait_for(lambda e: isinstance(e, Updated), within=3)
             assert updated.agent.inflight == 1
         await recorder.left("w1", within=2)
+        await with_updates.left("w1", within=2)
         assert [type(e) for e in recorder.of("w1")] == [Joined, Left]
         assert [type(e) for e in with_updates.of("w1")] == [Joined, Updated, Left]
     finally:

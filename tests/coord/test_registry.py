@@ -190,3 +190,39 @@ async def test_malformed_records_are_skipped_not_fatal(coord_conn: coord.Coord) 
     assert [s.id for s in await reg.list_sessions()] == [good.id]
     assert await reg.find_session("junk") is None
     assert isinstance(good, Session)
+
+
+async def test_re_reserving_a_thread_with_its_own_session_keeps_that_session_active(
+    coord_conn: coord.Coord, present: AsyncExitStack
+) -> None:
+    registry = coord_conn.registry
+    first = await registry.reserve_thread("t1", agent_id="gone", session_id="s1")
+    assert isinstance(first, Reserved)
+    # "gone" is absent from presence: its reservation is dead. It comes back and reserves again with
+    # the same session: the reservation is its own, so nothing is reaped or abandoned.
+    again = await registry.reserve_thread("t1", agent_id="gone", session_id="s1")
+    assert isinstance(again, Reserved) and again.reaped is None and again.session.id == "s1"
+    assert (await registry.get_session("s1")).status == "active"
+    assert (await registry.thread_owner("t1")).session_id == "s1"  # type: ignore[union-attr]
+
+
+async def test_a_session_id_of_another_agent_is_refused_and_nothing_is_overwritten(
+    coord_conn: coord.Coord, present: AsyncExitStack
+) -> None:
+    registry = coord_conn.registry
+    await _join(present, coord_conn, "alice")
+    mine = await registry.create_session("alice", session_id="shared")
+    with pytest.raises(Conflict, match="belongs to agent 'alice'"):
+        await registry.reserve_thread("t2", agent_id="mallory", session_id="shared")
+    after = await registry.get_session("shared")
+    assert (after.agent_id, after.revision) == ("alice", mine.revision)
+    assert await registry.thread_owner("t2") is None
+
+
+async def test_an_ended_session_cannot_reserve_a_thread_again(coord_conn: coord.Coord, present: AsyncExitStack) -> None:
+    registry = coord_conn.registry
+    await registry.create_session("bob", session_id="done")
+    await registry.complete("done")
+    with pytest.raises(Conflict, match="has already ended"):
+        await registry.reserve_thread("t3", agent_id="bob", session_id="done")
+    assert await registry.thread_owner("t3") is None

@@ -40,7 +40,7 @@ async def notifications(conn: coord.Coord, queue: str) -> list[tuple[str, Notifi
     while True:
         try:
             msg = await conn.js.get_msg(
-                conn.names.dispatch_stream, seq=seq, subject=conn.names.dispatch_subject(queue), next=True
+                conn.names.dispatch_stream, seq=seq, subject=conn.names.queue_filter(queue), next=True
             )
         except nats.js.errors.NotFoundError:
             return found

@@ -52,7 +52,7 @@ def finished(exporter: InMemorySpanExporter, name: str) -> ReadableSpan:
 async def test_consumer_span_is_a_child_of_the_submit_span_across_a_jetstream_hop(
     coord_conn: coord.Coord, memory: InMemorySpanExporter
 ) -> None:
-    subject = coord_conn.names.dispatch_subject("q1")
+    subject = coord_conn.names.notification_subject("q1", "t0")
     with tracing.start_span(tracing.SUBMIT, "task-1", "q1", attempt=1):
         headers = tracing.inject({"Nats-Msg-Id": "task-1:1"})
         await coord_conn.js.publish(subject, b"ready", headers=headers)
@@ -92,7 +92,7 @@ async def test_rerun_after_reclaim_is_a_child_of_submit_with_a_link_to_the_recla
     coord_conn: coord.Coord, memory: InMemorySpanExporter
 ) -> None:
     tasks = await coord_conn.kv(coord_conn.names.tasks_bucket)
-    subject = coord_conn.names.dispatch_subject("q2")
+    subject = coord_conn.names.notification_subject("q2", "t0")
     # Parent: the submit span's context goes into the record's meta.
     with tracing.start_span(tracing.SUBMIT, "task-3", "q2", 1):
         revision = await tasks.create("task-3", json.dumps({"meta": tracing.context_to_meta()}).encode())
@@ -131,7 +131,7 @@ async def test_rerun_after_reclaim_is_a_child_of_submit_with_a_link_to_the_recla
 async def test_trace_headers_from_other_clients_are_read_in_any_case(
     coord_conn: coord.Coord, memory: InMemorySpanExporter
 ) -> None:
-    subject = coord_conn.names.dispatch_subject("q3")
+    subject = coord_conn.names.notification_subject("q3", "t0")
     traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     await coord_conn.js.publish(subject, b"x", headers={"Traceparent": traceparent, "Baggage": "k=v"})
     sub = await coord_conn.js.pull_subscribe(subject, durable="w")
@@ -317,7 +317,7 @@ async def main():
         token = context.attach(baggage.set_baggage("tenant", "acme"))
         with tracing.start_span(tracing.SUBMIT, "task-8", "q8", 1):
             headers = tracing.inject({"Nats-Msg-Id": "task-8:1"})
-            await conn.js.publish(conn.names.dispatch_subject("q8"), b"ready", headers=headers)
+            await conn.js.publish(conn.names.notification_subject("q8", "t0"), b"ready", headers=headers)
         context.detach(token)
 asyncio.run(main())
 """
@@ -330,7 +330,7 @@ from coord import tracing
 tracing.configure("env", service_name="worker")
 async def main():
     async with coord.connect(sys.argv[1], namespace=sys.argv[2]) as conn:
-        sub = await conn.js.pull_subscribe(conn.names.dispatch_subject("q8"), durable="workers")
+        sub = await conn.js.pull_subscribe(conn.names.notification_subject("q8", "t0"), durable="workers")
         (msg,) = await sub.fetch(1, timeout=10)
         parent = tracing.extract(msg.headers)
         with tracing.start_span(tracing.RUN, "task-8", "q8", 1, epoch=1, worker_id="w-8", context=parent) as span:

@@ -21,5 +21,8 @@ def test_demo_kills_and_pauses_workers_and_every_task_still_succeeds_once(subpro
     assert summary["succeeded"] == 24 and summary["failed"] == 0
     assert summary["reclaimed"] >= 2, "the killed and the paused worker both held claims"
     assert summary["reclaimed_then_succeeded"] >= 2, "every reclaimed task is re-run elsewhere and succeeds"
-    assert summary["late_results_rejected"] >= 1, "the paused worker's late results must be rejected"
+    # Woken up, the paused worker's runs either present their results and are refused, or learn first
+    # that their claims were taken and stop: no late result is recorded either way.
+    fenced = summary["late_results_rejected"] + summary["late_runs_stopped"]
+    assert fenced >= 1, "the paused worker's late work must be fenced off"
     assert summary["detection_latency_s"]["max"] <= 2 + 1.0

@@ -182,7 +182,7 @@ async def test_three_nodes_from_the_config_run_corral_with_r3_and_survive_losing
         await kv.create("task-1", b"0")
         for i in range(1, 6):
             await cas_write(kv, "task-1", str(i).encode(), time.monotonic() + 10)
-        dispatch = conn.names.dispatch_subject("q")
+        dispatch = conn.names.notification_subject("q", "t0")
         for i in range(5):
             await publish(conn.js, dispatch, f"before-{i}", time.monotonic() + 10)
 

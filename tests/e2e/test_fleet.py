@@ -36,10 +36,16 @@ def executions(marks: Path, task_id: str, phase: str = "done") -> list[str]:
 
 
 async def w1_running_t1_with_w2_standing_by(
-    coord_conn: coord.Coord, dispatcher: Dispatcher, spawn_worker: WorkerFactory, marks: Path, seconds: float
+    coord_conn: coord.Coord,
+    dispatcher: Dispatcher,
+    spawn_worker: WorkerFactory,
+    marks: Path,
+    seconds: float,
+    *,
+    extra: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Worker w1 has started task t1 (which takes ``seconds``); worker w2 is present and idle."""
-    w1 = spawn_worker("w1", concurrency=1, ttl=TTL)
+    w1 = spawn_worker("w1", concurrency=1, ttl=TTL, extra=extra)
     assert await coord_conn.presence.wait_present("w1", 20)
     await dispatcher.submit(Spec(task_id="t1", queue="q", payload={"seconds": seconds, "marks": str(marks)}))
     await eventually(lambda: bool(executions(marks, "t1", "start")), 15, "w1 to start t1")
@@ -68,12 +74,14 @@ async def test_sigkilled_worker_task_is_reclaimed_rerun_elsewhere_and_recorded_o
     assert len(succeeded) == 1
 
 
-async def test_sigstopped_worker_late_result_is_rejected_and_it_fails_closed(
+async def test_sigstopped_worker_late_result_is_rejected_and_with_exit_on_loss_it_exits_4(
     coord_conn: coord.Coord, spawn_worker: WorkerFactory, tmp_path: Path
 ) -> None:
     async with Dispatcher(coord_conn) as dispatcher:
         assert dispatcher.reclaimer is not None
-        w1 = await w1_running_t1_with_w2_standing_by(coord_conn, dispatcher, spawn_worker, tmp_path, 1.0)
+        w1 = await w1_running_t1_with_w2_standing_by(
+            coord_conn, dispatcher, spawn_worker, tmp_path, 1.0, extra=["--exit-on-loss"]
+        )
         w1.send_signal(signal.SIGSTOP)
         event = await asyncio.wait_for(dispatcher.reclaimer.events.get(), TTL + 5)
         record = await dispatcher.wait("t1", 20)
@@ -83,10 +91,39 @@ async def test_sigstopped_worker_late_result_is_rejected_and_it_fails_closed(
     assert record.status is TaskStatus.SUCCEEDED
     assert result_of(record).output["worker"] == "w2"  # type: ignore[index]
     log = log_of(w1)
-    assert "rejected (StaleClaim" in log, log
+    # Woken up, w1 either tries to record its late result and is refused, or first hears that its
+    # claim ended and stops the handler: either way nothing of its run is written.
+    assert "rejected (StaleClaim" in log or "succeeded elsewhere; stopping its handler" in log, log
     assert code == 4, f"w1 should fail closed (exit 4), got {code}: {log}"
     after = await coord_conn.tasks.get("t1")
     assert after.revision == record.revision, "the late completion must not have written anything"
+    assert "t1.2.w2.done" in executions(tmp_path, "t1")
+
+
+async def test_sigstopped_worker_fails_closed_then_rejoins_and_takes_new_work(
+    coord_conn: coord.Coord, spawn_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    async with Dispatcher(coord_conn) as dispatcher:
+        assert dispatcher.reclaimer is not None
+        w1 = await w1_running_t1_with_w2_standing_by(coord_conn, dispatcher, spawn_worker, tmp_path, 1.0)
+        w1.send_signal(signal.SIGSTOP)
+        event = await asyncio.wait_for(dispatcher.reclaimer.events.get(), TTL + 5)
+        assert event.worker_id == "w1"
+        assert (await dispatcher.wait("t1", 20)).status is TaskStatus.SUCCEEDED
+        w1.send_signal(signal.SIGCONT)
+        assert await coord_conn.presence.wait_present("w1", 10) is not None  # joined again, still running
+        await eventually(
+            lambda: "rejected (StaleClaim" in log_of(w1) or "stopping its handler" in log_of(w1),
+            10,
+            "w1 to find its late result refused or its claim gone",
+        )
+        # Two workers of concurrency 1 and two 2-second tasks at once: each worker takes one.
+        await dispatcher.submit_many(
+            [Spec(task_id=t, queue="q", payload={"seconds": 2, "marks": str(tmp_path)}) for t in ("t2", "t3")]
+        )
+        done = [await dispatcher.wait(t, 20) for t in ("t2", "t3")]
+    assert w1.poll() is None, log_of(w1)
+    assert {result_of(r).output["worker"] for r in done} == {"w1", "w2"}  # type: ignore[index]
     assert executions(tmp_path, "t1") == ["t1.1.w1.done", "t1.2.w2.done"]
 
 
@@ -207,7 +244,7 @@ async def test_malformed_notification_and_invalid_spec_are_dead_lettered_and_the
 ) -> None:
     worker = spawn_worker("w1", concurrency=1)
     assert await coord_conn.presence.wait_present("w1", 20)
-    await coord_conn.js.publish(coord_conn.names.dispatch_subject("q"), b"{not json")
+    await coord_conn.js.publish(coord_conn.names.notification_subject("q", "t0"), b"{not json")
     await coord_conn.tasks.schedule("bad", queue="q", spec={"task_id": "bad", "queue": "q", "max_attempts": "lots"})
     async with Dispatcher(coord_conn) as dispatcher:
         await dispatcher.submit(Spec(task_id="good", queue="q"))

@@ -1,0 +1,313 @@
+"""A worker's intake: notifications of one queue fetched in batches, each claimed or set aside.
+
+Every failure is contained to the message it concerns, and every message ends in one of a few
+bounded outcomes: claimed (acked), stale (acked and dropped: someone else has the task, it ended
+or is gone), not yet visible (NAKed until it is, at most an hour at a time), malformed or poisoned
+(terminated and dead-lettered with its reason), or failing to claim for another reason (NAKed with
+a growing delay, then dead-lettered after :data:`MAX_DELIVERIES`). A dead-lettered notification
+loses nothing: the task's record stays pending and the reclaimer's sweep notifies it again. A
+consumer that disappears (deleted by an operator, lost with a server) is re-created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api as js_api
+from nats.js.client import JetStreamContext
+from pydantic import ValidationError
+
+from coord.connection import Coord
+from coord.errors import Conflict, InvalidRecord, InvalidTransition, NotFound, NotYetVisible
+from coord.tasks import Claim, Notification, TaskRecord
+from coord.validation import describe
+
+__all__ = [
+    "FETCH_WAIT",
+    "MAX_DELIVERIES",
+    "MAX_NAK_DELAY",
+    "NOTIFICATION_ACK_WAIT",
+    "Intake",
+    "Slots",
+    "queue_consumer",
+]
+
+log = logging.getLogger("corral.worker")
+
+NOTIFICATION_ACK_WAIT = 5.0
+"""Seconds a fetched notification may stay unacked before redelivery. It only covers fetch -> claim
+(milliseconds); a worker that dies in between delays the task by at most this much. A redelivered
+notification whose task was claimed meanwhile is simply dropped."""
+FETCH_WAIT = 1.0
+"""Longest a pull request waits on the server; also the longest a stop waits for fetches to end."""
+MAX_DELIVERIES = 10
+"""Deliveries of one notification whose claim keeps failing before it is dead-lettered."""
+SERVER_MAX_DELIVERIES = 20
+"""The consumer's own bound: a notification that keeps killing its workers is dropped by the server."""
+MAX_NAK_DELAY = 3600.0
+"""Longest a not-yet-visible notification is put back for at a time."""
+
+
+async def queue_consumer(coord: Coord, queue: str) -> JetStreamContext.PullSubscription:
+    """The shared durable pull consumer of ``queue`` (created, or updated to corral's config), bound."""
+    durable = coord.names.queue_consumer(queue)
+    config = js_api.ConsumerConfig(
+        durable_name=durable,
+        filter_subject=coord.names.queue_filter(queue),
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        ack_wait=NOTIFICATION_ACK_WAIT,
+        max_deliver=SERVER_MAX_DELIVERIES,
+        max_ack_pending=-1,
+        max_waiting=4096,
+    )
+    await coord.js.add_consumer(coord.names.dispatch_stream, config)
+    return await coord.js.pull_subscribe_bind(durable, stream=coord.names.dispatch_stream)
+
+
+class Slots:
+    """Free run slots of a worker, shared by its intakes (a batch never exceeds what is free)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.free = capacity
+        """Slots not reserved right now."""
+        self._changed = asyncio.Event()
+
+    async def reserve(self, most: int, stopping: asyncio.Event) -> int:
+        """Wait for a free slot (or a stop) and reserve up to ``most``; 0 when stopping."""
+        while self.free <= 0 and not stopping.is_set():
+            self._changed.clear()
+            await self._changed.wait()
+        if stopping.is_set():
+            return 0
+        n = min(self.free, most)
+        self.free -= n
+        return n
+
+    def give_back(self, n: int) -> None:
+        """Return ``n`` reserved slots."""
+        if n:
+            self.free += n
+            self._changed.set()
+
+    def wake(self) -> None:
+        """Wake every waiter (on stop)."""
+        self._changed.set()
+
+
+@dataclass
+class IntakeStats:
+    """What the intakes of one worker did with notifications."""
+
+    dropped_notifications: int = 0
+    """Stale or duplicate notifications acked and dropped."""
+    dead_lettered: int = 0
+    """Notifications dead-lettered (malformed, poisoned, or failing too often)."""
+
+
+OnClaim = Callable[[Claim, TaskRecord | None], None]
+
+
+class Intake:
+    """Fetches and claims the notifications of one queue for a worker (see the module docstring).
+
+    Runs while ``present`` is set (the worker holds its presence) until ``stopping`` is set.
+    ``on_claim`` receives each claim won and the pending record it was claimed from.
+    """
+
+    def __init__(
+        self,
+        coord: Coord,
+        queue: str,
+        *,
+        worker_id: str,
+        lease: float | None,
+        slots: Slots,
+        max_batch: int,
+        on_claim: OnClaim,
+        present: asyncio.Event,
+        stopping: asyncio.Event,
+        stats: IntakeStats,
+    ) -> None:
+        self.queue = queue
+        """The queue this intake serves."""
+        self._coord = coord
+        self._worker_id = worker_id
+        self._lease = lease
+        self._slots = slots
+        self._max_batch = max_batch
+        self._on_claim = on_claim
+        self._present = present
+        self._stopping = stopping
+        self._stats = stats
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def run(self) -> None:
+        """Fetch and claim until stopping; transient trouble is waited out, never raised."""
+        pause = 0.1
+        try:
+            while not self._stopping.is_set():
+                if not self._present.is_set():
+                    await _first(self._present.wait(), self._stopping.wait())
+                    continue
+                try:
+                    if self._sub is None:
+                        self._sub = await queue_consumer(self._coord, self.queue)
+                    await self._fetch_once(self._sub)
+                    pause = 0.1
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:
+                    log.warning(
+                        "worker %s: intake of %s: %s; retrying in %.1fs", self._worker_id, self.queue, err, pause
+                    )
+                    if await self._consumer_gone():
+                        self._sub = None
+                    await _first(asyncio.sleep(pause), self._stopping.wait())
+                    pause = min(pause * 2, 5.0)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Drop the subscription (the durable consumer stays on the server)."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception as err:
+                log.debug("worker %s: unsubscribing from %s: %s", self._worker_id, self.queue, err)
+
+    async def _consumer_gone(self) -> bool:
+        if self._sub is None:
+            return True
+        try:
+            await self._coord.js.consumer_info(
+                self._coord.names.dispatch_stream, self._coord.names.queue_consumer(self.queue)
+            )
+        except nats.js.errors.NotFoundError:
+            log.warning("worker %s: the consumer of %s is gone; re-creating it", self._worker_id, self.queue)
+            return True
+        except Exception:
+            return False  # the server is away: keep the binding and try again
+        return False
+
+    async def _fetch_once(self, sub: JetStreamContext.PullSubscription) -> None:
+        n = await self._slots.reserve(self._max_batch, self._stopping)
+        if n == 0:
+            return
+        try:
+            msgs = await sub.fetch(n, timeout=FETCH_WAIT)
+        except (nats.errors.TimeoutError, TimeoutError):
+            self._slots.give_back(n)
+            return
+        except BaseException:
+            self._slots.give_back(n)
+            raise
+        self._slots.give_back(n - len(msgs))
+        if self._stopping.is_set() or not self._present.is_set():
+            self._slots.give_back(len(msgs))
+            await asyncio.gather(*(_settle(m.nak(), m) for m in msgs))
+            return
+        await self.claim_batch(msgs)
+
+    async def claim_batch(self, msgs: list[Msg]) -> None:
+        """Claim every notification of ``msgs`` (one CAS each, pipelined) and settle each message."""
+        notes: list[tuple[Msg, Notification]] = []
+        for msg in msgs:
+            try:
+                note = Notification.model_validate_json(msg.data)
+            except ValidationError as err:
+                self._slots.give_back(1)
+                await self._dead_letter(msg, f"malformed notification: {describe(err)}")
+                continue
+            delay = _seconds_until(note.visible_at)
+            if delay > 0:
+                self._slots.give_back(1)
+                await _settle(msg.nak(delay=min(delay, MAX_NAK_DELAY)), msg)
+                continue
+            notes.append((msg, note))
+        claims = [
+            self._coord.tasks.claim(
+                n.task_id, self._worker_id, revision=n.revision, lease=self._lease, record=n.record, headers=m.headers
+            )
+            for m, n in notes
+        ]
+        outcomes = await asyncio.gather(*claims, return_exceptions=True)
+        for (msg, note), outcome in zip(notes, outcomes, strict=True):
+            if isinstance(outcome, Claim):
+                await _settle(msg.ack(), msg)
+                self._on_claim(outcome, note.record)
+                continue
+            self._slots.give_back(1)
+            await self._set_aside(msg, note, outcome)
+
+    async def _set_aside(self, msg: Msg, note: Notification, failure: BaseException) -> None:
+        if isinstance(failure, NotYetVisible):
+            delay = _seconds_until(failure.visible_at) if isinstance(failure.visible_at, datetime) else 1.0
+            await _settle(msg.nak(delay=min(max(delay, 0.05), MAX_NAK_DELAY)), msg)
+        elif isinstance(failure, Conflict | InvalidTransition | NotFound):
+            # Someone else holds it, it is finished, or it is gone: this notification is stale.
+            self._stats.dropped_notifications += 1
+            await _settle(msg.ack(), msg)
+        elif isinstance(failure, InvalidRecord):
+            await self._dead_letter(msg, f"task {note.task_id!r} cannot be claimed: {failure}", task_id=note.task_id)
+        elif _deliveries(msg) >= MAX_DELIVERIES:
+            reason = (
+                f"claim of {note.task_id!r} failed {_deliveries(msg)} times, last: {type(failure).__name__}: {failure}"
+            )
+            await self._dead_letter(msg, reason, task_id=note.task_id)
+        else:
+            delay = min(30.0, 0.5 * 2 ** (_deliveries(msg) - 1))
+            log.warning(
+                "worker %s: claim of %s failed (%s: %s); retrying in %.1fs",
+                self._worker_id,
+                note.task_id,
+                type(failure).__name__,
+                failure,
+                delay,
+            )
+            await _settle(msg.nak(delay=delay), msg)
+
+    async def _dead_letter(self, msg: Msg, reason: str, *, task_id: str | None = None) -> None:
+        self._stats.dead_lettered += 1
+        await _settle(msg.term(), msg)
+        await self._coord.dead_letters.record(
+            "dispatch", reason, subject=msg.subject, body=msg.data, headers=dict(msg.headers or {}), task_id=task_id
+        )
+
+
+async def _settle(ack: Awaitable[None], msg: Msg) -> None:
+    """Ack, NAK or terminate; a failure is logged (the server redelivers what was not settled)."""
+    try:
+        await ack
+    except Exception as err:
+        log.debug("could not settle the notification on %s: %s", msg.subject, err)
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:
+        return 1
+
+
+def _seconds_until(when: datetime | None) -> float:
+    if when is None:
+        return 0.0
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+async def _first(*waits: Awaitable[object]) -> None:
+    """Return when the first of ``waits`` finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
