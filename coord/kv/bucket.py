@@ -7,6 +7,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Mapping
 
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -95,12 +96,24 @@ class Bucket:
 
         async def call() -> Entry | None:
             try:
-                msg = await self.js.get_msg(self.stream, subject=subject, direct=not leader)
+                # the JetStream context's own timeout is not this bucket's request_timeout
+                read = self.js.get_msg(self.stream, subject=subject, direct=not leader)
+                msg = await asyncio.wait_for(read, self.request_timeout)
             except nats.js.errors.NotFoundError:
                 return None
+            except TimeoutError:
+                raise nats.errors.TimeoutError from None
             return entry_of(key, msg.seq or 0, msg.headers, msg.data, msg.time)
 
         return await retry_transient(call, nc=self.nc, within=self._patience(patience), what=f"read {self.name}/{key}")
+
+    async def last_revision(self) -> int:
+        """The bucket's latest revision (its stream's last sequence; purges do not lower it)."""
+
+        async def call() -> int:
+            return int((await self.js.stream_info(self.stream)).state.last_seq or 0)
+
+        return await retry_transient(call, nc=self.nc, within=self.patience, what=f"read the state of {self.name}")
 
     async def scan(self, prefix: str = "", *, include_deleted: bool = False) -> list[Entry]:
         """The latest entry of every key starting with ``prefix`` (tombstones only if asked), in stream order."""
