@@ -167,11 +167,15 @@ def compose(nc: NATS, js: JetStreamContext, names: Names, settings: Settings, ob
         return Bucket(js, nc, name, patience=settings.io_patience, request_timeout=settings.request_timeout)
 
     def stream(name: str) -> Stream:
-        return Stream(js, nc, name, patience=settings.io_patience)
+        return Stream(js, nc, name, patience=settings.io_patience, request_timeout=settings.request_timeout)
 
     events_stream = stream(names.events_stream)
     dead_letters = DeadLetters(events_stream, names)
-    presence = Presence(bucket(names.presence_bucket), interval=settings.presence_interval, ttl=settings.presence_ttl)
+    # A renewal stuck on a request lost in a failover must be sent again within an interval, not a
+    # whole request timeout later: presence asks with timeouts no longer than its interval.
+    beat = min(settings.request_timeout, max(0.5, settings.presence_interval))
+    presence_bucket = Bucket(js, nc, names.presence_bucket, patience=settings.io_patience, request_timeout=beat)
+    presence = Presence(presence_bucket, interval=settings.presence_interval, ttl=settings.presence_ttl)
     records = RecordStore(bucket(names.registry_bucket))
     registry = Registry(records, presence, terminal_ttl=settings.session_retention)
     effects = TaskEffects(

@@ -82,9 +82,15 @@ class NatsServer:
         extra_args: list[str] | None = None,
         log_file: str | os.PathLike[str] | None = None,
         jetstream: bool = True,
+        host: str = LOOPBACK,
+        sync_interval: str | None = None,
     ) -> None:
         self.jetstream = jetstream
         """Whether JetStream is enabled (off only to test that corral refuses such a server)."""
+        self.host = host
+        """Address clients connect to (loopback unless a test gives the address of a veth it made)."""
+        self.sync_interval = sync_interval
+        """JetStream's ``sync_interval`` (e.g. ``"always"``: flush before every ack); None: the server's default."""
         self.port = port or free_port()
         """Client port (loopback)."""
         self.monitor_port = free_port()
@@ -103,7 +109,7 @@ class NatsServer:
     @property
     def url(self) -> str:
         """Client URL, e.g. ``nats://127.0.0.1:4222``."""
-        return f"nats://{LOOPBACK}:{self.port}"
+        return f"nats://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -121,7 +127,7 @@ class NatsServer:
             find_server_binary(),
             *(["-c", str(self.config_file)] if self.jetstream else []),
             "-a",
-            LOOPBACK,
+            self.host,
             "-p",
             str(self.port),
             "-m",
@@ -157,7 +163,8 @@ class NatsServer:
         # Each stream reserves its size limit (Settings.max_bytes) from the server's JetStream
         # storage, whatever it actually holds; a generous ceiling lets many namespaces share one
         # embedded server on a small disk.
-        self.config_file.write_text("jetstream {\n  max_file_store: 64T\n  max_memory_store: 1G\n}\n")
+        sync = f"  sync_interval: {self.sync_interval}\n" if self.sync_interval else ""
+        self.config_file.write_text(f"jetstream {{\n  max_file_store: 64T\n  max_memory_store: 1G\n{sync}}}\n")
         self._proc = subprocess.Popen(
             self.args(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -175,7 +182,7 @@ class NatsServer:
                     f"{self.url}: {err.strip() or self._log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(f"http://{LOOPBACK}:{self.monitor_port}{path}", timeout=1) as resp:
+                with urllib.request.urlopen(f"http://{self.host}:{self.monitor_port}{path}", timeout=1) as resp:
                     if resp.status == 200:
                         return
             except OSError as exc:

@@ -26,9 +26,9 @@ ENV_PREFIX = "CORRAL_"
 
 PRESENCE_TTL_SINGLE = 3.0
 """Default presence TTL on one server: a departure is seen within about 3 s."""
-PRESENCE_TTL_REPLICATED = 15.0
-"""Default presence TTL with replicas: longer than the 4-11 s a leader election took after a node
-was SIGKILLed (bench/RESULTS.md), so losing one node of three makes no worker depart."""
+PRESENCE_TTL_REPLICATED = 20.0
+"""Default presence TTL with replicas: longer than a leader election after a node is SIGKILLed
+(4-11 s, up to ~15 s under load, bench/RESULTS.md), so losing one node of three makes no worker depart."""
 DEFAULT_TEXT = {"presence_ttl": f"{PRESENCE_TTL_SINGLE:g} with one replica, {PRESENCE_TTL_REPLICATED:g} with more"}
 """How the defaults that depend on other fields read in help texts."""
 
@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     presence_ttl: float = Field(default=PRESENCE_TTL_SINGLE, ge=1, le=3600)
     """TTL of a presence key (whole seconds are enforced by the server). Without a value:
     :data:`PRESENCE_TTL_SINGLE` with one replica, :data:`PRESENCE_TTL_REPLICATED` with more, so that
-    the election that follows the loss of a node (measured at 4-11 s) causes no departure."""
+    the election that follows the loss of a node (4-11 s, up to ~15 s under load) causes no departure."""
     presence_interval: float = Field(default=1.0, gt=0, le=3600)
     """Seconds between presence renewals (shorter than the enforced TTL)."""
 
@@ -127,9 +127,14 @@ class Settings(BaseSettings):
         if not given:
             return self
         current = self.model_dump()
-        if "replicas" in given and "presence_ttl" not in given and self.presence_ttl in (
-            PRESENCE_TTL_SINGLE,
-            PRESENCE_TTL_REPLICATED,
+        if (
+            "replicas" in given
+            and "presence_ttl" not in given
+            and self.presence_ttl
+            in (
+                PRESENCE_TTL_SINGLE,
+                PRESENCE_TTL_REPLICATED,
+            )
         ):
             current.pop("presence_ttl")  # a sized default follows the new replicas
         try:

@@ -76,7 +76,9 @@ async def stream_snapshot(
 class Stream:
     """One JetStream stream, reached through ``js`` (``patience``: default retry budget, seconds)."""
 
-    def __init__(self, js: JetStreamContext, nc: NATS, name: str, *, patience: float = 15.0) -> None:
+    def __init__(
+        self, js: JetStreamContext, nc: NATS, name: str, *, patience: float = 15.0, request_timeout: float = 5.0
+    ) -> None:
         self.js = js
         """JetStream context."""
         self.nc = nc
@@ -85,6 +87,8 @@ class Stream:
         """The stream's name."""
         self.patience = patience
         """Default seconds a call keeps retrying through server unavailability."""
+        self.request_timeout = request_timeout
+        """Longest wait for one answer (then the request counts as lost and is retried)."""
 
     async def publish(
         self,
@@ -94,7 +98,7 @@ class Stream:
         headers: Mapping[str, str] | None = None,
         msg_id: str | None = None,
         patience: float | None = None,
-        timeout: float = 2.0,
+        timeout: float | None = None,
     ) -> int:
         """Store ``data`` on ``subject`` and wait for the stream's ack; return its sequence.
 
@@ -104,9 +108,10 @@ class Stream:
         if msg_id is not None:
             sent[MSG_ID] = msg_id
         within = self.patience if patience is None else patience
+        wait = min(self.request_timeout if timeout is None else timeout, max(within, 0.05))
 
         async def call() -> int:
-            ack = await self.js.publish(subject, data, timeout=min(timeout, max(within, 0.05)), headers=sent or None)
+            ack = await self.js.publish(subject, data, timeout=wait, headers=sent or None)
             return ack.seq
 
         return await retry_transient(call, nc=self.nc, within=within, what=f"publish to {subject}")

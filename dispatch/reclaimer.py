@@ -98,7 +98,7 @@ class Reclaimer:
     async def start(self) -> Reclaimer:
         """Start watching; returns once the initial rebuild is done."""
         self._stopping = False
-        self._index = await self.coord.tasks.index().start()
+        self._index = await self.coord.tasks.index(finished=False).start()
         self._watcher = await self.coord.presence.watch(include_existing=False).start()
         self._present = set(self._watcher.present)
         self._observe_presence()

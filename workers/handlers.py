@@ -9,7 +9,10 @@ one that exits 0 without a Result is a success whose summary is its last line.
 Stopping: a Python thread cannot be interrupted, so a sync handler that is cancelled is told so
 (``ctx.cancelled``) and then waited for; the claim is written only after it returned. A command
 gets SIGTERM, then SIGKILL after ``kill_grace``; it also dies with its worker (on Linux, the parent-
-death signal), so a killed worker leaves no command running beside the re-run elsewhere.
+death signal), so a killed worker leaves no command running beside the re-run elsewhere. That
+signal reaches the command itself, not processes it starts: a command that forks long-running
+children should make them die with it too (``exec`` the real program, or give them a parent-death
+signal, e.g. ``setpriv --pdeathsig KILL``).
 When the task is traced, a command also gets the run span's context as ``TRACEPARENT`` /
 ``TRACESTATE`` / ``BAGGAGE`` (the OpenTelemetry environment-variable carrier), so it can continue the trace.
 """
@@ -134,7 +137,7 @@ class CommandHandler:
             env=env,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with(os.getpid()),
         )
         try:
             out, err = await self._communicate(proc, spec.model_dump_json().encode())
@@ -186,13 +189,19 @@ class CommandHandler:
             await proc.wait()
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGKILL it when the worker dies (no-op elsewhere)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+def _die_with(worker_pid: int) -> Callable[[], None]:
+    """A pre-exec hook: ask Linux to SIGKILL the child when the worker dies (no-op elsewhere)."""
+
+    def hook() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != worker_pid:  # the worker died before the request took effect
+            os._exit(1)
+
+    return hook
 
 
 _PR_SET_PDEATHSIG = 1

@@ -137,6 +137,7 @@ class Worker:
         self._fatal: CorralError | None = None
         self._started = asyncio.Event()
         self._membership: Membership | None = None
+        self._watchdog = LoopWatchdog(self._describe_running, on_block=self._blocked)
 
     @property
     def stats(self) -> WorkerStats:
@@ -210,6 +211,7 @@ class Worker:
     def _start(self, claim: Claim, pending: TaskRecord | None) -> None:
         execution = Execution(self.coord, claim, self.handler, stats=self._runs, on_done=self._finished)
         self._running[claim.task_id] = execution
+        self._watchdog.refresh()
         execution.start(pending)
         self._publish_inflight()
 
@@ -217,6 +219,7 @@ class Worker:
         if self._running.get(execution.claim.task_id) is execution:
             del self._running[execution.claim.task_id]
         self._slots.give_back(1)
+        self._watchdog.refresh()
         self._publish_inflight()
 
     async def _on_control(self, msg: Msg) -> None:
@@ -269,7 +272,7 @@ class Worker:
         """Work until :meth:`stop`, or until presence is lost for good (raises :class:`PresenceLost`)."""
         if not self.queues:
             raise InvalidInput("queues: a worker needs at least one queue")
-        watchdog = LoopWatchdog(self._describe_running, on_block=self._blocked)
+        watchdog = self._watchdog
         control: Subscription | None = None
         async with self._join(rejoin=not self.exit_on_loss) as membership:
             control = await self.coord.nc.subscribe(

@@ -49,6 +49,10 @@ class LoopWatchdog:
         self._ticker: asyncio.Task[None] | None = None
         self._reported_at = 0.0
 
+    def refresh(self) -> None:
+        """Re-read what is running now (call when a task starts, so a block in its first step is named)."""
+        self._running = self._describe()
+
     def start(self) -> None:
         """Start ticking on the running loop and watching from a daemon thread."""
         if self._thread is not None:

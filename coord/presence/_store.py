@@ -84,9 +84,14 @@ class PresenceStore:
         """Subject of ``agent_id``'s key."""
         return self.bucket.subject(agent_id)
 
-    async def latest(self, agent_id: str, within: float | None = None) -> Latest | None:
-        """The latest message of the key (value, tombstone or malformed), or None if it has none."""
-        entry = await self.bucket.get(agent_id, patience=within)
+    async def latest(self, agent_id: str, within: float | None = None, *, leader: bool = False) -> Latest | None:
+        """The latest message of the key (value, tombstone or malformed), or None if it has none.
+
+        ``leader`` asks the stream's leader: what a membership checks about its own key after a lost
+        race must not come from a replica that is still catching up (it would adopt a stale revision
+        and keep losing until the key expired).
+        """
+        entry = await self.bucket.get(agent_id, patience=within, leader=leader)
         return None if entry is None else classify(entry)
 
     async def write(self, info: AgentInfo, instance: str, *, last: int, ttl: float, within: float | None = None) -> int:

@@ -211,7 +211,7 @@ class Membership:
                     return
             # A renewal cancelled in flight may still have landed: delete that one if it is ours.
             try:
-                current = await self._store.latest(self.info.id, within=OP_TIMEOUT)
+                current = await self._store.latest(self.info.id, within=OP_TIMEOUT, leader=True)
             except Exception as err:
                 log.warning("presence: %s could not read its key (%s); it expires within the TTL", self.info.id, err)
                 return
@@ -282,7 +282,7 @@ class Membership:
     async def _key_is_not_ours(self) -> bool:
         """After a failed compare-and-set: find out why, and handle a loss. False means retry."""
         try:
-            current = await self._store.latest(self.info.id, within=OP_TIMEOUT)
+            current = await self._store.latest(self.info.id, within=OP_TIMEOUT, leader=True)
         except Exception as err:
             log.debug("presence: reading %s failed (%s); retrying", self.info.id, err)
             return False
@@ -334,7 +334,7 @@ class Membership:
         delay = 0.1
         while not self._closing:
             try:
-                current = await self._store.latest(self.info.id, within=OP_TIMEOUT)
+                current = await self._store.latest(self.info.id, within=OP_TIMEOUT, leader=True)
                 if current is not None and current.record is not None and current.record.instance == old_instance:
                     # The server has not expired it yet, but we already gave it up: make the
                     # departure visible (as an expiry) before coming back.

@@ -3,7 +3,7 @@
 It runs a :class:`coord.kv.KeyWatch` on the bucket (last value per key first, then every change),
 so departures arrive as they happen: a DEL for a graceful leave, the server's MaxAge marker for an
 expiry. There is no polling. A consumer lost to a server restart or a leader move is noticed
-within two heartbeats and re-created from the last revision seen, so a watch survives a restart.
+within two to four heartbeats and re-created from the last revision seen, so a watch survives a restart.
 """
 
 from __future__ import annotations

@@ -131,7 +131,8 @@ class TaskIndex:
 
     Costs one small :class:`IndexEntry` per task (~300 bytes) and receives every write to the
     bucket; a write without the summary header is looked up with ``read``. ``on_start`` and
-    ``on_stop`` are told when the index becomes usable and when it stops. Lookups are
+    ``on_stop`` are told when the index becomes usable and when it stops. With ``finished=False``
+    it keeps only pending and claimed tasks, so its size follows the work in progress, not history. Lookups are
     O(matching). While it runs (``async with store.index()``), ``store.list``/``store.iter`` use it
     and first wait until it has seen the store's own latest write (read-your-writes). It may lag
     other writers by a network hop: callers act through CAS transitions, which re-check the record.
@@ -144,7 +145,10 @@ class TaskIndex:
         *,
         on_start: Callable[[TaskIndex], None] | None = None,
         on_stop: Callable[[TaskIndex], None] | None = None,
+        finished: bool = True,
     ) -> None:
+        self.finished = finished
+        """Whether finished tasks are kept (False: only pending and claimed ones, memory flat in history)."""
         self._bucket = bucket
         self._read = read
         self._on_start = on_start
@@ -167,10 +171,14 @@ class TaskIndex:
         if self._watch is None:
             self._watch = KeyWatch(self._bucket, self._on_entry, headers_only=True)
         try:
+            position = await self._bucket.last_revision()
             await self._watch.start(within=within)
         except BaseException:
             await self.stop()
             raise
+        # Ready means every entry up to where the bucket stood before the watch started has been
+        # applied (or is gone: replaced, deleted, purged), so the index stands there too.
+        self._advance(position)
         if self._on_start is not None:
             self._on_start(self)
         return self
@@ -221,6 +229,11 @@ class TaskIndex:
             if old.revision >= entry.revision:
                 return
             self._forget(old)
+        if not self.finished and entry.status.terminal:
+            if old is not None:
+                del self._entries[entry.task_id]
+            self._advance(entry.revision)
+            return
         self._entries[entry.task_id] = entry
         self._groups[(entry.queue, entry.status)].add(entry.task_id)
         if entry.worker_id is not None:

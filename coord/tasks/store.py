@@ -43,6 +43,10 @@ __all__ = ["DEFAULT_LEASE", "MAX_ERROR_CHARS", "TaskStore"]
 DEFAULT_LEASE = Settings.model_fields["lease"].default
 """Lease length (seconds) of a claim when neither the claim, the task nor the settings name one."""
 
+SCHEDULE_CONCURRENCY = 512
+"""Tasks of one ``schedule_many`` written at once (a burst of thousands would swamp the server's
+answers and turn into timeouts)."""
+
 MAX_ERROR_CHARS = 16_384
 """``error`` texts are cut to this many characters (the record must stay small)."""
 
@@ -155,11 +159,15 @@ class TaskStore:
         """
         return TaskWatch(self.bucket)
 
-    def index(self) -> TaskIndex:
+    def index(self, *, finished: bool = True) -> TaskIndex:
         """A live in-memory index of all tasks by queue, status and worker (``async with``).
 
-        While it runs, :meth:`list` and :meth:`iter` of this store use it instead of scanning.
+        While it runs, :meth:`list` and :meth:`iter` of this store use it instead of scanning. With
+        ``finished=False`` it keeps only pending and claimed tasks (what a reclaimer needs; its size
+        follows the work in progress) and the store does not use it for listings.
         """
+        if not finished:
+            return TaskIndex(self.bucket, self.get, finished=False)
         return TaskIndex(self.bucket, self.get, on_start=self._attach_index, on_stop=self._detach_index)
 
     def _attach_index(self, index: TaskIndex) -> None:
@@ -172,9 +180,8 @@ class TaskStore:
     async def journal(self, task_id: str) -> builtins.list[JournalEntry]:
         """The task's successful transitions in revision order (:class:`NotFound` if the task is unknown).
 
-        Journal entries are published after each CAS without waiting; if the entry of the current
-        revision is missing (its writer crashed in between, or it is still in flight) it is
-        republished here, deduplicated by ``{task}:{revision}``.
+        An entry of the current revision that is missing (its writer crashed before publishing it,
+        or it is in flight) is published here, deduplicated by ``{task}:{revision}``.
         """
         validate_id(task_id, "task_id")
         journal = self.effects.journal
@@ -201,12 +208,10 @@ class TaskStore:
     ) -> TaskRecord:
         """Create ``task_id`` as pending on ``queue`` and notify its workers; idempotent by task id.
 
-        Scheduling an existing task with the same definition (queue, spec, max_attempts, timeout,
-        parent) returns the existing record (re-notifying it if it is pending); a different
-        definition raises :class:`TaskExists`. Raises :class:`~coord.errors.InvalidId` or a pydantic
-        ``ValidationError`` for bad arguments and :class:`~coord.errors.PayloadTooLarge` beyond the
-        server's max payload, in all cases before anything is written. (``payload=`` is the
-        deprecated name of ``spec=``.)
+        The same definition again returns the existing record (re-notified if pending); another one
+        raises :class:`TaskExists`. Bad arguments raise :class:`~coord.errors.InvalidId`, a pydantic
+        ``ValidationError`` or :class:`~coord.errors.PayloadTooLarge` before anything is written.
+        ``payload=`` is the deprecated name of ``spec=``.
         """
         if payload is not None:
             warnings.warn("schedule(payload=...) is deprecated; use spec=", DeprecationWarning, stacklevel=2)
@@ -234,17 +239,21 @@ class TaskStore:
             now = _now()
             records = [transitions.schedule(r, now=now) for r in submission.requests]
             encoded = [self._engine.encode(record) for record in records]
+            room = asyncio.Semaphore(SCHEDULE_CONCURRENCY)
             outcomes = await asyncio.gather(
                 *(
-                    self._schedule(r, rec, data)
+                    self._schedule(r, rec, data, room)
                     for r, rec, data in zip(submission.requests, records, encoded, strict=True)
                 )
             )
             submission.created([record for record, _ in outcomes], [new for _, new in outcomes])
         return [record for record, _ in outcomes]
 
-    async def _schedule(self, request: ScheduleRequest, record: TaskRecord, data: bytes) -> tuple[TaskRecord, bool]:
-        created = await self._engine.create(record, data)
+    async def _schedule(
+        self, request: ScheduleRequest, record: TaskRecord, data: bytes, room: asyncio.Semaphore
+    ) -> tuple[TaskRecord, bool]:
+        async with room:
+            created = await self._engine.create(record, data)
         if created is None:
             return await self._existing(request), False
         return created, True
