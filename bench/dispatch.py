@@ -211,11 +211,12 @@ async def main() -> None:
     ap.add_argument("--kill-trials", type=int, default=20)
     ap.add_argument("--ttl", type=float, default=3.0)
     ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--sync-interval", help="JetStream sync_interval of the embedded server (e.g. always)")
     args = ap.parse_args()
     table = Table(title=f"corral dispatch on {platform.machine()} / {os.cpu_count()} cores, server+clients on one host")
     table.add_column("measurement")
     table.add_column("result", justify="right")
-    with NatsServer() as server:
+    with NatsServer(sync_interval=args.sync_interval) as server:
         assert server.pid is not None
         for n in args.workers:
             for reclaimer in (True, False):

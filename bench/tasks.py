@@ -227,9 +227,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tasks", type=int, default=3000, help="tasks per phase (default 3000)")
     parser.add_argument("--server", help="NATS URL (default: start an embedded server)")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    parser.add_argument("--sync-interval", help="JetStream sync_interval of the embedded server (e.g. always)")
     args = parser.parse_args(argv)
     namespace = new_id("bench").replace("-", "")[:20]
-    embedded = None if args.server else NatsServer().start()
+    embedded = None if args.server else NatsServer(sync_interval=args.sync_interval).start()
     try:
         if embedded is not None:
             server = Server(embedded.url, f"http://127.0.0.1:{embedded.monitor_port}", embedded.pid)
