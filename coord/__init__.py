@@ -7,6 +7,7 @@ composition root: it builds every service of a namespace from one :class:`Settin
 from coord.backoff import Backoff
 from coord.connection import DEFAULT_NAMESPACE, DEFAULT_URL, Auth, Coord, connect
 from coord.errors import (
+    AuthenticationFailed,
     ConfigConflict,
     Conflict,
     ConnectionFailed,
@@ -18,13 +19,16 @@ from coord.errors import (
     InvalidTransition,
     KeyExists,
     NotFound,
+    NotProvisioned,
     NotYetVisible,
     PayloadTooLarge,
+    PermissionDenied,
     PresenceConflict,
     PresenceLost,
     ServerUnsupported,
     StaleClaim,
     TaskExists,
+    TLSFailed,
     Unavailable,
 )
 from coord.server import NatsCluster, NatsServer
@@ -36,6 +40,7 @@ __all__ = [
     "DEFAULT_NAMESPACE",
     "DEFAULT_URL",
     "Auth",
+    "AuthenticationFailed",
     "Backoff",
     "ConfigConflict",
     "Conflict",
@@ -51,10 +56,12 @@ __all__ = [
     "NatsCluster",
     "NatsServer",
     "NotFound",
+    "NotProvisioned",
     "NotYetVisible",
     "Observer",
     "OtelObserver",
     "PayloadTooLarge",
+    "PermissionDenied",
     "PresenceConflict",
     "PresenceLost",
     "Scope",
@@ -62,6 +69,7 @@ __all__ = [
     "Settings",
     "StaleClaim",
     "Submission",
+    "TLSFailed",
     "TaskExists",
     "Unavailable",
     "connect",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AuthenticationFailed",
     "ConfigConflict",
     "Conflict",
     "ConnectionFailed",
@@ -22,12 +23,15 @@ __all__ = [
     "InvalidTransition",
     "KeyExists",
     "NotFound",
+    "NotProvisioned",
     "NotYetVisible",
     "PayloadTooLarge",
+    "PermissionDenied",
     "PresenceConflict",
     "PresenceLost",
     "ServerUnsupported",
     "StaleClaim",
+    "TLSFailed",
     "TaskExists",
     "Unavailable",
 ]
@@ -51,6 +55,22 @@ class PayloadTooLarge(InvalidInput):
 
 class ConnectionFailed(CorralError):
     """The initial connection to NATS could not be made; the message names the URL."""
+
+
+class AuthenticationFailed(ConnectionFailed):
+    """The server refused the credentials (password, token, nkey, creds); the message names the URL and the kind."""
+
+
+class TLSFailed(ConnectionFailed):
+    """TLS was asked for and could not be established (server without TLS, bad CA, name mismatch, missing file)."""
+
+
+class PermissionDenied(CorralError):
+    """The server refused an operation for this connection's credentials; the message names the subject."""
+
+
+class NotProvisioned(CorralError):
+    """A stream or bucket of the namespace is missing or differs and this role may not fix it (``corral provision``)."""
 
 
 class ServerUnsupported(CorralError):

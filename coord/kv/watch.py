@@ -134,7 +134,7 @@ class KeyWatch:
             return
         # nats-py re-creates a lost ordered consumer from the last stream sequence it delivered,
         # which is 0 until the first write arrives: tell it where this one started.
-        sub._sub._jsi._sseq = start  # type: ignore[attr-defined]
+        sub._sub._jsi._sseq = start  # type: ignore[union-attr]
         if self._stopped:
             await _unsubscribe(sub)
             return

@@ -133,12 +133,13 @@ async def test_a_ready_watch_follows_with_one_consumer_and_a_stop_leaves_none(co
     subscriptions_before = len(coord_conn.nc._subs)
     for round_ in range(3):
         seen: list[str] = []
-        watch = KeyWatch(coord_conn.tasks.bucket, lambda entry: seen.append(entry.key), headers_only=True)
+        watch = KeyWatch(coord_conn.tasks.bucket, lambda entry, seen=seen: seen.append(entry.key), headers_only=True)
         await watch.start(within=5)
         # the last-per-key snapshot is swapped for one consumer that follows from the next revision
         policies: list[str] = []
         for _ in range(100):
-            policies = [str(c.config.deliver_policy) for c in await coord_conn.js.consumers_info(stream) if c.push_bound]
+            consumers = await coord_conn.js.consumers_info(stream)
+            policies = [str(c.config.deliver_policy) for c in consumers if c.push_bound]
             if policies == [DeliverPolicy.BY_START_SEQUENCE.value]:
                 break
             await asyncio.sleep(0.05)
@@ -146,7 +147,7 @@ async def test_a_ready_watch_follows_with_one_consumer_and_a_stop_leaves_none(co
         assert len(coord_conn.nc._subs) == subscriptions_before + 1
         late = f"late{round_}"
         await coord_conn.tasks.schedule(task_id=late, queue="q", spec=None)
-        await eventually(lambda: late in seen, 5, "the follower to deliver a later write")
+        await eventually(lambda late=late, seen=seen: late in seen, 5, "the follower to deliver a later write")
         await watch.stop()
         assert len(coord_conn.nc._subs) == subscriptions_before
     bound: list[str] = []
