@@ -14,12 +14,13 @@ import re
 import time
 import weakref
 from dataclasses import dataclass
+from types import TracebackType
 
 from nats.aio.client import Client as NATS
 
 from coord.errors import PermissionDenied
 
-__all__ = ["PermissionLog", "Refusal", "permission_log"]
+__all__ = ["PermissionLog", "Refusal", "RefusalGuard", "permission_log"]
 
 _VIOLATION = re.compile(r"permissions violation for (publish|subscription) to \"?([^\"\s]+)\"?", re.IGNORECASE)
 
@@ -30,6 +31,7 @@ class Refusal:
 
     operation: str
     subject: str
+    """The refused subject, lowercased (as nats-py reports it)."""
     at: float
 
     def error(self) -> PermissionDenied:
@@ -49,17 +51,29 @@ class PermissionLog:
         self.refusals: list[Refusal] = []
         """Recent refusals, oldest first."""
         self._changed = asyncio.Event()
+        self._guards: dict[str, list[RefusalGuard]] = {}
+
+    def guard(self, subject: str) -> RefusalGuard:
+        """A ``with`` block in which a refusal of ``subject`` ends the wait with :class:`PermissionDenied`.
+
+        The server never answers a refused publish: without this a request to ``subject`` would
+        wait out its timeout (and be retried as if the server were away).
+        """
+        return RefusalGuard(self, subject.lower())
 
     def record(self, message: str) -> Refusal | None:
         """Record ``message`` if it is a permissions violation; return the refusal (None otherwise)."""
         found = _VIOLATION.search(message)
         if found is None:
             return None
-        refusal = Refusal(found.group(1).lower(), found.group(2), time.monotonic())
+        # nats-py lowercases the server's error text, subject included: compare subjects lowercased
+        refusal = Refusal(found.group(1).lower(), found.group(2).lower(), time.monotonic())
         self.refusals.append(refusal)
         del self.refusals[: -self._keep]
         self._changed.set()
         self._changed = asyncio.Event()
+        for guard in self._guards.get(refusal.subject, ()):
+            guard.refuse(refusal)
         return refusal
 
     def since(self, started: float, subject_prefix: str | None = None) -> Refusal | None:
@@ -75,6 +89,43 @@ class PermissionLog:
         """Wait for the next refusal."""
         await self._changed.wait()
         return self.refusals[-1]
+
+
+class RefusalGuard:
+    """See :meth:`PermissionLog.guard`: cancels the task in the block when its subject is refused."""
+
+    __slots__ = ("_log", "_subject", "_task", "refusal")
+
+    def __init__(self, log: PermissionLog, subject: str) -> None:
+        self._log = log
+        self._subject = subject
+        self._task: asyncio.Task[object] | None = None
+        self.refusal: Refusal | None = None
+        """The refusal that ended the block, if one did."""
+
+    def __enter__(self) -> RefusalGuard:
+        self._task = asyncio.current_task()
+        self._log._guards.setdefault(self._subject, []).append(self)
+        return self
+
+    def refuse(self, refusal: Refusal) -> None:
+        """End the block with ``refusal`` (once)."""
+        if self.refusal is None and self._task is not None:
+            self.refusal = refusal
+            self._task.cancel()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        guards = self._log._guards.get(self._subject)
+        if guards is not None:
+            guards.remove(self)
+            if not guards:
+                del self._log._guards[self._subject]
+        if self.refusal is not None and self._task is not None:
+            self._task.uncancel()
+            if exc_type is asyncio.CancelledError:
+                raise self.refusal.error() from None
 
 
 _LOGS: weakref.WeakKeyDictionary[NATS, PermissionLog] = weakref.WeakKeyDictionary()

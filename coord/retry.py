@@ -27,6 +27,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from coord.errors import Unavailable
+from coord.permissions import permission_log
 
 __all__ = ["TRANSIENT", "is_transient", "retry_transient"]
 
@@ -62,13 +63,24 @@ class _Closed(stop_base):
         return bool(self.nc.is_closed)
 
 
-async def retry_transient(call: Callable[[], Awaitable[T]], *, nc: NATS, within: float, what: str) -> T:
+async def retry_transient(
+    call: Callable[[], Awaitable[T]], *, nc: NATS, within: float, what: str, subject: str | None = None
+) -> T:
     """Await ``call()``, retrying transient failures (:func:`is_transient`) for up to ``within`` seconds.
 
     Backoff starts at 50 ms and doubles to 1 s, jittered. Gives up with :class:`Unavailable` (naming
     ``what`` and the last failure) when the next wait would pass ``within`` or when ``nc`` is
-    closed; any other error is raised at once. ``call`` must be idempotent.
+    closed; any other error is raised at once. ``call`` must be idempotent. With ``subject`` (what
+    ``call`` publishes to), the server refusing this connection that subject ends the call at once
+    with :class:`coord.errors.PermissionDenied` instead of a wait for an answer that never comes.
     """
+    if subject is None:
+        return await _retry(call, nc=nc, within=within, what=what)
+    with permission_log(nc).guard(subject):
+        return await _retry(call, nc=nc, within=within, what=what)
+
+
+async def _retry(call: Callable[[], Awaitable[T]], *, nc: NATS, within: float, what: str) -> T:
     try:
         return await call()
     except Exception as err:

@@ -84,6 +84,7 @@ class NatsServer:
         jetstream: bool = True,
         host: str = LOOPBACK,
         sync_interval: str | None = None,
+        config_extra: str = "",
     ) -> None:
         self.jetstream = jetstream
         """Whether JetStream is enabled (off only to test that corral refuses such a server)."""
@@ -91,6 +92,8 @@ class NatsServer:
         """Address clients connect to (loopback unless a test gives the address of a veth it made)."""
         self.sync_interval = sync_interval
         """JetStream's ``sync_interval`` (e.g. ``"always"``: flush before every ack); None: the server's default."""
+        self.config_extra = config_extra
+        """Appended to the generated config file (e.g. an ``authorization`` block or an ``include``)."""
         self.port = port or free_port()
         """Client port (loopback)."""
         self.monitor_port = free_port()
@@ -164,7 +167,9 @@ class NatsServer:
         # storage, whatever it actually holds; a generous ceiling lets many namespaces share one
         # embedded server on a small disk.
         sync = f"  sync_interval: {self.sync_interval}\n" if self.sync_interval else ""
-        self.config_file.write_text(f"jetstream {{\n  max_file_store: 64T\n  max_memory_store: 1G\n{sync}}}\n")
+        self.config_file.write_text(
+            f"jetstream {{\n  max_file_store: 64T\n  max_memory_store: 1G\n{sync}}}\n{self.config_extra}\n"
+        )
         self._proc = subprocess.Popen(
             self.args(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )

@@ -114,7 +114,7 @@ class Stream:
             ack = await self.js.publish(subject, data, timeout=wait, headers=sent or None)
             return ack.seq
 
-        return await retry_transient(call, nc=self.nc, within=within, what=f"publish to {subject}")
+        return await retry_transient(call, nc=self.nc, within=within, what=f"publish to {subject}", subject=subject)
 
     async def publish_nowait(self, subject: str, data: bytes, *, headers: Mapping[str, str] | None = None) -> None:
         """Send ``data`` into the stream without waiting for its ack (a core publish: it may be lost)."""
@@ -175,9 +175,10 @@ class Stream:
     async def delete(self, seq: int) -> bool:
         """Delete message ``seq`` (no erase); False if it was already gone."""
         request = json.dumps({"seq": seq, "no_erase": True}).encode()
+        api = f"$JS.API.STREAM.MSG.DELETE.{self.name}"
 
         async def call() -> bool:
-            reply = await self.nc.request(f"$JS.API.STREAM.MSG.DELETE.{self.name}", request, timeout=5)
+            reply = await self.nc.request(api, request, timeout=5)
             answer = json.loads(reply.data)
             if answer.get("success"):
                 return True
@@ -191,5 +192,5 @@ class Stream:
             )
 
         return await retry_transient(
-            call, nc=self.nc, within=self.patience, what=f"delete message {seq} of {self.name}"
+            call, nc=self.nc, within=self.patience, what=f"delete message {seq} of {self.name}", subject=api
         )

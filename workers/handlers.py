@@ -29,7 +29,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -114,6 +114,22 @@ def load_handler(ref: str) -> Handler:
     return as_handler(fn)
 
 
+CREDENTIAL_ENV = (
+    "CORRAL_PASSWORD",
+    "CORRAL_TOKEN",
+    "CORRAL_CREDS",
+    "CORRAL_NKEY",
+    "CORRAL_TLS_KEY",
+    "CORRAL_USER",
+    "CORRAL_INBOX_PREFIX",
+)
+"""The worker's own NATS credentials: never passed on to a command (it talks over stdin/stdout only)."""
+
+
+def _without_credentials(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k not in CREDENTIAL_ENV}
+
+
 class CommandHandler:
     """Runs ``argv`` once per task: spec JSON on stdin, Result JSON expected on stdout."""
 
@@ -125,7 +141,7 @@ class CommandHandler:
         self.kill_grace = kill_grace
 
     async def __call__(self, spec: Spec, ctx: Context) -> Result:
-        env = {**os.environ, **(self.env or {}), **_task_env(spec, ctx)}
+        env = {**_without_credentials(os.environ), **(self.env or {}), **_task_env(spec, ctx)}
         cwd = spec.workspace_dir
         if cwd is not None and not await asyncio.to_thread(Path(cwd).is_dir):
             raise HandlerError(f"workspace_dir {cwd!r} does not exist on host {socket.gethostname()!r}")

@@ -26,6 +26,7 @@ from coord.kv.entry import (
     ttl_header,
 )
 from coord.naming import kv_stream_name, kv_subject_prefix
+from coord.permissions import permission_log
 from coord.retry import TRANSIENT, is_transient, retry_transient
 from coord.streams import stream_snapshot
 
@@ -210,6 +211,20 @@ class Bucket:
         return self.patience if patience is None else patience
 
     async def _write(
+        self,
+        key: str,
+        data: bytes,
+        extra: Mapping[str, str] | None,
+        *,
+        last: int | None,
+        ttl: float | None,
+        op: Op,
+        patience: float | None,
+    ) -> int:
+        with permission_log(self.nc).guard(self.subject(key)):
+            return await self._write_settled(key, data, extra, last=last, ttl=ttl, op=op, patience=patience)
+
+    async def _write_settled(
         self,
         key: str,
         data: bytes,

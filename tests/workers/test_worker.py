@@ -80,6 +80,23 @@ async def test_a_command_handler_gets_the_spec_on_stdin_and_its_result_line_is_r
     assert result.ok and result.summary == "a|b @1"
 
 
+async def test_a_command_never_sees_the_workers_nats_credentials(
+    coord_conn: coord.Coord, dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("CORRAL_PASSWORD", "CORRAL_TOKEN", "CORRAL_NKEY", "CORRAL_CREDS", "CORRAL_TLS_KEY"):
+        monkeypatch.setenv(name, "secret")
+    monkeypatch.setenv("CORRAL_HARMLESS", "kept")
+    line = format_result(Result.success(summary="X"))
+    script = (
+        "import os; leaked = sorted(k for k, v in os.environ.items() if v == 'secret'); "
+        f"print({line!r}.replace('X', ','.join(leaked) + '|' + os.environ['CORRAL_HARMLESS']))"
+    )
+    result = await run_until(
+        coord_conn, CommandHandler([sys.executable, "-c", script]), dispatcher, Spec(task_id="t1", queue="q")
+    )
+    assert result.ok and result.summary == "|kept"
+
+
 async def test_a_command_exiting_non_zero_without_a_result_fails_with_its_stderr(
     coord_conn: coord.Coord, dispatcher: Dispatcher
 ) -> None:

@@ -1,0 +1,226 @@
+"""What each corral role may publish and subscribe to on NATS: :func:`permissions_for`.
+
+A pure table, turned into nats-server ``authorization`` users by ``corral auth`` and checked by the
+tests against a real server. The roles (docs/security.md says why each needs what it gets):
+
+- ``provisioner``: the operator; everything (creates, updates and deletes streams).
+- ``parent``: submits tasks and reads their results (a :class:`dispatch.Dispatcher`, with its
+  embedded reclaimer): writes task records, journals and notifications, hears its own results
+  subject, tells workers that a claim was taken away.
+- ``worker``: takes work from its queues and reports: writes task records (claims, heartbeats,
+  outcomes), journals, retry notifications and result pushes; its own presence key only.
+- ``reclaimer``: gives up on departed workers' claims: writes task records, journals and
+  notifications, publishes on workers' control subjects.
+- ``observer``: reads everything of the namespace, writes nothing.
+- ``agent``: mail, lifecycle events and the session registry, always as itself.
+
+What no non-provisioner may do: create, update, purge or delete a stream, delete a durable
+consumer, or write a presence key, event or mail under another agent's name. Some rules are not
+expressible as subject permissions (a worker may write any task record of its namespace, not only
+the ones it holds); docs/security.md says what protects those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from coord.ids import validate_id
+from coord.naming import Names, kv_stream_name, kv_subject_prefix
+
+__all__ = ["INBOX_ROOT", "Permissions", "Role", "inbox_prefix", "permissions_for"]
+
+INBOX_ROOT = "_INBOX"
+"""Root of every reply subject corral hands out (nats-py's default inbox prefix)."""
+
+
+class Role(StrEnum):
+    """The roles a credential can hold (one credential may hold several)."""
+
+    provisioner = "provisioner"
+    parent = "parent"
+    worker = "worker"
+    reclaimer = "reclaimer"
+    observer = "observer"
+    agent = "agent"
+
+
+@dataclass
+class Permissions:
+    """Subjects a credential may publish to and subscribe to (nats-server semantics: deny wins)."""
+
+    publish_allow: list[str] = field(default_factory=list)
+    publish_deny: list[str] = field(default_factory=list)
+    subscribe_allow: list[str] = field(default_factory=list)
+
+    def add(self, other: Permissions) -> None:
+        """Grant what ``other`` grants as well (denies are kept from both)."""
+        for mine, theirs in (
+            (self.publish_allow, other.publish_allow),
+            (self.publish_deny, other.publish_deny),
+            (self.subscribe_allow, other.subscribe_allow),
+        ):
+            mine.extend(s for s in theirs if s not in mine)
+
+    def as_config(self) -> dict[str, object]:
+        """The ``permissions`` block of a nats-server user."""
+        publish: dict[str, list[str]] = {"allow": self.publish_allow}
+        if self.publish_deny:
+            publish["deny"] = self.publish_deny
+        return {"publish": publish, "subscribe": {"allow": self.subscribe_allow}}
+
+
+def inbox_prefix(names: Names, identity: str) -> str:
+    """The reply-subject prefix of ``identity``'s connections in the namespace (``_INBOX.{ns}.{id}``).
+
+    Replies (records read, acknowledgements) go only to the connection that asked: each credential
+    may subscribe to its own prefix alone.
+    """
+    return f"{INBOX_ROOT}.{names.namespace}.{validate_id(identity, 'identity')}"
+
+
+def _streams(names: Names) -> list[str]:
+    return [
+        kv_stream_name(names.presence_bucket),
+        kv_stream_name(names.tasks_bucket),
+        kv_stream_name(names.registry_bucket),
+        names.dispatch_stream,
+        names.events_stream,
+        names.inbox_stream,
+    ]
+
+
+def _reader(names: Names, identity: str) -> Permissions:
+    """What every role needs to read the namespace: stream info, gets, watches and its own replies."""
+    streams = _streams(names)
+    kv_streams = streams[:3]
+    publish = ["$JS.API.INFO"]
+    for stream in streams:
+        publish += [
+            f"$JS.API.STREAM.INFO.{stream}",
+            f"$JS.API.STREAM.MSG.GET.{stream}",
+            f"$JS.API.DIRECT.GET.{stream}",
+            f"$JS.API.DIRECT.GET.{stream}.>",
+            # ephemeral (ordered) consumers for watches and snapshots
+            f"$JS.API.CONSUMER.CREATE.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.>",
+            f"$JS.API.CONSUMER.INFO.{stream}.*",
+        ]
+    # Snapshots delete their ephemeral consumer when done; KV streams hold no durable consumer.
+    publish += [f"$JS.API.CONSUMER.DELETE.{stream}.*" for stream in kv_streams]
+    publish += ["$JS.FC.>"]  # flow-control answers of push consumers
+    prefix = inbox_prefix(names, identity)
+    return Permissions(publish_allow=publish, subscribe_allow=[f"{prefix}.>"])
+
+
+def _task_writer(names: Names) -> Permissions:
+    ns = names.namespace
+    return Permissions(
+        publish_allow=[
+            f"{kv_subject_prefix(names.tasks_bucket)}>",
+            f"{ns}.journal.>",
+            f"{ns}.dispatch.>",
+            f"{ns}.deadletter.*",
+            f"$JS.API.STREAM.MSG.DELETE.{names.dispatch_stream}",
+        ]
+    )
+
+
+def _worker(names: Names, identity: str) -> Permissions:
+    ns = names.namespace
+    dispatch = names.dispatch_stream
+    granted = _task_writer(names)
+    granted.add(
+        Permissions(
+            publish_allow=[
+                f"{kv_subject_prefix(names.presence_bucket)}{identity}",
+                f"{ns}.results.*",
+                # the shared per-queue durable consumers: create (idempotent), fetch, acknowledge
+                # (subject wildcards match whole tokens, so not "q-*": any consumer of the stream)
+                f"$JS.API.CONSUMER.DURABLE.CREATE.{dispatch}.*",
+                f"$JS.API.CONSUMER.CREATE.{dispatch}.*.>",
+                f"$JS.API.CONSUMER.MSG.NEXT.{dispatch}.*",
+                f"$JS.ACK.{dispatch}.>",
+            ],
+            subscribe_allow=[names.control_subject(identity)],
+        )
+    )
+    return granted
+
+
+def _parent(names: Names, identity: str) -> Permissions:
+    granted = _task_writer(names)
+    granted.add(
+        Permissions(
+            publish_allow=[f"{names.namespace}.control.*"],
+            subscribe_allow=[names.results_subject(identity)],
+        )
+    )
+    return granted
+
+
+def _reclaimer(names: Names) -> Permissions:
+    granted = _task_writer(names)
+    granted.add(Permissions(publish_allow=[f"{names.namespace}.control.*"]))
+    return granted
+
+
+def _agent(names: Names, identity: str) -> Permissions:
+    ns = names.namespace
+    events, inbox = names.events_stream, names.inbox_stream
+    return Permissions(
+        publish_allow=[
+            f"{kv_subject_prefix(names.presence_bucket)}{identity}",
+            f"{kv_subject_prefix(names.registry_bucket)}>",
+            # mail and events name their sender in the subject: only as itself
+            f"{ns}.inbox.*.m.{identity}.*",
+            f"{ns}.inbox.*.k.{identity}.*",
+            f"{ns}.inbox.tag.*.m.{identity}.*",
+            f"{ns}.inbox.tag.*.k.{identity}.*",
+            f"{ns}.events.*.{identity}.*",
+            f"{ns}.deadletter.*",
+            f"$JS.API.STREAM.MSG.DELETE.{inbox}",
+            # acknowledgements and streamed replies to whoever asked, in this namespace only
+            f"{INBOX_ROOT}.{ns}.>",
+            # its own event listener's durable consumer
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{events}.{names.events_consumer(identity)}",
+            f"$JS.API.CONSUMER.CREATE.{events}.{names.events_consumer(identity)}.>",
+            f"$JS.API.CONSUMER.INFO.{events}.{names.events_consumer(identity)}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{events}.{names.events_consumer(identity)}",
+            f"$JS.ACK.{events}.{names.events_consumer(identity)}.>",
+        ]
+    )
+
+
+_NEVER = [
+    "$JS.API.STREAM.CREATE.>",
+    "$JS.API.STREAM.UPDATE.>",
+    "$JS.API.STREAM.DELETE.>",
+    "$JS.API.STREAM.PURGE.>",
+    "$JS.API.STREAM.RESTORE.>",
+    "$JS.API.STREAM.SNAPSHOT.>",
+]
+"""Denied to every role but the provisioner, whatever else it is granted."""
+
+
+def permissions_for(names: Names, identity: str, roles: set[Role] | frozenset[Role]) -> Permissions | None:
+    """What a credential for ``identity`` holding ``roles`` may do in the namespace (None: everything).
+
+    ``identity`` is the agent, worker or parent id the credential is bound to: presence, mail and
+    events can only be written under that name, and only its own control or results subject heard.
+    """
+    validate_id(identity, "identity")
+    if Role.provisioner in roles:
+        return None
+    granted = _reader(names, identity)
+    for role in sorted(roles):
+        if role is Role.worker:
+            granted.add(_worker(names, identity))
+        elif role is Role.parent:
+            granted.add(_parent(names, identity))
+        elif role is Role.reclaimer:
+            granted.add(_reclaimer(names))
+        elif role is Role.agent:
+            granted.add(_agent(names, identity))
+    granted.publish_deny = list(_NEVER)
+    return granted

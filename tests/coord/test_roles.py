@@ -1,0 +1,201 @@
+"""The shipped per-role permissions, on a real nats-server started with the users `corral auth` writes:
+each role does its job with its own credential and is refused, at once and by name, what it must not do."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import pytest
+
+import coord
+from coord.authconfig import parse_grant, write_auth
+from coord.errors import InvalidInput, PermissionDenied
+from coord.naming import Names
+from coord.permissions import permission_log
+from coord.roles import Role, inbox_prefix, permissions_for
+from coord.server import NatsServer
+from coord.wire import Result, Spec
+from dispatch import Dispatcher
+from workers import Worker
+
+NAMESPACE = "perm"
+GRANTS = [
+    "provisioner:admin",
+    "worker:w1",
+    "worker:w2",
+    "parent:p1",
+    "parent:p2",
+    "reclaimer:r1",
+    "observer:o1",
+    "agent:a1",
+    "agent:a2",
+]
+
+
+@dataclass
+class Secured:
+    server: NatsServer
+    creds: Path
+
+    def auth(self, identity: str) -> coord.Auth:
+        return coord.Auth(
+            nkeys_seed=str(self.creds / f"{identity}.nk"), inbox_prefix=inbox_prefix(Names(NAMESPACE), identity)
+        )
+
+    def connect(self, identity: str) -> coord.connection._Connecting:
+        return coord.connect(self.server.url, namespace=NAMESPACE, auth=self.auth(identity), name=identity)
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    root = tmp_path_factory.mktemp("secured")
+    creds = root / "creds"
+    write_auth(creds, Names(NAMESPACE), [parse_grant(g) for g in GRANTS])
+    server = NatsServer(store_dir=root / "store", config_extra=(creds / "auth.conf").read_text())
+    server.start()
+    try:
+        yield Secured(server, creds)
+    finally:
+        server.stop(remove_store=True)
+
+
+@pytest.fixture
+async def provisioned(secured: Secured) -> AsyncIterator[Secured]:
+    async with coord.connect(secured.server.url, namespace=NAMESPACE, auth=secured.auth("admin"), provision=True):
+        pass
+    yield secured
+
+
+async def ok(spec: Spec, ctx: object) -> Result:
+    return Result.success(summary=f"ran {spec.task_id}")
+
+
+async def refused_at_once(call: object, within: float = 2.0) -> PermissionDenied:
+    started = time.monotonic()
+    with pytest.raises(PermissionDenied) as caught:
+        await asyncio.wait_for(call, within)  # type: ignore[arg-type]
+    assert time.monotonic() - started < within
+    return caught.value
+
+
+def test_permissions_are_built_from_the_namespace_and_bind_the_identity() -> None:
+    names = Names(NAMESPACE)
+    worker = permissions_for(names, "w1", {Role.worker})
+    assert worker is not None
+    assert "$KV.perm_presence.w1" in worker.publish_allow
+    assert [s for s in worker.publish_allow if s.startswith("$KV.perm_presence.")] == ["$KV.perm_presence.w1"]
+    assert "$JS.API.STREAM.PURGE.>" in worker.publish_deny
+    assert worker.subscribe_allow == ["_INBOX.perm.w1.>", "perm.control.w1"]
+    observer = permissions_for(names, "o1", {Role.observer})
+    assert observer is not None
+    assert not any(s.startswith("$KV.") or s.startswith("perm.") for s in observer.publish_allow)
+    assert permissions_for(names, "admin", {Role.provisioner}) is None
+    with pytest.raises(InvalidInput, match="unknown role 'wizard'"):
+        parse_grant("wizard:w9")
+    with pytest.raises(InvalidInput, match="ROLE"):
+        parse_grant("w9")
+
+
+async def test_a_worker_a_parent_and_an_observer_do_their_jobs_with_their_own_credentials(
+    provisioned: Secured,
+) -> None:
+    async with provisioned.connect("w1") as wconn, provisioned.connect("p1") as pconn, provisioned.connect(
+        "o1"
+    ) as oconn:
+        worker = Worker(wconn, ["jobs"], ok, concurrency=4, worker_id="w1")
+        running = asyncio.create_task(worker.run())
+        try:
+            assert await pconn.presence.wait_present("w1", 10)
+            dispatcher = await Dispatcher(pconn, parent_id="p1").start()
+            try:
+                ids = await dispatcher.submit_many(
+                    [Spec(task_id=f"job{i}", title=f"job {i}", queue="jobs") for i in range(10)]
+                )
+                results = [await asyncio.wait_for(dispatcher.result(i), 15) for i in ids]
+            finally:
+                await dispatcher.stop()
+            assert [r.summary for r in results] == [f"ran job{i}" for i in range(10)]
+            listed = {r.task_id for r in await oconn.tasks.list()}
+            assert {f"job{i}" for i in range(10)} <= listed
+            assert "w1" in {a.id for a in await oconn.presence.list()}
+        finally:
+            await worker.stop()
+            await running
+        for conn in (wconn, pconn, oconn):
+            assert permission_log(conn.nc).refusals == [], f"{conn.nc.options['name']} was refused something"
+
+
+async def test_a_worker_cannot_purge_or_delete_streams_or_consumers(provisioned: Secured) -> None:
+    async with provisioned.connect("w1") as conn:
+        names = conn.names
+        tasks_stream = f"KV_{names.tasks_bucket}"
+        await conn.tasks.schedule(task_id="keep-me", queue="jobs", spec=None)
+        raw = await nats.connect(provisioned.server.url, nkeys_seed=str(provisioned.creds / "w1.nk"))
+        log = permission_log(raw)
+
+        async def remember(err: Exception) -> None:
+            log.record(str(err))
+
+        raw._error_cb = remember
+        try:
+            js = raw.jetstream(timeout=1)
+            for attempt, subject in (
+                (js.purge_stream(tasks_stream), f"$JS.API.STREAM.PURGE.{tasks_stream}"),
+                (js.delete_stream(names.events_stream), f"$JS.API.STREAM.DELETE.{names.events_stream}"),
+                (
+                    js.delete_consumer(names.dispatch_stream, names.queue_consumer("jobs")),
+                    f"$JS.API.CONSUMER.DELETE.{names.dispatch_stream}.{names.queue_consumer('jobs')}",
+                ),
+            ):
+                started = time.monotonic()
+                with pytest.raises(nats.errors.TimeoutError):
+                    await attempt
+                refusal = log.since(started)
+                assert refusal is not None and refusal.subject == subject.lower()
+        finally:
+            await raw.close()
+        assert await conn.tasks.get("keep-me") is not None  # nothing was purged
+        assert (await conn.js.stream_info(names.events_stream)).config.name == names.events_stream
+
+
+async def test_a_worker_cannot_write_another_agents_presence_key(provisioned: Secured) -> None:
+    async with provisioned.connect("w1") as conn:
+        presence = conn.presence.bucket
+        error = await refused_at_once(presence.put("w2", b'{"id": "w2"}'))
+        assert "$kv.perm_presence.w2" in str(error)
+
+
+async def test_a_parent_cannot_publish_results_or_hear_another_parents_results(provisioned: Secured) -> None:
+    async with provisioned.connect("p1") as conn:
+        log = permission_log(conn.nc)
+        started = time.monotonic()
+        await conn.nc.publish(conn.names.results_subject("p2"), b"{}")
+        await conn.nc.subscribe(conn.names.results_subject("p2"))
+        await conn.nc.flush()
+        for _ in range(50):
+            if len([r for r in log.refusals if r.at >= started]) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        refused = {(r.operation, r.subject) for r in log.refusals if r.at >= started}
+        assert refused == {("publish", "perm.results.p2"), ("subscription", "perm.results.p2")}
+
+
+async def test_an_observer_is_refused_every_write_at_once(provisioned: Secured) -> None:
+    async with provisioned.connect("o1") as conn:
+        await refused_at_once(conn.tasks.schedule(task_id="nope", queue="jobs", spec=None))
+        await refused_at_once(conn.presence.bucket.put("o1", b"{}"))
+        await refused_at_once(conn.registry.records.bucket.put("s1", b"{}"))
+
+
+async def test_an_agent_can_mail_only_as_itself(provisioned: Secured) -> None:
+    async with provisioned.connect("a1") as a1, provisioned.connect("a2") as a2:
+        await a1.mailbox.send(coord.mailbox.Direct("a2"), "hello", sender="a1")
+        received = await a2.mailbox.pending("a2")
+        assert [(m.sender, m.body) for m in received] == [("a1", "hello")]
+        forged = a1.names.inbox_message_subject("a2", "a2", "forged1")
+        await refused_at_once(a1.mailbox.inbox_stream.publish(forged, b"hi"))
