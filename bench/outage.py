@@ -7,14 +7,16 @@ A parent (a Dispatcher in this process) keeps ~200 tasks of 20 ms in flight over
 processes (concurrency 16 each). For each fault it records, from the parent's side: the pause (the
 longest gap between two results around the fault), the time from the server's return (or the kill,
 on a cluster) until results flow again, and at the end how many tasks were lost (never finished) and
-how many were recorded twice (more than one ``completed`` transition in their journal). Workers must
-still be running afterwards.
+how many were recorded twice (more than one ``completed`` transition in their journal), and how
+often a worker departed (its presence key left, even if it joined again). Workers must still be
+running afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -32,6 +34,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import coord
 from coord.ids import new_id
+from coord.presence import Left
 from coord.server import NatsCluster, NatsServer
 from coord.tasks import Transition
 from coord.wire import Spec
@@ -102,6 +105,31 @@ class Load:
         return (later[0] - since) if later else float("nan")
 
 
+class Departures:
+    """Counts the workers' departures (``Left`` presence events) while the bench runs."""
+
+    def __init__(self, c: coord.Coord) -> None:
+        self.count = 0
+        self._c = c
+        self._task: asyncio.Task[None] | None = None
+
+    async def _count(self) -> None:
+        async with self._c.presence.watch(include_existing=False) as events:
+            async for event in events:
+                if isinstance(event, Left) and event.agent_id in ("ow0", "ow1"):
+                    self.count += 1
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._count())
+
+    async def stop(self) -> int:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return self.count
+
+
 async def twice_and_lost(c: coord.Coord, ids: list[str]) -> tuple[int, int]:
     twice = lost = 0
     for start in range(0, len(ids), 64):
@@ -125,6 +153,8 @@ async def single(lengths: list[float]) -> list[list[str]]:
             try:
                 for w in ("ow0", "ow1"):
                     await c.presence.wait_present(w, 30)
+                departures = Departures(c)
+                departures.start()
                 dispatcher = await Dispatcher(c).start()
                 load = Load(dispatcher)
                 await load.start()
@@ -148,8 +178,14 @@ async def single(lengths: list[float]) -> list[list[str]]:
                 await dispatcher.stop()
                 twice, lost = await twice_and_lost(c, load.ids)
                 alive = sum(p.poll() is None for p in procs)
+                departed = await departures.stop()
                 rows.append(
-                    [f"{len(load.ids)} tasks in all", "", "", f"lost {lost}, twice {twice}, workers alive {alive}/2"]
+                    [
+                        f"{len(load.ids)} tasks in all",
+                        "",
+                        "",
+                        f"lost {lost}, twice {twice}, departures {departed}, workers alive {alive}/2",
+                    ]
                 )
             finally:
                 for p in procs:
@@ -166,6 +202,8 @@ async def cluster(rounds: int) -> list[list[str]]:
             try:
                 for w in ("ow0", "ow1"):
                     await c.presence.wait_present(w, 30)
+                departures = Departures(c)
+                departures.start()
                 dispatcher = await Dispatcher(c).start()
                 load = Load(dispatcher)
                 await load.start()
@@ -192,8 +230,14 @@ async def cluster(rounds: int) -> list[list[str]]:
                 await dispatcher.stop()
                 twice, lost = await twice_and_lost(c, load.ids)
                 alive = sum(p.poll() is None for p in procs)
+                departed = await departures.stop()
                 rows.append(
-                    [f"{len(load.ids)} tasks in all", "", "", f"lost {lost}, twice {twice}, workers alive {alive}/2"]
+                    [
+                        f"{len(load.ids)} tasks in all",
+                        "",
+                        "",
+                        f"lost {lost}, twice {twice}, departures {departed}, workers alive {alive}/2",
+                    ]
                 )
             finally:
                 for p in procs:

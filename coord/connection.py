@@ -67,6 +67,9 @@ class Auth:
     """Client certificate (mutual TLS)."""
     tls_key: str | None = None
     """Client key (mutual TLS)."""
+    inbox_prefix: str | None = None
+    """Prefix of this connection's reply subjects (``_INBOX.{ns}.{id}`` with per-role permissions; see
+    :func:`coord.roles.inbox_prefix`); None: nats-py's ``_INBOX``."""
 
     def nats_options(self) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect``."""
@@ -81,6 +84,8 @@ class Auth:
             opts["user_credentials"] = self.creds_file
         if self.nkeys_seed is not None:
             opts["nkeys_seed"] = self.nkeys_seed
+        if self.inbox_prefix is not None:
+            opts["inbox_prefix"] = self.inbox_prefix
         if self.tls_ca or self.tls_cert:
             import ssl
 

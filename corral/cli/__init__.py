@@ -8,7 +8,7 @@ import typer
 
 from coord.connection import DEFAULT_NAMESPACE, DEFAULT_URL, Auth
 from corral import __version__
-from corral.cli import demo, events, msg, presence, reclaimer, registry, server, submit, tasks, worker
+from corral.cli import auth, demo, events, msg, presence, reclaimer, registry, server, submit, tasks, worker
 from corral.cli._common import Options, setting_bounds, setting_env, setting_help
 from corral.cli._telemetry import MetricsPortOption, TraceChoice, TraceOption, setup_telemetry
 
@@ -50,6 +50,13 @@ def main_options(
     tls_ca: Annotated[str | None, typer.Option(envvar="CORRAL_TLS_CA", help="CA bundle (enables TLS).")] = None,
     tls_cert: Annotated[str | None, typer.Option(envvar="CORRAL_TLS_CERT", help="Client cert.")] = None,
     tls_key: Annotated[str | None, typer.Option(envvar="CORRAL_TLS_KEY", help="Client key.")] = None,
+    inbox_prefix: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CORRAL_INBOX_PREFIX",
+            help="Reply-subject prefix of this credential (`corral auth` writes it into each {id}.env).",
+        ),
+    ] = None,
     replicas: Annotated[
         int | None,
         typer.Option(
@@ -84,6 +91,7 @@ def main_options(
             tls_ca=tls_ca,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            inbox_prefix=inbox_prefix,
         ),
     )
 
@@ -99,6 +107,7 @@ worker.register(app)
 submit.register(app)
 reclaimer.register(app)
 demo.register(app)
+auth.register(app)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""docker-compose.yml: a 3-node NATS cluster from the tested config, tracing, and a scalable fleet.
+"""docker-compose.yml: a 3-node NATS cluster from the tested config, tracing, and a fleet where every
+process runs with its own credential and only its role's permissions.
 
 There is no Docker engine on the test machine, so the file is checked structurally with PyYAML
 and against the real ``corral`` CLI; ``docker compose config`` also runs wherever a compose
@@ -18,11 +19,18 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from coord.authconfig import parse_grant
+from coord.naming import Names
+from coord.roles import Role, inbox_prefix
 from tests.deploy import ROOT, cli_envvars, parse_corral
 
 NATS_CONF = ROOT / "deploy" / "nats" / "nats.conf"
 NATS_NODES = ["nats-1", "nats-2", "nats-3"]
-CORRAL_SERVICES = ["reclaimer", "worker", "parent"]
+WORKERS = ["worker-1", "worker-2", "worker-3"]
+RECLAIMERS = ["reclaimer-1", "reclaimer-2"]
+CORRAL_SERVICES = [*RECLAIMERS, *WORKERS, "parent"]
+"""The long-running fleet (each with its own identity); ``credentials`` and ``provision`` run once."""
+ROLE_OF = {**{w: Role.worker for w in WORKERS}, **{r: Role.reclaimer for r in RECLAIMERS}, "parent": Role.parent}
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +71,13 @@ def compose_available() -> bool:
 def test_compose_defines_the_cluster_the_tracing_backend_and_the_fleet(
     compose: dict[str, Any], services: dict[str, dict[str, Any]]
 ) -> None:
-    assert set(services) == {*NATS_NODES, "otel-collector", "jaeger", *CORRAL_SERVICES}
+    assert set(services) == {*NATS_NODES, "otel-collector", "jaeger", "credentials", "provision", *CORRAL_SERVICES}
     for name, service in services.items():
         assert service.get("image"), f"service {name} has no image"
-    for name in [*NATS_NODES, *CORRAL_SERVICES]:
+    for name in [*NATS_NODES, "credentials", "provision", *CORRAL_SERVICES]:
         assert services[name]["image"] == "corral:local"
         assert services[name]["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}
-    assert set(compose["volumes"]) == {f"{node}-data" for node in NATS_NODES}
+    assert set(compose["volumes"]) == {"creds", *(f"{node}-data" for node in NATS_NODES)}
     if compose_available():  # the real check where Docker's compose plugin exists
         done = subprocess.run(["docker", "compose", "config", "-q"], cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
@@ -91,25 +99,69 @@ def test_nats_nodes_run_the_tested_config_each_under_its_own_name(services: dict
         assert service["environment"]["NATS_SERVER_NAME"] == node == service["hostname"]
         assert conf_value("store_dir").startswith("/data/")
         assert f"127.0.0.1:{http_port}/healthz" in " ".join(service["healthcheck"]["test"])
+        # the users the config includes are the ones `credentials` wrote into the creds volume
+        included = re.search(r"^include\s+(\S+)", NATS_CONF.read_text(), re.M)
+        assert included, "the shipped config includes no users"
+        users = Path(config_path).parent / included.group(1)
+        assert mounts(service)[str(users.parent)] == "creds"
+        assert users.name == "auth.conf"
+        assert service["depends_on"]["credentials"] == {"condition": "service_completed_successfully"}
 
 
-def test_worker_service_is_scalable_and_drains_before_it_is_killed(services: dict[str, dict[str, Any]]) -> None:
-    worker = services["worker"]
-    assert "container_name" not in worker
-    assert "ports" not in worker  # a fixed host port would forbid a second replica
-    assert worker["deploy"]["replicas"] >= 2
-    command = worker["command"]
-    grace = float(command[command.index("--grace") + 1])
-    assert float(worker["stop_grace_period"].rstrip("s")) > grace
-    assert services["reclaimer"]["deploy"]["replicas"] >= 2
+def grants(services: dict[str, dict[str, Any]]) -> dict[str, frozenset[Role]]:
+    """Identity -> roles, as the ``credentials`` service's `corral auth` command mints them."""
+    command = services["credentials"]["command"]
+    assert parse_corral(command)[0] == ["auth"]
+    assert command[command.index("--out") + 1] == "/creds"
+    assert mounts(services["credentials"])["/creds"] == "creds"
+    issued = [parse_grant(command[i + 1]) for i, arg in enumerate(command) if arg == "--user"]
+    return {g.identity: g.roles for g in issued}
+
+
+def test_every_corral_process_runs_as_its_own_identity_with_only_its_roles_credential(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    minted = grants(services)
+    namespace = services["credentials"]["environment"]["CORRAL_NAMESPACE"]
+    for name in CORRAL_SERVICES:
+        service = services[name]
+        env = service["environment"]
+        assert env["CORRAL_NAMESPACE"] == namespace
+        assert minted[name] == {ROLE_OF[name]}, f"{name} holds {minted.get(name)}"
+        assert env["CORRAL_NKEY"] == f"/creds/{name}.nk"
+        assert env["CORRAL_INBOX_PREFIX"] == inbox_prefix(Names(namespace), name)
+        assert mounts(service)["/creds"] == "creds"
+    for worker in WORKERS:
+        command = services[worker]["command"]
+        assert command[command.index("--id") + 1] == worker  # its presence key is the one it may write
+    assert "--parent parent " in services["parent"]["command"][0]
+    provision = services["provision"]
+    assert parse_corral(provision["command"])[0] == ["provision"]
+    assert minted["admin"] == {Role.provisioner}
+    assert provision["environment"]["CORRAL_NKEY"] == "/creds/admin.nk"
+    assert all(Role.provisioner not in minted[name] for name in CORRAL_SERVICES)
+
+
+def test_workers_drain_before_they_are_killed_and_reclaimers_are_redundant(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in WORKERS:
+        worker = services[name]
+        assert "ports" not in worker
+        command = worker["command"]
+        grace = float(command[command.index("--grace") + 1])
+        assert float(worker["stop_grace_period"].rstrip("s")) > grace
+    assert len(RECLAIMERS) >= 2
     for name in CORRAL_SERVICES:
         assert "container_name" not in services[name]
 
 
 def test_corral_services_run_real_corral_command_lines(services: dict[str, dict[str, Any]]) -> None:
-    assert parse_corral(services["reclaimer"]["command"]) == (["reclaimer"], [])
-    assert parse_corral(services["worker"]["command"]) == (["worker"], [])
-    assert "--queue" in services["worker"]["command"]
+    for name in RECLAIMERS:
+        assert parse_corral(services[name]["command"]) == (["reclaimer"], [])
+    for name in WORKERS:
+        assert parse_corral(services[name]["command"]) == (["worker"], [])
+        assert "--queue" in services[name]["command"]
 
     parent = services["parent"]
     assert parent["entrypoint"] == ["sh", "-c"]
@@ -119,7 +171,7 @@ def test_corral_services_run_real_corral_command_lines(services: dict[str, dict[
     for line in submits:
         args = [arg.replace("$i", "1") for arg in shlex.split(line)]
         assert parse_corral(args)[0] == ["submit"]
-        assert args[args.index("--queue") + 1] in services["worker"]["command"]
+        assert all(args[args.index("--queue") + 1] in services[w]["command"] for w in WORKERS)
 
 
 def test_corral_environment_is_read_by_the_cli_and_points_at_the_cluster_and_collector(
@@ -127,7 +179,7 @@ def test_corral_environment_is_read_by_the_cli_and_points_at_the_cluster_and_col
 ) -> None:
     known = cli_envvars()
     client_port = conf_value("listen").split(":")[-1]
-    for name in CORRAL_SERVICES:
+    for name in [*CORRAL_SERVICES, "provision"]:
         env = services[name]["environment"]
         unknown = sorted(k for k in env if k.startswith("CORRAL_") and k not in known)
         assert not unknown, f"service {name} sets {unknown}, which no corral option reads"
@@ -136,9 +188,11 @@ def test_corral_environment_is_read_by_the_cli_and_points_at_the_cluster_and_col
         assert env["CORRAL_REPLICAS"] == str(len(NATS_NODES))
         endpoint = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
         assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", "otel-collector", 4318)
-        assert env["OTEL_SERVICE_NAME"] == f"corral-{name}"
+        assert env["OTEL_SERVICE_NAME"] == f"corral-{name.split('-')[0]}"
         for dependency in ("nats-1", "nats-2", "nats-3"):
             assert services[name]["depends_on"][dependency] == {"condition": "service_healthy"}
+        if name != "provision":  # the fleet starts once the namespace exists
+            assert services[name]["depends_on"]["provision"] == {"condition": "service_completed_successfully"}
 
 
 def test_collector_receives_otlp_and_sends_traces_to_jaeger_and_metrics_to_prometheus(

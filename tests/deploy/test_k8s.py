@@ -1,4 +1,5 @@
-"""deploy/k8s: workers and reclaimers for an existing NATS cluster, checked against the real CLI."""
+"""deploy/k8s: workers and reclaimers for an existing NATS cluster, checked against the real CLI; every
+pod connects with a credential of its role, a worker with the one of its own identity."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from coord.naming import Names
+from coord.roles import inbox_prefix
 from tests.deploy import ROOT, cli_envvars, parse_corral
 
 K8S = ROOT / "deploy" / "k8s"
+KIND = {"corral-worker": "StatefulSet", "corral-reclaimer": "Deployment"}
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -35,7 +39,7 @@ def objects(kustomization: dict[str, Any]) -> dict[tuple[str, str], dict[str, An
 
 
 def pod_spec(objects: dict[tuple[str, str], dict[str, Any]], name: str) -> dict[str, Any]:
-    spec: dict[str, Any] = objects[("Deployment", name)]["spec"]["template"]["spec"]
+    spec: dict[str, Any] = objects[(KIND[name], name)]["spec"]["template"]["spec"]
     return spec
 
 
@@ -44,7 +48,7 @@ def test_kustomization_applies_parseable_manifests_and_sets_the_corral_image(
 ) -> None:
     assert set(objects) == {
         ("ConfigMap", "corral"),
-        ("Deployment", "corral-worker"),
+        ("StatefulSet", "corral-worker"),
         ("Deployment", "corral-reclaimer"),
         ("PodDisruptionBudget", "corral-reclaimer"),
     }
@@ -52,7 +56,7 @@ def test_kustomization_applies_parseable_manifests_and_sets_the_corral_image(
         assert doc["apiVersion"] and doc["metadata"]["name"]
     assert "secret-example.yaml" not in kustomization["resources"]  # credentials are the operator's
     (example,) = load(K8S / "secret-example.yaml")
-    assert example["kind"] == "Secret"
+    assert example["kind"] == "Secret" and example["metadata"]["name"] == "corral-creds"
     image_names = {image["name"] for image in kustomization["images"]}
     for name in ("corral-worker", "corral-reclaimer"):
         for container in pod_spec(objects, name)["containers"]:
@@ -61,7 +65,7 @@ def test_kustomization_applies_parseable_manifests_and_sets_the_corral_image(
 
 def test_deployments_select_their_own_pods(objects: dict[tuple[str, str], dict[str, Any]]) -> None:
     for (kind, _), doc in objects.items():
-        if kind == "Deployment":
+        if kind in ("Deployment", "StatefulSet"):
             selector = doc["spec"]["selector"]["matchLabels"]
             assert selector.items() <= doc["spec"]["template"]["metadata"]["labels"].items()
     pdb = objects[("PodDisruptionBudget", "corral-reclaimer")]
@@ -75,10 +79,11 @@ def test_pods_run_real_corral_command_lines(objects: dict[tuple[str, str], dict[
     (reclaimer,) = pod_spec(objects, "corral-reclaimer")["containers"]
     assert parse_corral(worker["args"]) == (["worker"], [])
     assert "--queue" in worker["args"]
+    assert worker["args"][worker["args"].index("--id") + 1] == "$(POD_NAME)"  # its identity is its pod
     assert parse_corral(reclaimer["args"]) == (["reclaimer"], [])
 
 
-def test_settings_come_from_the_configmap_and_credentials_from_optional_secrets(
+def test_settings_come_from_the_configmap_and_each_pod_connects_with_its_roles_credential(
     objects: dict[tuple[str, str], dict[str, Any]],
 ) -> None:
     config = objects[("ConfigMap", "corral")]["data"]
@@ -92,15 +97,21 @@ def test_settings_come_from_the_configmap_and_credentials_from_optional_secrets(
     for name in ("corral-worker", "corral-reclaimer"):
         spec = pod_spec(objects, name)
         (container,) = spec["containers"]
-        sources = container["envFrom"]
-        assert {"configMapRef": {"name": "corral"}} in sources
-        assert {"secretRef": {"name": "corral-nats", "optional": True}} in sources
+        assert container["envFrom"] == [{"configMapRef": {"name": "corral"}}]
         env = {e["name"]: e for e in container["env"]}
+        identity = "$(POD_NAME)" if name == "corral-worker" else name
+        assert env["CORRAL_NKEY"]["value"] == f"/etc/corral/creds/{identity}.nk"
+        namespace = config["CORRAL_NAMESPACE"]
+        assert env["CORRAL_INBOX_PREFIX"]["value"] == inbox_prefix(Names(namespace), "x")[:-1] + identity
+        names = [e["name"] for e in container["env"]]
+        assert names.index("POD_NAME") < names.index("CORRAL_NKEY")  # $(POD_NAME) expands only if defined before
         assert env["OTEL_SERVICE_NAME"]["value"] == name
         assert "$(POD_NAME)" in env["OTEL_RESOURCE_ATTRIBUTES"]["value"]
         assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
         volumes = {v["name"]: v for v in spec["volumes"]}
         assert volumes["nats-files"]["secret"]["optional"] is True
+        assert volumes["creds"]["secret"]["secretName"] == "corral-creds"
+        assert "optional" not in volumes["creds"]["secret"]  # no credential, no pod
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
         assert set(mounts) == set(volumes)
 

@@ -2,7 +2,9 @@
 
 The test starts three nats-server processes from the shipped config, changing only what cannot be
 shared on one host: listen addresses and route hosts (loopback ports instead of service names)
-and the store directory. Everything else, JetStream and cluster settings included, is as shipped.
+and the store directory. Everything else, JetStream and cluster settings included, is as shipped;
+the users it includes (creds/auth.conf) are written by `corral auth` next to the rendered config,
+as compose does.
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ import pytest
 from nats.js.errors import KeyWrongLastSequenceError
 
 import coord
+from coord.authconfig import parse_grant, write_auth
+from coord.naming import Names
 from coord.server import find_server_binary, free_port
 from tests.deploy import ROOT
 
 CONF = ROOT / "deploy" / "nats" / "nats.conf"
 NODES = ["nats-1", "nats-2", "nats-3"]
+NAMESPACE = "deploytest"
 
 
 @dataclass
@@ -75,6 +80,7 @@ def render(text: str, node: Node, nodes: dict[str, Node], store: Path) -> str:
 def nodes(tmp_path: Path) -> Iterator[dict[str, Node]]:
     """Three nodes with rendered configs (not started)."""
     nodes = {name: Node(name, free_port(), free_port(), free_port(), tmp_path / f"{name}.conf") for name in NODES}
+    write_auth(tmp_path / "creds", Names(NAMESPACE), [parse_grant("provisioner:admin"), parse_grant("worker:w1")])
     for node in nodes.values():
         node.conf.write_text(render(CONF.read_text(), node, nodes, tmp_path / node.name))
     yield nodes
@@ -105,23 +111,23 @@ def start(nodes: dict[str, Node], timeout: float = 60.0) -> None:
             time.sleep(0.1)
 
 
-def test_shipped_config_passes_nats_server_t_and_needs_its_server_name() -> None:
-    ok = subprocess.run(
-        [find_server_binary(), "-t", "-c", str(CONF)],
-        env={**os.environ, "NATS_SERVER_NAME": "nats-1"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+def test_shipped_config_passes_nats_server_t_and_needs_its_server_name_and_its_users(tmp_path: Path) -> None:
+    conf = tmp_path / "nats.conf"
+    conf.write_text(CONF.read_text())
+
+    def check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [find_server_binary(), "-t", "-c", str(conf)], env=env, capture_output=True, text=True, timeout=30
+        )
+
+    named = {**os.environ, "NATS_SERVER_NAME": "nats-1"}
+    no_users = check(named)
+    assert no_users.returncode != 0 and "auth.conf" in no_users.stderr  # no anonymous fallback
+    write_auth(tmp_path / "creds", Names(NAMESPACE), [parse_grant("provisioner:admin")])
+    ok = check(named)
     assert ok.returncode == 0, ok.stderr
     assert "is valid" in ok.stdout + ok.stderr
-    unnamed = subprocess.run(
-        [find_server_binary(), "-t", "-c", str(CONF)],
-        env={k: v for k, v in os.environ.items() if k != "NATS_SERVER_NAME"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    unnamed = check({k: v for k, v in os.environ.items() if k != "NATS_SERVER_NAME"})
     assert unnamed.returncode != 0
     assert "NATS_SERVER_NAME" in unnamed.stderr
 
@@ -164,7 +170,7 @@ async def publish(js: Any, subject: str, msg_id: str, deadline: float) -> None:
 
 @pytest.mark.slow
 async def test_three_nodes_from_the_config_run_corral_with_r3_and_survive_losing_one(
-    nodes: dict[str, Node], namespace: str
+    nodes: dict[str, Node], tmp_path: Path
 ) -> None:
     await asyncio.to_thread(start, nodes)
     for node in nodes.values():
@@ -173,7 +179,12 @@ async def test_three_nodes_from_the_config_run_corral_with_r3_and_survive_losing
         assert node.monitor("/varz")["cluster"]["name"] == "corral"
 
     urls = ",".join(node.url for node in nodes.values())
-    async with coord.connect(urls, namespace=namespace, replicas=3, connect_timeout=30) as conn:
+    with pytest.raises(coord.AuthenticationFailed):
+        await coord.connect(urls, namespace=NAMESPACE, replicas=3, connect_timeout=5)  # nobody anonymous
+    admin = coord.Auth(nkeys_seed=str(tmp_path / "creds" / "admin.nk"))
+    async with coord.connect(
+        urls, namespace=NAMESPACE, replicas=3, connect_timeout=30, auth=admin, provision=True
+    ) as conn:
         kv = await conn.kv(conn.names.tasks_bucket)
         info = await conn.js.stream_info(f"KV_{conn.names.tasks_bucket}")
         assert info.config.num_replicas == 3
