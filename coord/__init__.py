@@ -5,7 +5,7 @@ composition root: it builds every service of a namespace from one :class:`Settin
 """
 
 from coord.backoff import Backoff
-from coord.connection import DEFAULT_NAMESPACE, DEFAULT_URL, Auth, Coord, connect
+from coord.connection import DEFAULT_NAMESPACE, DEFAULT_URL, Auth, Coord, Provision, connect
 from coord.errors import (
     AuthenticationFailed,
     ConfigConflict,
@@ -64,6 +64,7 @@ __all__ = [
     "PermissionDenied",
     "PresenceConflict",
     "PresenceLost",
+    "Provision",
     "Scope",
     "ServerUnsupported",
     "Settings",

@@ -1,8 +1,10 @@
 """Connecting to NATS: :func:`connect` and the :class:`Coord` handle every other layer uses.
 
-``connect`` retries the initial connection with backoff (tenacity) and then reconnects forever, so a
-server restart or a leader election is a pause, not a crash. It refuses servers without JetStream or
-older than 2.11, and provisions the namespace's buckets and streams idempotently.
+``connect`` retries the initial connection with backoff (:mod:`coord.dial`) and then reconnects
+forever, so a server restart or a leader election is a pause, not a crash; refused credentials, TLS
+failures and unresolvable hosts fail at once, named. It refuses servers without JetStream or older
+than 2.11. By default it checks the namespace's buckets and streams and creates only the missing
+ones (:class:`~coord.provision.Provision`); updating them is ``corral provision``'s job.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import ssl
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -22,15 +26,18 @@ from nats.js.errors import ServiceUnavailableError
 from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
+from coord import provision as provisioning
 from coord.deadletter import DeadLetters
-from coord.errors import ConnectionFailed, InvalidInput, ServerUnsupported
+from coord.dial import dial, wants_tls
+from coord.errors import InvalidInput, ServerUnsupported, TLSFailed, Unavailable
 from coord.events import Events
 from coord.ids import validate_namespace
 from coord.kv import Bucket
 from coord.mailbox import Mailbox
 from coord.naming import Names
+from coord.permissions import permission_log
 from coord.presence import Presence
-from coord.provision import provision
+from coord.provision import Provision, StreamStatus
 from coord.records import RecordStore
 from coord.registry import Registry
 from coord.settings import Settings
@@ -38,7 +45,7 @@ from coord.streams import Stream
 from coord.tasks import Journal, Observer, TaskEffects, TaskStore
 from coord.telemetry.observer import OtelObserver
 
-__all__ = ["DEFAULT_NAMESPACE", "DEFAULT_URL", "Auth", "Coord", "compose", "connect"]
+__all__ = ["DEFAULT_NAMESPACE", "DEFAULT_URL", "Auth", "Coord", "Provision", "compose", "connect"]
 
 log = logging.getLogger("corral.connection")
 
@@ -47,9 +54,17 @@ DEFAULT_NAMESPACE = "corral"
 MIN_SERVER = (2, 11)
 
 
+def _existing(path: str, what: str, field_name: str, error: type[InvalidInput] | type[TLSFailed]) -> str:
+    if not os.path.isfile(path):
+        raise error(f"{what} {path!r} ({field_name}) does not exist or is not a file")
+    if not os.access(path, os.R_OK):
+        raise error(f"{what} {path!r} ({field_name}) is not readable")
+    return path
+
+
 @dataclass(frozen=True)
 class Auth:
-    """Credentials and TLS, passed straight to nats-py."""
+    """Credentials and TLS for nats-py; a TLS option makes TLS mandatory (never a plaintext fallback)."""
 
     user: str | None = None
     """User name (with ``password``)."""
@@ -71,8 +86,33 @@ class Auth:
     """Prefix of this connection's reply subjects (``_INBOX.{ns}.{id}`` with per-role permissions; see
     :func:`coord.roles.inbox_prefix`); None: nats-py's ``_INBOX``."""
 
+    @property
+    def kind(self) -> str:
+        """The kind of credential, as errors name it: ``creds file``, ``nkey``, ``token``, ``user/password``.
+
+        ``no credentials`` when none is given (credentials in the URL are still sent by nats-py).
+        """
+        if self.creds_file is not None:
+            return "creds file"
+        if self.nkeys_seed is not None:
+            return "nkey"
+        if self.token is not None:
+            return "token"
+        if self.user is not None or self.password is not None:
+            return "user/password"
+        return "no credentials"
+
+    @property
+    def wants_tls(self) -> bool:
+        """Whether a TLS option is set (then the connection must be TLS, or fail with ``TLSFailed``)."""
+        return any(v is not None for v in (self.tls_ca, self.tls_cert, self.tls_key))
+
     def nats_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``nats.connect``."""
+        """Keyword arguments for ``nats.connect``; every file named is checked first.
+
+        A missing or unusable TLS file is :class:`~coord.errors.TLSFailed` naming it; a missing
+        creds or nkey file is :class:`~coord.errors.InvalidInput` naming it.
+        """
         opts: dict[str, Any] = {}
         if self.user is not None:
             opts["user"] = self.user
@@ -81,19 +121,31 @@ class Auth:
         if self.token is not None:
             opts["token"] = self.token
         if self.creds_file is not None:
-            opts["user_credentials"] = self.creds_file
+            opts["user_credentials"] = _existing(self.creds_file, "creds file", "creds_file, --creds", InvalidInput)
         if self.nkeys_seed is not None:
-            opts["nkeys_seed"] = self.nkeys_seed
+            opts["nkeys_seed"] = _existing(self.nkeys_seed, "nkey seed file", "nkeys_seed, --nkey", InvalidInput)
         if self.inbox_prefix is not None:
             opts["inbox_prefix"] = self.inbox_prefix
-        if self.tls_ca or self.tls_cert:
-            import ssl
-
-            ctx = ssl.create_default_context(cafile=self.tls_ca)
-            if self.tls_cert:
-                ctx.load_cert_chain(self.tls_cert, self.tls_key)
-            opts["tls"] = ctx
+        if self.wants_tls:
+            opts["tls"] = self._tls_context()
         return opts
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self.tls_key is not None and self.tls_cert is None:
+            raise TLSFailed(f"TLS client key {self.tls_key!r} (tls_key, --tls-key) needs a certificate (--tls-cert)")
+        cafile = _existing(self.tls_ca, "TLS CA file", "tls_ca, --tls-ca", TLSFailed) if self.tls_ca else None
+        try:
+            ctx = ssl.create_default_context(cafile=cafile)
+        except ssl.SSLError as err:
+            raise TLSFailed(f"TLS CA file {cafile!r} (tls_ca, --tls-ca) is not a PEM CA bundle: {err}") from None
+        if self.tls_cert is not None:
+            cert = _existing(self.tls_cert, "TLS client certificate", "tls_cert, --tls-cert", TLSFailed)
+            key = _existing(self.tls_key, "TLS client key", "tls_key, --tls-key", TLSFailed) if self.tls_key else None
+            try:
+                ctx.load_cert_chain(cert, key)
+            except ssl.SSLError as err:
+                raise TLSFailed(f"TLS client certificate {cert!r} or key {key!r} is unusable: {err}") from None
+        return ctx
 
 
 @dataclass(eq=False)
@@ -128,6 +180,8 @@ class Coord:
     """Durable child-to-parent lifecycle events (see :mod:`coord.events`)."""
     dead_letters: DeadLetters
     """Messages that could not be processed, recorded (see :mod:`coord.deadletter`)."""
+    streams: tuple[StreamStatus, ...] = ()
+    """What :func:`connect` found, created or updated of the namespace's streams (one status each)."""
     _kv: dict[str, KeyValue] = field(default_factory=dict, repr=False)
 
     @property
@@ -208,8 +262,21 @@ def _split_servers(url: str) -> list[str]:
     return [u if "://" in u else f"nats://{u}" for u in servers]
 
 
-async def _log_error(exc: Exception) -> None:
-    log.debug("nats: %s", exc)
+async def _on_error(nc: NATS, exc: Exception) -> None:
+    # Every error nats-py reports on the connection (the debug line itself is logged by coord.dial);
+    # a permissions violation is kept so the request behind it can fail at once.
+    permission_log(nc).record(str(exc))
+
+
+async def _provision(
+    js: JetStreamContext, names: Names, settings: Settings, mode: Provision, nc: NATS
+) -> list[StreamStatus]:
+    refusals = permission_log(nc)
+    if mode is Provision.APPLY:
+        return await provisioning.provision(js, names, settings, refusals=refusals)
+    if mode is Provision.CHECK:
+        return await provisioning.check(js, names, settings, refusals=refusals)
+    return await provisioning.create_missing(js, names, settings, refusals=refusals)
 
 
 async def _open(
@@ -220,39 +287,22 @@ async def _open(
     observer: Observer,
     name: str | None,
     connect_timeout: float,
+    mode: Provision,
 ) -> Coord:
     names = Names(validate_namespace(namespace))
     servers = _split_servers(url)
-    nc: NATS | None = None
-    try:
-        # nats-py keeps retrying an unreachable initial server when reconnects are unlimited, so
-        # each attempt gets its own deadline and tenacity spaces the attempts out.
-        async with asyncio.timeout(connect_timeout):
-            async for attempt in AsyncRetrying(
-                wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
-                retry=retry_if_exception_type((OSError, nats.errors.Error, asyncio.TimeoutError)),
-                reraise=True,
-            ):
-                with attempt:
-                    nc = await asyncio.wait_for(
-                        nats.connect(
-                            servers=servers,
-                            name=name,
-                            connect_timeout=2,
-                            allow_reconnect=True,
-                            max_reconnect_attempts=-1,
-                            reconnect_time_wait=0.25,
-                            error_cb=_log_error,
-                            **auth.nats_options(),
-                        ),
-                        timeout=2.5 * len(servers),
-                    )
-    except Exception as err:
-        reason = str(err) or type(err).__name__
-        if isinstance(err, TimeoutError):
-            reason = "no server answered"
-        raise ConnectionFailed(f"could not connect to NATS at {url} within {connect_timeout}s: {reason}") from err
-    assert nc is not None
+    options = auth.nats_options()  # a missing file is named here, before any network I/O
+    if name is not None:
+        options["name"] = name
+    nc = await dial(
+        servers,
+        url=url,
+        kind=auth.kind,
+        require_tls=wants_tls(servers, auth.wants_tls),
+        connect_timeout=connect_timeout,
+        on_error=_on_error,
+        options=options,
+    )
     try:
         version = nc.connected_server_version
         if (version.major, version.minor) < MIN_SERVER:
@@ -269,14 +319,21 @@ async def _open(
         ):
             with attempt:
                 await _require_jetstream(js, url)
-                await provision(js, names, settings)
-        return compose(nc, js, names, settings, observer)
-    except nats.js.errors.APIError as err:
-        raise ServerUnsupported(
-            f"NATS at {url} refused namespace {namespace!r} (replicas={settings.replicas}): {err.description}"
-        ) from None
-    except BaseException:
+                streams = await _provision(js, names, settings, mode, nc)
+        coord = compose(nc, js, names, settings, observer)
+        coord.streams = tuple(streams)
+        return coord
+    except BaseException as err:
         await nc.close()
+        if isinstance(err, nats.errors.TimeoutError):
+            raise Unavailable(
+                f"NATS at {url} did not answer JetStream requests for namespace {namespace!r} within "
+                f"{max(connect_timeout, 10)}s (is JetStream up, and may these credentials use $JS.API?)"
+            ) from None
+        if isinstance(err, nats.js.errors.APIError):
+            raise ServerUnsupported(
+                f"NATS at {url} refused namespace {namespace!r} (replicas={settings.replicas}): {err.description}"
+            ) from None
         raise
 
 
@@ -331,6 +388,7 @@ def connect(
     connect_timeout: float = 10.0,
     settings: Settings | None = None,
     observer: Observer | None = None,
+    provision: Provision | str = Provision.MISSING,
     **auth_kwargs: Any,
 ) -> _Connecting:
     """Connect to NATS at ``url`` (comma-separated for a cluster) and open ``namespace``.
@@ -342,12 +400,36 @@ def connect(
     service; ``replicas`` overrides its field of that name. ``observer`` receives every task step
     (default: :class:`~coord.telemetry.observer.OtelObserver`, OpenTelemetry spans and metrics).
 
-    Raises :class:`~coord.errors.InvalidId` for a bad namespace (before any network I/O),
-    :class:`~coord.errors.ConnectionFailed` naming the URL when the server cannot be reached within
-    ``connect_timeout``, :class:`~coord.errors.ServerUnsupported` without JetStream or before 2.11,
-    and :class:`~coord.errors.ConfigConflict` when existing streams conflict with ours.
+    ``provision`` says what happens to the namespace's buckets and streams (see
+    :class:`~coord.provision.Provision`): ``"missing"`` (the default) checks them and creates only
+    the missing ones, never changing an existing one, so a fresh embedded or single-host server needs
+    no setup while a role without stream-admin rights needs none either once the namespace exists;
+    ``"check"`` only verifies; ``"apply"`` creates or updates them (``corral provision``). What was
+    found or done is in :attr:`Coord.streams`.
+
+    TLS is mandatory when the URL is ``tls://`` or a TLS option is given: a server without TLS is
+    refused (:class:`~coord.errors.TLSFailed`), never used in plaintext.
+
+    Raises :class:`~coord.errors.InvalidId` for a bad namespace (before any network I/O);
+    :class:`~coord.errors.InvalidInput` or :class:`~coord.errors.TLSFailed` naming a missing
+    credential or TLS file (before any network I/O); :class:`~coord.errors.AuthenticationFailed`
+    (at once) naming the URL and the kind of credential when the server refuses it;
+    :class:`~coord.errors.TLSFailed` (at once) when TLS cannot be had;
+    :class:`~coord.errors.ConnectionFailed` naming the URL when the host does not resolve (at once)
+    or the server cannot be reached within ``connect_timeout`` (saying why: connection refused, no
+    answer); :class:`~coord.errors.ServerUnsupported` without JetStream or before 2.11;
+    :class:`~coord.errors.ConfigConflict` when existing streams conflict with ours;
+    :class:`~coord.errors.NotProvisioned` (at once, also when the server refuses to create them)
+    naming the missing streams and the ``corral provision`` command;
+    and :class:`~coord.errors.PermissionDenied` (at once) when the credentials may not even read the
+    streams' info.
     """
     validate_namespace(namespace)
+    try:
+        mode = Provision(provision)
+    except ValueError:
+        choices = ", ".join(repr(p.value) for p in Provision)
+        raise InvalidInput(f"provision must be one of {choices}, got {provision!r}") from None
     auth = auth or Auth(**auth_kwargs)
     settings = (settings or Settings.load()).but(replicas=replicas)
-    return _Connecting(url, namespace, auth, settings, observer or OtelObserver(), name, connect_timeout)
+    return _Connecting(url, namespace, auth, settings, observer or OtelObserver(), name, connect_timeout, mode)

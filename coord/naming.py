@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from coord.ids import validate_id, validate_namespace
 
-__all__ = ["TAG_TOKEN", "Names", "kv_stream_name", "kv_subject_prefix"]
+__all__ = ["TAG_TOKEN", "Names", "kv_stream_name", "kv_subject_prefix", "stream_api_subject"]
 
 TAG_TOKEN = "tag"
 """Token that marks a tag's waiting queue in inbox subjects (``{ns}.inbox.tag.{tag}...``)."""
@@ -24,6 +24,11 @@ def kv_stream_name(bucket: str) -> str:
 def kv_subject_prefix(bucket: str) -> str:
     """Prefix of the subjects of ``bucket``'s keys (``$KV.{bucket}.``)."""
     return f"$KV.{bucket}."
+
+
+def stream_api_subject(operation: str, stream: str) -> str:
+    """The JetStream API subject of ``operation`` (``CREATE``, ``INFO``, ``UPDATE``…) on ``stream``."""
+    return f"$JS.API.STREAM.{operation}.{stream}"
 
 
 @dataclass(frozen=True)

@@ -1,25 +1,108 @@
-"""Idempotent creation of a namespace's buckets and streams.
+"""A namespace's buckets and streams: their one configuration, and how they come to exist.
 
-Each bucket and stream has exactly one configuration, built here. Provisioning a namespace that
-already exists with the same configuration is a no-op; a difference in a field that only bounds
+Each bucket and stream has exactly one configuration, built here, and three ways to meet it:
+
+- :func:`provision` (``corral provision``, the provisioner's role) creates every stream or brings
+  the existing ones to that configuration; it needs stream-admin rights.
+- :func:`check` only reads stream info: it raises :class:`coord.errors.NotProvisioned` naming each
+  missing stream and the command that creates them, and needs no admin rights.
+- :func:`create_missing` checks, then creates only the streams that are missing and never touches
+  an existing one (what :func:`coord.connect` does by default, so an embedded or single-host server
+  needs no setup); credentials that may not create streams get ``NotProvisioned`` at once.
+
+Provisioning a namespace that already exists with the same configuration is a no-op; a difference
+in a field that only bounds
 growth or helps readers (the size limit and what happens when it is reached, the expiry-marker TTL,
 the duplicate window, direct gets, per-message TTLs) is applied in place, so a namespace made by an
 older corral gets them; any other difference (subjects, retention policy, storage, replicas, history
 per key, maximum age) raises :class:`coord.errors.ConfigConflict` naming the stream and the fields,
-because changing it could drop data or undo an operator's choice.
+because changing it could drop data or undo an operator's choice. :func:`check` and
+:func:`create_missing` log a difference of the first kind as a warning and leave it to
+``corral provision``.
+
+Every request can race the connection's :class:`~coord.permissions.PermissionLog`: a request the
+server refuses for the credentials fails at once instead of timing out.
 """
 
 from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 
-from coord.errors import ConfigConflict
-from coord.naming import Names, kv_stream_name, kv_subject_prefix
+from coord.errors import ConfigConflict, NotProvisioned, PermissionDenied
+from coord.naming import Names, kv_stream_name, kv_subject_prefix, stream_api_subject
+from coord.permissions import PermissionLog, Refusal
 from coord.settings import Settings
 
-__all__ = ["ProvisionSettings", "kv_stream_name", "provision", "stream_configs"]
+__all__ = [
+    "Provision",
+    "ProvisionSettings",
+    "StreamState",
+    "StreamStatus",
+    "check",
+    "create_missing",
+    "kv_stream_name",
+    "provision",
+    "provision_command",
+    "stream_configs",
+    "survey",
+]
+
+log = logging.getLogger("corral.provision")
+
+T = TypeVar("T")
+
+
+class Provision(StrEnum):
+    """What :func:`coord.connect` does about the namespace's streams (its ``provision`` argument)."""
+
+    CHECK = "check"
+    """Only verify (:func:`check`): a missing stream is :class:`~coord.errors.NotProvisioned`."""
+    MISSING = "missing"
+    """Verify, and create only what is missing (:func:`create_missing`); the default."""
+    APPLY = "apply"
+    """Create or update every stream (:func:`provision`): the provisioner's role."""
+
+
+class StreamState(StrEnum):
+    """What a stream was found to be, or what was done to it."""
+
+    CREATED = "created"
+    """It was missing and has been created."""
+    UPDATED = "updated"
+    """Fields that only bound growth were brought to corral's values."""
+    UNCHANGED = "unchanged"
+    """It exists with corral's configuration."""
+    MISSING = "missing"
+    """It does not exist (found by :func:`survey`)."""
+    OUTDATED = "outdated"
+    """It exists, but fields that only bound growth differ (``corral provision`` would update them)."""
+    CONFLICT = "conflict"
+    """It exists with a fixed field that differs (only :func:`survey` reports it; the others raise)."""
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    """One stream of the namespace: its name, its state and the fields that differ."""
+
+    name: str
+    """The stream's name (``KV_{bucket}`` for a bucket)."""
+    state: StreamState
+    """What it was found to be, or what was done to it."""
+    differences: tuple[str, ...] = ()
+    """``field: existing X, corral needs Y`` for each differing field."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form: ``{"stream", "state", "differences"}``."""
+        return {"stream": self.name, "state": self.state.value, "differences": list(self.differences)}
 
 
 ProvisionSettings = Settings
@@ -112,38 +195,202 @@ def _differences(want: js_api.StreamConfig, have: js_api.StreamConfig, fields: t
     return diffs
 
 
-async def provision(js: JetStreamContext, names: Names, settings: Settings) -> None:
-    """Create every stream of the namespace, or bring the existing ones to corral's configuration."""
-    for config in stream_configs(names, settings):
-        assert config.name is not None
-        try:
-            await js.add_stream(config)
-        except BadRequestError as err:
-            # 10058: stream name already in use with a different configuration.
-            if err.err_code != 10058:
-                raise ConfigConflict(f"cannot create stream {config.name!r}: {err.description}") from None
-            await _update(js, names, config, err.description or "")
+def provision_command(names: Names, settings: Settings) -> str:
+    """The ``corral provision`` command line that creates the namespace's streams as ``settings`` say."""
+    replicas = f" --replicas {settings.replicas}" if settings.replicas != 1 else ""
+    return f"corral provision --namespace {names.namespace}{replicas}"
 
 
-async def _update(js: JetStreamContext, names: Names, config: js_api.StreamConfig, why: str) -> None:
+async def _ask(request: Awaitable[T], refusals: PermissionLog | None, subject: str) -> T:
+    """Await ``request``; raise PermissionDenied at once if the server refuses ``subject`` meanwhile."""
+    if refusals is None:
+        return await request
+    task = asyncio.ensure_future(request)
+    try:
+        while True:
+            refused = asyncio.ensure_future(refusals.next())
+            try:
+                done, _ = await asyncio.wait({task, refused}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                refused.cancel()
+            if task in done:
+                return task.result()
+            refusal = refused.result()
+            # Our request's subject (nats-py reports it in lower case), or the reply inbox it needs:
+            # either way no answer will come.
+            if refusal.subject.lower() == subject.lower():
+                raise Refusal(refusal.operation, subject, refusal.at).error()
+            if refusal.operation == "subscription":
+                raise refusal.error()
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+def _conflict(names: Names, status: StreamStatus) -> ConfigConflict:
+    return ConfigConflict(
+        f"stream {status.name!r} of namespace {names.namespace!r} already exists with a "
+        f"different configuration ({'; '.join(status.differences)}). Use another namespace, or delete the "
+        f"stream if its data is disposable."
+    )
+
+
+def _not_provisioned(names: Names, settings: Settings, missing: list[str], refused: str | None) -> NotProvisioned:
+    verb = "is" if len(missing) == 1 else "are"
+    why = f"; these credentials may not create streams (the server refused {refused})" if refused else ""
+    return NotProvisioned(
+        f"namespace {names.namespace!r} is not provisioned: {', '.join(missing)} {verb} missing{why}. "
+        f"Run `{provision_command(names, settings)}` with credentials that may create streams"
+    )
+
+
+async def _status(js: JetStreamContext, config: js_api.StreamConfig, refusals: PermissionLog | None) -> StreamStatus:
     assert config.name is not None
     try:
-        have = (await js.stream_info(config.name)).config
-    except NotFoundError:  # pragma: no cover - deleted between the two calls
-        raise ConfigConflict(f"stream {config.name!r}: {why}") from None
-    fixed = _differences(config, have, _FIXED)
+        info = await _ask(js.stream_info(config.name), refusals, stream_api_subject("INFO", config.name))
+    except NotFoundError:
+        return StreamStatus(config.name, StreamState.MISSING)
+    fixed = _differences(config, info.config, _FIXED)
     if fixed:
-        raise ConfigConflict(
-            f"stream {config.name!r} of namespace {names.namespace!r} already exists with a "
-            f"different configuration ({'; '.join(fixed)}). Use another namespace, or delete the "
-            f"stream if its data is disposable."
-        )
-    if not _differences(config, have, _UPDATABLE):
-        return
+        return StreamStatus(config.name, StreamState.CONFLICT, tuple(fixed))
+    growth = _differences(config, info.config, _UPDATABLE)
+    if growth:
+        return StreamStatus(config.name, StreamState.OUTDATED, tuple(growth))
+    return StreamStatus(config.name, StreamState.UNCHANGED)
+
+
+async def survey(
+    js: JetStreamContext, names: Names, settings: Settings, *, refusals: PermissionLog | None = None
+) -> list[StreamStatus]:
+    """Read the stream info of every stream of the namespace and say how each compares; changes nothing.
+
+    Each status is ``missing``, ``conflict`` (a fixed field differs), ``outdated`` (only fields that
+    bound growth differ) or ``unchanged``. A read the credentials may not make raises
+    :class:`~coord.errors.PermissionDenied` at once when ``refusals`` is the connection's log.
+    """
+    return [await _status(js, config, refusals) for config in stream_configs(names, settings)]
+
+
+def _warn_outdated(names: Names, statuses: list[StreamStatus]) -> None:
+    for status in statuses:
+        if status.state is StreamState.OUTDATED:
+            log.warning(
+                "stream %r of namespace %r differs from corral's configuration in fields that only bound "
+                "growth (%s); run corral provision to apply",
+                status.name,
+                names.namespace,
+                "; ".join(status.differences),
+            )
+
+
+def _verified(names: Names, statuses: list[StreamStatus]) -> None:
+    for status in statuses:
+        if status.state is StreamState.CONFLICT:
+            raise _conflict(names, status)
+    _warn_outdated(names, statuses)
+
+
+async def check(
+    js: JetStreamContext, names: Names, settings: Settings, *, refusals: PermissionLog | None = None
+) -> list[StreamStatus]:
+    """Verify that every stream of the namespace exists and matches; read-only (stream info only).
+
+    Raises :class:`~coord.errors.ConfigConflict` naming the stream and the fields when a fixed field
+    differs, and :class:`~coord.errors.NotProvisioned` naming every missing stream and the
+    ``corral provision`` command to run. Fields that only bound growth differing are logged as a
+    warning, not raised. Returns the statuses (``unchanged`` or ``outdated``).
+    """
+    statuses = await survey(js, names, settings, refusals=refusals)
+    _verified(names, statuses)
+    missing = [s.name for s in statuses if s.state is StreamState.MISSING]
+    if missing:
+        raise _not_provisioned(names, settings, missing, None)
+    return statuses
+
+
+async def create_missing(
+    js: JetStreamContext, names: Names, settings: Settings, *, refusals: PermissionLog | None = None
+) -> list[StreamStatus]:
+    """Like :func:`check`, but create the streams that are missing; an existing stream is never changed.
+
+    When the server refuses a create for these credentials (seen in ``refusals``, the connection's
+    log, so at once rather than after a timeout), raises :class:`~coord.errors.NotProvisioned`
+    naming every missing stream and the ``corral provision`` command.
+    """
+    statuses = await survey(js, names, settings, refusals=refusals)
+    _verified(names, statuses)
+    missing = [s.name for s in statuses if s.state is StreamState.MISSING]
+    configs = {c.name: c for c in stream_configs(names, settings)}
+    result = []
+    for status in statuses:
+        if status.state is not StreamState.MISSING:
+            result.append(status)
+            continue
+        config = configs[status.name]
+        subject = stream_api_subject("CREATE", status.name)
+        try:
+            await _ask(js.add_stream(config), refusals, subject)
+        except PermissionDenied:
+            raise _not_provisioned(names, settings, missing, subject) from None
+        except BadRequestError as err:
+            if err.err_code != 10058:
+                raise ConfigConflict(f"cannot create stream {status.name!r}: {err.description}") from None
+            # Created meanwhile by another process, with another configuration: compare, never update.
+            again = await _status(js, config, refusals)
+            _verified(names, [again])
+            result.append(again)
+            continue
+        result.append(StreamStatus(status.name, StreamState.CREATED))
+    return result
+
+
+async def provision(
+    js: JetStreamContext, names: Names, settings: Settings, *, refusals: PermissionLog | None = None
+) -> list[StreamStatus]:
+    """Create every stream of the namespace, or bring the existing ones to corral's configuration.
+
+    Returns each stream as ``created``, ``updated`` or ``unchanged``. Raises
+    :class:`~coord.errors.ConfigConflict` for a fixed-field difference, and
+    :class:`~coord.errors.PermissionDenied` at once (with ``refusals``) when the credentials may not
+    create or update streams.
+    """
+    result = []
+    for config in stream_configs(names, settings):
+        assert config.name is not None
+        status = await _status(js, config, refusals)
+        if status.state is StreamState.CONFLICT:
+            raise _conflict(names, status)
+        if status.state is StreamState.MISSING:
+            try:
+                await _ask(js.add_stream(config), refusals, stream_api_subject("CREATE", config.name))
+                result.append(StreamStatus(config.name, StreamState.CREATED))
+                continue
+            except BadRequestError as err:
+                # 10058: stream name already in use with a different configuration (created meanwhile).
+                if err.err_code != 10058:
+                    raise ConfigConflict(f"cannot create stream {config.name!r}: {err.description}") from None
+                status = await _status(js, config, refusals)
+                if status.state is StreamState.CONFLICT:
+                    raise _conflict(names, status) from None
+        if status.state is StreamState.OUTDATED:
+            await _update(js, names, config, status, refusals)
+            status = StreamStatus(config.name, StreamState.UPDATED, status.differences)
+        result.append(status)
+    return result
+
+
+async def _update(
+    js: JetStreamContext,
+    names: Names,
+    config: js_api.StreamConfig,
+    status: StreamStatus,
+    refusals: PermissionLog | None,
+) -> None:
+    assert config.name is not None
     try:
-        await js.update_stream(config)
+        await _ask(js.update_stream(config), refusals, stream_api_subject("UPDATE", config.name))
     except BadRequestError as err:
-        diffs = "; ".join(_differences(config, have, _UPDATABLE))
         raise ConfigConflict(
-            f"stream {config.name!r} of namespace {names.namespace!r} cannot be updated ({diffs}): {err.description}"
+            f"stream {config.name!r} of namespace {names.namespace!r} cannot be updated "
+            f"({'; '.join(status.differences)}): {err.description}"
         ) from None

@@ -84,7 +84,7 @@ class NatsServer:
         jetstream: bool = True,
         host: str = LOOPBACK,
         sync_interval: str | None = None,
-        config_extra: str = "",
+        config_extra: str | None = None,
     ) -> None:
         self.jetstream = jetstream
         """Whether JetStream is enabled (off only to test that corral refuses such a server)."""
@@ -93,7 +93,7 @@ class NatsServer:
         self.sync_interval = sync_interval
         """JetStream's ``sync_interval`` (e.g. ``"always"``: flush before every ack); None: the server's default."""
         self.config_extra = config_extra
-        """Appended to the generated config file (e.g. an ``authorization`` block or an ``include``)."""
+        """Extra configuration appended to the config file (``authorization {...}``, ``tls {...}``)."""
         self.port = port or free_port()
         """Client port (loopback)."""
         self.monitor_port = free_port()
@@ -128,7 +128,7 @@ class NatsServer:
         """The command line this server runs with."""
         args = [
             find_server_binary(),
-            *(["-c", str(self.config_file)] if self.jetstream else []),
+            *(["-c", str(self.config_file)] if self.jetstream or self.config_extra else []),
             "-a",
             self.host,
             "-p",
@@ -149,7 +149,7 @@ class NatsServer:
 
     @property
     def config_file(self) -> Path:
-        """The configuration file :meth:`start` writes next to the store (JetStream limits)."""
+        """The configuration file :meth:`start` writes next to the store (JetStream limits, ``config_extra``)."""
         return self.store_dir / "corral-embedded.conf"
 
     def start(self, timeout: float = 15.0, *, wait_jetstream: bool = True) -> NatsServer:
@@ -167,9 +167,8 @@ class NatsServer:
         # storage, whatever it actually holds; a generous ceiling lets many namespaces share one
         # embedded server on a small disk.
         sync = f"  sync_interval: {self.sync_interval}\n" if self.sync_interval else ""
-        self.config_file.write_text(
-            f"jetstream {{\n  max_file_store: 64T\n  max_memory_store: 1G\n{sync}}}\n{self.config_extra}\n"
-        )
+        jetstream = f"jetstream {{\n  max_file_store: 64T\n  max_memory_store: 1G\n{sync}}}\n" if self.jetstream else ""
+        self.config_file.write_text(jetstream + (self.config_extra or "") + "\n")
         self._proc = subprocess.Popen(
             self.args(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )

@@ -9,8 +9,16 @@ import typer
 from coord.connection import DEFAULT_NAMESPACE, DEFAULT_URL, Auth
 from corral import __version__
 from corral.cli import auth, demo, events, msg, presence, reclaimer, registry, server, submit, tasks, worker
+from corral.cli import provision as provision_cli
 from corral.cli._common import Options, setting_bounds, setting_env, setting_help
-from corral.cli._telemetry import MetricsPortOption, TraceChoice, TraceOption, setup_telemetry
+from corral.cli._telemetry import (
+    DEFAULT_METRICS_HOST,
+    MetricsHostOption,
+    MetricsPortOption,
+    TraceChoice,
+    TraceOption,
+    setup_telemetry,
+)
 
 app = typer.Typer(
     name="corral",
@@ -70,12 +78,18 @@ def main_options(
     ] = None,
     trace: TraceOption = TraceChoice.env,
     metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = DEFAULT_METRICS_HOST,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
     """Global options shared by every command."""
-    setup_telemetry(trace, service_name=f"corral-{ctx.invoked_subcommand or 'cli'}", metrics_port=metrics_port)
+    setup_telemetry(
+        trace,
+        service_name=f"corral-{ctx.invoked_subcommand or 'cli'}",
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+    )
     source = ctx.get_parameter_source("server_url")
     ctx.obj = Options(
         server=server_url,
@@ -108,6 +122,7 @@ submit.register(app)
 reclaimer.register(app)
 demo.register(app)
 auth.register(app)
+provision_cli.register(app)
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
-"""Telemetry options of the CLI: ``--trace env|none|console|otlp`` and ``--metrics-port``.
+"""Telemetry options of the CLI: ``--trace env|none|console|otlp``, ``--metrics-port`` and ``--metrics-host``.
 
-A command (or the global callback) declares the options with :data:`TraceOption` and
-:data:`MetricsPortOption` and calls :func:`setup_telemetry` before it connects::
+A command (or the global callback) declares the options with :data:`TraceOption`,
+:data:`MetricsPortOption` and :data:`MetricsHostOption` and calls :func:`setup_telemetry` before it
+connects (the Prometheus endpoint listens on loopback unless ``--metrics-host`` says otherwise)::
 
     def worker(..., trace: TraceOption = TraceChoice.env, metrics_port: MetricsPortOption = None):
         setup_telemetry(trace, service_name="corral-worker", metrics_port=metrics_port)
@@ -21,7 +22,17 @@ from coord import metrics, tracing
 from coord.errors import CorralError
 from corral.cli._common import fail
 
-__all__ = ["MetricsPortOption", "TraceChoice", "TraceOption", "setup_telemetry"]
+__all__ = [
+    "DEFAULT_METRICS_HOST",
+    "MetricsHostOption",
+    "MetricsPortOption",
+    "TraceChoice",
+    "TraceOption",
+    "setup_telemetry",
+]
+
+DEFAULT_METRICS_HOST = "127.0.0.1"
+"""Where ``--metrics-port`` listens by default: loopback only."""
 
 
 class TraceChoice(StrEnum):
@@ -57,14 +68,27 @@ MetricsPortOption = Annotated[
 ]
 """Typer annotation of the ``--metrics-port`` option."""
 
+MetricsHostOption = Annotated[
+    str,
+    typer.Option(
+        "--metrics-host",
+        envvar="CORRAL_METRICS_HOST",
+        help="Address the --metrics-port endpoint listens on (0.0.0.0 for every interface).",
+    ),
+]
+"""Typer annotation of the ``--metrics-host`` option (default :data:`DEFAULT_METRICS_HOST`)."""
+
 
 def setup_telemetry(
     trace: TraceChoice | str = TraceChoice.env,
     *,
     service_name: str = "corral",
     metrics_port: int | None = None,
+    metrics_host: str = DEFAULT_METRICS_HOST,
 ) -> None:
     """Configure tracing as ``trace`` says and metrics from ``OTEL_*`` (plus Prometheus on ``metrics_port``).
+
+    The Prometheus endpoint listens on ``metrics_host`` only (loopback by default).
 
     A missing extra or a bad ``OTEL_*`` value ends the command with a one-line error naming it.
     """
@@ -72,7 +96,7 @@ def setup_telemetry(
     try:
         tracing.configure(cast(tracing.Mode, mode), service_name=service_name)
         if metrics_port is not None:
-            metrics.serve_prometheus(metrics_port, service_name=service_name)
+            metrics.serve_prometheus(metrics_port, host=metrics_host, service_name=service_name)
         else:
             metrics.configure("env", service_name=service_name)
     except CorralError as err:

@@ -25,7 +25,7 @@ def auth(
         typer.Option(
             "--user",
             "-u",
-            help="ROLE[+ROLE]:ID to issue, repeatable (roles: provisioner, parent, worker, reclaimer, observer, agent).",
+            help="ROLE[+ROLE]:ID to issue, repeatable (provisioner, parent, worker, reclaimer, observer, agent).",
         ),
     ],
     out: Annotated[Path, typer.Option(help="Directory for auth.conf, the seeds ({id}.nk) and env files.")] = Path(
@@ -35,9 +35,9 @@ def auth(
 ) -> None:
     """Write nats-server users (auth.conf) with each role's permissions, and one nkey seed per identity.
 
-    Existing seeds in --out are kept, so credentials already handed out stay valid; include
-    auth.conf from nats.conf and reload the server. Each {id}.env sets CORRAL_NKEY and
-    CORRAL_INBOX_PREFIX for that identity's processes.
+    Seeds already in --out are kept. Include auth.conf from nats.conf and reload the server.
+
+    Each {id}.env sets CORRAL_NKEY and CORRAL_INBOX_PREFIX for that identity's processes.
     """
     opts = options(ctx)
     try:

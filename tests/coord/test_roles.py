@@ -17,6 +17,7 @@ from coord.authconfig import parse_grant, write_auth
 from coord.errors import InvalidInput, PermissionDenied
 from coord.naming import Names
 from coord.permissions import permission_log
+from coord.presence import AgentInfo
 from coord.roles import Role, inbox_prefix, permissions_for
 from coord.server import NatsServer
 from coord.wire import Result, Spec
@@ -66,7 +67,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
 
 @pytest.fixture
 async def provisioned(secured: Secured) -> AsyncIterator[Secured]:
-    async with coord.connect(secured.server.url, namespace=NAMESPACE, auth=secured.auth("admin"), provision=True):
+    async with coord.connect(secured.server.url, namespace=NAMESPACE, auth=secured.auth("admin"), provision="apply"):
         pass
     yield secured
 
@@ -124,7 +125,7 @@ async def test_a_worker_a_parent_and_an_observer_do_their_jobs_with_their_own_cr
             assert {f"job{i}" for i in range(10)} <= listed
             assert "w1" in {a.id for a in await oconn.presence.list()}
         finally:
-            await worker.stop()
+            worker.stop()
             await running
         for conn in (wconn, pconn, oconn):
             assert permission_log(conn.nc).refusals == [], f"{conn.nc.options['name']} was refused something"
@@ -165,8 +166,7 @@ async def test_a_worker_cannot_purge_or_delete_streams_or_consumers(provisioned:
 
 async def test_a_worker_cannot_write_another_agents_presence_key(provisioned: Secured) -> None:
     async with provisioned.connect("w1") as conn:
-        presence = conn.presence.bucket
-        error = await refused_at_once(presence.put("w2", b'{"id": "w2"}'))
+        error = await refused_at_once(conn.presence.join(AgentInfo(id="w2")).__aenter__())
         assert "$kv.perm_presence.w2" in str(error)
 
 
@@ -188,8 +188,8 @@ async def test_a_parent_cannot_publish_results_or_hear_another_parents_results(p
 async def test_an_observer_is_refused_every_write_at_once(provisioned: Secured) -> None:
     async with provisioned.connect("o1") as conn:
         await refused_at_once(conn.tasks.schedule(task_id="nope", queue="jobs", spec=None))
-        await refused_at_once(conn.presence.bucket.put("o1", b"{}"))
-        await refused_at_once(conn.registry.records.bucket.put("s1", b"{}"))
+        await refused_at_once(conn.presence.join(AgentInfo(id="o1")).__aenter__())
+        await refused_at_once(conn.registry.create_session("o1", session_id="s1"))
 
 
 async def test_an_agent_can_mail_only_as_itself(provisioned: Secured) -> None:

@@ -57,3 +57,50 @@ def test_cli_metrics_port_without_the_extra_is_a_clear_error_not_a_traceback(sub
     )
     assert done.returncode == 1
     assert "corral[prometheus]" in done.stderr and "Traceback" not in done.stderr
+
+
+# --- --metrics-host: the Prometheus endpoint listens on loopback unless told otherwise ----------------
+
+# The Prometheus extra is not installed here: stand-ins with the same two entry points corral uses
+# (a real SDK MetricReader, and start_http_server(port, addr) that really binds the address).
+PROMETHEUS_STANDIN = """
+import sys, types, threading
+from http.server import HTTPServer, BaseHTTPRequestHandler
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+exporter = types.ModuleType("opentelemetry.exporter.prometheus")
+exporter.PrometheusMetricReader = InMemoryMetricReader
+client = types.ModuleType("prometheus_client")
+def start_http_server(port, addr="0.0.0.0"):
+    server = HTTPServer((addr, port), BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sys.stderr.write("BOUND %s %d\\n" % server.server_address[:2])
+client.start_http_server = start_http_server
+sys.modules["opentelemetry.exporter.prometheus"] = exporter
+sys.modules["prometheus_client"] = client
+from corral.cli import main
+main()
+"""
+
+
+def _bound(args: list[str], env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [PYTHON, "-c", PROMETHEUS_STANDIN, *args, "provision", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    bound = [line.split()[1] for line in done.stderr.splitlines() if line.startswith("BOUND ")]
+    assert len(bound) == 1, done.stderr
+    return bound[0]
+
+
+def test_cli_metrics_endpoint_binds_loopback_by_default(subprocess_env: dict[str, str]) -> None:
+    assert _bound(["--metrics-port", "0"], clean_env(subprocess_env)) == "127.0.0.1"
+
+
+def test_cli_metrics_host_chooses_the_address(subprocess_env: dict[str, str]) -> None:
+    assert _bound(["--metrics-port", "0", "--metrics-host", "127.0.0.2"], clean_env(subprocess_env)) == "127.0.0.2"
+    env = clean_env(subprocess_env, CORRAL_METRICS_HOST="127.0.0.3")
+    assert _bound(["--metrics-port", "0"], env) == "127.0.0.3"

@@ -137,3 +137,13 @@ def test_installing_corral_puts_a_nats_server_binary_on_the_venv_path(pyproject:
     assert "/opt/corral/bin" in stage["ENV"]
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     assert compose["services"]["nats-1"]["entrypoint"] == [binary.name]
+
+
+def test_the_image_can_sign_for_nkey_and_creds_authentication(pyproject: dict[str, Any]) -> None:
+    # nats-py imports nkeys only for --nkey/--creds; a plain dependency is what the image's
+    # `pip install ".[otlp,prometheus]"` installs, so those options work in the container.
+    assert any(dep.startswith("nkeys") for dep in pyproject["project"]["dependencies"])
+    assert any('pip install ".[' in line for line in DOCKERFILE.read_text().splitlines())
+    import nkeys  # installed here too: the nkey tests run against a real server with it
+
+    assert nkeys.from_seed(nkeys.encode_seed(bytes(32), nkeys.PREFIX_BYTE_USER)).public_key.startswith(b"U")

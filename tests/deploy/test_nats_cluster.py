@@ -183,7 +183,7 @@ async def test_three_nodes_from_the_config_run_corral_with_r3_and_survive_losing
         await coord.connect(urls, namespace=NAMESPACE, replicas=3, connect_timeout=5)  # nobody anonymous
     admin = coord.Auth(nkeys_seed=str(tmp_path / "creds" / "admin.nk"))
     async with coord.connect(
-        urls, namespace=NAMESPACE, replicas=3, connect_timeout=30, auth=admin, provision=True
+        urls, namespace=NAMESPACE, replicas=3, connect_timeout=30, auth=admin, provision="apply"
     ) as conn:
         kv = await conn.kv(conn.names.tasks_bucket)
         info = await conn.js.stream_info(f"KV_{conn.names.tasks_bucket}")
