@@ -237,6 +237,9 @@ def compose(nc: NATS, js: JetStreamContext, names: Names, settings: Settings, ob
     presence = Presence(presence_bucket, interval=settings.presence_interval, ttl=settings.presence_ttl)
     records = RecordStore(bucket(names.registry_bucket))
     registry = Registry(records, presence, terminal_ttl=settings.session_retention)
+    # Reply subjects corral hands out all live under the first token of the inbox prefix
+    # (``_INBOX``): per-credential prefixes (``_INBOX.{ns}.{id}``) differ between sender and recipient.
+    reply_prefix = bytes(getattr(nc, "_inbox_prefix", b"_INBOX")).decode().split(".", 1)[0] + "."
     effects = TaskEffects(
         nc, stream(names.dispatch_stream), Journal(events_stream, names), names, inline_limit=settings.inline_limit
     )
@@ -249,7 +252,7 @@ def compose(nc: NATS, js: JetStreamContext, names: Names, settings: Settings, ob
         presence=presence,
         tasks=TaskStore(bucket(names.tasks_bucket), effects, settings=settings, observer=observer),
         registry=registry,
-        mailbox=Mailbox(stream(names.inbox_stream), names, registry, presence, dead_letters),
+        mailbox=Mailbox(stream(names.inbox_stream), names, registry, presence, dead_letters, reply_prefix=reply_prefix),
         events=Events(events_stream, names, records, dead_letters, retention=settings.events_max_age),
         dead_letters=dead_letters,
     )

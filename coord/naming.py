@@ -10,10 +10,47 @@ from dataclasses import dataclass
 
 from coord.ids import validate_id, validate_namespace
 
-__all__ = ["TAG_TOKEN", "Names", "kv_stream_name", "kv_subject_prefix", "stream_api_subject"]
+__all__ = [
+    "DEFAULT_REPLY_PREFIX",
+    "JS_API_PREFIX",
+    "TAG_TOKEN",
+    "Names",
+    "direct_get_subject",
+    "is_reply_subject",
+    "kv_stream_name",
+    "kv_subject_prefix",
+    "stream_api_subject",
+]
 
 TAG_TOKEN = "tag"
 """Token that marks a tag's waiting queue in inbox subjects (``{ns}.inbox.tag.{tag}...``)."""
+
+
+JS_API_PREFIX = "$JS.API"
+"""Prefix of the JetStream API subjects (without a domain)."""
+
+
+def direct_get_subject(stream: str, api_prefix: str = JS_API_PREFIX) -> str:
+    """Subject of a batched direct get from ``stream`` (the request names the subjects in its body)."""
+    return f"{api_prefix}.DIRECT.GET.{stream}"
+
+
+DEFAULT_REPLY_PREFIX = "_INBOX."
+"""Prefix of the reply subjects corral hands out (a connection's inbox prefix and a dot)."""
+
+
+def is_reply_subject(subject: str, prefix: str = DEFAULT_REPLY_PREFIX) -> bool:
+    """True if ``subject`` is a reply subject corral could have handed out under ``prefix``.
+
+    That is: it starts with ``prefix`` and has something after it, and it is one literal subject
+    (no empty token, no ``*`` or ``>`` token, no whitespace or control characters). Anything else
+    (a JetStream API subject, another agent's subject, a wildcard) is not one.
+    """
+    if not isinstance(subject, str) or not prefix or not subject.startswith(prefix) or len(subject) <= len(prefix):
+        return False
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in subject):
+        return False
+    return all(token and token not in ("*", ">") for token in subject.split("."))
 
 
 def kv_stream_name(bucket: str) -> str:
@@ -28,7 +65,7 @@ def kv_subject_prefix(bucket: str) -> str:
 
 def stream_api_subject(operation: str, stream: str) -> str:
     """The JetStream API subject of ``operation`` (``CREATE``, ``INFO``, ``UPDATE``…) on ``stream``."""
-    return f"$JS.API.STREAM.{operation}.{stream}"
+    return f"{JS_API_PREFIX}.STREAM.{operation}.{stream}"
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,13 @@
 """The parent side: submit specs, await their results, cancel.
 
-Results are pushed to the parent on ``{ns}.results.{parent}`` as tasks end; the task record stays
-the truth, so a parent that restarts (or missed a push while disconnected) reconciles by reading the
-records: all of those it awaits after a reconnect, and any it has awaited for a minute without a
-push, every ``reconcile_interval``. No error stops the reconciling. Backpressure: at most
-``max_in_flight`` submitted tasks await a result at once; ``submit`` waits for room. Nothing is kept
+Results are pushed to the parent on ``{ns}.results.{parent}`` as tasks end. A push is only a hint
+(anyone allowed to publish there could forge one): the parent resolves a task from its stored record,
+read in one batched request for the pushes that arrive together, and only once that record is
+terminal. The task record stays the truth, so a parent that restarts (or missed a push while
+disconnected) reconciles by reading the records: all of those it awaits after a reconnect, and
+any it has awaited for a minute without a push, every ``reconcile_interval``. No error stops the
+reconciling. Backpressure: at most ``max_in_flight`` submitted tasks await a result at once;
+``submit`` waits for room. Nothing is kept
 of a task once its result was delivered (a later :meth:`Dispatcher.wait` reads the record), so
 memory stays flat however many tasks a parent has ever submitted. :meth:`Dispatcher.stop` returns
 within a few seconds whatever the server is doing. A :class:`~dispatch.reclaimer.Reclaimer` runs
@@ -89,6 +92,8 @@ class Dispatcher:
         self._waiters: dict[str, int] = {}
         self._sub: Subscription | None = None
         self._reconciler: asyncio.Task[None] | None = None
+        self._pushed: dict[str, int] = {}
+        self._push_reader: asyncio.Task[None] | None = None
         self._stopping = False
 
     async def start(self) -> Dispatcher:
@@ -107,8 +112,11 @@ class Dispatcher:
         """
         self._stopping = True
         reconciler, self._reconciler = self._reconciler, None
-        if reconciler is not None:
-            await stop_tasks([reconciler], within=STOP_WITHIN, what=f"dispatcher {self.parent_id}")
+        reader, self._push_reader = self._push_reader, None
+        running = [t for t in (reconciler, reader) if t is not None]
+        if running:
+            await stop_tasks(running, within=STOP_WITHIN, what=f"dispatcher {self.parent_id}")
+        self._pushed.clear()
         sub, self._sub = self._sub, None
         if sub is not None:
             try:
@@ -204,6 +212,12 @@ class Dispatcher:
             self._room.release()
 
     async def _on_push(self, msg: Msg) -> None:
+        """A result push is a hint: it names a task to read, never the result itself.
+
+        Anyone who can publish on the results subject can forge a push, so the task resolves only
+        from its stored record, and only once that record is terminal. Pushes arriving together
+        are read with one batched request; a push whose read fails is left to the reconciling.
+        """
         try:
             notice = ResultNotice.model_validate_json(msg.data)
         except ValidationError:
@@ -212,14 +226,24 @@ class Dispatcher:
         future = self._waiting.get(notice.task_id)
         if future is None or future.done():
             return
-        record = notice.record
-        if record is None:  # too large to inline: read it
+        self._pushed[notice.task_id] = max(notice.revision, self._pushed.get(notice.task_id, 0))
+        if self._push_reader is None or self._push_reader.done():
+            self._push_reader = asyncio.create_task(self._read_pushed(), name=f"results-{self.parent_id}")
+
+    async def _read_pushed(self) -> None:
+        """Read the records of the tasks pushed so far (256 per request) and resolve the finished ones."""
+        while self._pushed and not self._stopping:
+            batch = dict(list(self._pushed.items())[:256])
+            for task_id in batch:
+                del self._pushed[task_id]
             try:
-                record = await self.coord.tasks.get(notice.task_id)
-            except NotFound:
-                return
-        if record.status in TERMINAL:
-            self._resolve(record)
+                records = await self.coord.tasks.read_many(list(batch), revisions=batch)
+            except Exception as err:  # the reconciling reads them again later
+                log.debug("dispatcher %s: reading pushed results failed: %s", self.parent_id, err)
+                continue
+            for record in records.values():
+                if record.status in TERMINAL:
+                    self._resolve(record)
 
     async def _reconcile_loop(self) -> None:
         """Catch results whose push was missed: read the records of what we await (see the module doc)."""

@@ -1,6 +1,9 @@
 """A worker's intake: notifications of one queue fetched in batches, each claimed or set aside.
 
-Every failure is contained to the message it concerns, and every message ends in one of a few
+A notification is a wake-up hint, never a source of state: what is claimed (spec, payload, parent,
+limits, status) is read from the tasks bucket, one batched read per fetched batch, so a forged
+notification can at most make a worker look at a task. Every failure is contained to the message it
+concerns, and every message ends in one of a few
 bounded outcomes: claimed (acked), stale (acked and dropped: someone else has the task, it ended
 or is gone), not yet visible (NAKed until it is, at most an hour at a time), malformed or poisoned
 (terminated and dead-lettered with its reason), or failing to claim for another reason (NAKed with
@@ -118,7 +121,7 @@ class Intake:
     """Fetches and claims the notifications of one queue for a worker (see the module docstring).
 
     Runs while ``present`` is set (the worker holds its presence) until ``stopping`` is set.
-    ``on_claim`` receives each claim won and the pending record it was claimed from.
+    ``on_claim`` receives each claim won and the stored pending record it was claimed from.
     """
 
     def __init__(
@@ -217,7 +220,12 @@ class Intake:
         await self.claim_batch(msgs)
 
     async def claim_batch(self, msgs: list[Msg]) -> None:
-        """Claim every notification of ``msgs`` (one CAS each, pipelined) and settle each message."""
+        """Claim every notification of ``msgs`` and settle each message.
+
+        A notification is only a wake-up: the records of the whole batch are read from the tasks
+        bucket in one batched request, and each claim (one CAS each, pipelined) is built from the
+        stored record. Whatever a notification inlines is never claimed from.
+        """
         notes: list[tuple[Msg, Notification]] = []
         for msg in msgs:
             try:
@@ -232,9 +240,26 @@ class Intake:
                 await _settle(msg.nak(delay=min(delay, MAX_NAK_DELAY)), msg)
                 continue
             notes.append((msg, note))
+        if not notes:
+            return
+        try:
+            stored = await self._coord.tasks.read_many(
+                [n.task_id for _, n in notes], revisions={n.task_id: n.revision for _, n in notes}
+            )
+        except Exception as err:  # nothing claimed: every message goes back (bounded as any failure)
+            for msg, note in notes:
+                self._slots.give_back(1)
+                await self._set_aside(msg, note, err)
+            return
         claims = [
             self._coord.tasks.claim(
-                n.task_id, self._worker_id, revision=n.revision, lease=self._lease, record=n.record, headers=m.headers
+                n.task_id,
+                self._worker_id,
+                revision=n.revision,
+                lease=self._lease,
+                # absent from the batch read: claim() reads it and says why (gone, or not a record)
+                record=stored.get(n.task_id),
+                headers=m.headers,
             )
             for m, n in notes
         ]
@@ -242,7 +267,7 @@ class Intake:
         for (msg, note), outcome in zip(notes, outcomes, strict=True):
             if isinstance(outcome, Claim):
                 await _settle(msg.ack(), msg)
-                self._on_claim(outcome, note.record)
+                self._on_claim(outcome, stored.get(note.task_id))
                 continue
             self._slots.give_back(1)
             await self._set_aside(msg, note, outcome)

@@ -19,18 +19,22 @@ from coord.deadletter import DeadLetters
 from coord.errors import Unavailable
 from coord.events.codec import decode_event
 from coord.events.models import Descendant, Errored, Progress, ReceivedEvent, ScopeSubDelegated, ShutDown, TurnEnded
+from coord.events.senders import ACCEPT, DEFER, sender_verdict
 from coord.events.tree import Change, event_changes, upward_id
 from coord.ids import validate_id
 from coord.naming import Names
 from coord.records import RecordStore
 from coord.streams import Stream
 
-__all__ = ["ACK_WAIT", "EventListener", "ListenerHost"]
+__all__ = ["ACK_WAIT", "DEFER_DELIVERIES", "EventListener", "ListenerHost"]
 
 log = logging.getLogger("corral.events")
 
 MAX_DELIVERIES = 10
 """Deliveries of an event whose side effects keep failing before it is dead-lettered."""
+DEFER_DELIVERIES = 6
+"""Deliveries of an event whose sender's ancestry is not known yet before it is dead-lettered (the
+waits between them grow from 0.25 s to 4 s: about 8 s for a delegation still on its way to land)."""
 ACK_WAIT = 5.0
 """Seconds before an unacknowledged event is redelivered (handling in progress keeps extending it)."""
 
@@ -213,6 +217,10 @@ class EventListener:
             if await self._seen(received.event.id):
                 await _settle(msg.ack())
                 return
+            verdict = await sender_verdict(self.agent, received, self._descendant)
+            if verdict != ACCEPT:
+                await self._refuse(msg, received, verdict)
+                return
             await self.apply(received)
             await self._notify(received)
             await self._mark_seen(received.event.id)
@@ -245,6 +253,39 @@ class EventListener:
             await _settle(msg.nak(delay=delay))
         finally:
             ticker.cancel()
+
+    async def _descendant(self, agent: str) -> Descendant | None:
+        record, _ = await self._store.get(f"tree.{self.agent}.{agent}", Descendant)
+        return record
+
+    async def _refuse(self, msg: Msg, received: ReceivedEvent, verdict: str) -> None:
+        """An event its sender may not send (or may not yet be known to send): retried or dead-lettered."""
+        event = received.event
+        deliveries = _deliveries(msg)
+        if verdict == DEFER and deliveries < DEFER_DELIVERIES:
+            delay = 0.25 * 2 ** (deliveries - 1)
+            log.info(
+                "events listener %s: %s %s from %s about %s: ancestry not known yet; retrying in %.1fs",
+                self.agent,
+                event.kind,
+                event.id,
+                received.sender,
+                event.agent,
+                delay,
+            )
+            await _settle(msg.nak(delay=delay))
+            return
+        if verdict == DEFER:
+            verdict = f"{received.sender!r} is not known as an ancestor of {event.agent!r}"
+        log.warning("events listener %s: rejecting %s %s: %s", self.agent, event.kind, event.id, verdict)
+        await self._events.dead_letters.record(
+            "events",
+            f"{event.kind} {event.id} rejected: {verdict}",
+            subject=msg.subject,
+            body=msg.data,
+            headers=dict(msg.headers or {}),
+        )
+        await _settle(msg.term())
 
     async def _notify(self, received: ReceivedEvent) -> None:
         if self._on_event is None:

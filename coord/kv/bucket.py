@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js import api as js_api
 
 from coord.errors import Conflict, KeyExists, Unavailable
 from coord.kv.entry import (
@@ -25,14 +28,21 @@ from coord.kv.entry import (
     entry_of,
     ttl_header,
 )
-from coord.naming import kv_stream_name, kv_subject_prefix
+from coord.naming import JS_API_PREFIX, direct_get_subject, kv_stream_name, kv_subject_prefix
 from coord.permissions import permission_log
 from coord.retry import TRANSIENT, is_transient, retry_transient
 from coord.streams import stream_snapshot
 
-__all__ = ["Bucket", "conflicts"]
+__all__ = ["GET_MANY_CHUNK", "Bucket", "conflicts"]
 
 log = logging.getLogger("corral.kv")
+
+GET_MANY_CHUNK = 256
+"""Keys asked for in one batched direct get (the server caps the subjects of one request)."""
+_STATUS = "Status"
+_SUBJECT = "Nats-Subject"
+_SEQUENCE = "Nats-Sequence"
+_TIME = "Nats-Time-Stamp"
 
 
 async def conflicts(what: str, attempts: int) -> AsyncIterator[int]:
@@ -107,6 +117,64 @@ class Bucket:
             return entry_of(key, msg.seq or 0, msg.headers, msg.data, msg.time)
 
         return await retry_transient(call, nc=self.nc, within=self._patience(patience), what=f"read {self.name}/{key}")
+
+    async def get_many(self, keys: Sequence[str], *, patience: float | None = None) -> dict[str, Entry]:
+        """The latest entries (values or tombstones) of ``keys``, by key, read with batched direct gets.
+
+        One request per :data:`GET_MANY_CHUNK` keys (JetStream's ``multi_last`` batch get), served
+        by any replica like :meth:`get`; a key without any message is absent from the answer. Each
+        request is bounded by ``request_timeout`` and retried through transient trouble for
+        ``patience`` (then :class:`~coord.errors.Unavailable`).
+        """
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, Entry] = {}
+        for start in range(0, len(wanted), GET_MANY_CHUNK):
+            chunk = wanted[start : start + GET_MANY_CHUNK]
+
+            async def call(chunk: list[str] = chunk) -> dict[str, Entry]:
+                return await self._get_batch(chunk)
+
+            found.update(
+                await retry_transient(
+                    call, nc=self.nc, within=self._patience(patience), what=f"read {len(chunk)} keys of {self.name}"
+                )
+            )
+        return found
+
+    async def _get_batch(self, keys: list[str]) -> dict[str, Entry]:
+        """One batched direct get: every reply until the server's end-of-batch (204) or not-found (404)."""
+        request = json.dumps({"multi_last": [self.subject(k) for k in keys], "batch": len(keys)}).encode()
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        found: dict[str, Entry] = {}
+        try:
+            prefix = getattr(self.js, "_prefix", JS_API_PREFIX)
+            await self.nc.publish(direct_get_subject(self.stream, prefix), request, reply=inbox)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.request_timeout
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise nats.errors.TimeoutError
+                msg = await sub.next_msg(timeout=remaining)
+                headers = msg.headers or {}
+                subject = headers.get(_SUBJECT)
+                if subject is None:  # a status: the end of the batch, nothing found, or an error
+                    status = headers.get(_STATUS, "")
+                    if status in ("204", "404"):
+                        return found
+                    if status == "503":
+                        raise nats.errors.NoRespondersError
+                    raise nats.js.errors.APIError.from_msg(msg)
+                if not subject.startswith(self.prefix):
+                    continue  # not a key of this bucket (cannot happen for the subjects we asked)
+                stamp = headers.get(_TIME)
+                at = js_api.Base._parse_utc_iso(stamp) if stamp else None
+                key = self.key_of(subject)
+                found[key] = entry_of(key, int(headers.get(_SEQUENCE) or 0), headers, msg.data, at)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def last_revision(self) -> int:
         """The bucket's latest revision (its stream's last sequence; purges do not lower it)."""

@@ -12,19 +12,22 @@ from nats.js.client import JetStreamContext
 from coord.deadletter import DeadLetters
 from coord.ids import validate_id
 from coord.mailbox.message import InboxMessage, parse
-from coord.naming import Names
+from coord.naming import DEFAULT_REPLY_PREFIX, Names
 from coord.streams import Stream
 
 __all__ = ["Inbox", "parse_or_dead_letter"]
 
 
-async def parse_or_dead_letter(msg: Msg, inbox: Stream, dead_letters: DeadLetters) -> InboxMessage | None:
-    """``msg`` as an :class:`InboxMessage`; ``None`` if it is malformed.
+async def parse_or_dead_letter(
+    msg: Msg, inbox: Stream, dead_letters: DeadLetters, reply_prefix: str = DEFAULT_REPLY_PREFIX
+) -> InboxMessage | None:
+    """``msg`` as an :class:`InboxMessage` (reply headers checked against ``reply_prefix``, see
+    :func:`~coord.mailbox.message.parse`); ``None`` if it is malformed.
 
     A malformed message is recorded as an ``inbox`` dead letter with the reason, then deleted from
     ``inbox`` (a failed delete is ignored: the message is already on record).
     """
-    parsed = parse(msg, inbox)
+    parsed = parse(msg, inbox, reply_prefix)
     if isinstance(parsed, InboxMessage):
         return parsed
     await dead_letters.record("inbox", parsed, subject=msg.subject, body=msg.data, headers=dict(msg.headers or {}))
@@ -40,11 +43,21 @@ class Inbox:
     the next. As a context manager it also acknowledges the current message when the block exits
     normally, and leaves it queued (failing a streamed reply) when the block raises. Built by
     :meth:`~coord.mailbox.Mailbox.inbox` from the inbox ``stream``, the namespace's ``names``,
-    the ``dead_letters`` for malformed messages, and the ``agent`` whose inbox it reads.
+    the ``dead_letters`` for malformed messages, and the ``agent`` whose inbox it reads;
+    ``reply_prefix`` is the only prefix its messages' ack and stream subjects may have.
     """
 
-    def __init__(self, stream: Stream, names: Names, dead_letters: DeadLetters, agent: str) -> None:
+    def __init__(
+        self,
+        stream: Stream,
+        names: Names,
+        dead_letters: DeadLetters,
+        agent: str,
+        *,
+        reply_prefix: str = DEFAULT_REPLY_PREFIX,
+    ) -> None:
         self._stream = stream
+        self._reply_prefix = reply_prefix
         self._names = names
         self._dead_letters = dead_letters
         self.agent = validate_id(agent, "agent")
@@ -98,7 +111,7 @@ class Inbox:
                 msg = await self._sub.next_msg(timeout=None)
             except nats.errors.ConnectionClosedError:
                 raise StopAsyncIteration from None
-            parsed = await parse_or_dead_letter(msg, self._stream, self._dead_letters)
+            parsed = await parse_or_dead_letter(msg, self._stream, self._dead_letters, self._reply_prefix)
             if parsed is not None:
                 self._current = parsed
                 return parsed

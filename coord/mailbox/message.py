@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -12,10 +13,12 @@ from nats.aio.msg import Msg
 from coord.errors import InvalidInput
 from coord.ids import validate_id
 from coord.mailbox.models import H_ACK_TO, H_FROM, H_ID, H_SENT, H_SEQ, H_STREAM, H_STREAM_TO, H_TAG
-from coord.naming import TAG_TOKEN
+from coord.naming import DEFAULT_REPLY_PREFIX, TAG_TOKEN, is_reply_subject
 from coord.streams import Stream
 
 __all__ = ["InboxMessage", "parse"]
+
+log = logging.getLogger("corral.mailbox")
 
 
 @dataclass(eq=False)
@@ -104,11 +107,14 @@ class InboxMessage:
             await nc.flush(timeout=2)
 
 
-def parse(msg: Msg, inbox: Stream) -> InboxMessage | str:
+def parse(msg: Msg, inbox: Stream, reply_prefix: str = DEFAULT_REPLY_PREFIX) -> InboxMessage | str:
     """The :class:`InboxMessage` stored as ``msg`` in the ``inbox`` stream, or why ``msg`` is malformed.
 
     A malformed subject or header gives the reason, never an exception. The message acknowledges
-    by deleting itself from ``inbox``.
+    by deleting itself from ``inbox``. ``Corral-Ack-To`` and ``Corral-Stream-To`` are honoured only
+    when they are reply subjects under ``reply_prefix`` (:func:`coord.naming.is_reply_subject`): the
+    recipient publishes there with its own credentials, so any other subject (a JetStream API
+    subject, a wildcard) is ignored with one warning, and the message is still delivered.
     """
     headers = msg.headers or {}
     tokens = msg.subject.split(".")
@@ -134,7 +140,8 @@ def parse(msg: Msg, inbox: Stream) -> InboxMessage | str:
     if raw := headers.get(H_SENT):
         with contextlib.suppress(ValueError):
             sent_at = datetime.fromisoformat(raw)
-    return InboxMessage(
+    ignored: list[tuple[str, str]] = []
+    received = InboxMessage(
         id=message_id,
         agent=owner,
         body=msg.data,
@@ -145,7 +152,27 @@ def parse(msg: Msg, inbox: Stream) -> InboxMessage | str:
         seq=msg.metadata.sequence.stream,
         subject=msg.subject,
         headers=dict(headers),
-        ack_to=headers.get(H_ACK_TO),
-        stream_to=headers.get(H_STREAM_TO),
+        ack_to=_reply_to(msg, H_ACK_TO, reply_prefix, ignored),
+        stream_to=_reply_to(msg, H_STREAM_TO, reply_prefix, ignored),
         _inbox=inbox,
     )
+    if ignored:
+        log.warning(
+            "mailbox: message %s on %s: ignoring %s (not a reply subject under %r)",
+            message_id,
+            msg.subject,
+            ", ".join(f"{name}: {value!r}" for name, value in ignored),
+            reply_prefix,
+        )
+    return received
+
+
+def _reply_to(msg: Msg, header: str, prefix: str, ignored: list[tuple[str, str]]) -> str | None:
+    """The header's reply subject if corral could have handed it out; else None (noted in ``ignored``)."""
+    value = (msg.headers or {}).get(header)
+    if value is None:
+        return None
+    if is_reply_subject(value, prefix):
+        return value
+    ignored.append((header, value[:200]))
+    return None

@@ -37,7 +37,7 @@ from coord.mailbox.models import (
     Target,
 )
 from coord.mailbox.replies import read_stream, wait_ack
-from coord.naming import Names
+from coord.naming import DEFAULT_REPLY_PREFIX, Names
 from coord.presence import Presence
 from coord.registry import Registry
 from coord.streams import MSG_ID, Stream
@@ -52,12 +52,23 @@ class Mailbox:
     """Send, receive and route messages between agents (see :mod:`coord.mailbox` for the guarantees).
 
     Built on the inbox ``stream``, the namespace's ``names``, the ``registry`` (tag bindings),
-    ``presence`` (who is live) and ``dead_letters``.
+    ``presence`` (who is live) and ``dead_letters``. ``reply_prefix`` is the prefix of the reply
+    subjects this connection hands out (its inbox prefix and a dot): a received message's
+    ``Corral-Ack-To`` / ``Corral-Stream-To`` is honoured only under it.
     """
 
     def __init__(
-        self, stream: Stream, names: Names, registry: Registry, presence: Presence, dead_letters: DeadLetters
+        self,
+        stream: Stream,
+        names: Names,
+        registry: Registry,
+        presence: Presence,
+        dead_letters: DeadLetters,
+        *,
+        reply_prefix: str = DEFAULT_REPLY_PREFIX,
     ) -> None:
+        self.reply_prefix = reply_prefix
+        """Reply subjects of received messages are honoured only under this prefix."""
         self._stream = stream
         self._names = names
         self._registry = registry
@@ -291,7 +302,7 @@ class Mailbox:
     # --- receiving ---------------------------------------------------------------------------
     def inbox(self, agent: str) -> Inbox:
         """``agent``'s inbox: ``async for msg in mailbox.inbox(agent)`` (see :class:`Inbox`)."""
-        return Inbox(self._stream, self._names, self._dead_letters, agent)
+        return Inbox(self._stream, self._names, self._dead_letters, agent, reply_prefix=self.reply_prefix)
 
     async def read_pending(self, agent: str, *, consume: bool = False, limit: int | None = None) -> list[InboxMessage]:
         """The messages waiting in ``agent``'s inbox, oldest first; ``consume`` acknowledges them too.
@@ -300,7 +311,7 @@ class Mailbox:
         """
         found: list[InboxMessage] = []
         for msg in await self._snapshot(self._names.inbox_filter(agent), limit):
-            parsed = await parse_or_dead_letter(msg, self._stream, self._dead_letters)
+            parsed = await parse_or_dead_letter(msg, self._stream, self._dead_letters, self.reply_prefix)
             if parsed is None:
                 continue
             if consume:
@@ -312,7 +323,7 @@ class Mailbox:
         """The messages waiting under ``tag`` for an agent to bind it, oldest first (not consumed)."""
         found: list[InboxMessage] = []
         for msg in await self._snapshot(self._names.tag_filter(tag)):
-            parsed = parse(msg, self._stream)
+            parsed = parse(msg, self._stream, self.reply_prefix)
             if isinstance(parsed, InboxMessage):
                 found.append(parsed)
         return found
@@ -344,7 +355,7 @@ class Mailbox:
 
     async def _move(self, msg: Msg, agent: str) -> int:
         """Republish ``msg`` into ``agent``'s inbox (same id or key), then delete the original."""
-        parsed = await parse_or_dead_letter(msg, self._stream, self._dead_letters)
+        parsed = await parse_or_dead_letter(msg, self._stream, self._dead_letters, self.reply_prefix)
         if parsed is None:
             return 0
         headers = dict(msg.headers or {})

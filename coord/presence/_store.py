@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from coord.errors import Conflict, KeyExists, PresenceConflict
-from coord.kv import Bucket, Entry, Op, ttl_header
+from coord.kv import MSG_TTL, Bucket, Entry, Op, ttl_header
 from coord.presence.models import AgentInfo, LeftReason, _Record, decode_record, encode_record
 from coord.presence.timing import enforced_ttl
 
@@ -60,12 +60,19 @@ def tombstone_reason(entry: Entry) -> LeftReason | None:
 
 
 def classify(entry: Entry) -> Latest:
-    """Turn one entry of an agent's key into a :class:`Latest`."""
+    """Turn one entry of an agent's key into a :class:`Latest`.
+
+    corral writes every presence value with a per-message TTL (``Nats-TTL``), so a value without
+    one is not corral's (e.g. a plain ``$KV`` publish by another client) and is *malformed*,
+    whatever its body: never a live agent, and never a reason for the key's holder to give up.
+    """
     at = entry.time or datetime.now(UTC)
     reason = tombstone_reason(entry)
     if reason is not None:
         return Latest(seq=entry.revision, at=at, record=None, tombstone=reason)
     record, problem = decode_record(entry.value, entry.key)
+    if record is not None and not entry.headers.get(MSG_TTL):
+        record, problem = None, f"no {MSG_TTL} header: not written by corral"
     return Latest(seq=entry.revision, at=at, record=record, problem=problem)
 
 

@@ -4,6 +4,10 @@ A membership writes its key with a per-key TTL and rewrites it every ``interval`
 that carries both ``Nats-TTL`` and ``Nats-Expected-Last-Subject-Sequence`` (compare-and-set on the
 revision it last wrote), so a second writer of the same id is detected, never merged with.
 
+A value under the key that corral did not write (no ``Nats-TTL``, or not a presence record) is not
+another holder: the membership writes its own value over it (compare-and-set at that revision) and
+stays present, so a forged write cannot evict a live agent.
+
 Fail closed: the membership is *lost* when a renewal finds the key gone or held by another instance,
 or when no renewal has reached the server for the enforced TTL (counted from when the last
 successful renewal was *sent*: the earliest moment the server can expire it). Then ``lost`` is set
@@ -300,9 +304,31 @@ class Membership:
         elif current.tombstone is not None:
             reason, detail = "deleted", "the key was deleted by someone else"
         else:
-            reason, detail = "deleted", f"the key was overwritten with a malformed value ({current.problem})"
+            return await self._replace_malformed(current.seq, current.problem)
         await self._lose(reason, detail)
         return True
+
+    async def _replace_malformed(self, seq: int, problem: str) -> bool:
+        """Our key holds a value corral did not write: write ours over it (CAS at ``seq``) and stay.
+
+        Such a value is nobody's presence (watchers skip it), so it is no reason to give up the
+        key: a forged write cannot evict a live agent. False: the renewal loop goes on (a lost race
+        here is looked at again on the next renewal).
+        """
+        loop = asyncio.get_running_loop()
+        log.warning(
+            "presence: %s: replacing a value corral did not write at revision %d (%s)", self.info.id, seq, problem
+        )
+        sent = loop.time()
+        try:
+            self._revision = await self._store.write(
+                self.info, self._instance, last=seq, ttl=self.ttl, within=OP_TIMEOUT
+            )
+        except Exception as err:
+            log.debug("presence: replacing the value of %s failed (%s); retrying", self.info.id, err)
+            return False
+        self._last_ok_send = sent
+        return False
 
     async def _lose(self, reason: LossReason, detail: str, *, rejoin: bool = True) -> None:
         rejoining = rejoin and self._rejoin and reason != "taken" and not self._closing

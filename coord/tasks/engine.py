@@ -9,7 +9,7 @@ is retried against the fresh record only while the step still accepts it (bounde
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from coord.errors import Conflict, InvalidRecord, KeyExists, NotFound
 from coord.kv import Bucket, Entry, conflicts
@@ -67,6 +67,31 @@ class TransitionEngine:
         if entry is None or entry.deleted:
             return None
         return self.decode(entry)
+
+    async def read_many(
+        self, task_ids: Sequence[str], *, revisions: Mapping[str, int] | None = None
+    ) -> dict[str, TaskRecord]:
+        """The stored records of ``task_ids`` that exist and decode, by id, in one batched read.
+
+        A record a replica does not have yet, or has only at a revision older than the one named in
+        ``revisions``, is read again from the stream leader (a replica may lag a moment behind). Ids
+        without a record (absent, deleted, or not a record: logged) are left out.
+        """
+        entries = await self.bucket.get_many(task_ids)
+        behind = [
+            t
+            for t in dict.fromkeys(task_ids)
+            if (e := entries.get(t)) is None or e.revision < (revisions or {}).get(t, 0)
+        ]
+        for task_id in behind:
+            entry = await self.bucket.get(task_id, leader=True)
+            if entry is not None:
+                entries[task_id] = entry
+        found: dict[str, TaskRecord] = {}
+        for task_id, entry in entries.items():
+            if not entry.deleted and (record := self.decode_or_skip(entry)) is not None:
+                found[task_id] = record
+        return found
 
     async def read(self, task_id: str) -> TaskRecord:
         """The current record of ``task_id``; :class:`NotFound` when there is none."""

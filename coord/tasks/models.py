@@ -197,10 +197,11 @@ class Claim:
 class Notification(BaseModel):
     """Body of a message on ``{ns}.dispatch.{queue}``: "task T is pending at revision R".
 
-    ``record`` carries the whole record at ``revision`` when it is small (see
-    ``TaskStore.inline_limit``); passing it to ``TaskStore.claim(..., record=n.record)`` makes the claim
-    a single CAS with no read. Unknown fields are refused: a notification is checked as strictly as
-    the wire allows, and anything else is dead-lettered.
+    A wake-up hint only: anyone who can publish on the subject can forge one, so a worker claims
+    from the record stored in the tasks bucket (``TaskStore.read_many``), never from this message.
+    ``record`` (the record at ``revision`` when it is small, see ``TaskStore.inline_limit``) is
+    still sent for older workers and is ignored. Unknown fields are refused: a notification is
+    checked as strictly as the wire allows, and anything else is dead-lettered.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -214,7 +215,7 @@ class Notification(BaseModel):
     visible_at: AwareDatetime | None = None
     """Not claimable before this (retry backoff): NAK with the remaining delay."""
     record: TaskRecord | None = None
-    """The record at ``revision``, when small enough to inline."""
+    """The record at ``revision`` as the sender claims it, when small enough to inline: never trusted."""
 
     @model_validator(mode="after")
     def _record_revision(self) -> Notification:
@@ -224,7 +225,7 @@ class Notification(BaseModel):
 
 
 class ResultNotice(BaseModel):
-    """Core-NATS message pushed to ``{ns}.results.{parent}`` when a task ends (the record stays the truth)."""
+    """Core-NATS message pushed to ``{ns}.results.{parent}`` when a task ends: a hint to read the record."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -235,7 +236,8 @@ class ResultNotice(BaseModel):
     revision: int
     """KV revision of the terminal record."""
     record: TaskRecord | None = None
-    """The terminal record itself when it is small enough to inline (saves the parent a read)."""
+    """The terminal record as the sender claims it, when small enough to inline: never trusted (the
+    Dispatcher reads the stored record)."""
 
     @model_validator(mode="after")
     def _record_revision(self) -> ResultNotice:

@@ -120,6 +120,13 @@ class TaskStore:
         validate_id(task_id, "task_id")
         return await self._engine.read(task_id)
 
+    async def read_many(
+        self, ids: Sequence[str], *, revisions: Mapping[str, int] | None = None
+    ) -> dict[str, TaskRecord]:
+        """The stored records of ``ids`` by id, one batched read per 256 (what a worker claims from);
+        answers missing or older than ``revisions`` are re-read from the leader, ids without one left out."""
+        return await self._engine.read_many([validate_id(t, "task_id") for t in ids], revisions=revisions)
+
     async def iter(
         self, *, queue: str | None = None, status: TaskStatus | str | None = None
     ) -> AsyncIterator[TaskRecord]:
@@ -282,25 +289,19 @@ class TaskStore:
     ) -> Claim:
         """Claim pending ``task_id`` for ``worker_id``: one CAS from pending to claimed.
 
-        ``revision`` is the revision named by the notification; with ``record`` (the notification's
-        inlined record at that revision) the claim is a single CAS and no read, falling back to a read
-        and a CAS when the record has moved on. ``lease`` (seconds) overrides the task's timeout and
-        the store's default; ``headers`` are the notification's (trace context). Raises
-        :class:`Conflict` when another worker holds the task, :class:`InvalidTransition` when it has
-        ended or is backing off, :class:`NotFound`.
+        Built from the *stored* record only: ``record`` must come from this store (:meth:`get`,
+        :meth:`read_many`), never from a message (without it, it is read); the CAS is on its revision,
+        so spec, parent and limits are the store's and a finished task is never runnable again.
+        ``revision`` (the notification's) decides nothing. ``lease`` overrides the task's timeout and
+        the store's default; ``headers``: the notification's (trace context). Raises :class:`Conflict`
+        (another worker holds it), :class:`InvalidTransition` (ended, backing off), :class:`NotFound`.
         """
         validate_id(task_id, "task_id")
         validate_id(worker_id, "worker_id")
         lease = positive_seconds(lease, "lease")
-        first = None
-        if record is not None:
-            if record.task_id != task_id:
-                raise InvalidInput(f"record is of task {record.task_id!r}, not {task_id!r}")
-            at = record.revision or revision or 0
-            if revision is not None and at != revision:
-                raise InvalidInput(f"record is at revision {record.revision}, not {revision}")
-            if at:
-                first = record if record.revision == at else record.model_copy(update={"revision": at})
+        if record is not None and record.task_id != task_id:
+            raise InvalidInput(f"record is of task {record.task_id!r}, not {task_id!r}")
+        first = record if record is not None and record.revision else None
         token = secrets.token_urlsafe(32)
         claim_id = new_id("c")
         digest = transitions.token_digest(token)
