@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from coord.ids import validate_id, validate_namespace
 
 __all__ = [
+    "ANONYMOUS_SENDER",
     "DEFAULT_REPLY_PREFIX",
     "JS_API_PREFIX",
     "TAG_TOKEN",
@@ -21,6 +22,9 @@ __all__ = [
     "kv_subject_prefix",
     "stream_api_subject",
 ]
+
+ANONYMOUS_SENDER = "_"
+"""Sender token of a mailbox message sent without a sender id."""
 
 TAG_TOKEN = "tag"
 """Token that marks a tag's waiting queue in inbox subjects (``{ns}.inbox.tag.{tag}...``)."""
@@ -180,26 +184,39 @@ class Names:
         """Every subject of the inbox stream."""
         return f"{self.namespace}.inbox.>"
 
-    def inbox_message_subject(self, agent: str, message_id: str) -> str:
-        """Subject of one unkeyed mailbox message."""
-        return f"{self.namespace}.inbox.{validate_id(agent, 'agent')}.m.{validate_id(message_id, 'id')}"
+    # Every mailbox subject names its sender (ANONYMOUS when none is given), so NATS permissions can
+    # bind it to the sender's credential: {ns}.inbox.{agent}.{m|k}.{from}.{id|key}, and
+    # {ns}.inbox.tag.{tag}.{m|k}.{from}.{id|key} for messages waiting for a tag.
+    def inbox_message_subject(self, agent: str, sender: str | None, message_id: str) -> str:
+        """Subject of one unkeyed mailbox message from ``sender`` to ``agent``."""
+        return f"{self._inbox(agent)}.m.{_sender(sender)}.{validate_id(message_id, 'id')}"
 
-    def inbox_keyed_subject(self, agent: str, key: str) -> str:
-        """Subject of a keyed mailbox message (latest wins)."""
-        return f"{self.namespace}.inbox.{validate_id(agent, 'agent')}.k.{validate_id(key, 'key')}"
+    def inbox_keyed_subject(self, agent: str, sender: str | None, key: str) -> str:
+        """Subject of a keyed mailbox message (the latest from this sender under ``key`` wins)."""
+        return f"{self._inbox(agent)}.k.{_sender(sender)}.{validate_id(key, 'key')}"
 
     def inbox_filter(self, agent: str) -> str:
         """Subjects of every message in ``agent``'s inbox."""
-        return f"{self.namespace}.inbox.{validate_id(agent, 'agent')}.*.*"
+        return f"{self._inbox(agent)}.*.*.*"
 
-    def tag_message_subject(self, tag: str, message_id: str) -> str:
-        """Subject of an unkeyed message waiting for whoever binds ``tag``."""
-        return f"{self.namespace}.inbox.{TAG_TOKEN}.{validate_id(tag, 'tag')}.m.{validate_id(message_id, 'id')}"
+    def tag_message_subject(self, tag: str, sender: str | None, message_id: str) -> str:
+        """Subject of an unkeyed message from ``sender`` waiting for whoever binds ``tag``."""
+        return f"{self._tag_queue(tag)}.m.{_sender(sender)}.{validate_id(message_id, 'id')}"
 
-    def tag_keyed_subject(self, tag: str, key: str) -> str:
-        """Subject of a keyed message waiting for whoever binds ``tag``."""
-        return f"{self.namespace}.inbox.{TAG_TOKEN}.{validate_id(tag, 'tag')}.k.{validate_id(key, 'key')}"
+    def tag_keyed_subject(self, tag: str, sender: str | None, key: str) -> str:
+        """Subject of a keyed message from ``sender`` waiting for whoever binds ``tag``."""
+        return f"{self._tag_queue(tag)}.k.{_sender(sender)}.{validate_id(key, 'key')}"
 
     def tag_filter(self, tag: str) -> str:
         """Subjects of every message waiting for ``tag``."""
-        return f"{self.namespace}.inbox.{TAG_TOKEN}.{validate_id(tag, 'tag')}.*.*"
+        return f"{self._tag_queue(tag)}.*.*.*"
+
+    def _inbox(self, agent: str) -> str:
+        return f"{self.namespace}.inbox.{validate_id(agent, 'agent')}"
+
+    def _tag_queue(self, tag: str) -> str:
+        return f"{self.namespace}.inbox.{TAG_TOKEN}.{validate_id(tag, 'tag')}"
+
+
+def _sender(sender: str | None) -> str:
+    return ANONYMOUS_SENDER if sender is None else validate_id(sender, "sender")

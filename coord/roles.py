@@ -172,11 +172,13 @@ def _agent(names: Names, identity: str) -> Permissions:
         publish_allow=[
             f"{kv_subject_prefix(names.presence_bucket)}{identity}",
             f"{kv_subject_prefix(names.registry_bucket)}>",
-            # mail and events name their sender in the subject: only as itself
+            # mail and events name their sender in the subject: only as itself ...
             f"{ns}.inbox.*.m.{identity}.*",
             f"{ns}.inbox.*.k.{identity}.*",
             f"{ns}.inbox.tag.*.m.{identity}.*",
             f"{ns}.inbox.tag.*.k.{identity}.*",
+            # ... except into its own inbox, where binding a tag moves what waited for it
+            f"{ns}.inbox.{identity}.>",
             f"{ns}.events.*.{identity}.*",
             f"{ns}.deadletter.*",
             f"$JS.API.STREAM.MSG.DELETE.{inbox}",

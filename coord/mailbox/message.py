@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 from coord.errors import InvalidInput
 from coord.ids import validate_id
 from coord.mailbox.models import H_ACK_TO, H_FROM, H_ID, H_SENT, H_SEQ, H_STREAM, H_STREAM_TO, H_TAG
-from coord.naming import DEFAULT_REPLY_PREFIX, TAG_TOKEN, is_reply_subject
+from coord.naming import ANONYMOUS_SENDER, DEFAULT_REPLY_PREFIX, TAG_TOKEN, is_reply_subject
 from coord.streams import Stream
 
 __all__ = ["InboxMessage", "parse"]
@@ -118,13 +118,18 @@ def parse(msg: Msg, inbox: Stream, reply_prefix: str = DEFAULT_REPLY_PREFIX) -> 
     """
     headers = msg.headers or {}
     tokens = msg.subject.split(".")
-    # {ns}.inbox.{agent}.{m|k}.{id|key}  or  {ns}.inbox.tag.{tag}.{m|k}.{id|key}
-    if len(tokens) == 5:
-        owner, kind, last = tokens[2], tokens[3], tokens[4]
-    elif len(tokens) == 6 and tokens[2] == TAG_TOKEN:
-        owner, kind, last = f"{TAG_TOKEN}:{tokens[3]}", tokens[4], tokens[5]
+    # {ns}.inbox.{agent}.{m|k}.{from}.{id|key}  or  {ns}.inbox.tag.{tag}.{m|k}.{from}.{id|key}
+    if len(tokens) == 6:
+        owner, kind, from_token, last = tokens[2], tokens[3], tokens[4], tokens[5]
+    elif len(tokens) == 7 and tokens[2] == TAG_TOKEN:
+        owner, kind, from_token, last = f"{TAG_TOKEN}:{tokens[3]}", tokens[4], tokens[5], tokens[6]
     else:
         return f"unexpected inbox subject {msg.subject!r}"
+    # The subject's sender is what permissions bind to a credential; a header claiming another
+    # sender is a forgery.
+    sender = None if from_token == ANONYMOUS_SENDER else from_token
+    if headers.get(H_FROM) != sender:
+        return f"{H_FROM} {headers.get(H_FROM)!r} does not match the subject's sender {sender!r}"
     message_id = headers.get(H_ID)
     if not message_id:
         return f"missing {H_ID} header"
@@ -145,7 +150,7 @@ def parse(msg: Msg, inbox: Stream, reply_prefix: str = DEFAULT_REPLY_PREFIX) -> 
         id=message_id,
         agent=owner,
         body=msg.data,
-        sender=headers.get(H_FROM),
+        sender=sender,
         tag=headers.get(H_TAG),
         key=last if kind == "k" else None,
         sent_at=sent_at,

@@ -76,15 +76,15 @@ class Mailbox:
         self._dead_letters = dead_letters
 
     # --- subjects ----------------------------------------------------------------------------
-    def _subject(self, owner: Agent | Tag, message_id: str, key: str | None) -> str:
+    def _subject(self, owner: Agent | Tag, message_id: str, key: str | None, sender: str | None) -> str:
         names = self._names
         if isinstance(owner, Agent):
             if key is not None:
-                return names.inbox_keyed_subject(owner.id, key)
-            return names.inbox_message_subject(owner.id, message_id)
+                return names.inbox_keyed_subject(owner.id, sender, key)
+            return names.inbox_message_subject(owner.id, sender, message_id)
         if key is not None:
-            return names.tag_keyed_subject(owner.name, key)
-        return names.tag_message_subject(owner.name, message_id)
+            return names.tag_keyed_subject(owner.name, sender, key)
+        return names.tag_message_subject(owner.name, sender, message_id)
 
     # --- low-level stream operations ------------------------------------------------------------
     async def _snapshot(self, subject: str, limit: int | None = None) -> list[Msg]:
@@ -108,7 +108,7 @@ class Mailbox:
         stream_to: str | None = None,
         ttl: float | None = None,
     ) -> str:
-        subject = self._subject(owner, message_id, key)
+        subject = self._subject(owner, message_id, key, sender)
         headers = {H_ID: message_id, H_SENT: datetime.now(UTC).isoformat(), MSG_ID: message_id}
         if ttl is not None:
             headers[MSG_TTL] = ttl_header(ttl)
@@ -360,7 +360,7 @@ class Mailbox:
             return 0
         headers = dict(msg.headers or {})
         headers[MSG_ID] = f"mv-{parsed.seq}-{parsed.id}"
-        subject = self._subject(Agent(id=agent), parsed.id, parsed.key)
+        subject = self._subject(Agent(id=agent), parsed.id, parsed.key, parsed.sender)
         await self._store(subject, msg.data, headers)
         await self._stream.delete(parsed.seq)
         return 1

@@ -181,14 +181,19 @@ async def test_streaming_to_nobody_is_just_enqueued(coord_conn: coord.Coord) -> 
 
 async def test_malformed_inbox_messages_are_dead_lettered_and_skipped(coord_conn: coord.Coord) -> None:
     ns = coord_conn.namespace
-    await coord_conn.js.publish(f"{ns}.inbox.m1.m.abc", b"no headers at all")
-    await coord_conn.js.publish(f"{ns}.inbox.m1.m.abc2", b"wrong id", headers={"Corral-Id": "other"})
-    good = await coord_conn.mailbox.send(Agent(id="m1"), "fine")
+    await coord_conn.js.publish(f"{ns}.inbox.m1.m._.abc", b"no headers at all")
+    await coord_conn.js.publish(f"{ns}.inbox.m1.m._.abc2", b"wrong id", headers={"Corral-Id": "other"})
+    # the sender in the subject is what permissions bind to a credential: a header claiming another is forged
+    await coord_conn.js.publish(
+        f"{ns}.inbox.m1.m.mallory.abc3", b"hi, it's alice", headers={"Corral-Id": "abc3", "Corral-From": "alice"}
+    )
+    good = await coord_conn.mailbox.send(Agent(id="m1"), "fine", sender="bob")
     async with coord_conn.mailbox.inbox("m1") as inbox:
         msg: InboxMessage = await anext(inbox)
-    assert msg.id == good.id
+    assert msg.id == good.id and msg.sender == "bob"
     reasons = [d.reason for d in await dead_letters(coord_conn, "inbox")]
-    assert len(reasons) == 2 and any("Corral-Id" in r for r in reasons)
+    assert len(reasons) == 3 and any("Corral-Id" in r for r in reasons)
+    assert any("does not match the subject's sender 'mallory'" in r for r in reasons)
     assert await coord_conn.mailbox.read_pending("m1") == []
 
 

@@ -17,6 +17,8 @@ from coord.authconfig import parse_grant, write_auth
 from coord.errors import InvalidInput, PermissionDenied
 from coord.naming import Names
 from coord.permissions import permission_log
+from coord.events import Progress
+from coord.mailbox import Agent
 from coord.presence import AgentInfo
 from coord.roles import Role, inbox_prefix, permissions_for
 from coord.server import NatsServer
@@ -192,10 +194,18 @@ async def test_an_observer_is_refused_every_write_at_once(provisioned: Secured) 
         await refused_at_once(conn.registry.create_session("o1", session_id="s1"))
 
 
-async def test_an_agent_can_mail_only_as_itself(provisioned: Secured) -> None:
+async def test_an_agent_can_mail_and_report_only_as_itself(provisioned: Secured) -> None:
     async with provisioned.connect("a1") as a1, provisioned.connect("a2") as a2:
-        await a1.mailbox.send(coord.mailbox.Direct("a2"), "hello", sender="a1")
-        received = await a2.mailbox.pending("a2")
-        assert [(m.sender, m.body) for m in received] == [("a1", "hello")]
-        forged = a1.names.inbox_message_subject("a2", "a2", "forged1")
-        await refused_at_once(a1.mailbox.inbox_stream.publish(forged, b"hi"))
+        await a1.mailbox.send(Agent(id="a2"), "hello", sender="a1")
+        received = await a2.mailbox.read_pending("a2", consume=True)
+        assert [(m.sender, m.body) for m in received] == [("a1", b"hello")]
+        error = await refused_at_once(a1.mailbox.send(Agent(id="a2"), "it's a2 here", sender="a2"))
+        assert "perm.inbox.a2.m.a2." in str(error)
+        await refused_at_once(a1.mailbox.send(Agent(id="a2"), "anonymous"))
+        assert await a2.mailbox.read_pending("a2") == []
+        # lifecycle events: as itself, yes; as another agent, refused (emit reports False, stores nothing)
+        assert await a1.events.emit("a2", Progress(agent="a1", message="working"), sender="a1") is True
+        started = time.monotonic()
+        assert await a1.events.emit("a2", Progress(agent="a2", message="forged"), sender="a2") is False
+        assert time.monotonic() - started < 2.0
+        assert permission_log(a1.nc).since(started, "perm.events.a2.a2.") is not None

@@ -39,7 +39,7 @@ async def test_a_batched_read_returns_the_stored_entry_of_every_key_and_skips_mi
 # --- mailbox: reply headers are honoured only under corral's inbox prefix ------------------------
 async def _raw_mail(conn: coord.Coord, agent: str, message_id: str, headers: dict[str, str]) -> None:
     await conn.js.publish(
-        conn.names.inbox_message_subject(agent, message_id),
+        conn.names.inbox_message_subject(agent, None, message_id),
         b"please ack",
         headers={"Corral-Id": message_id, "Nats-Msg-Id": message_id, **headers},
     )
