@@ -267,8 +267,11 @@ def _split_servers(url: str) -> list[str]:
 
 async def _on_error(nc: NATS, exc: Exception) -> None:
     # Every error nats-py reports on the connection (the debug line itself is logged by coord.dial);
-    # a permissions violation is kept so the request behind it can fail at once.
-    permission_log(nc).record(str(exc))
+    # a permissions violation is kept so the request behind it can fail at once, and told: a role
+    # refused something it does is misconfigured.
+    refusal = permission_log(nc).record(str(exc))
+    if refusal is not None:
+        log.warning("%s", refusal.error())
 
 
 async def _provision(

@@ -4,10 +4,13 @@ each role does its job with its own credential and is refused, at once and by na
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import DEVNULL, PIPE
 
 import nats
 import pytest
@@ -209,3 +212,57 @@ async def test_an_agent_can_mail_and_report_only_as_itself(provisioned: Secured)
         assert await a1.events.emit("a2", Progress(agent="a2", message="forged"), sender="a2") is False
         assert time.monotonic() - started < 2.0
         assert permission_log(a1.nc).since(started, "perm.events.a2.a2.") is not None
+
+
+def role_env(secured: Secured, identity: str, base: dict[str, str]) -> dict[str, str]:
+    """``base`` plus the {id}.env `corral auth` wrote, as a process would load it."""
+    env = dict(base)
+    for line in (secured.creds / f"{identity}.env").read_text().splitlines():
+        name, _, value = line.partition("=")
+        env[name] = value
+    env["CORRAL_URL"] = secured.server.url
+    return env
+
+
+async def run_corral(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "corral", *args, env=env, stdout=PIPE, stderr=PIPE, stdin=DEVNULL
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_the_cli_roles_run_with_the_env_files_corral_auth_wrote(
+    provisioned: Secured, subprocess_env: dict[str, str]
+) -> None:
+    """What compose and the k8s manifests run: a worker, a reclaimer, a parent's submit, an observer's ls."""
+    worker_env = role_env(provisioned, "w2", subprocess_env)
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "corral", "worker", "--id", "w2", "-q", "cli", "--handler", "corral.cli.demo:work",
+        env=worker_env, stdout=DEVNULL, stderr=PIPE, stdin=DEVNULL,
+    )  # fmt: skip
+    reclaimer = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "corral", "reclaimer",
+        env=role_env(provisioned, "r1", subprocess_env), stdout=DEVNULL, stderr=PIPE, stdin=DEVNULL,
+    )  # fmt: skip
+    try:
+        async with provisioned.connect("o1") as observer:
+            assert await observer.presence.wait_present("w2", 20)
+        code, out, err = await run_corral(
+            role_env(provisioned, "p1", subprocess_env),
+            "submit", "--parent", "p1", "-q", "cli", "--id", "cli1", "--payload", '{"seconds": 0}', "--wait",
+            "--wait-timeout", "30", "--json",
+        )  # fmt: skip
+        assert code == 0, err
+        assert json.loads(out.splitlines()[-1])["status"] == "succeeded"
+        code, out, err = await run_corral(role_env(provisioned, "o1", subprocess_env), "tasks", "ls", "--json")
+        assert code == 0, err
+        assert "cli1" in out
+        assert worker.returncode is None and reclaimer.returncode is None, "a role exited"
+    finally:
+        for proc in (worker, reclaimer):
+            if proc.returncode is None:
+                proc.terminate()
+        for proc in (worker, reclaimer):
+            _, err_bytes = await asyncio.wait_for(proc.communicate(), 30)
+            assert b"Permissions Violation" not in err_bytes and b"permissions violation" not in err_bytes
