@@ -3,9 +3,13 @@
 
     python3 dev.py demo [ARGS]     # the main job: `corral demo` on an embedded NATS server
     python3 dev.py test [ARGS]     # ruff + mypy --strict + the whole pytest suite (ARGS go to pytest)
+    python3 dev.py bench peers [--tasks N --rounds R --latency N --systems a,b --json FILE]
+                                   # corral side by side with Celery, arq, taskiq-nats and raw nats-py
+                                   # (installs the `bench` extra; redis-server from the system)
     python3 dev.py corral ARGS     # any other corral command inside the project's virtualenv
 
-The virtualenv lives in ./.venv and is (re)installed whenever pyproject.toml changes.
+The virtualenv lives in ./.venv and is (re)installed whenever pyproject.toml changes (or when a
+command needs an extra that is not installed yet).
 """
 
 from __future__ import annotations
@@ -28,20 +32,29 @@ def say(msg: str) -> None:
     print(f"[dev.py] {msg}", file=sys.stderr, flush=True)
 
 
-def ensure_venv() -> None:
+def ensure_venv(extras: tuple[str, ...] = ("dev",)) -> None:
+    """Create .venv and install corral with ``extras`` unless the stamp says that is already done.
+
+    The stamp holds the hash of pyproject.toml and the extras installed with it; extras installed
+    earlier are kept when pyproject.toml changes.
+    """
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs on whatever python3 the user has
         sys.exit(f"corral needs Python 3.11+, this is {sys.version.split()[0]}")
     want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if STAMP.exists() and STAMP.read_text() == want and PY.exists():
+    stamp = STAMP.read_text().split() if STAMP.exists() else []
+    have = set(stamp[1].split(",")) if len(stamp) > 1 else {"dev"} if stamp else set()
+    if stamp and stamp[0] == want and set(extras) <= have and PY.exists():
         return
     if not PY.exists():
         say(f"creating virtualenv in {VENV}")
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
-    say("installing corral and its dev tools (first run only; takes a minute)")
+        have = set()
+    wanted = sorted(have | set(extras))
+    say(f"installing corral with {'+'.join(wanted)} (first run only; takes a minute)")
     pip = [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "-e", f"{ROOT}[dev]"], check=True)
-    STAMP.write_text(want)
+    subprocess.run([*pip, "-e", f"{ROOT}[{','.join(wanted)}]"], check=True)
+    STAMP.write_text(f"{want}\n{','.join(wanted)}\n")
 
 
 def run(argv: list[str]) -> int:
@@ -63,11 +76,25 @@ def test(args: list[str]) -> int:
     return 0
 
 
+BENCHES = {"peers": "bench.peers"}
+"""`dev.py bench NAME` → the module run with the venv's python from the repository root."""
+
+
+def bench(args: list[str]) -> int:
+    if not args or args[0] not in BENCHES:
+        print(f"usage: python3 dev.py bench {{{','.join(BENCHES)}}} [ARGS] (ARGS: --help)", file=sys.stderr)
+        return 2
+    ensure_venv(("dev", "bench"))
+    return run([str(PY), "-m", BENCHES[args[0]], *args[1:]])
+
+
 def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] in {"-h", "--help"}:
         print(__doc__)
         return 0 if len(sys.argv) >= 2 else 2
     command, args = sys.argv[1], sys.argv[2:]
+    if command == "bench":
+        return bench(args)
     ensure_venv()
     if command == "test":
         return test(args)

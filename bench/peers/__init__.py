@@ -1,0 +1,11 @@
+"""Peer benchmark: corral against Celery, arq, taskiq-nats and raw nats-py floors, one scenario, one table.
+
+    python3 dev.py bench peers [--tasks 10000 --rounds 3 --latency 200 --systems corral,arq --json out.json]
+    python -m bench.peers ...          # the same, from the project's virtualenv at the repository root
+
+Every system runs the same scenario (:class:`bench.peers.common.Scenario`): no-op tasks submitted by
+one producer (this process) to 2 worker processes, a task counted when its result reached the
+producer, several rounds through the same producer, then tasks one at a time for latency. Each
+system lives in its own module with one ``run(scenario, brokers) -> SystemResult`` function; the
+runner (:mod:`bench.peers.runner`) starts redis-server and nats-server on loopback and prints the table.
+"""
