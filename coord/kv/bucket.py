@@ -127,6 +127,9 @@ class Bucket:
         ``patience`` (then :class:`~coord.errors.Unavailable`).
         """
         wanted = list(dict.fromkeys(keys))
+        if len(wanted) == 1:  # one direct get over the shared reply subscription: no inbox to set up
+            entry = await self.get(wanted[0], patience=patience)
+            return {} if entry is None else {wanted[0]: entry}
         found: dict[str, Entry] = {}
         for start in range(0, len(wanted), GET_MANY_CHUNK):
             chunk = wanted[start : start + GET_MANY_CHUNK]
