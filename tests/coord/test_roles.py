@@ -18,10 +18,10 @@ import pytest
 import coord
 from coord.authconfig import parse_grant, write_auth
 from coord.errors import InvalidInput, PermissionDenied
-from coord.naming import Names
-from coord.permissions import permission_log
 from coord.events import Progress
 from coord.mailbox import Agent
+from coord.naming import Names
+from coord.permissions import permission_log
 from coord.presence import AgentInfo
 from coord.roles import Role, inbox_prefix, permissions_for
 from coord.server import NatsServer
@@ -110,9 +110,11 @@ def test_permissions_are_built_from_the_namespace_and_bind_the_identity() -> Non
 async def test_a_worker_a_parent_and_an_observer_do_their_jobs_with_their_own_credentials(
     provisioned: Secured,
 ) -> None:
-    async with provisioned.connect("w1") as wconn, provisioned.connect("p1") as pconn, provisioned.connect(
-        "o1"
-    ) as oconn:
+    async with (
+        provisioned.connect("w1") as wconn,
+        provisioned.connect("p1") as pconn,
+        provisioned.connect("o1") as oconn,
+    ):
         worker = Worker(wconn, ["jobs"], ok, concurrency=4, worker_id="w1")
         running = asyncio.create_task(worker.run())
         try:
