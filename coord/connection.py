@@ -270,7 +270,7 @@ async def _on_error(nc: NATS, exc: Exception) -> None:
     # a permissions violation is kept so the request behind it can fail at once, and told: a role
     # refused something it does is misconfigured.
     refusal = permission_log(nc).record(str(exc))
-    if refusal is not None:
+    if refusal is not None and not refusal.awaited:  # an awaited one is raised where it was awaited
         log.warning("%s", refusal.error())
 
 

@@ -33,6 +33,8 @@ class Refusal:
     subject: str
     """The refused subject, lowercased (as nats-py reports it)."""
     at: float
+    awaited: bool = False
+    """A call was waiting for it (a guard or :meth:`PermissionLog.next`), so it surfaces as an error there."""
 
     def error(self) -> PermissionDenied:
         """The corral error that reports this refusal."""
@@ -52,6 +54,7 @@ class PermissionLog:
         """Recent refusals, oldest first."""
         self._changed = asyncio.Event()
         self._guards: dict[str, list[RefusalGuard]] = {}
+        self._waiting = 0
 
     def guard(self, subject: str) -> RefusalGuard:
         """A ``with`` block in which a refusal of ``subject`` ends the wait with :class:`PermissionDenied`.
@@ -67,12 +70,14 @@ class PermissionLog:
         if found is None:
             return None
         # nats-py lowercases the server's error text, subject included: compare subjects lowercased
-        refusal = Refusal(found.group(1).lower(), found.group(2).lower(), time.monotonic())
+        subject = found.group(2).lower()
+        guards = self._guards.get(subject, ())
+        refusal = Refusal(found.group(1).lower(), subject, time.monotonic(), awaited=bool(guards) or self._waiting > 0)
         self.refusals.append(refusal)
         del self.refusals[: -self._keep]
         self._changed.set()
         self._changed = asyncio.Event()
-        for guard in self._guards.get(refusal.subject, ()):
+        for guard in list(guards):
             guard.refuse(refusal)
         return refusal
 
@@ -87,7 +92,11 @@ class PermissionLog:
 
     async def next(self) -> Refusal:
         """Wait for the next refusal."""
-        await self._changed.wait()
+        self._waiting += 1
+        try:
+            await self._changed.wait()
+        finally:
+            self._waiting -= 1
         return self.refusals[-1]
 
 

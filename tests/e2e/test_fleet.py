@@ -51,6 +51,8 @@ async def w1_running_t1_with_w2_standing_by(
     await eventually(lambda: bool(executions(marks, "t1", "start")), 15, "w1 to start t1")
     spawn_worker("w2", concurrency=1, ttl=TTL)
     assert await coord_conn.presence.wait_present("w2", 20)
+    # A worker process takes a second or more to start on a loaded machine: t1 must outlast that.
+    assert not executions(marks, "t1"), f"t1 ({seconds}s) ended on w1 before w2 was present"
     return w1
 
 
@@ -59,7 +61,7 @@ async def test_sigkilled_worker_task_is_reclaimed_rerun_elsewhere_and_recorded_o
 ) -> None:
     async with Dispatcher(coord_conn) as dispatcher:
         assert dispatcher.reclaimer is not None
-        w1 = await w1_running_t1_with_w2_standing_by(coord_conn, dispatcher, spawn_worker, tmp_path, 1.5)
+        w1 = await w1_running_t1_with_w2_standing_by(coord_conn, dispatcher, spawn_worker, tmp_path, 4.0)
         w1.kill()
         killed_at = time.monotonic()
         event = await asyncio.wait_for(dispatcher.reclaimer.events.get(), TTL + 5)
@@ -80,7 +82,7 @@ async def test_sigstopped_worker_late_result_is_rejected_and_with_exit_on_loss_i
     async with Dispatcher(coord_conn) as dispatcher:
         assert dispatcher.reclaimer is not None
         w1 = await w1_running_t1_with_w2_standing_by(
-            coord_conn, dispatcher, spawn_worker, tmp_path, 1.0, extra=["--exit-on-loss"]
+            coord_conn, dispatcher, spawn_worker, tmp_path, 4.0, extra=["--exit-on-loss"]
         )
         w1.send_signal(signal.SIGSTOP)
         event = await asyncio.wait_for(dispatcher.reclaimer.events.get(), TTL + 5)
@@ -105,7 +107,7 @@ async def test_sigstopped_worker_fails_closed_then_rejoins_and_takes_new_work(
 ) -> None:
     async with Dispatcher(coord_conn) as dispatcher:
         assert dispatcher.reclaimer is not None
-        w1 = await w1_running_t1_with_w2_standing_by(coord_conn, dispatcher, spawn_worker, tmp_path, 1.0)
+        w1 = await w1_running_t1_with_w2_standing_by(coord_conn, dispatcher, spawn_worker, tmp_path, 4.0)
         w1.send_signal(signal.SIGSTOP)
         event = await asyncio.wait_for(dispatcher.reclaimer.events.get(), TTL + 5)
         assert event.worker_id == "w1"
