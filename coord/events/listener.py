@@ -231,14 +231,8 @@ class EventListener:
         except Exception as err:
             deliveries = _deliveries(msg)
             if deliveries >= MAX_DELIVERIES:
-                await self._events.dead_letters.record(
-                    "events",
-                    f"{received.event.kind} {received.event.id} not applied after {deliveries} deliveries: {err}",
-                    subject=msg.subject,
-                    body=msg.data,
-                    headers=dict(msg.headers or {}),
-                )
-                await _settle(msg.term())
+                reason = f"{received.event.kind} {received.event.id} not applied after {deliveries} deliveries: {err}"
+                await self._dead_letter(msg, reason)
                 return
             # Left unacknowledged: redelivered after a growing pause; side effects are idempotent.
             delay = min(30.0, 0.5 * 2 ** (deliveries - 1))
@@ -278,13 +272,12 @@ class EventListener:
         if verdict == DEFER:
             verdict = f"{received.sender!r} is not known as an ancestor of {event.agent!r}"
         log.warning("events listener %s: rejecting %s %s: %s", self.agent, event.kind, event.id, verdict)
-        await self._events.dead_letters.record(
-            "events",
-            f"{event.kind} {event.id} rejected: {verdict}",
-            subject=msg.subject,
-            body=msg.data,
-            headers=dict(msg.headers or {}),
-        )
+        await self._dead_letter(msg, f"{event.kind} {event.id} rejected: {verdict}")
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        """Record ``msg`` as a dead letter of the events listener with ``reason``, then end its deliveries."""
+        body, headers = msg.data, dict(msg.headers or {})
+        await self._events.dead_letters.record("events", reason, subject=msg.subject, body=body, headers=headers)
         await _settle(msg.term())
 
     async def _notify(self, received: ReceivedEvent) -> None:

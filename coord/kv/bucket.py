@@ -292,20 +292,6 @@ class Bucket:
         op: Op,
         patience: float | None,
     ) -> int:
-        with permission_log(self.nc).guard(self.subject(key)):
-            return await self._write_settled(key, data, extra, last=last, ttl=ttl, op=op, patience=patience)
-
-    async def _write_settled(
-        self,
-        key: str,
-        data: bytes,
-        extra: Mapping[str, str] | None,
-        *,
-        last: int | None,
-        ttl: float | None,
-        op: Op,
-        patience: float | None,
-    ) -> int:
         subject = self.subject(key)
         headers = dict(extra or {})
         if last is not None:
@@ -319,7 +305,8 @@ class Bucket:
         while True:
             timeout = max(0.05, min(self.request_timeout, deadline - loop.time()))
             try:
-                ack = await self.js.publish(subject, data, timeout=timeout, headers=dict(headers))
+                with permission_log(self.nc).guard(subject):  # a refused write is never answered
+                    ack = await self.js.publish(subject, data, timeout=timeout, headers=dict(headers))
                 return ack.seq
             except nats.js.errors.APIError as err:
                 if err.err_code in WRONG_LAST_SEQUENCE:
