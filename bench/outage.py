@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -144,105 +145,77 @@ async def twice_and_lost(c: coord.Coord, ids: list[str]) -> tuple[int, int]:
     return twice, lost
 
 
+Faults = Callable[[coord.Coord, "Load"], Awaitable[list[list[str]]]]
+"""Inflicts the faults on a running fleet and returns one table row per fault."""
+
+
+async def under_load(url: str, replicas: int, faults: Faults) -> list[list[str]]:
+    """Run the fleet (2 workers, a parent keeping IN_FLIGHT tasks going), inflict ``faults``, summarize."""
+    ns = new_id("o").replace("-", "")[:16]
+    async with coord.connect(url, namespace=ns, replicas=replicas) as c:
+        procs = spawn(url, ns, replicas, 2)
+        try:
+            for w in ("ow0", "ow1"):
+                await c.presence.wait_present(w, 30)
+            departures = Departures(c)
+            departures.start()
+            dispatcher = await Dispatcher(c).start()
+            load = Load(dispatcher)
+            await load.start()
+            await asyncio.sleep(3)
+            rows = await faults(c, load)
+            await load.stop()
+            await dispatcher.stop()
+            twice, lost = await twice_and_lost(c, load.ids)
+            alive = sum(p.poll() is None for p in procs)
+            departed = await departures.stop()
+            summary = f"lost {lost}, twice {twice}, departures {departed}, workers alive {alive}/2"
+            return [*rows, [f"{len(load.ids)} tasks in all", "", "", summary]]
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGKILL)
+
+
 async def single(lengths: list[float]) -> list[list[str]]:
-    rows: list[list[str]] = []
     with tempfile.TemporaryDirectory() as store, NatsServer(store_dir=store) as server:
-        ns = new_id("o").replace("-", "")[:16]
-        async with coord.connect(server.url, namespace=ns) as c:
-            procs = spawn(server.url, ns, 1, 2)
-            try:
-                for w in ("ow0", "ow1"):
-                    await c.presence.wait_present(w, 30)
-                departures = Departures(c)
-                departures.start()
-                dispatcher = await Dispatcher(c).start()
-                load = Load(dispatcher)
-                await load.start()
-                await asyncio.sleep(3)
-                for length in lengths:
-                    down = time.monotonic()
-                    await asyncio.to_thread(server.stop, remove_store=False)
-                    await asyncio.sleep(length)
-                    await asyncio.to_thread(server.start)
-                    back = time.monotonic()
-                    await asyncio.sleep(max(8.0, length))
-                    rows.append(
-                        [
-                            f"server stopped {length:g} s",
-                            f"{load.pause_around(down, time.monotonic()):.2f}",
-                            f"{load.resumed_after(back):.2f}",
-                            "",
-                        ]
-                    )
-                await load.stop()
-                await dispatcher.stop()
-                twice, lost = await twice_and_lost(c, load.ids)
-                alive = sum(p.poll() is None for p in procs)
-                departed = await departures.stop()
-                rows.append(
-                    [
-                        f"{len(load.ids)} tasks in all",
-                        "",
-                        "",
-                        f"lost {lost}, twice {twice}, departures {departed}, workers alive {alive}/2",
-                    ]
-                )
-            finally:
-                for p in procs:
-                    p.send_signal(signal.SIGKILL)
-    return rows
+
+        async def stop_and_restart(c: coord.Coord, load: Load) -> list[list[str]]:
+            rows = []
+            for length in lengths:
+                down = time.monotonic()
+                await asyncio.to_thread(server.stop, remove_store=False)
+                await asyncio.sleep(length)
+                await asyncio.to_thread(server.start)
+                back = time.monotonic()
+                await asyncio.sleep(max(8.0, length))
+                pause = load.pause_around(down, time.monotonic())
+                rows.append([f"server stopped {length:g} s", f"{pause:.2f}", f"{load.resumed_after(back):.2f}", ""])
+            return rows
+
+        return await under_load(server.url, 1, stop_and_restart)
 
 
 async def cluster(rounds: int) -> list[list[str]]:
-    rows: list[list[str]] = []
     with tempfile.TemporaryDirectory() as store, NatsCluster(3, store_root=store) as nodes:
-        ns = new_id("o").replace("-", "")[:16]
-        async with coord.connect(nodes.url, namespace=ns, replicas=3) as c:
-            procs = spawn(nodes.url, ns, 3, 2)
-            try:
-                for w in ("ow0", "ow1"):
-                    await c.presence.wait_present(w, 30)
-                departures = Departures(c)
-                departures.start()
-                dispatcher = await Dispatcher(c).start()
-                load = Load(dispatcher)
-                await load.start()
-                await asyncio.sleep(3)
-                streams = [f"KV_{c.names.tasks_bucket}", f"KV_{c.names.presence_bucket}", c.names.dispatch_stream]
-                for r in range(rounds):
-                    for stream in streams:
-                        info = await c.js.stream_info(stream)
-                        leader = next(n for n in nodes.nodes if info.cluster and n.name == info.cluster.leader)
-                        killed = time.monotonic()
-                        await asyncio.to_thread(leader.kill)
-                        await asyncio.sleep(15)
-                        rows.append(
-                            [
-                                f"round {r + 1}: SIGKILL leader of {stream.removeprefix('KV_').split('_', 1)[1]}",
-                                f"{load.pause_around(killed, time.monotonic()):.2f}",
-                                f"{load.resumed_after(killed):.2f}",
-                                "",
-                            ]
-                        )
-                        await asyncio.to_thread(leader.start)
-                        await asyncio.sleep(5)
-                await load.stop()
-                await dispatcher.stop()
-                twice, lost = await twice_and_lost(c, load.ids)
-                alive = sum(p.poll() is None for p in procs)
-                departed = await departures.stop()
-                rows.append(
-                    [
-                        f"{len(load.ids)} tasks in all",
-                        "",
-                        "",
-                        f"lost {lost}, twice {twice}, departures {departed}, workers alive {alive}/2",
-                    ]
-                )
-            finally:
-                for p in procs:
-                    p.send_signal(signal.SIGKILL)
-    return rows
+
+        async def kill_leaders(c: coord.Coord, load: Load) -> list[list[str]]:
+            rows = []
+            streams = [f"KV_{c.names.tasks_bucket}", f"KV_{c.names.presence_bucket}", c.names.dispatch_stream]
+            for r in range(rounds):
+                for stream in streams:
+                    info = await c.js.stream_info(stream)
+                    leader = next(n for n in nodes.nodes if info.cluster and n.name == info.cluster.leader)
+                    killed = time.monotonic()
+                    await asyncio.to_thread(leader.kill)
+                    await asyncio.sleep(15)
+                    what = f"round {r + 1}: SIGKILL leader of {stream.removeprefix('KV_').split('_', 1)[1]}"
+                    pause = load.pause_around(killed, time.monotonic())
+                    rows.append([what, f"{pause:.2f}", f"{load.resumed_after(killed):.2f}", ""])
+                    await asyncio.to_thread(leader.start)
+                    await asyncio.sleep(5)
+            return rows
+
+        return await under_load(nodes.url, 3, kill_leaders)
 
 
 def main() -> None:
