@@ -30,6 +30,7 @@ import nats
 from nats.aio.client import Client as NATS
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
+from coord.client import CorralClient
 from coord.errors import AuthenticationFailed, ConnectionFailed, CorralError, TLSFailed
 
 __all__ = ["ErrorCallback", "dial", "wants_tls"]
@@ -49,7 +50,7 @@ class _NoTLS(nats.errors.Error):
         return "the server does not offer TLS"
 
 
-class _TLSOnlyClient(NATS):
+class _TLSOnlyClient(CorralClient):
     """A nats-py client that never speaks plaintext past the server's INFO line (TLS was requested)."""
 
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
@@ -225,7 +226,7 @@ async def dial(
     the last reason ("connection refused", "no server answered") when the deadline passes.
     """
     watch = _Watch(url, kind)
-    client = _TLSOnlyClient if require_tls else NATS
+    client = _TLSOnlyClient if require_tls else CorralClient
     nc: NATS | None = None
     try:
         async with asyncio.timeout(connect_timeout):
