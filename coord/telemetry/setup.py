@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -464,12 +465,29 @@ def metrics_mode() -> str | None:
     return _state.metrics_mode
 
 
+APP_PROVIDER_RECHECK = 1.0
+"""Seconds :func:`enabled` reuses its answer about a provider the application installed itself
+(asking OpenTelemetry reads the environment each time, several times per task on the hot path)."""
+
+_app_provider: list[float | bool] = [float("-inf"), False]
+"""When :func:`enabled` last asked OpenTelemetry for the application's provider, and the answer."""
+
+
 def enabled() -> bool:
-    """Whether spans are recorded in this process (an exporter is configured, or the app's provider)."""
+    """Whether spans are recorded in this process (an exporter is configured, or the app's provider).
+
+    A provider the application installs itself is seen within :data:`APP_PROVIDER_RECHECK` seconds.
+    """
     switch = _state.switch
     if switch is not None:
         return bool(switch.processors)
-    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    now = time.monotonic()
+    asked, answer = _app_provider
+    if now - asked < APP_PROVIDER_RECHECK:
+        return bool(answer)
+    answer = not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    _app_provider[:] = [now, answer]
+    return answer
 
 
 def sdk_tracer() -> trace.Tracer | None:

@@ -367,3 +367,24 @@ def test_spans_of_a_submitter_and_a_worker_process_form_one_trace_over_nats(
     assert run.attributes["tenant"] == "acme"
     assert run.attributes["corral.worker.id"] == "w-8"
     assert run.attributes["messaging.operation.type"] == "process"
+
+
+APP_PROVIDER = """
+import json, time
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from coord import tracing
+from coord.telemetry.setup import APP_PROVIDER_RECHECK
+before = tracing.enabled()
+trace.set_tracer_provider(TracerProvider())
+time.sleep(APP_PROVIDER_RECHECK + 0.1)
+print(json.dumps({"before": before, "after": tracing.enabled()}))
+"""
+
+
+def test_a_provider_the_application_installs_later_is_seen_within_the_recheck(
+    subprocess_env: dict[str, str],
+) -> None:
+    done = run_child(APP_PROVIDER, clean_env(subprocess_env))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"before": False, "after": True}
