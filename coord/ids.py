@@ -27,7 +27,9 @@ __all__ = [
 
 MAX_ID_LENGTH = 128
 MAX_NAMESPACE_LENGTH = 32
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+_VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_ID_LENGTH).fullmatch
+"""The common case in one C call (ids are checked several times per task on the hot path)."""
 
 
 def _problem(value: object, max_length: int) -> str | None:
@@ -38,7 +40,7 @@ def _problem(value: object, max_length: int) -> str | None:
         return f"must not be empty (allowed: A-Z a-z 0-9 _ -, 1..{max_length} chars)"
     if len(value) > max_length:
         return f"{value[:40]!r}... is {len(value)} chars long; the limit is {max_length}"
-    if not _TOKEN.match(value):
+    if not _TOKEN.fullmatch(value):  # fullmatch: "$" would let a trailing newline through
         bad = "".join(sorted({c for c in value if not (c.isascii() and (c.isalnum() or c in "_-"))}))
         return f"{value!r} has characters {bad!r} that are not allowed (allowed: A-Z a-z 0-9 _ -)"
     return None
@@ -46,6 +48,8 @@ def _problem(value: object, max_length: int) -> str | None:
 
 def validate_id(value: object, field: str = "id", *, max_length: int = MAX_ID_LENGTH) -> str:
     """Return ``value`` if it is a valid token, else raise :class:`InvalidId` naming ``field``."""
+    if max_length == MAX_ID_LENGTH and type(value) is str and _VALID_ID(value):
+        return value
     problem = _problem(value, max_length)
     if problem is not None:
         raise InvalidId(f"{field} {problem}")
@@ -65,6 +69,8 @@ def new_id(prefix: str = "") -> str:
 
 
 def _pydantic_token(value: str) -> str:
+    if _VALID_ID(value):
+        return value
     problem = _problem(value, MAX_ID_LENGTH)
     if problem is not None:
         raise InvalidId(problem)  # pydantic adds the field name

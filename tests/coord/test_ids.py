@@ -24,6 +24,8 @@ def test_every_token_of_allowed_characters_is_accepted(value: str) -> None:
         ("", "empty"),
         ("a.b", "not allowed"),
         ("a b", "not allowed"),
+        ("task\n", "not allowed"),
+        ("task\r\nPUB x 1", "not allowed"),
         ("é", "not allowed"),
         ("x" * (MAX_ID_LENGTH + 1), "limit"),
         (5, "string"),
