@@ -27,6 +27,7 @@ from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from coord import provision as provisioning
+from coord.acks import AckedPublisher
 from coord.deadletter import DeadLetters
 from coord.dial import dial, wants_tls
 from coord.errors import InvalidInput, ServerUnsupported, TLSFailed, Unavailable
@@ -222,18 +223,22 @@ def compose(nc: NATS, js: JetStreamContext, names: Names, settings: Settings, ob
     the other services it uses, here, once.
     """
 
+    acks = AckedPublisher(nc)
+
     def bucket(name: str) -> Bucket:
-        return Bucket(js, nc, name, patience=settings.io_patience, request_timeout=settings.request_timeout)
+        return Bucket(js, nc, name, patience=settings.io_patience, request_timeout=settings.request_timeout, acks=acks)
 
     def stream(name: str) -> Stream:
-        return Stream(js, nc, name, patience=settings.io_patience, request_timeout=settings.request_timeout)
+        return Stream(js, nc, name, patience=settings.io_patience, request_timeout=settings.request_timeout, acks=acks)
 
     events_stream = stream(names.events_stream)
     dead_letters = DeadLetters(events_stream, names)
     # A renewal stuck on a request lost in a failover must be sent again within an interval, not a
     # whole request timeout later: presence asks with timeouts no longer than its interval.
     beat = min(settings.request_timeout, max(0.5, settings.presence_interval))
-    presence_bucket = Bucket(js, nc, names.presence_bucket, patience=settings.io_patience, request_timeout=beat)
+    presence_bucket = Bucket(
+        js, nc, names.presence_bucket, patience=settings.io_patience, request_timeout=beat, acks=acks
+    )
     presence = Presence(presence_bucket, interval=settings.presence_interval, ttl=settings.presence_ttl)
     records = RecordStore(bucket(names.registry_bucket))
     registry = Registry(records, presence, terminal_ttl=settings.session_retention)

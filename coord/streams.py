@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.api import RawStreamMsg
 
+from coord.acks import AckedPublisher
 from coord.retry import retry_transient
 
 __all__ = ["MSG_ID", "Stream", "stream_snapshot"]
@@ -77,10 +78,19 @@ class Stream:
     """One JetStream stream, reached through ``js`` (``patience``: default retry budget, seconds)."""
 
     def __init__(
-        self, js: JetStreamContext, nc: NATS, name: str, *, patience: float = 15.0, request_timeout: float = 5.0
+        self,
+        js: JetStreamContext,
+        nc: NATS,
+        name: str,
+        *,
+        patience: float = 15.0,
+        request_timeout: float = 5.0,
+        acks: AckedPublisher | None = None,
     ) -> None:
         self.js = js
         """JetStream context."""
+        self.acks = acks or AckedPublisher(nc)
+        """Where acknowledged publishes go (one per connection, shared by its buckets and streams)."""
         self.nc = nc
         """The connection (core publishes, and retries stop once it is closed)."""
         self.name = name
@@ -111,8 +121,7 @@ class Stream:
         wait = min(self.request_timeout if timeout is None else timeout, max(within, 0.05))
 
         async def call() -> int:
-            ack = await self.js.publish(subject, data, timeout=wait, headers=sent or None)
-            return ack.seq
+            return await self.acks.publish(subject, data, headers=sent or None, timeout=wait)
 
         return await retry_transient(call, nc=self.nc, within=within, what=f"publish to {subject}", subject=subject)
 

@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
+from coord.acks import AckedPublisher
 from coord.errors import Conflict, KeyExists, Unavailable
 from coord.kv.entry import (
     EXPECTED_LAST,
@@ -67,7 +68,14 @@ class Bucket:
     """
 
     def __init__(
-        self, js: JetStreamContext, nc: NATS, name: str, *, patience: float = 15.0, request_timeout: float = 5.0
+        self,
+        js: JetStreamContext,
+        nc: NATS,
+        name: str,
+        *,
+        patience: float = 15.0,
+        request_timeout: float = 5.0,
+        acks: AckedPublisher | None = None,
     ) -> None:
         self.js = js
         """JetStream context the bucket is reached through."""
@@ -83,10 +91,12 @@ class Bucket:
         """Default seconds a call keeps retrying through server unavailability."""
         self.request_timeout = request_timeout
         """Longest wait for one request."""
+        self.acks = acks or AckedPublisher(nc)
+        """Where writes are published (one per connection, shared by its buckets and streams)."""
 
     def tuned(self, *, patience: float, request_timeout: float) -> Bucket:
         """The same bucket with another default ``patience`` and ``request_timeout``."""
-        return Bucket(self.js, self.nc, self.name, patience=patience, request_timeout=request_timeout)
+        return Bucket(self.js, self.nc, self.name, patience=patience, request_timeout=request_timeout, acks=self.acks)
 
     def subject(self, key: str) -> str:
         """The stream subject of ``key``."""
@@ -306,8 +316,7 @@ class Bucket:
             timeout = max(0.05, min(self.request_timeout, deadline - loop.time()))
             try:
                 with permission_log(self.nc).guard(subject):  # a refused write is never answered
-                    ack = await self.js.publish(subject, data, timeout=timeout, headers=dict(headers))
-                return ack.seq
+                    return await self.acks.publish(subject, data, headers=dict(headers), timeout=timeout)
             except nats.js.errors.APIError as err:
                 if err.err_code in WRONG_LAST_SEQUENCE:
                     if uncertain:

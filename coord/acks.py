@@ -1,0 +1,105 @@
+"""Acknowledged JetStream publishes over one reply subscription: :class:`AckedPublisher`.
+
+nats-py's ``JetStreamContext.publish`` is a request: per call it validates the subject twice, draws a
+random token from the OS, wraps the wait in ``asyncio.wait_for`` (an extra future and callbacks) and
+builds a ``PubAck`` object. Every corral write is one of these (two per task on each side of the
+main path), so the publisher here does only what a write needs: a counter for the reply token, one
+timer for the timeout, the stream sequence out of the answer. The errors are nats-py's own, so
+callers classify them as before: ``nats.errors.TimeoutError``, ``NoStreamResponseError`` (no
+stream listens on the subject) and ``APIError`` (the stream refused the message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+__all__ = ["AckedPublisher"]
+
+_STATUS = "Status"
+_NO_RESPONDERS = "503"
+
+
+class AckedPublisher:
+    """Publishes into JetStream and returns the stored message's stream sequence (see the module doc).
+
+    One per connection: replies arrive on one wildcard subscription under the connection's inbox
+    prefix (so a credential whose replies are confined to its own prefix works unchanged).
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._sub: Subscription | None = None
+        self._starting: asyncio.Future[None] | None = None
+        self._pending: dict[str, asyncio.Future[Msg]] = {}
+        self._tokens = itertools.count()
+
+    async def publish(
+        self, subject: str, payload: bytes, *, headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> int:
+        """Publish ``payload`` on ``subject`` and wait up to ``timeout`` seconds for the stream's ack.
+
+        Returns the stream sequence. Raises ``nats.errors.TimeoutError`` when no answer came in time,
+        ``nats.js.errors.NoStreamResponseError`` when no stream takes the subject and
+        ``nats.js.errors.APIError`` when the stream refused it (e.g. a wrong expected last sequence).
+        """
+        if self._sub is None:
+            await self._start()
+        loop = asyncio.get_running_loop()
+        token = str(next(self._tokens))
+        answer: asyncio.Future[Msg] = loop.create_future()
+        self._pending[token] = answer
+        expiry = loop.call_later(timeout, _expire, answer)
+        try:
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            msg = await answer
+        finally:
+            expiry.cancel()
+            self._pending.pop(token, None)
+        if not msg.data and msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
+            raise nats.js.errors.NoStreamResponseError
+        reply = json.loads(msg.data)
+        error = reply.get("error")
+        if error is not None:
+            raise nats.js.errors.APIError.from_error(error)
+        return int(reply["seq"])
+
+    async def close(self) -> None:
+        """Drop the reply subscription; publishes waiting for an answer time out."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            await sub.unsubscribe()
+
+    async def _start(self) -> None:
+        if self._starting is None:
+            self._starting = asyncio.get_running_loop().create_future()
+            try:
+                inbox = self._nc.new_inbox()
+                self._prefix = inbox + "."
+                self._sub = await self._nc.subscribe(inbox + ".*", cb=self._on_reply)
+            except BaseException as err:
+                self._starting.set_exception(err)
+                self._starting.exception()  # retrieved: the next publish tries again
+                self._starting = None
+                raise
+            self._starting.set_result(None)
+        else:
+            await asyncio.shield(self._starting)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        answer = self._pending.get(msg.subject[len(self._prefix) :])
+        if answer is not None and not answer.done():
+            answer.set_result(msg)
+
+
+def _expire(answer: asyncio.Future[Msg]) -> None:
+    if not answer.done():
+        answer.set_exception(nats.errors.TimeoutError())

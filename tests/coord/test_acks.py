@@ -1,0 +1,89 @@
+"""Acknowledged publishes over one reply subscription: sequences, refusals and silence, on a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+
+from coord.acks import AckedPublisher
+from coord.server import NatsServer
+
+
+async def test_each_publish_returns_its_stream_sequence_also_when_pipelined(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="ACKS_SEQ", subjects=["acks-seq.>"])
+        acks = AckedPublisher(nc)
+        first = await acks.publish("acks-seq.a", b"one")
+        rest = await asyncio.gather(*(acks.publish(f"acks-seq.{i}", b"x", headers={"H": str(i)}) for i in range(300)))
+        assert sorted(rest) == list(range(first + 1, first + 301))
+        stored = await js.get_msg("ACKS_SEQ", rest[7])
+        assert stored.data == b"x"
+        assert stored.headers is not None and stored.headers["H"] == str(rest.index(rest[7]))
+    finally:
+        await nc.close()
+
+
+async def test_a_wrong_expected_last_sequence_is_the_streams_own_refusal(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().add_stream(name="ACKS_CAS", subjects=["acks-cas.>"])
+        acks = AckedPublisher(nc)
+        seq = await acks.publish("acks-cas.k", b"v1")
+        with pytest.raises(nats.js.errors.APIError) as refused:
+            await acks.publish("acks-cas.k", b"v2", headers={"Nats-Expected-Last-Subject-Sequence": str(seq - 1)})
+        assert refused.value.err_code == 10071
+        assert await acks.publish("acks-cas.k", b"v2", headers={"Nats-Expected-Last-Subject-Sequence": str(seq)})
+    finally:
+        await nc.close()
+
+
+async def test_a_subject_no_stream_takes_is_said_at_once(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        started = time.monotonic()
+        with pytest.raises(nats.js.errors.NoStreamResponseError):
+            await AckedPublisher(nc).publish("nobody.stores.this", b"x", timeout=5)
+        assert time.monotonic() - started < 1
+    finally:
+        await nc.close()
+
+
+async def test_a_silent_server_is_a_timeout_and_the_publisher_works_after_it(own_server: NatsServer) -> None:
+    nc = await nats.connect(own_server.url)
+    try:
+        await nc.jetstream().add_stream(name="ACKS_SILENT", subjects=["acks-silent.>"])
+        acks = AckedPublisher(nc)
+        await acks.publish("acks-silent.a", b"x")
+        own_server.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(nats.errors.TimeoutError):
+                await acks.publish("acks-silent.b", b"x", timeout=0.5)
+            assert 0.4 < time.monotonic() - started < 2
+        finally:
+            own_server.resume()
+        assert await acks.publish("acks-silent.c", b"x") > 0
+    finally:
+        await nc.close()
+
+
+async def test_replies_come_under_the_connections_own_inbox_prefix(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url, inbox_prefix="_INBOX.ns1.w7")
+    spy = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().add_stream(name="ACKS_INBOX", subjects=["acks-inbox.>"])
+        seen = await spy.subscribe("_INBOX.>")
+        await spy.flush()
+        await AckedPublisher(nc).publish("acks-inbox.a", b"x")
+        reply = await seen.next_msg(timeout=2)
+        assert reply.subject.startswith("_INBOX.ns1.w7.")
+    finally:
+        await spy.close()
+        await nc.close()
