@@ -28,7 +28,7 @@ __all__ = [
 MAX_ID_LENGTH = 128
 MAX_NAMESPACE_LENGTH = 32
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
-_VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_ID_LENGTH).fullmatch
+_VALID_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ID_LENGTH}}}").fullmatch
 """The common case in one C call (ids are checked several times per task on the hot path)."""
 
 
