@@ -18,11 +18,11 @@ from typing import Annotated, Any, TextIO, cast
 
 import typer
 from pydantic import Field, TypeAdapter, ValidationError
-from pydantic_core import ErrorDetails
 
 from coord.errors import CorralError, InvalidInput
 from coord.ids import Token
 from coord.settings import Settings
+from coord.validation import rule
 
 __all__ = [
     "EXIT_FAILURE",
@@ -51,9 +51,6 @@ EXIT_INTERRUPTED = 130
 DEBUG_ENV = "CORRAL_DEBUG"
 """With this variable set to 1, an unexpected exception (a bug) is shown with its traceback."""
 
-_MAX_SHOWN = 60
-"""Longest value quoted back in an error (longer ones are cut, or named by their length)."""
-
 
 class CliError(CorralError):
     """A failure the CLI reports as one line and then exits with :attr:`code`.
@@ -72,68 +69,6 @@ class CliError(CorralError):
 def usage(message: str, field: str | None = None) -> CliError:
     """A :class:`CliError` for a wrong invocation (exit :data:`EXIT_USAGE`)."""
     return CliError(message, code=EXIT_USAGE, field=field)
-
-
-# --- pydantic's problems, said as rules on flags --------------------------------------------------
-
-
-def _number(value: object) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _shown(value: object) -> str:
-    if isinstance(value, float):
-        return _number(value)
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    if len(text) > _MAX_SHOWN:
-        return f"{len(text)} characters" if isinstance(value, str) else text[: _MAX_SHOWN - 1] + "…"
-    return repr(text) if isinstance(value, str) and (not text or any(c.isspace() for c in text)) else text
-
-
-def rule(problem: ErrorDetails) -> str:
-    """What one pydantic problem means, as a rule a user can act on: ``must be >= 1 (got 0)``.
-
-    No pydantic wording (``Input should be``), no URL; the value given is quoted back (its
-    length, when it is long) unless the message already names it.
-    """
-    kind = problem["type"]
-    ctx: dict[str, Any] = dict(problem.get("ctx") or {})
-    bounds = {
-        "greater_than": ("> ", "gt"),
-        "greater_than_equal": (">= ", "ge"),
-        "less_than": ("< ", "lt"),
-        "less_than_equal": ("<= ", "le"),
-    }
-    if kind in bounds:
-        op, key = bounds[kind]
-        text = f"must be {op}{_number(ctx[key])}"
-    elif kind == "string_too_short":
-        text = "must not be empty" if ctx.get("min_length") == 1 else f"must be at least {ctx['min_length']} characters"
-    elif kind == "string_too_long":
-        text = f"must be at most {ctx['max_length']} characters"
-    elif kind in ("too_short", "too_long"):
-        which = "least" if kind == "too_short" else "most"
-        text = f"must have at {which} {ctx.get('min_length', ctx.get('max_length'))} item(s)"
-    elif kind in ("int_parsing", "int_type", "int_from_float"):
-        text = "must be a whole number"
-    elif kind in ("float_parsing", "float_type"):
-        text = "must be a number"
-    elif kind in ("bool_parsing", "bool_type"):
-        text = "must be true or false"
-    elif kind in ("literal_error", "enum"):
-        text = f"must be one of {ctx.get('expected', '')}"
-    elif kind == "missing":
-        return "is required"
-    elif kind == "extra_forbidden":
-        return "is not a known field"
-    elif kind in ("value_error", "assertion_error"):
-        # corral's own checks already name the value they reject
-        return str(problem["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    else:
-        text = str(problem["msg"]).replace("Input should be", "must be")
-    if "input" in problem and not isinstance(problem["input"], dict | list):
-        text += f" (got {_shown(problem['input'])})"
-    return text
 
 
 def _flag(loc: tuple[int | str, ...], flags: Mapping[str, str] | Callable[[str], str] | None) -> str | None:
@@ -202,7 +137,9 @@ def from_click(err: Exception) -> CliError:
         return CliError(err.message, code=code, field=field)
     format_message: Callable[[], str] = getattr(err, "format_message", lambda: str(err))
     if kind == "NoSuchOption":
-        return CliError(format_message(), code=code, field=getattr(err, "option_name", None))
+        possibilities = sorted(getattr(err, "possibilities", None) or [])
+        maybe = f" (did you mean {' or '.join(possibilities)}?)" if possibilities else ""
+        return CliError(f"no such option{maybe}", code=code, field=getattr(err, "option_name", None))
     return CliError(format_message(), code=code)
 
 
@@ -324,9 +261,7 @@ def run_cli(command: Any, args: Sequence[str], *, prog_name: str | None = None) 
     except Exception as err:  # a bug: still one line, unless asked for the traceback
         if os.environ.get(DEBUG_ENV) == "1":
             raise
-        failure = CliError(
-            f"unexpected {type(err).__name__}: {err} (a bug in corral; {DEBUG_ENV}=1 shows the traceback)"
-        )
+        failure = CliError(f"unexpected {type(err).__name__}: {err} ({DEBUG_ENV}=1 shows the traceback)")
     else:
         return code if isinstance(code, int) else 0
     report(failure, as_json=as_json)
