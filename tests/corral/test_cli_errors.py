@@ -12,8 +12,10 @@ import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 
 import coord
 from coord.mailbox import Tag
@@ -21,6 +23,7 @@ from coord.presence import AgentInfo
 from coord.registry import Reserved
 from coord.server import NatsServer
 from coord.wire import Spec
+from corral.cli import app
 from tests.coord.helpers_presence import HoldProcess
 from tests.corral.helpers_cli import start_corral
 from tests.corral.helpers_errors import Raw, connections_made, corral_raw, json_error, one_line
@@ -351,3 +354,19 @@ async def test_hold_json_and_watch_json_name_the_agent_by_agent_id_for_joins_and
         except TimeoutError:
             watch.kill()
             await watch.wait()
+
+
+def test_every_command_takes_json() -> None:
+    def leaves(command: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+        subcommands = getattr(command, "commands", {})
+        if not subcommands or path[-1:] == ("worker",):  # `worker` runs itself and has `run-one` below it
+            yield path, command
+        for name, sub in subcommands.items():
+            yield from leaves(sub, (*path, name))
+
+    found = {
+        " ".join(path): any("--json" in getattr(p, "opts", ()) for p in command.params)
+        for path, command in leaves(typer.main.get_command(app), ())
+    }
+    assert len(found) >= 28, found
+    assert [name for name, has_json in found.items() if not has_json] == []
