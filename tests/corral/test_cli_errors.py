@@ -370,3 +370,29 @@ def test_every_command_takes_json() -> None:
     }
     assert len(found) >= 28, found
     assert [name for name, has_json in found.items() if not has_json] == []
+
+
+async def test_a_worker_that_lost_its_presence_exits_4_with_its_counts_and_one_error(
+    coord_conn: coord.Coord, nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]
+) -> None:
+    worker = await start_corral(
+        nats_server.url, namespace, subprocess_env,
+        "worker", "-q", "q", *HANDLER, "--id", "w-lost", "--ttl", "1", "--interval", "0.3", "--exit-on-loss", "--json",
+    )  # fmt: skip
+    try:
+        assert await coord_conn.presence.wait_present("w-lost", 15) is not None
+        worker.send_signal(signal.SIGSTOP)  # paused past its TTL: its presence expires
+        assert await coord_conn.presence.wait_absent("w-lost", 10)
+        worker.send_signal(signal.SIGCONT)
+        out, err = await asyncio.wait_for(worker.communicate(), 20)
+    finally:
+        if worker.returncode is None:
+            worker.send_signal(signal.SIGCONT)
+            worker.kill()
+            await worker.wait()
+    assert worker.returncode == 4, err.decode()
+    stopped = json.loads(out.decode().strip().splitlines()[-1])
+    assert (stopped["event"], stopped["worker_id"]) == ("stopped", "w-lost")
+    error = json_error(Raw(4, "", err.decode().splitlines()[-1] + "\n"))  # after the worker's log lines
+    assert (error["code"], error["field"]) == (4, None)
+    assert error["error"].startswith("worker w-lost: presence lost, failed closed: ")
