@@ -34,7 +34,6 @@ __all__ = [
     "from_click",
     "from_validation",
     "report",
-    "rule",
     "run_cli",
     "usage",
     "wants_json",
@@ -49,7 +48,7 @@ EXIT_INTERRUPTED = 130
 """Exit code after Ctrl-C."""
 
 DEBUG_ENV = "CORRAL_DEBUG"
-"""With this variable set to 1, an unexpected exception (a bug) is shown with its traceback."""
+"""With this variable set to 1, an unexpected exception (not a CorralError) is shown with its traceback."""
 
 
 class CliError(CorralError):
@@ -231,8 +230,8 @@ def run_cli(command: Any, args: Sequence[str], *, prog_name: str | None = None) 
     """Run the click ``command`` with ``args``; return its exit code, having reported any error as one line.
 
     ``--json`` among ``args`` makes the error a JSON object. An exception that is no
-    :class:`~coord.errors.CorralError` is a bug: one line too, with the traceback when
-    ``CORRAL_DEBUG=1``.
+    :class:`~coord.errors.CorralError` (a bug, or a user's module failing on import) is one
+    line too, ``unexpected ...`` with exit 1; ``CORRAL_DEBUG=1`` shows its traceback instead.
     """
     as_json = wants_json(args)
     try:
