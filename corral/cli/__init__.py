@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 
 from coord.connection import DEFAULT_NAMESPACE, DEFAULT_URL, Auth
+from coord.errors import InvalidId
+from coord.ids import validate_namespace
 from corral import __version__
 from corral.cli import auth, demo, events, msg, presence, reclaimer, registry, server, submit, tasks, worker
 from corral.cli import provision as provision_cli
 from corral.cli._common import Options, setting_bounds, setting_env, setting_help
+from corral.cli._errors import run_cli, usage
 from corral.cli._telemetry import (
     DEFAULT_METRICS_HOST,
     MetricsHostOption,
@@ -84,6 +88,10 @@ def main_options(
     ] = False,
 ) -> None:
     """Global options shared by every command."""
+    try:
+        validate_namespace(namespace)
+    except InvalidId as err:
+        raise usage(str(err).removeprefix("namespace "), "--namespace") from None
     setup_telemetry(
         trace,
         service_name=f"corral-{ctx.invoked_subcommand or 'cli'}",
@@ -126,5 +134,5 @@ provision_cli.register(app)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: run the command, report any error as one line, exit with its code."""
+    sys.exit(run_cli(typer.main.get_command(app), sys.argv[1:]))

@@ -14,17 +14,18 @@ import annotated_types
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.markup import escape
 
 from coord.connection import Auth, Coord, connect
-from coord.errors import CorralError
+from coord.errors import CorralError, InvalidInput
+from coord.presence.timing import check_timing
 from coord.settings import DEFAULT_TEXT, Settings
-from coord.validation import describe
+from corral.cli._errors import EXIT_FAILURE, CliError, check_setting, from_validation, usage
 
 T = TypeVar("T")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
+"""stderr; lines are never wrapped (a log or a pipe gets each message on one line)."""
 
 
 @dataclass
@@ -83,30 +84,54 @@ def setting_help(text: str, name: str, *, env: bool = True) -> str:
     return f"{text.removesuffix('.')} (default: {setting_default(name)}{source})."
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print ``message`` as an error and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    raise typer.Exit(code)
+def fail(message: str, code: int = EXIT_FAILURE, field: str | None = None) -> NoReturn:
+    """Stop the command: ``message`` is reported as one line (``field``: the flag at fault) and it exits ``code``."""
+    raise CliError(message, code=code, field=field)
 
 
 def invalid(err: ValidationError, rename: Mapping[str, str] | None = None) -> NoReturn:
-    """Exit 1 with ``err`` as one line (``field: rule; ...``), fields named as in ``rename`` (their flags)."""
-    fail(describe(err, rename))
+    """Stop with ``err`` as one usage error (exit 2): ``flag: rule``, fields named as in ``rename`` (their flags)."""
+    raise from_validation(err, rename) from None
 
 
 def run(coro: Coroutine[Any, Any, T], rename: Mapping[str, str] | None = None) -> T:
-    """Run ``coro``; turn corral's errors and invalid input into a one-line message (exit 1), Ctrl-C into exit 130.
+    """Run ``coro``; corral's errors and invalid input become a :class:`CliError`, Ctrl-C exit 130.
 
-    ``rename`` names the fields of a pydantic ``ValidationError`` as the command's flags.
+    Invalid input (``InvalidInput``, a pydantic ``ValidationError``) is a usage error (exit 2);
+    ``rename`` names the fields of a ``ValidationError`` as the command's flags. Any other
+    :class:`~coord.errors.CorralError` is a failure (exit 1).
     """
     try:
         return asyncio.run(coro)
+    except CliError:
+        raise
+    except InvalidInput as err:
+        raise usage(str(err)) from None
     except CorralError as err:
-        fail(str(err))
+        raise CliError(str(err)) from None
     except ValidationError as err:
         invalid(err, rename)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def check_presence_flags(opts: Options, interval: float | None, ttl: float | None) -> None:
+    """Raise a usage error naming the flag unless ``--interval`` and ``--ttl`` make a working heartbeat.
+
+    Each is checked against its settings rule, then both together (a flag not given takes the
+    settings' value), all before anything connects.
+    """
+    check_setting("--ttl", "presence_ttl", ttl)
+    check_setting("--interval", "presence_interval", interval)
+    if interval is None and ttl is None:
+        return
+    base = Settings.load(**({} if opts.replicas is None else {"replicas": opts.replicas}))
+    try:
+        check_timing(
+            base.presence_interval if interval is None else interval, base.presence_ttl if ttl is None else ttl
+        )
+    except InvalidInput as err:
+        raise usage(str(err), field="--interval" if interval is not None else "--ttl") from None
 
 
 def print_json(data: Any) -> None:

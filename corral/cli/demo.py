@@ -29,15 +29,22 @@ from coord.connection import Coord, connect
 from coord.errors import InvalidInput
 from coord.ids import new_id
 from coord.presence import Joined, Left
+from coord.presence.timing import check_timing
 from coord.server import NatsServer
 from coord.settings import Settings
 from coord.wire import Result, Spec
-from corral.cli._common import console, options, print_json, run, setting_help
+from corral.cli._common import console, options, print_json, run, setting_bounds, setting_help
+from corral.cli._errors import EXIT_USAGE, CliError
 from dispatch.dispatcher import Dispatcher
 from dispatch.reclaimer import ReclaimEvent
 from workers.context import Context
 
 QUEUE = "demo"
+JOIN_WITHIN = 30.0
+"""Seconds a worker process has to join presence."""
+FINISH_WITHIN = 120.0
+"""Seconds the tasks have to finish."""
+_TTL_MIN, _ = setting_bounds("presence_ttl")
 
 
 async def work(spec: Spec, ctx: Context) -> Result:
@@ -90,6 +97,8 @@ class _Demo:
         self.tally = _Tally()
         self.started = time.monotonic()
         self.kill_time: dict[str, float] = {}
+        self.finished = asyncio.Event()
+        """Set once every task has finished (the chaos stops waiting for claims to strike)."""
         self.progress = Progress(TextColumn("tasks"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         self.bar = self.progress.add_task("tasks", total=tasks)
 
@@ -133,7 +142,7 @@ class _Demo:
                 "--ttl",
                 str(self.ttl),
                 "--interval",
-                str(max(0.2, self.ttl / 3)),
+                str(_interval(self.ttl)),
                 "--grace",
                 "5",
             ]
@@ -146,10 +155,24 @@ class _Demo:
             worker = _WorkerProc(wid, proc)
             worker.reader = asyncio.create_task(self._read_stderr(worker))
             self.workers[wid] = worker
-        for wid in self.workers:
-            if await self.coord.presence.wait_present(wid, 30) is None:
-                raise RuntimeError(f"worker {wid} did not join within 30s: {self.workers[wid].stderr[-3:]}")
-            self.workers[wid].state = "running"
+        for wid, worker in self.workers.items():
+            joined = asyncio.ensure_future(self.coord.presence.wait_present(wid, JOIN_WITHIN))
+            exited = asyncio.ensure_future(worker.proc.wait())
+            await asyncio.wait({joined, exited}, return_when=asyncio.FIRST_COMPLETED)
+            exited.cancel()
+            if not joined.done() or joined.result() is None:
+                joined.cancel()
+                if worker.reader is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(worker.reader, 2)
+                why = (
+                    f"exited with code {worker.proc.returncode}"
+                    if worker.proc.returncode is not None
+                    else (f"did not join within {JOIN_WITHIN:g}s")
+                )
+                said = "; ".join(line for line in worker.stderr[-3:] if line.strip())
+                raise CliError(f"demo worker {wid} {why}" + (f": {said}" if said else ""))
+            worker.state = "running"
             self.note(f"[green]joined[/] {wid}")
 
     async def _read_stderr(self, worker: _WorkerProc) -> None:
@@ -200,13 +223,17 @@ class _Demo:
     async def wait_for_claims(self, dispatcher: Dispatcher, worker: str, within: float = 20) -> None:
         deadline = time.monotonic() + within
         assert dispatcher.reclaimer is not None
-        while not dispatcher.reclaimer.claims_of(worker) and time.monotonic() < deadline:  # noqa: ASYNC110
+        claims = dispatcher.reclaimer.claims_of
+        while not claims(worker) and not self.finished.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
     async def chaos(self, dispatcher: Dispatcher) -> None:
         ids = list(self.workers)
         victim = ids[0]
         await self.wait_for_claims(dispatcher, victim)
+        if self.finished.is_set():
+            self.note("every task finished before a worker could be killed mid-task")
+            return
         held = len(dispatcher.reclaimer.claims_of(victim)) if dispatcher.reclaimer else 0
         self.workers[victim].proc.send_signal(signal.SIGKILL)
         self.kill_time[victim] = time.monotonic()
@@ -216,6 +243,8 @@ class _Demo:
             return
         paused = ids[1]
         await self.wait_for_claims(dispatcher, paused)
+        if self.finished.is_set():
+            return
         held = len(dispatcher.reclaimer.claims_of(paused)) if dispatcher.reclaimer else 0
         self.workers[paused].proc.send_signal(signal.SIGSTOP)
         self.kill_time[paused] = time.monotonic()
@@ -231,7 +260,13 @@ class _Demo:
                 asyncio.create_task(self.watch_presence()),
                 asyncio.create_task(self.watch_reclaims(dispatcher)),
             ]
-            await self.spawn_workers()
+            try:
+                await self.spawn_workers()
+            except BaseException:
+                for task in background:
+                    task.cancel()
+                await self.stop_workers()
+                raise
             rng = random.Random(7)
             specs = [
                 Spec(
@@ -246,15 +281,24 @@ class _Demo:
             ids = await dispatcher.submit_many(specs)
             self.note(f"submitted {len(ids)} tasks to {len(self.workers)} workers")
             chaos = asyncio.create_task(self.chaos(dispatcher))
-            async for record in dispatcher.as_completed(ids, timeout=120):
-                if record.status == "succeeded":
-                    self.tally.succeeded += 1
-                else:
-                    self.tally.failed += 1
-                self.progress.advance(self.bar)
-                self.refresh_inflight(dispatcher)
-                if live:
-                    live.update(self.render())
+            try:
+                async for record in dispatcher.as_completed(ids, timeout=FINISH_WITHIN):
+                    if record.status == "succeeded":
+                        self.tally.succeeded += 1
+                    else:
+                        self.tally.failed += 1
+                    self.progress.advance(self.bar)
+                    self.refresh_inflight(dispatcher)
+                    if live:
+                        live.update(self.render())
+            except TimeoutError:
+                chaos.cancel()
+                for task in background:
+                    task.cancel()
+                await self.stop_workers()
+                done = self.tally.succeeded + self.tally.failed
+                raise CliError(f"only {done} of {self.n_tasks} demo tasks finished within {FINISH_WITHIN:g}s") from None
+            self.finished.set()
             await chaos
             await self.stop_workers()
             for task in background:
@@ -361,6 +405,11 @@ def _print_summary(summary: dict[str, object]) -> None:
     console.print(table)
 
 
+def _interval(ttl: float) -> float:
+    """The presence heartbeat interval of the demo's workers for a presence TTL of ``ttl``."""
+    return max(0.2, ttl / 3)
+
+
 def demo(
     ctx: typer.Context,
     workers: Annotated[int, typer.Option("--workers", "-N", min=1, max=32, help="Worker processes.")] = 4,
@@ -368,7 +417,7 @@ def demo(
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Tasks each worker runs at once.")] = 2,
     ttl: Annotated[
         float | None,
-        typer.Option(min=0.5, max=30, help=setting_help("Presence TTL of the workers (s).", "presence_ttl")),
+        typer.Option(min=_TTL_MIN, max=30, help=setting_help("Presence TTL of the workers (s).", "presence_ttl")),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="No live screen; print the summary as JSON.")] = False,
 ) -> None:
@@ -376,6 +425,17 @@ def demo(
 
     With the global --server (or CORRAL_URL) it uses that NATS instead, in a fresh namespace.
     """
+    if workers < 2:
+        raise CliError(
+            f"must be >= 2: the demo SIGKILLs one worker and another must finish its tasks (got {workers})",
+            code=EXIT_USAGE,
+            field="--workers",
+        )
+    if ttl is not None:
+        try:
+            check_timing(_interval(ttl), ttl)
+        except InvalidInput as err:
+            raise CliError(str(err), code=EXIT_USAGE, field="--ttl") from None
     opts = options(ctx)
     url = opts.server if opts.server_given else None
     namespace = new_id("demo").replace("-", "")[:20]

@@ -20,6 +20,7 @@ from coord.events import (
     render_event,
 )
 from corral.cli._common import Options, console, fail, invalid, options, print_json, run
+from corral.cli._errors import EXIT_USAGE, check_tokens
 
 app = typer.Typer(name="events", help="Lifecycle events: tail, emit, tree.", no_args_is_help=True)
 
@@ -80,23 +81,27 @@ def emit(
     sub_agent: Annotated[str | None, typer.Option(help="Spawned agent (scope_sub_delegated).")] = None,
     scope: Annotated[list[str] | None, typer.Option(help="Delegated scope item (repeatable).")] = None,
     fraction: Annotated[float | None, typer.Option(help="Progress 0..1 (progress).", min=0, max=1)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help='Print {"to", "id", "kind", ...} of the event.')] = False,
 ) -> None:
     """Durably emit one lifecycle event to a parent (for shell agents). Exits 1 if it could not be stored."""
     name = kind.replace("-", "_")
     if name not in KINDS:
-        fail(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+        fail(f"must be one of {', '.join(KINDS)} (got {kind!r})", EXIT_USAGE, "KIND")
+    check_tokens({"--to": to})
+    if name == "errored" and not text.strip():
+        fail("is required for errored: the error message to report", EXIT_USAGE, "--text")
     try:
         event: TurnEnded | Errored | ShutDown | ScopeSubDelegated | Progress
         match name:
             case "turn_ended":
                 event = TurnEnded(agent=agent, turn=turn, summary=text)
             case "errored":
-                event = Errored(agent=agent, message=text or "error")
+                event = Errored(agent=agent, message=text)
             case "shut_down":
                 event = ShutDown(agent=agent, reason=text)
             case "scope_sub_delegated":
                 if not sub_agent:
-                    fail("scope_sub_delegated needs --sub-agent")
+                    fail("is required for scope_sub_delegated", EXIT_USAGE, "--sub-agent")
                 event = ScopeSubDelegated(agent=agent, sub_agent=sub_agent, scope=scope or [])
             case _:
                 event = Progress(agent=agent, message=text, fraction=fraction)
@@ -104,7 +109,10 @@ def emit(
         invalid(err, _EMIT_FLAGS)
     if not run(_emit(options(ctx), to, event)):
         fail(f"could not store the event for {to} (server unreachable?)")
-    typer.echo(f"emitted {event.id}: {render_event(event)}")
+    if json_out:
+        print_json({"to": to, **event.model_dump(mode="json")})
+    else:
+        typer.echo(f"emitted {event.id}: {render_event(event)}")
 
 
 async def _emit(opts: Options, to: str, event: TurnEnded | Errored | ShutDown | ScopeSubDelegated | Progress) -> bool:

@@ -11,7 +11,9 @@ from pydantic import ValidationError
 from coord.errors import PresenceConflict
 from coord.mailbox import Agent, Chunk, Delivered, End, Enqueued, Error, Id, InboxMessage, Tag
 from coord.presence import AgentInfo
+from coord.presence.timing import MIN_TTL
 from corral.cli._common import Options, err_console, fail, invalid, options, print_json, run
+from corral.cli._errors import EXIT_USAGE, check_range, check_tokens
 
 app = typer.Typer(name="msg", help="Agent messaging: send, read, bind tags.", no_args_is_help=True)
 
@@ -44,14 +46,18 @@ def send(
 ) -> None:
     """Send BODY to an agent (--to) or a tag (--tag): prints delivered or enqueued (with the id)."""
     if (to is None) == (tag is None):
-        fail("give exactly one of --to AGENT_ID or --tag TAG")
+        fail("give exactly one of --to AGENT_ID or --tag TAG", EXIT_USAGE)
     if stream and (key is not None or enqueue or ttl is not None):
-        fail("--stream cannot be combined with --key, --enqueue or --ttl")
+        fail("--stream cannot be combined with --key, --enqueue or --ttl", EXIT_USAGE)
     try:
         target: Agent | Tag = Agent(id=to) if to is not None else Tag(name=tag or "")
     except ValidationError as err:
         invalid(err, {"id": "--to", "name": "--tag"})
+    check_tokens({"--key": key, "--from": sender})
+    check_range("--ttl", ttl, ge=MIN_TTL)
     text = _body(body)
+    if not text.strip():
+        fail("must not be empty or only whitespace (nothing was sent)", EXIT_USAGE, "BODY")
     opts = options(ctx)
     if stream:
         code = run(_stream(opts, target, text, sender, timeout, json_out))
@@ -142,7 +148,8 @@ def read(
 ) -> None:
     """Print AGENT's messages, oldest first; each is acknowledged once printed (unless --peek)."""
     if follow and peek:
-        fail("--peek shows what is pending; it cannot be combined with --follow")
+        fail("--peek shows what is pending; it cannot be combined with --follow", EXIT_USAGE)
+    check_tokens({"--agent": agent})
     run(_read(options(ctx), agent, follow, peek, join, json_out), {"id": "--agent"})
 
 
@@ -172,10 +179,15 @@ def bind(
     ctx: typer.Context,
     tag: Annotated[str, typer.Argument(help="Tag to bind.")],
     agent: Annotated[str, typer.Option("--agent", help="Agent that takes the tag.")],
+    json_out: Annotated[bool, typer.Option("--json", help='Print {"tag", "agent", "moved"}.')] = False,
 ) -> None:
     """Bind TAG to AGENT and move the messages waiting for the tag into its inbox."""
+    check_tokens({"TAG": tag, "--agent": agent})
     moved = run(_bind(options(ctx), tag, agent))
-    typer.echo(f"bound #{tag} to {agent}; moved {moved} waiting message(s)")
+    if json_out:
+        print_json({"tag": tag, "agent": agent, "moved": moved})
+    else:
+        typer.echo(f"bound #{tag} to {agent}; moved {moved} waiting message(s)")
 
 
 async def _bind(opts: Options, tag: str, agent: str) -> int:
@@ -189,11 +201,16 @@ def unbind(
     ctx: typer.Context,
     tag: Annotated[str, typer.Argument(help="Tag to release.")],
     agent: Annotated[str, typer.Option("--agent", help="Agent that holds the tag.")],
+    json_out: Annotated[bool, typer.Option("--json", help='Print {"tag", "agent", "released": true}.')] = False,
 ) -> None:
-    """Release TAG if AGENT holds it; new messages then wait under the tag."""
+    """Release TAG if AGENT holds it; new messages then wait under the tag. Exits 1 if AGENT does not hold it."""
+    check_tokens({"TAG": tag, "--agent": agent})
     if not run(_unbind(options(ctx), tag, agent)):
         fail(f"#{tag} is not bound to {agent}")
-    typer.echo(f"released #{tag}")
+    if json_out:
+        print_json({"tag": tag, "agent": agent, "released": True})
+    else:
+        typer.echo(f"released #{tag}")
 
 
 async def _unbind(opts: Options, tag: str, agent: str) -> bool:

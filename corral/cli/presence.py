@@ -13,7 +13,17 @@ from rich.table import Table
 
 from coord.errors import PresenceConflict, PresenceLost
 from coord.presence import AgentInfo, Joined, Left, Membership, MembershipLost, PresenceEvent, Updated
-from corral.cli._common import Options, console, err_console, invalid, options, print_json, run, setting_help
+from corral.cli._common import (
+    Options,
+    check_presence_flags,
+    console,
+    invalid,
+    options,
+    print_json,
+    run,
+    setting_help,
+)
+from corral.cli._errors import CliError, warn
 
 EXIT_HELD = 3
 """Exit code of ``hold`` when the id is held by another live process."""
@@ -80,7 +90,12 @@ def _event_json(event: PresenceEvent) -> dict[str, Any]:
             "at": event.at.isoformat(),
         }
     kind = "joined" if isinstance(event, Joined) else "updated"
-    return {"event": kind, "agent": event.agent.model_dump(mode="json"), "revision": event.revision}
+    return {
+        "event": kind,
+        "agent_id": event.agent.id,
+        "agent": event.agent.model_dump(mode="json"),
+        "revision": event.revision,
+    }
 
 
 def _event_line(event: PresenceEvent) -> str:
@@ -130,6 +145,9 @@ def hold(
     tag: Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeatable).")] = None,
     queue: Annotated[list[str] | None, typer.Option("--queue", help="A queue (repeatable).")] = None,
     parent: Annotated[str | None, typer.Option(help="Id of the parent agent.")] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help='One JSON line per change: {"event", "agent_id"}; errors as JSON.')
+    ] = False,
 ) -> None:
     """Keep AGENT_ID present until SIGTERM/SIGINT, then leave gracefully (for shell agents and scripts).
 
@@ -140,10 +158,25 @@ def hold(
         info = AgentInfo(id=agent_id, role=role, tags=tag or [], queues=queue or [], parent=parent)
     except ValidationError as err:
         invalid(err, _HOLD_FLAGS)
-    run(_hold(options(ctx), info, interval, ttl))
+    opts = options(ctx)
+    check_presence_flags(opts, interval, ttl)
+    run(_hold(opts, info, interval, ttl, _Say(info.id, json_out)))
 
 
-async def _hold(opts: Options, info: AgentInfo, interval: float | None, ttl: float | None) -> None:
+class _Say:
+    """What ``hold`` tells its caller on stdout: one word and the id a line, or one JSON object a line."""
+
+    def __init__(self, agent_id: str, as_json: bool) -> None:
+        self.agent_id, self.as_json = agent_id, as_json
+
+    def __call__(self, event: str) -> None:
+        if self.as_json:
+            print_json({"event": event, "agent_id": self.agent_id})
+        else:
+            typer.echo(f"{event} {self.agent_id}")
+
+
+async def _hold(opts: Options, info: AgentInfo, interval: float | None, ttl: float | None, say: _Say) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -151,29 +184,23 @@ async def _hold(opts: Options, info: AgentInfo, interval: float | None, ttl: flo
 
     def on_lost(err: PresenceLost) -> None:
         what = "re-joining" if isinstance(err, MembershipLost) and err.rejoining else "giving up"
-        err_console.print(f"[bold red]lost:[/] {err}; {what}", highlight=False, soft_wrap=True)
-        typer.echo(f"lost {info.id}", err=False)
+        warn(f"lost: {err}; {what}", as_json=say.as_json)
+        say("lost")
 
     async with opts.connect() as coord:
         try:
             membership: Membership = await coord.presence.join(info, interval=interval, ttl=ttl, on_lost=on_lost)
         except PresenceConflict as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_HELD) from None
-        typer.echo(f"joined {info.id}")
+            raise CliError(str(err), code=EXIT_HELD) from None
+        say("joined")
         try:
-            await _hold_until_stopped(membership, stop)
+            await _hold_until_stopped(membership, stop, say)
         finally:
             taken = membership.last_loss is not None and membership.last_loss.reason == "taken"
             await membership.leave()
         if taken:
-            err_console.print(
-                f"[bold red]error:[/] agent id {info.id!r} was taken by another process",
-                highlight=False,
-                soft_wrap=True,
-            )
-            raise typer.Exit(EXIT_HELD)
-        typer.echo(f"left {info.id}")
+            raise CliError(f"agent id {info.id!r} was taken by another process", code=EXIT_HELD)
+        say("left")
 
 
 async def _first(*events: asyncio.Event) -> None:
@@ -185,7 +212,7 @@ async def _first(*events: asyncio.Event) -> None:
             w.cancel()
 
 
-async def _hold_until_stopped(membership: Membership, stop: asyncio.Event) -> None:
+async def _hold_until_stopped(membership: Membership, stop: asyncio.Event, say: _Say) -> None:
     """Wait for a stop signal or the end of the membership, reporting re-joins on stdout."""
     generation = membership.generation
     while not stop.is_set() and not membership.ended.is_set():
@@ -194,4 +221,4 @@ async def _hold_until_stopped(membership: Membership, stop: asyncio.Event) -> No
             await _first(stop, membership.ended, membership.present)
         if membership.generation != generation:
             generation = membership.generation
-            typer.echo(f"rejoined {membership.info.id}")
+            say("rejoined")

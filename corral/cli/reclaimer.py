@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from corral.cli._common import Options, console, options, print_json, run, setting_help
+from corral.cli._errors import check_setting
 from corral.cli._logging import setup_logging
 from dispatch.reclaimer import Reclaimer
 
@@ -56,5 +57,6 @@ def reclaimer(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Give departed workers' claims back to the queue (several may run at once)."""
+    check_setting("--sweep", "sweep_interval", sweep)
     setup_logging(verbose)
     raise typer.Exit(run(_serve(options(ctx), sweep, json_out)))

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from coord.registry import LiveOwner, Reserved, Session
 from corral.cli._common import Options, console, options, print_json, run
+from corral.cli._errors import check_tokens, warn
 
 app = typer.Typer(name="registry", help="Sessions and thread reservations.", no_args_is_help=True)
 
@@ -81,11 +82,22 @@ def reserve(
     parent_session: Annotated[str | None, typer.Option(help="Parent session id.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:
-    """Reserve THREAD for AGENT_ID, reaping a dead owner first. Exit 0: Reserved; exit 3: LiveOwner."""
-    outcome = run(_reserve(options(ctx), thread, agent_id, path, parent_session))
+    """Reserve THREAD for AGENT_ID, reaping a dead owner first. Exit 0: Reserved; exit 3: LiveOwner.
+
+    AGENT_ID should be present (e.g. `corral presence hold --id AGENT_ID`): a session whose agent
+    is absent is dead at once, so it is reserved with a warning and the next reserve reaps it.
+    """
+    check_tokens({"THREAD": thread, "--as": agent_id, "--parent-session": parent_session})
+    outcome, present = run(_reserve(options(ctx), thread, agent_id, path, parent_session))
+    if isinstance(outcome, Reserved) and not present:
+        warn(
+            f"agent {agent_id!r} is not present, so session {outcome.session.id} is dead from the start: the next "
+            f"reserve of {thread} reaps it (keep the agent present, e.g. corral presence hold --id {agent_id})",
+            as_json=json_out,
+        )
     if json_out:
         kind = "reserved" if isinstance(outcome, Reserved) else "live_owner"
-        print_json({"outcome": kind, **outcome.model_dump(mode="json")})
+        print_json({"outcome": kind, "agent_present": present, **outcome.model_dump(mode="json")})
     elif isinstance(outcome, Reserved):
         reaped = f" (reaped dead session {outcome.reaped.id})" if outcome.reaped else ""
         typer.echo(f"Reserved {thread}: session {outcome.session.id}{reaped}")
@@ -98,26 +110,44 @@ def reserve(
 
 async def _reserve(
     opts: Options, thread: str, agent_id: str, path: str | None, parent_session: str | None
-) -> Reserved | LiveOwner:
+) -> tuple[Reserved | LiveOwner, bool]:
     async with opts.connect() as coord:
         result: Reserved | LiveOwner = await coord.registry.reserve_thread(
             thread, agent_id=agent_id, path=path, parent_session=parent_session
         )
-        return result
+        return result, agent_id in await coord.presence.present_ids()
+
+
+_JSON_SESSION = typer.Option("--json", help="Print the session as JSON.")
+
+
+def _ended(session: Session, json_out: bool) -> None:
+    if json_out:
+        print_json(_session_json(session))
+    else:
+        typer.echo(f"{session.id} {session.status}")
 
 
 @app.command("complete")
-def complete(ctx: typer.Context, session_id: Annotated[str, typer.Argument(help="Session to mark complete.")]) -> None:
+def complete(
+    ctx: typer.Context,
+    session_id: Annotated[str, typer.Argument(help="Session to mark complete.")],
+    json_out: Annotated[bool, _JSON_SESSION] = False,
+) -> None:
     """Mark a session complete and release its thread."""
-    session = run(_end(options(ctx), session_id, "complete"))
-    typer.echo(f"{session.id} {session.status}")
+    check_tokens({"SESSION_ID": session_id})
+    _ended(run(_end(options(ctx), session_id, "complete")), json_out)
 
 
 @app.command("abandon")
-def abandon(ctx: typer.Context, session_id: Annotated[str, typer.Argument(help="Session to mark abandoned.")]) -> None:
+def abandon(
+    ctx: typer.Context,
+    session_id: Annotated[str, typer.Argument(help="Session to mark abandoned.")],
+    json_out: Annotated[bool, _JSON_SESSION] = False,
+) -> None:
     """Mark a session abandoned and release its thread."""
-    session = run(_end(options(ctx), session_id, "abandon"))
-    typer.echo(f"{session.id} {session.status}")
+    check_tokens({"SESSION_ID": session_id})
+    _ended(run(_end(options(ctx), session_id, "abandon")), json_out)
 
 
 async def _end(opts: Options, session_id: str, how: str) -> Session:
@@ -130,10 +160,18 @@ async def _end(opts: Options, session_id: str, how: str) -> Session:
 
 
 @app.command("reap")
-def reap(ctx: typer.Context, thread: Annotated[str, typer.Argument(help="Thread whose dead owners to reap.")]) -> None:
+def reap(
+    ctx: typer.Context,
+    thread: Annotated[str, typer.Argument(help="Thread whose dead owners to reap.")],
+    json_out: Annotated[bool, typer.Option("--json", help='Print {"thread", "reaped"}.')] = False,
+) -> None:
     """Abandon the sessions on THREAD whose agent is gone from presence."""
+    check_tokens({"THREAD": thread})
     count = run(_reap(options(ctx), thread))
-    typer.echo(f"reaped {count} dead session(s) on {thread}")
+    if json_out:
+        print_json({"thread": thread, "reaped": count})
+    else:
+        typer.echo(f"reaped {count} dead session(s) on {thread}")
 
 
 async def _reap(opts: Options, thread: str) -> int:
@@ -149,6 +187,7 @@ def chain(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON array, root first.")] = False,
 ) -> None:
     """Show the session's actor chain, root to leaf."""
+    check_tokens({"SESSION_ID": session_id})
     sessions = run(_chain(options(ctx), session_id))
     if json_out:
         print_json([_session_json(s) for s in sessions])

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
+import socket
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from coord.server import NatsCluster, NatsServer
+from coord.server import LOOPBACK, NatsCluster, NatsServer
 from corral.cli._common import console, fail, print_json
+from corral.cli._errors import EXIT_USAGE
 
 
 def register(app: typer.Typer) -> None:
@@ -18,20 +23,24 @@ def register(app: typer.Typer) -> None:
 
 
 def server(
-    port: Annotated[int | None, typer.Option(help="Client port (default: a free one).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Client port (default or 0: a free one).")] = None,
     store: Annotated[str | None, typer.Option(help="JetStream store dir (default: a temp dir).")] = None,
     cluster: Annotated[int, typer.Option(help="Run N routed nodes instead of one.", min=1)] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="Print the URL(s) as JSON.")] = False,
 ) -> None:
     """Run an embedded NATS server with JetStream until interrupted; print its URL."""
     if cluster > 1 and port is not None:
-        fail("--port applies to a single node; a --cluster picks free ports")
+        fail("--port applies to a single node; a --cluster picks free ports", EXIT_USAGE)
+    if store is not None:
+        _check_store(store)
+    if port:
+        _check_port(port)
     node: NatsServer | NatsCluster
     node = NatsCluster(cluster, store_root=store) if cluster > 1 else NatsServer(port=port, store_dir=store)
     try:
         node.start()
-    except Exception as err:
-        fail(str(err))
+    except OSError as err:
+        fail(f"could not start nats-server: {err}")
     url = node.url
     if json_out:
         print_json({"url": url, "store": str(node.store_root if isinstance(node, NatsCluster) else node.store_dir)})
@@ -42,3 +51,24 @@ def server(
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     node.stop()
+
+
+def _check_store(store: str) -> None:
+    """Fail naming --store unless the directory exists (or can be made) and is writable."""
+    path = Path(store)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        fail(f"cannot create the directory {store}: {err.strerror or err}", field="--store")
+    if not os.access(path, os.W_OK | os.X_OK):
+        fail(f"the directory {store} is not writable", field="--store")
+
+
+def _check_port(port: int) -> None:
+    """Fail naming --port when the port is already taken on the loopback address the server listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError as err:
+            why = "is already in use" if err.errno == errno.EADDRINUSE else f"cannot be used: {err.strerror or err}"
+            fail(f"{LOOPBACK}:{port} {why}", field="--port")

@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from coord.wire import TaskInput
+from coord.wire import Spec, TaskInput
 from corral.cli._common import Options, console, fail, invalid, options, print_json, run
+from corral.cli._errors import EXIT_USAGE, check_range, check_tokens
 from dispatch.dispatcher import Dispatcher, result_of
 
 _FLAGS = {
@@ -76,10 +77,12 @@ def submit(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Submit one task; with --wait, print its result."""
+    check_tokens({"--parent": parent})
+    check_range("--wait-timeout", wait_timeout, gt=0)
     try:
         data = json.loads(payload) if payload is not None else None
     except json.JSONDecodeError as err:
-        fail(f"--payload is not valid JSON: {err}")
+        fail(f"not valid JSON: {err}", EXIT_USAGE, "--payload")
     fields = {
         "queue": queue,
         "title": title,
@@ -92,6 +95,7 @@ def submit(
         fields["task_id"] = task_id
     try:
         item = TaskInput.model_validate(fields)
+        Spec.model_validate(item.model_dump())  # the Spec's rules (ranges, lengths) too, before connecting
     except ValidationError as err:
         invalid(err, _FLAGS)
     raise typer.Exit(run(_submit(options(ctx), item, parent, wait, wait_timeout, json_out), _FLAGS))

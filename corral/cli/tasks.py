@@ -11,6 +11,7 @@ from rich.table import Table
 
 from coord.tasks import JournalEntry, TaskRecord, TaskStatus
 from corral.cli._common import Options, console, options, print_json, run
+from corral.cli._errors import check_tokens, usage
 
 app = typer.Typer(name="tasks", help="Inspect and steer tasks: ls, show, cancel, retry.", no_args_is_help=True)
 
@@ -95,6 +96,9 @@ def ls(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON array of records.")] = False,
 ) -> None:
     """List tasks, oldest first (one pass over the task bucket)."""
+    check_tokens({"--queue": queue})
+    if status is not None and status not in {s.value for s in TaskStatus}:
+        raise usage(f"must be one of {', '.join(s.value for s in TaskStatus)} (got {status!r})", "--status")
     run(_ls(options(ctx), queue, status, json_out, 0 if json_out else limit))
 
 
@@ -171,6 +175,7 @@ def show(
     json_out: Annotated[bool, typer.Option("--json", help="Print the record and its journal as JSON.")] = False,
 ) -> None:
     """Print a task's record and its journal (every successful transition)."""
+    check_tokens({"TASK_ID": task_id})
     run(_show(options(ctx), task_id, json_out))
 
 
@@ -190,6 +195,7 @@ def cancel(
     json_out: Annotated[bool, typer.Option("--json", help="Print the new record as JSON.")] = False,
 ) -> None:
     """Cancel a pending or claimed task (a running worker's result will be rejected)."""
+    check_tokens({"TASK_ID": task_id})
     run(_cancel(options(ctx), task_id, json_out))
 
 
@@ -213,4 +219,5 @@ def retry(
     json_out: Annotated[bool, typer.Option("--json", help="Print the new record as JSON.")] = False,
 ) -> None:
     """Put a dead or failed task back in its queue with fresh attempts."""
+    check_tokens({"TASK_ID": task_id})
     run(_retry(options(ctx), task_id, json_out))

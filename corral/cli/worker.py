@@ -14,7 +14,8 @@ from typer.core import TyperGroup
 
 from coord.connection import Coord
 from coord.errors import InvalidInput, PresenceLost
-from corral.cli._common import Options, fail, options, run, setting_help
+from corral.cli._common import Options, check_presence_flags, fail, options, print_json, run, setting_help
+from corral.cli._errors import EXIT_USAGE, CliError, check_setting, check_tokens
 from corral.cli._logging import setup_logging
 from workers.handlers import CommandHandler, Handler, load_handler
 from workers.runtime import Worker
@@ -50,36 +51,51 @@ def register(app: typer.Typer) -> None:
 
 def _handler(handler: str | None, command: list[str]) -> Handler:
     if (handler is None) == (not command):
-        fail("give exactly one of --handler module:function or -- COMMAND ARGS...")
+        fail("give exactly one of --handler module:function or -- COMMAND ARGS...", EXIT_USAGE)
     if handler is not None:
         try:
             return load_handler(handler)
         except InvalidInput as err:
-            fail(str(err))
+            fail(str(err), EXIT_USAGE, "--handler")
     if shutil.which(command[0]) is None:
-        fail(f"command {command[0]!r} not found (is it on PATH? a typo of a subcommand such as run-one?)")
+        fail(f"command {command[0]!r} not found (is it on PATH? a typo of a subcommand such as run-one?)", EXIT_USAGE)
     return CommandHandler(command)
 
 
-async def _serve(opts: Options, worker_id: str | None, make_worker: Callable[[Coord], Worker]) -> int:
+_STATS = (
+    "claimed",
+    "succeeded",
+    "failed",
+    "stale_rejected",
+    "released",
+    "dead_lettered",
+    "taken_away",
+    "presence_losses",
+    "unrecorded",
+)
+"""The counters a worker reports when it stops."""
+
+
+async def _serve(opts: Options, worker_id: str | None, make_worker: Callable[[Coord], Worker], as_json: bool) -> int:
     async with opts.connect(name=f"corral-worker {worker_id or ''}") as coord:
         worker = make_worker(coord)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, worker.stop)
+        lost: PresenceLost | None = None
         try:
             await worker.run()
         except PresenceLost as err:
-            typer.echo(f"worker {worker.worker_id}: presence lost, failed closed: {err}", err=True)
-            return EXIT_PRESENCE_LOST
+            lost = err
         finally:
-            s = worker.stats
-            typer.echo(
-                f"worker {worker.worker_id}: claimed={s.claimed} succeeded={s.succeeded} failed={s.failed} "
-                f"stale_rejected={s.stale_rejected} released={s.released} dead_lettered={s.dead_lettered} "
-                f"taken_away={s.taken_away} presence_losses={s.presence_losses} unrecorded={s.unrecorded}",
-                err=True,
-            )
+            stats = {name: getattr(worker.stats, name) for name in _STATS}
+            if as_json:
+                print_json({"event": "stopped", "worker_id": worker.worker_id, **stats})
+            else:
+                counts = " ".join(f"{name}={value}" for name, value in stats.items())
+                typer.echo(f"worker {worker.worker_id}: {counts}", err=True)
+        if lost is not None:
+            raise CliError(f"worker {worker.worker_id}: presence lost, failed closed: {lost}", code=EXIT_PRESENCE_LOST)
     return 0
 
 
@@ -95,7 +111,7 @@ def worker(
     interval: Annotated[
         float | None, typer.Option(help=setting_help("Presence heartbeat interval in seconds.", "presence_interval"))
     ] = None,
-    grace: Annotated[float, typer.Option(help="Seconds in-flight work may finish on SIGTERM.")] = 10.0,
+    grace: Annotated[float, typer.Option(min=0, help="Seconds in-flight work may finish on SIGTERM.")] = 10.0,
     exit_on_loss: Annotated[
         bool,
         typer.Option(
@@ -104,6 +120,9 @@ def worker(
         ),
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each claim and result.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print a JSON line when it stops (its counts); errors as JSON.")
+    ] = False,
 ) -> None:
     """Run a worker: `corral worker -q Q --handler mod:func` or `corral worker -q Q -- CMD ARGS...`.
 
@@ -116,7 +135,11 @@ def worker(
     if ctx.invoked_subcommand:
         return
     if not queue:
-        fail("--queue is required (repeat it to serve several queues)")
+        fail("is required (repeat it to serve several queues)", EXIT_USAGE, "--queue")
+    opts = options(ctx)
+    check_tokens({"--queue": queue, "--id": worker_id})
+    check_setting("--lease", "lease", lease)
+    check_presence_flags(opts, interval, ttl)
     setup_logging(verbose)
     make_worker = functools.partial(
         Worker,
@@ -130,18 +153,24 @@ def worker(
         grace=grace,
         exit_on_loss=exit_on_loss,
     )
-    raise typer.Exit(run(_serve(options(ctx), worker_id, make_worker)))
+    raise typer.Exit(run(_serve(opts, worker_id, make_worker, json_out)))
 
 
-async def _run_one(opts: Options, task_id: str, worker_agent_id: str, handler: Handler, ttl: float | None) -> int:
+async def _run_one(
+    opts: Options, task_id: str, worker_agent_id: str, handler: Handler, ttl: float | None, as_json: bool
+) -> int:
     async with opts.connect(name=f"corral-run-one {worker_agent_id}") as coord:
         worker = Worker(coord, [], handler, worker_id=worker_agent_id, presence_ttl=ttl)
         try:
             record = await worker.run_one(task_id)
         except PresenceLost as err:
-            typer.echo(f"worker {worker_agent_id}: presence lost, failed closed: {err}", err=True)
-            return EXIT_PRESENCE_LOST
-        typer.echo(f"task {task_id}: {record.status}", err=True)
+            raise CliError(
+                f"worker {worker_agent_id}: presence lost, failed closed: {err}", code=EXIT_PRESENCE_LOST
+            ) from None
+        if as_json:
+            print_json({"task_id": task_id, "status": str(record.status)})
+        else:
+            typer.echo(f"task {task_id}: {record.status}", err=True)
         return 0 if record.status == "succeeded" else 1
 
 
@@ -153,12 +182,16 @@ def run_one(
     handler: Annotated[str | None, typer.Option(help="Python handler as module:function.")] = None,
     ttl: Annotated[float | None, typer.Option(help=setting_help("Presence TTL in seconds.", "presence_ttl"))] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help='Print {"task_id", "status"}; errors as JSON.')] = False,
 ) -> None:
     """Claim one task, run it, report, exit (the parent-spawns-worker flow).
 
     Exit 0 if the task succeeded, 1 otherwise. Everything comes from flags; see
     dispatch.build_worker_command.
     """
+    opts = options(ctx)
+    check_tokens({"--task-id": task_id, "--worker-agent-id": worker_agent_id})
+    check_presence_flags(opts, None, ttl)
     setup_logging(verbose)
     chosen = _handler(handler, list(ctx.args))
-    raise typer.Exit(run(_run_one(options(ctx), task_id, worker_agent_id, chosen, ttl)))
+    raise typer.Exit(run(_run_one(opts, task_id, worker_agent_id, chosen, ttl, json_out)))

@@ -60,12 +60,12 @@ async def test_emit_rejects_unknown_kinds_and_missing_fields(
     unknown = await corral(
         nats_server.url, namespace, subprocess_env, "events", "emit", "exploded", "--to", "b", "--agent", "k"
     )
-    assert unknown.code == 1 and "kind must be one of" in unknown.err
+    assert unknown.code == 2 and unknown.err.startswith("error: KIND: must be one of turn_ended, errored")
     missing = await corral(
         nats_server.url, namespace, subprocess_env, "events", "emit", "scope-sub-delegated", "--to", "b", "--agent", "k"
     )
-    assert missing.code == 1 and "--sub-agent" in missing.err
+    assert missing.code == 2 and missing.err == "error: --sub-agent: is required for scope_sub_delegated"
     bad = await corral(
         nats_server.url, namespace, subprocess_env, "events", "emit", "progress", "--to", "b", "--agent", "k k"
     )
-    assert bad.code == 1 and "agent" in bad.err and "Traceback" not in bad.err
+    assert bad.code == 2 and "--agent" in bad.err and "not allowed" in bad.err and "Traceback" not in bad.err

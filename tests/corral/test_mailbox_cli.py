@@ -92,8 +92,8 @@ async def test_send_refuses_ambiguous_or_bad_targets(
     coord_conn: coord.Coord, nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]
 ) -> None:
     both = await corral(nats_server.url, namespace, subprocess_env, "msg", "send", "--to", "a", "--tag", "t", "x")
-    assert both.code == 1 and "exactly one" in both.err
+    assert both.code == 2 and both.err == "error: give exactly one of --to AGENT_ID or --tag TAG"
     bad = await corral(nats_server.url, namespace, subprocess_env, "msg", "send", "--to", "a b", "x")
-    assert bad.code == 1 and "--to" in bad.err and "Traceback" not in bad.err
+    assert bad.code == 2 and bad.err.startswith("error: --to: 'a b' has characters") and "Traceback" not in bad.err
     assert await coord_conn.mailbox.read_pending("a") == []
     assert isinstance(Agent(id="a"), Agent)

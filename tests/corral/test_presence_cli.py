@@ -79,5 +79,5 @@ async def test_cli_hold_rejects_a_bad_id_with_a_clear_message(
         text=True,
         timeout=20,
     )
-    assert done.returncode == 1
-    assert "id" in done.stderr and "not allowed" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2
+    assert "--id: 'bad.id'" in done.stderr and "not allowed" in done.stderr and "Traceback" not in done.stderr

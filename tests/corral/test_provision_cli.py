@@ -80,7 +80,10 @@ async def test_a_role_without_stream_rights_is_told_to_run_provision_then_works(
     refused = await corral(roles_server.url, namespace, subprocess_env, *worker, "tasks", "ls", "--json")
     assert refused.code == 1
     assert time.monotonic() - started < 10, "a refusal, not a timeout (interpreter start-up included)"
-    message = _one_line_error(refused)
+    assert "Traceback" not in refused.err
+    error = json.loads(refused.err)  # with --json, the error too is one JSON object
+    assert (error["code"], error["field"]) == (1, None)
+    message = error["error"]
     assert "not provisioned" in message and f"corral provision --namespace {namespace}" in message
 
     admin = ("--user", "admin", "--password", "admin")

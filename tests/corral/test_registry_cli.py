@@ -50,7 +50,7 @@ async def test_registry_cli_rejects_bad_ids_with_a_clear_message(
     nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]
 ) -> None:
     bad = await corral(nats_server.url, namespace, subprocess_env, "registry", "reserve", "no/slash", "--as", "a")
-    assert bad.code == 1
-    assert "thread" in bad.err and "not allowed" in bad.err and "Traceback" not in bad.err
+    assert bad.code == 2
+    assert "THREAD: 'no/slash'" in bad.err and "not allowed" in bad.err and "Traceback" not in bad.err
     missing = await corral(nats_server.url, namespace, subprocess_env, "registry", "chain", "nope")
     assert missing.code == 1 and "not found" in missing.err

@@ -48,7 +48,7 @@ def test_ls_lists_tasks_filtered_by_queue_and_status(
     out = corral(nats_server, namespace, subprocess_env, "tasks", "ls")
     assert out.returncode == 0 and "4 task(s)" in out.stdout and "exploded" in out.stdout and "dead" in out.stdout
     out = corral(nats_server, namespace, subprocess_env, "tasks", "ls", "--status", "finished")
-    assert out.returncode == 1 and "status 'finished' is not a task status" in out.stderr
+    assert out.returncode == 2 and "--status: must be one of pending" in out.stderr and "(got 'finished')" in out.stderr
 
 
 def test_show_prints_the_record_and_its_journal(
@@ -92,5 +92,5 @@ def test_unknown_and_malformed_ids_are_one_line_errors(
     out = corral(nats_server, namespace, subprocess_env, "tasks", "show", "nope")
     assert out.returncode == 1 and "task 'nope' does not exist" in out.stderr
     out = corral(nats_server, namespace, subprocess_env, "tasks", "cancel", "not.an.id")
-    assert out.returncode == 1 and "task_id" in out.stderr and "not allowed" in out.stderr
+    assert out.returncode == 2 and "TASK_ID: 'not.an.id'" in out.stderr and "not allowed" in out.stderr
     assert "Traceback" not in out.stderr

@@ -22,7 +22,9 @@ def main(trace: TraceOption = TraceChoice.env, metrics_port: MetricsPortOption =
     with tracing.start_span(tracing.SUBMIT, "task-9"):
         pass
     print(json.dumps({"mode": tracing.configured_mode(), "enabled": tracing.enabled()}))
-app()
+import sys
+from corral.cli._errors import run_cli
+sys.exit(run_cli(typer.main.get_command(app), sys.argv[1:]))  # corral's own entry point
 """
 
 
