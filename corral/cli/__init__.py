@@ -10,6 +10,7 @@ from coord.connection import DEFAULT_NAMESPACE, DEFAULT_URL, Auth
 from corral import __version__
 from corral.cli import auth, demo, events, msg, presence, reclaimer, registry, server, submit, tasks, worker
 from corral.cli import provision as provision_cli
+from corral.cli import schema as schema_cli
 from corral.cli._common import Options, setting_bounds, setting_env, setting_help
 from corral.cli._telemetry import (
     DEFAULT_METRICS_HOST,
@@ -123,6 +124,7 @@ reclaimer.register(app)
 demo.register(app)
 auth.register(app)
 provision_cli.register(app)
+schema_cli.register(app)
 
 
 def main() -> None:
