@@ -57,9 +57,7 @@ def register(app: typer.Typer) -> None:
     app.command("submit")(submit)
 
 
-async def _submit(
-    opts: Options, item: TaskInput, parent: str | None, wait: bool, timeout: float, as_json: bool
-) -> int:
+async def _submit(opts: Options, item: TaskInput, parent: str | None, wait: bool, timeout: float, as_json: bool) -> int:
     parent_id = parent or default_parent()
     async with opts.connect() as coord, Dispatcher(coord, parent_id=parent_id, reclaimer=False) as dispatcher:
         task_id = await dispatcher.submit(item)
