@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
+
+from coord.tasks import TaskRecord
+from coord.tasks.effects import notification_id
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "RESULTS.md"]
@@ -54,3 +58,16 @@ def test_the_scan_sees_links_paths_and_bare_file_names(tmp_path: Path) -> None:
     doc = tmp_path / "page.md"
     doc.write_text("See [tasks](tasks.md#ids), `coord/wire.py`, DESIGN.md and [site](https://example.org/x.md).")
     assert _referenced(doc) == {"tasks.md", "coord/wire.py", "DESIGN.md"}
+
+
+def test_docs_give_the_notification_id_the_code_uses() -> None:
+    now = datetime.now(UTC)
+    record = TaskRecord(task_id="t", queue="q", status="pending", epoch=2, revision=7, created_at=now, updated_at=now)
+    assert notification_id(record) == "t:2:7"
+    for page in ("tasks.md", "architecture.md", "observability.md"):
+        text = (ROOT / "docs" / page).read_text()
+        assert "{task}:{epoch}:{revision}" in text, page
+        claims = re.findall(
+            r"`\{task\}:\{attempt\}`,?\s+(?:equal to|the same as)\s+the\s+notification", text
+        ) + re.findall(r"Nats-Msg-Id`?\s+is\s+`\{task\}:\{attempt\}`", text)
+        assert claims == [], (page, claims)
