@@ -113,7 +113,12 @@ def worker(
             help="Exit (code 4) when presence is lost instead of failing closed and joining again.",
         ),
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each claim and result.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Log at INFO level (presence joins and leaves, shutdown), not only warnings."
+        ),
+    ] = False,
 ) -> None:
     """Run a worker: `corral worker -q Q --handler mod:func` or `corral worker -q Q -- CMD ARGS...`.
 
@@ -163,7 +168,7 @@ def run_one(
     handler: Annotated[str | None, typer.Option(help="Python handler as module:function.")] = None,
     ttl: Annotated[float | None, typer.Option(help=setting_help("Presence TTL in seconds.", "presence_ttl"))] = None,
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Log at INFO level (presence and task events), not only warnings.")
+        bool, typer.Option("--verbose", "-v", help="Log at INFO level (presence joins and leaves), not only warnings.")
     ] = False,
 ) -> None:
     """Claim one task, run it, report, exit (the parent-spawns-worker flow).
