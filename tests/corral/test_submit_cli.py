@@ -51,7 +51,7 @@ def test_wait_shows_progress_on_a_terminal_and_nothing_off_one(
     env = {**subprocess_env, "COLUMNS": "200", "TERM": "xterm"}
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [*base, "--id", "watched", "--wait", "--wait-timeout", "2"], env=env, stdout=subprocess.PIPE, stderr=slave
+        [*base, "--id", "watched", "--wait", "--wait-timeout", "3"], env=env, stdout=subprocess.PIPE, stderr=slave
     )
     os.close(slave)
     seen = b""
@@ -72,7 +72,7 @@ def test_wait_shows_progress_on_a_terminal_and_nothing_off_one(
     assert proc.wait(10) == 2
     text = seen.decode(errors="replace")
     assert "waiting for watched: pending, attempt 0/3" in text, text
-    assert "did not finish within 2.0s" in text
+    assert "did not finish within 3.0s" in text
 
     quiet = subprocess.run(
         [*base, "--id", "unwatched", "--wait", "--wait-timeout", "1"],

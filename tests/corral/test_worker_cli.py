@@ -134,10 +134,10 @@ async def test_presence_ls_shows_inflight_while_the_worker_runs_a_task(
     )  # fmt: skip
     try:
         await worker.expect("w-busy")
-        done = await corral(nats_server.url, namespace, bare_env, "submit", "-q", "q", "--payload", "4")
+        done = await corral(nats_server.url, namespace, bare_env, "submit", "-q", "q", "--payload", "6")
         assert done.code == 0, done
         seen: list[tuple[int, int]] = []
-        async with asyncio.timeout(4):
+        async with asyncio.timeout(5):
             while not seen or seen[-1] != (1, 4):
                 listed = await corral(nats_server.url, namespace, bare_env, "presence", "ls", "--json")
                 seen += [(a["inflight"], a["capacity"]) for a in json.loads(listed.out) if a["id"] == "w-busy"]
