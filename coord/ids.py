@@ -12,7 +12,7 @@ import re
 import secrets
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, WithJsonSchema
 
 from coord.errors import InvalidId
 
@@ -77,5 +77,10 @@ def _pydantic_token(value: str) -> str:
     return value
 
 
-Token = Annotated[str, AfterValidator(_pydantic_token)]
-"""A pydantic field type for ids: validated with the same rule as :func:`validate_id`."""
+Token = Annotated[
+    str,
+    AfterValidator(_pydantic_token),
+    WithJsonSchema({"type": "string", "pattern": f"^[A-Za-z0-9_-]{{1,{MAX_ID_LENGTH}}}$"}),
+]
+"""A pydantic field type for ids: validated with the same rule as :func:`validate_id` (and so described in
+JSON Schema)."""

@@ -132,7 +132,8 @@ def task_attributes(
     """Span attributes describing one task: messaging semantic conventions plus ``corral.task.*``.
 
     Only ids and counters: never payloads or secrets. ``messaging.message.id`` is
-    ``{task_id}:{attempt}``, the same string as the notification's ``Nats-Msg-Id``.
+    ``{task_id}:{attempt}`` (the attempt the span is about); the notification's ``Nats-Msg-Id`` is
+    ``{task}:{epoch}:{revision}`` (``coord.tasks.effects.notification_id``).
     """
     attrs: dict[str, AttributeValue] = {"messaging.system": "nats", "corral.task.id": task_id}
     if operation is not None:

@@ -51,7 +51,13 @@ when the parent falls behind)."""
 
 
 def result_of(record: TaskRecord) -> Result:
-    """The :class:`Result` of a finished task (synthesised for dead/cancelled tasks without one)."""
+    """The :class:`Result` of a finished task (synthesised for dead/cancelled tasks without one).
+
+    For a finished task this is :meth:`TaskRecord.outcome`; an unfinished one gets a failure naming its status.
+    """
+    outcome = record.outcome()
+    if outcome is not None:
+        return outcome
     if record.result is not None:
         with contextlib.suppress(Exception):
             return Result.model_validate(record.result)

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from coord.ids import Token
+from coord.wire import Result
 
 __all__ = [
     "TERMINAL",
@@ -143,6 +144,26 @@ class TaskRecord(BaseModel):
     def terminal(self) -> bool:
         """True when the task has ended (succeeded, failed, dead or cancelled)."""
         return self.status in TERMINAL
+
+    def outcome(self) -> Result | None:
+        """How the task ended, as a typed :class:`coord.wire.Result`; None while it has not ended.
+
+        The stored ``result`` when it is a valid Result. Otherwise one made from the record: a
+        success carrying the stored ``result`` as its ``output``, ``cancelled``, or a failure with
+        ``error`` (a substrate fault when the task is ``dead``). ``result`` itself stays the raw JSON.
+        """
+        if not self.terminal:
+            return None
+        if self.result is not None:
+            try:
+                return Result.model_validate(self.result)
+            except ValueError:
+                pass
+        if self.status is TaskStatus.SUCCEEDED:
+            return Result.success(output=self.result)
+        if self.status is TaskStatus.CANCELLED:
+            return Result.failure("cancelled", substrate_fault=False)
+        return Result.failure(self.error or str(self.status), substrate_fault=self.status is TaskStatus.DEAD)
 
 
 class ScheduleRequest(BaseModel):

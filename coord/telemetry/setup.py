@@ -466,18 +466,15 @@ def metrics_mode() -> str | None:
 
 
 APP_PROVIDER_RECHECK = 1.0
-"""Seconds :func:`enabled` reuses its answer about a provider the application installed itself
-(asking OpenTelemetry reads the environment each time, several times per task on the hot path)."""
-
-_app_provider: list[float | bool] = [float("-inf"), False]
-"""When :func:`enabled` last asked OpenTelemetry for the application's provider, and the answer."""
+"""Seconds :func:`enabled` reuses its answer about an application's own provider (asking reads the
+environment, several times per task on the hot path)."""
+_app_provider: list[float | bool] = [float("-inf"), False]  # when last asked, and the answer
 
 
 def enabled() -> bool:
     """Whether spans are recorded in this process (an exporter is configured, or the app's provider).
 
-    A provider the application installs itself is seen within :data:`APP_PROVIDER_RECHECK` seconds.
-    """
+    An application's own provider is seen within :data:`APP_PROVIDER_RECHECK` s."""
     switch = _state.switch
     if switch is not None:
         return bool(switch.processors)

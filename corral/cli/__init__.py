@@ -13,6 +13,7 @@ from coord.ids import validate_namespace
 from corral import __version__
 from corral.cli import auth, demo, events, msg, presence, reclaimer, registry, server, submit, tasks, worker
 from corral.cli import provision as provision_cli
+from corral.cli import schema as schema_cli
 from corral.cli._common import Options, setting_bounds, setting_env, setting_help
 from corral.cli._errors import run_cli, usage
 from corral.cli._telemetry import (
@@ -131,6 +132,7 @@ reclaimer.register(app)
 demo.register(app)
 auth.register(app)
 provision_cli.register(app)
+schema_cli.register(app)
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ TraceOption = Annotated[
         envvar="CORRAL_TRACE",
         case_sensitive=False,
         help="Where spans go: env (standard OTEL_* variables; nothing if unset), none, console (stderr), "
-        "otlp (OTLP over HTTP or gRPC; needs corral[otlp]).",
+        "otlp (OTLP over HTTP or gRPC; needs corral\\[otlp]).",
     ),
 ]
 """Typer annotation of the ``--trace`` option."""
@@ -63,7 +63,7 @@ MetricsPortOption = Annotated[
         envvar="CORRAL_METRICS_PORT",
         min=0,
         max=65535,
-        help="Serve Prometheus metrics on this port at /metrics (needs corral[prometheus]).",
+        help="Serve Prometheus metrics on this port at /metrics (needs corral\\[prometheus]).",
     ),
 ]
 """Typer annotation of the ``--metrics-port`` option."""

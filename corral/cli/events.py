@@ -19,6 +19,8 @@ from coord.events import (
     TurnEnded,
     render_event,
 )
+from coord.events.service import Events
+from coord.events.tree import event_changes
 from corral.cli._common import Options, console, fail, invalid, options, print_json, run
 from corral.cli._errors import EXIT_USAGE, check_tokens
 
@@ -126,13 +128,21 @@ def tree(
     ctx: typer.Context,
     agent: Annotated[str, typer.Argument(help="The listening (parent/root) agent.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+    from_stream: Annotated[
+        bool,
+        typer.Option(
+            "--from-stream",
+            help="Build the tree from the events stored for AGENT, even when a listener has built one.",
+        ),
+    ] = False,
 ) -> None:
-    """Show AGENT's descendant registry, as its event listener has built it."""
-    found = run(_tree(options(ctx), agent))
+    """Show AGENT's descendants: its listener's registry, or (no listener ran) the tree its stored events make."""
+    found, source = run(_tree(options(ctx), agent, from_stream))
     if json_out:
         print_json([{**d.model_dump(mode="json"), "parent": d.parent(agent)} for d in found])
         return
-    table = Table(title=f"{len(found)} descendant(s) of {agent}", title_justify="left")
+    origin = "its listener's registry" if source == "listener" else "the events stream"
+    table = Table(title=f"{len(found)} descendant(s) of {agent}, from {origin}", title_justify="left")
     for column in ("agent", "parent", "status", "last turn", "last error", "scope"):
         table.add_column(column)
     for d in found:
@@ -147,7 +157,27 @@ def tree(
     console.print(table)
 
 
-async def _tree(opts: Options, agent: str) -> list[Descendant]:
+async def _tree(opts: Options, agent: str, from_stream: bool) -> tuple[list[Descendant], str]:
+    """The descendants of ``agent`` (sorted) and where they came from: ``listener`` or ``stream``."""
     async with opts.connect() as coord:
-        found = await coord.events.descendants(agent)
-    return [found[name] for name in sorted(found)]
+        found = {} if from_stream else await coord.events.descendants(agent)
+        source = "listener"
+        if not found:
+            found, source = await _replay(coord.events, agent), "stream"
+    return [found[name] for name in sorted(found)], source
+
+
+async def _replay(events: Events, agent: str) -> dict[str, Descendant]:
+    """The tree ``agent``'s stored events make, merged in memory as a listener would (nothing is written).
+
+    Unlike a listener it refuses nothing (no check that a sender is on the chain of parents): it shows
+    what was sent, where a listener would drop an event from a sender outside the chain.
+    """
+    records: dict[str, Descendant] = {}
+    async for received in events.tail(agent, since=None, follow=False):
+        for name, changes in event_changes(agent, received).items():
+            record = records.get(name) or Descendant(agent=name)
+            for change in changes:
+                record = change(record)
+            records[name] = record
+    return records

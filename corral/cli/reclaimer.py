@@ -54,7 +54,9 @@ def reclaimer(
         typer.Option(help=setting_help("Seconds between sweeps (deadlines, lost notifications).", "sweep_interval")),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON line per reclaim.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log each reclaim and re-notification at INFO.")
+    ] = False,
 ) -> None:
     """Give departed workers' claims back to the queue (several may run at once)."""
     check_setting("--sweep", "sweep_interval", sweep)

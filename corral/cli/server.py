@@ -42,10 +42,19 @@ def server(
     except OSError as err:
         fail(f"could not start nats-server: {err}")
     url = node.url
+    nodes = node.nodes if isinstance(node, NatsCluster) else [node]
+    monitoring = [f"http://{n.host}:{n.monitor_port}" for n in nodes]
     if json_out:
-        print_json({"url": url, "store": str(node.store_root if isinstance(node, NatsCluster) else node.store_dir)})
+        print_json(
+            {
+                "url": url,
+                "monitoring": monitoring,
+                "store": str(node.store_root if isinstance(node, NatsCluster) else node.store_dir),
+            }
+        )
     else:
         console.print(f"NATS ready at [bold]{url}[/]  (export CORRAL_URL={url})", highlight=False)
+        console.print(f"monitoring at {', '.join(monitoring)}  (/varz, /jsz, /healthz)", highlight=False)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

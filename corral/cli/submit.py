@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import getpass
 import json
+import os
+import re
+import socket
+import time
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 
+from coord.connection import Coord
+from coord.errors import CorralError
+from coord.tasks import TaskRecord
 from coord.wire import Spec, TaskInput
-from corral.cli._common import Options, console, fail, invalid, options, print_json, run
+from corral.cli._common import Options, console, err_console, fail, invalid, options, print_json, run
 from corral.cli._errors import EXIT_USAGE, check_range, check_tokens
 from dispatch.dispatcher import Dispatcher, result_of
 
@@ -24,16 +33,34 @@ _FLAGS = {
 }
 """The flag behind each TaskInput (and Spec) field, for error messages."""
 
+DEFAULT_WAIT_TIMEOUT = 600.0
+"""Seconds ``submit --wait`` waits by default before giving up (exit 2)."""
+PROGRESS_EVERY = 0.5
+"""Seconds between reads of the task's record while ``--wait`` shows progress on a terminal."""
+
+
+def default_parent() -> str:
+    """The parent id of a CLI submit without ``--parent``: ``cli-{user}-{host}``, the same on every run.
+
+    A task's definition includes its parent, so a stable default is what makes resubmitting the same
+    ``--id`` with the same flags idempotent (a random parent per call would redefine the task).
+    Characters outside ``A-Z a-z 0-9 _ -`` become ``-``; at most 128 characters.
+    """
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"cli-{user}-{socket.gethostname()}")[:128]
+
 
 def register(app: typer.Typer) -> None:
     """Add ``submit`` to ``app``."""
     app.command("submit")(submit)
 
 
-async def _submit(
-    opts: Options, item: TaskInput, parent: str | None, wait: bool, timeout: float | None, as_json: bool
-) -> int:
-    async with opts.connect() as coord, Dispatcher(coord, parent_id=parent, reclaimer=False) as dispatcher:
+async def _submit(opts: Options, item: TaskInput, parent: str | None, wait: bool, timeout: float, as_json: bool) -> int:
+    parent_id = parent or default_parent()
+    async with opts.connect() as coord, Dispatcher(coord, parent_id=parent_id, reclaimer=False) as dispatcher:
         task_id = await dispatcher.submit(item)
         if not wait:
             if as_json:
@@ -41,10 +68,15 @@ async def _submit(
             else:
                 console.print(f"submitted [bold]{task_id}[/] on queue {item.queue}", highlight=False)
             return 0
+        progress = asyncio.create_task(_progress(coord, task_id)) if err_console.is_terminal else None
         try:
             record = await dispatcher.wait(task_id, timeout)
         except TimeoutError:
             fail(f"task {task_id} did not finish within {timeout}s (it is still queued or running)", 2)
+        finally:
+            if progress is not None:
+                progress.cancel()
+                await asyncio.gather(progress, return_exceptions=True)
         result = result_of(record)
         if as_json:
             print_json(
@@ -62,6 +94,29 @@ async def _submit(
         return 0 if result.ok else 1
 
 
+def _describe(task_id: str, record: TaskRecord | None, elapsed: float) -> str:
+    if record is None:
+        return f"waiting for {task_id} ({elapsed:.0f}s)"
+    where = f" by {record.claim.worker_id}" if record.claim else ""
+    return (
+        f"waiting for {task_id}: {record.status.value}{where}, attempt {record.attempt}/{record.max_attempts} "
+        f"({elapsed:.0f}s)"
+    )
+
+
+async def _progress(coord: Coord, task_id: str) -> None:
+    """Show the task's status on a terminal's stderr until cancelled (read every PROGRESS_EVERY seconds)."""
+    started = time.monotonic()
+    with err_console.status(_describe(task_id, None, 0)) as status:
+        while True:
+            try:
+                record: TaskRecord | None = await coord.tasks.get(task_id)
+            except CorralError:
+                record = None
+            status.update(_describe(task_id, record, time.monotonic() - started))
+            await asyncio.sleep(PROGRESS_EVERY)
+
+
 def submit(
     ctx: typer.Context,
     queue: Annotated[str, typer.Option("--queue", "-q", help="Queue to dispatch on.")] = "default",
@@ -71,9 +126,17 @@ def submit(
     payload: Annotated[str | None, typer.Option(help="JSON payload for the handler.")] = None,
     max_attempts: Annotated[int, typer.Option(help="Claims allowed before dead-lettering.")] = 3,
     timeout: Annotated[float | None, typer.Option(help="Lease in seconds.")] = None,
-    parent: Annotated[str | None, typer.Option(help="Parent agent id (results are pushed to it).")] = None,
+    parent: Annotated[
+        str | None,
+        typer.Option(
+            help="Parent agent id (results are pushed to it; default: cli-USER-HOST, stable, so resubmitting "
+            "the same --id with the same flags is idempotent)."
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the result; exit 1 if it failed.")] = False,
-    wait_timeout: Annotated[float | None, typer.Option(help="Give up waiting after S seconds (exit 2).")] = None,
+    wait_timeout: Annotated[
+        float, typer.Option(help="Give up waiting after S seconds (exit 2); the task goes on.")
+    ] = DEFAULT_WAIT_TIMEOUT,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Submit one task; with --wait, print its result."""

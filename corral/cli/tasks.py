@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
+from rich.console import Console, RenderableType
+from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from coord.tasks import JournalEntry, TaskRecord, TaskStatus
+from coord.wire import Result, Spec
 from corral.cli._common import Options, console, options, print_json, run
 from corral.cli._errors import check_tokens, usage
 
@@ -23,6 +29,10 @@ _STYLE = {
     TaskStatus.DEAD: "bold red",
     TaskStatus.CANCELLED: "dim",
 }
+
+
+DEFAULT_LIMIT = 200
+"""Rows ``tasks ls`` shows without ``--limit`` (the newest ones); ``--json`` prints every record."""
 
 
 def register(parent: typer.Typer) -> None:
@@ -54,6 +64,47 @@ def _short(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _out(*renderables: RenderableType) -> Console:
+    """The console to print ``renderables`` on: off a terminal, one wide enough that nothing is cut or wrapped."""
+    if console.is_terminal:
+        return console
+    wide = console.options.update_width(100_000)
+    need = max(Measurement.get(console, wide, r).maximum for r in renderables)
+    return Console(file=sys.stdout, width=max(console.width, need), highlight=False)
+
+
+def _spec(record: TaskRecord) -> Spec | None:
+    """The record's spec as a wire :class:`Spec` (None when the task was scheduled with other JSON)."""
+    try:
+        return Spec.model_validate(record.spec)
+    except ValidationError:
+        return None
+
+
+def _payload(record: TaskRecord) -> Any:
+    """What the task was given: the Spec's ``payload``, or the whole spec when it is not a Spec."""
+    spec = _spec(record)
+    return record.spec if spec is None else spec.payload
+
+
+def _result_text(result: Result) -> str:
+    """A result in one line: its kind and summary, else its output."""
+    if result.summary:
+        return f"{result.kind.value}: {result.summary}"
+    return result.kind.value if result.output is None else f"{result.kind.value}: {_short(result.output, 60)}"
+
+
+def _note(record: TaskRecord) -> str:
+    outcome = record.outcome()
+    if record.status is TaskStatus.SUCCEEDED and outcome is not None:
+        note = outcome.summary or ("" if outcome.output is None else _short(outcome.output, 40))
+    else:
+        note = record.error or ""
+    if record.visible_at and record.status is TaskStatus.PENDING:
+        note = f"retry {_ago(record.visible_at)}; {note}" if note else f"retry {_ago(record.visible_at)}"
+    return note
+
+
 async def _ls(opts: Options, queue: str | None, status: str | None, as_json: bool, limit: int) -> None:
     async with opts.connect() as coord:
         records = await coord.tasks.list(queue=queue, status=status)
@@ -66,12 +117,10 @@ async def _ls(opts: Options, queue: str | None, status: str | None, as_json: boo
         title=f"{len(records)} task(s)" + (f", newest {len(shown)} shown" if len(shown) < len(records) else "")
     )
     for column in ("task", "queue", "status", "attempt", "epoch", "worker", "updated", "note"):
-        table.add_column(column, no_wrap=column in ("task", "status"))
+        table.add_column(column, no_wrap=column != "note", min_width=len(column))
     for r in shown:
         worker = r.claim.worker_id if r.claim else (r.last_worker or "")
-        note = r.error or ("" if r.result is None else _short(r.result, 40))
-        if r.visible_at and r.status is TaskStatus.PENDING:
-            note = f"retry {_ago(r.visible_at)}; {note}"
+        note = _note(r)
         table.add_row(
             r.task_id,
             r.queue,
@@ -80,9 +129,9 @@ async def _ls(opts: Options, queue: str | None, status: str | None, as_json: boo
             str(r.epoch),
             worker,
             _ago(r.updated_at),
-            _short(note, 50),
+            escape(_short(note, 50)),
         )
-    console.print(table)
+    _out(table).print(table)
 
 
 @app.command("ls")
@@ -92,22 +141,27 @@ def ls(
     status: Annotated[
         str | None, typer.Option("--status", help="Only tasks in this status (pending, claimed, succeeded, ...).")
     ] = None,
-    limit: Annotated[int, typer.Option(help="Show at most the newest N (0 = all).", min=0)] = 200,
+    limit: Annotated[
+        int | None,
+        typer.Option(help="Show at most the newest N; 0 = all (default: 200 in the table, all with --json).", min=0),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON array of records.")] = False,
 ) -> None:
     """List tasks, oldest first (one pass over the task bucket)."""
     check_tokens({"--queue": queue})
     if status is not None and status not in {s.value for s in TaskStatus}:
         raise usage(f"must be one of {', '.join(s.value for s in TaskStatus)} (got {status!r})", "--status")
-    run(_ls(options(ctx), queue, status, json_out, 0 if json_out else limit))
+    chosen = limit if limit is not None else (0 if json_out else DEFAULT_LIMIT)
+    run(_ls(options(ctx), queue, status, json_out, chosen))
 
 
 def _journal_row(entry: JournalEntry) -> tuple[str, ...]:
     detail = entry.error or ""
     if entry.record.progress is not None and entry.transition.value == "heartbeat":
         detail = f"progress {_short(entry.record.progress, 40)}"
-    if entry.transition.value == "completed":
-        detail = f"result {_short(entry.record.result, 40)}"
+    outcome = entry.record.outcome()
+    if entry.transition.value == "completed" and outcome is not None:
+        detail = f"result {_result_text(outcome)}"
     return (
         str(entry.revision),
         entry.at.strftime("%H:%M:%S.%f")[:-3],
@@ -116,7 +170,7 @@ def _journal_row(entry: JournalEntry) -> tuple[str, ...]:
         str(entry.attempt),
         str(entry.epoch),
         entry.worker_id or "",
-        _short(detail, 50),
+        escape(_short(detail, 50)),
     )
 
 
@@ -124,19 +178,17 @@ async def _show(opts: Options, task_id: str, as_json: bool) -> None:
     async with opts.connect() as coord:
         record = await coord.tasks.get(task_id)
         journal = await coord.tasks.journal(task_id)
+    outcome = record.outcome()
     if as_json:
         print_json(
             {
                 "record": _record_json(record),
+                "payload": _payload(record),
+                "outcome": None if outcome is None else outcome.model_dump(mode="json"),
                 "journal": [e.model_dump(mode="json", exclude={"record"}) for e in journal],
             }
         )
         return
-    console.print(
-        f"[bold]{record.task_id}[/] on queue [bold]{record.queue}[/]: "
-        f"[{_STYLE[record.status]}]{record.status.value}[/] (revision {record.revision})",
-        highlight=False,
-    )
     lines = [
         ("attempt", f"{record.attempt} of {record.max_attempts}"),
         ("epoch", str(record.epoch)),
@@ -151,21 +203,38 @@ async def _show(opts: Options, task_id: str, as_json: bool) -> None:
         lines.append(("visible", f"{record.visible_at.isoformat()} ({_ago(record.visible_at)})"))
     if record.parent:
         lines.append(("parent", record.parent))
-    lines.append(("spec", _short(record.spec, 200)))
+    spec = _spec(record)
+    if spec is not None and spec.title:
+        lines.append(("title", spec.title))
+    if spec is not None and spec.files:
+        lines.append(("files", " ".join(spec.files)))
+    if spec is not None and spec.workspace_dir:
+        lines.append(("workspace", spec.workspace_dir))
+    if spec is not None and spec.thread:
+        lines.append(("thread", spec.thread))
+    lines.append(("payload", _short(_payload(record), 200)))
     if record.progress is not None:
         lines.append(("progress", _short(record.progress, 200)))
-    if record.result is not None:
-        lines.append(("result", _short(record.result, 200)))
+    if outcome is not None:
+        lines.append(("result", _short(_result_text(outcome), 200)))
+        if outcome.summary and outcome.output is not None:
+            lines.append(("output", _short(outcome.output, 200)))
     if record.error:
         lines.append(("error", _short(record.error, 200)))
-    for name, value in lines:
-        console.print(f"  [dim]{name:>9}[/] {value}", highlight=False)
     table = Table(title="journal")
     for column in ("rev", "at (UTC)", "transition", "status", "attempt", "epoch", "worker", "detail"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "detail", min_width=len(column))
     for entry in journal:
         table.add_row(*_journal_row(entry))
-    console.print(table)
+    head = (
+        f"[bold]{record.task_id}[/] on queue [bold]{record.queue}[/]: "
+        f"[{_STYLE[record.status]}]{record.status.value}[/] (revision {record.revision})"
+    )
+    texts = [head, *(f"  [dim]{name:>9}[/] {escape(value)}" for name, value in lines)]
+    out = _out(table, *texts)
+    for text in texts:
+        out.print(text, highlight=False)
+    out.print(table)
 
 
 @app.command("show")

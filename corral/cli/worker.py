@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import shutil
 import signal
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
@@ -53,6 +55,9 @@ def _handler(handler: str | None, command: list[str]) -> Handler:
     if (handler is None) == (not command):
         fail("give exactly one of --handler module:function or -- COMMAND ARGS...", EXIT_USAGE)
     if handler is not None:
+        # As `python -m` would: a handler module in the current directory is found without PYTHONPATH.
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
         try:
             return load_handler(handler)
         except InvalidInput as err:
@@ -79,6 +84,11 @@ _STATS = (
 async def _serve(opts: Options, worker_id: str | None, make_worker: Callable[[Coord], Worker], as_json: bool) -> int:
     async with opts.connect(name=f"corral-worker {worker_id or ''}") as coord:
         worker = make_worker(coord)
+        typer.echo(
+            f"worker {worker.worker_id} serving {', '.join(worker.queues)} (concurrency {worker.concurrency}) "
+            f"on {opts.server}, namespace {coord.namespace}",
+            err=True,
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, worker.stop)
@@ -119,7 +129,12 @@ def worker(
             help="Exit (code 4) when presence is lost instead of failing closed and joining again.",
         ),
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each claim and result.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Log at INFO level (presence joins and leaves, shutdown), not only warnings."
+        ),
+    ] = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print a JSON line when it stops (its counts); errors as JSON.")
     ] = False,
@@ -181,7 +196,9 @@ def run_one(
     worker_agent_id: Annotated[str, typer.Option(help="Agent id to run as (present while running).")],
     handler: Annotated[str | None, typer.Option(help="Python handler as module:function.")] = None,
     ttl: Annotated[float | None, typer.Option(help=setting_help("Presence TTL in seconds.", "presence_ttl"))] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log at INFO level (presence joins and leaves), not only warnings.")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help='Print {"task_id", "status"}; errors as JSON.')] = False,
 ) -> None:
     """Claim one task, run it, report, exit (the parent-spawns-worker flow).

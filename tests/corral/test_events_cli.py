@@ -69,3 +69,33 @@ async def test_emit_rejects_unknown_kinds_and_missing_fields(
         nats_server.url, namespace, subprocess_env, "events", "emit", "progress", "--to", "b", "--agent", "k k"
     )
     assert bad.code == 2 and "--agent" in bad.err and "not allowed" in bad.err and "Traceback" not in bad.err
+
+
+async def test_tree_without_a_listener_is_built_from_the_stored_events(
+    coord_conn: coord.Coord, nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]
+) -> None:
+    def cli(*args: str):  # type: ignore[no-untyped-def]
+        return corral(nats_server.url, namespace, subprocess_env, *args)
+
+    for args in (
+        ("turn-ended", "--agent", "kid", "--turn", "2", "--text", "half way"),
+        ("scope-sub-delegated", "--agent", "kid", "--sub-agent", "grandkid", "--scope", "docs"),
+        ("errored", "--agent", "grandkid", "--text", "disk full"),
+    ):
+        done = await cli("events", "emit", args[0], "--to", "root", *args[1:])
+        assert done.code == 0, done
+    tree = json.loads((await cli("events", "tree", "root", "--json")).out)
+    assert [(d["agent"], d["parent"], d["last_turn"], d["last_error"]) for d in tree] == [
+        ("grandkid", "kid", None, "disk full"),
+        ("kid", "root", 2, None),
+    ]
+    table = await cli("events", "tree", "root")
+    assert "2 descendant(s) of root, from the events stream" in table.out and "disk full" in table.out
+    assert await coord_conn.events.descendants("root") == {}  # reading wrote nothing
+
+    async with coord_conn.events.listener("root") as listener:
+        await listener.catch_up()
+    table = await cli("events", "tree", "root")
+    assert "2 descendant(s) of root, from its listener's registry" in table.out
+    forced = await cli("events", "tree", "root", "--from-stream")
+    assert "from the events stream" in forced.out

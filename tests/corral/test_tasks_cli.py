@@ -9,6 +9,7 @@ import subprocess
 import coord
 from coord.server import NatsServer
 from coord.tasks import TaskStatus
+from coord.wire import Result, Spec
 from tests.conftest import PYTHON
 
 
@@ -94,3 +95,59 @@ def test_unknown_and_malformed_ids_are_one_line_errors(
     out = corral(nats_server, namespace, subprocess_env, "tasks", "cancel", "not.an.id")
     assert out.returncode == 2 and "TASK_ID: 'not.an.id'" in out.stderr and "not allowed" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+async def _seed_specs(url: str, namespace: str) -> None:
+    async with coord.connect(url, namespace=namespace) as conn:
+        tasks = conn.tasks
+        for i in range(3):
+            spec = Spec(task_id=f"s{i}", queue="gamma", title=f"job {i}", parent_agent_id="p1", payload={"n": i})
+            await tasks.schedule(f"s{i}", queue="gamma", spec=spec.model_dump(mode="json"))
+        claim = await tasks.claim("s0", "worker-1")
+        await tasks.complete(claim, Result.success("all good", output={"rows": 3}).model_dump(mode="json"))
+
+
+def test_ls_off_a_terminal_keeps_whole_headers_and_notes_without_json(
+    nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]
+) -> None:
+    asyncio.run(_seed_specs(nats_server.url, namespace))
+    env = {k: v for k, v in subprocess_env.items() if k not in ("COLUMNS", "LINES")}
+    out = subprocess.run(
+        [PYTHON, "-m", "corral", "--server", nats_server.url, "--namespace", namespace, "tasks", "ls"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    [header] = [line for line in out.stdout.splitlines() if "task" in line and "note" in line]
+    assert [word for word in header.replace("┃", " ").split()] == [
+        "task", "queue", "status", "attempt", "epoch", "worker", "updated", "note",
+    ]  # fmt: skip
+    [row] = [line for line in out.stdout.splitlines() if " s0 " in line]
+    assert "all good" in row and "{" not in row and "…" not in row
+
+
+def test_ls_json_honours_the_limit(nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]) -> None:
+    asyncio.run(_seed_specs(nats_server.url, namespace))
+    out = corral(nats_server, namespace, subprocess_env, "tasks", "ls", "--json", "--limit", "2")
+    assert out.returncode == 0, out.stderr
+    assert [r["task_id"] for r in json.loads(out.stdout)] == ["s1", "s2"]
+    out = corral(nats_server, namespace, subprocess_env, "tasks", "ls", "--json")
+    assert len(json.loads(out.stdout)) == 3
+
+
+def test_show_presents_the_users_payload_and_the_typed_result(
+    nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]
+) -> None:
+    asyncio.run(_seed_specs(nats_server.url, namespace))
+    out = corral(nats_server, namespace, subprocess_env, "tasks", "show", "s0", "--json")
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["payload"] == {"n": 0}
+    assert shown["outcome"]["kind"] == "success" and shown["outcome"]["summary"] == "all good"
+    assert shown["record"]["spec"]["payload"] == {"n": 0}  # the wire is unchanged
+    out = corral(nats_server, namespace, subprocess_env, "tasks", "show", "s0")
+    head = out.stdout.split("journal", 1)[0].splitlines()[1:]
+    lines = {line.split(None, 1)[0]: line.split(None, 1)[1] for line in head if line.strip()}
+    assert lines["payload"] == '{"n": 0}' and lines["title"] == "job 0"
+    assert lines["result"] == "success: all good" and lines["output"] == '{"rows": 3}'
+    pending = corral(nats_server, namespace, subprocess_env, "tasks", "show", "s1", "--json")
+    assert json.loads(pending.stdout)["outcome"] is None

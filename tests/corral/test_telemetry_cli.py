@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import subprocess
+import urllib.request
 
+from coord.server import NatsServer, free_port
 from tests.conftest import PYTHON
+from tests.corral.helpers_cli import corral
 from tests.helpers_telemetry import block_imports, clean_env
 
 # --- the CLI's --trace option -------------------------------------------------------------------------
@@ -63,7 +68,7 @@ def test_cli_metrics_port_without_the_extra_is_a_clear_error_not_a_traceback(sub
 
 # --- --metrics-host: the Prometheus endpoint listens on loopback unless told otherwise ----------------
 
-# The Prometheus extra is not installed here: stand-ins with the same two entry points corral uses
+# Stand-ins for the Prometheus extra with the same two entry points corral uses
 # (a real SDK MetricReader, and start_http_server(port, addr) that really binds the address).
 PROMETHEUS_STANDIN = """
 import sys, types, threading
@@ -106,3 +111,51 @@ def test_cli_metrics_host_chooses_the_address(subprocess_env: dict[str, str]) ->
     assert _bound(["--metrics-port", "0", "--metrics-host", "127.0.0.2"], clean_env(subprocess_env)) == "127.0.0.2"
     env = clean_env(subprocess_env, CORRAL_METRICS_HOST="127.0.0.3")
     assert _bound(["--metrics-port", "0"], env) == "127.0.0.3"
+
+
+# --- the real CLI: help text and a real Prometheus scrape ------------------------------------------
+
+
+def test_help_names_the_extras_that_trace_and_metrics_need(subprocess_env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [PYTHON, "-m", "corral", "--help"],
+        env={**clean_env(subprocess_env), "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "needs corral[otlp])." in done.stdout and "needs corral[prometheus])." in done.stdout
+    assert "needs corral)." not in done.stdout
+
+
+async def test_prometheus_scrapes_of_a_worker_show_its_metrics_and_log_nothing(
+    nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]
+) -> None:
+    port = free_port()
+    env = clean_env(subprocess_env)
+    worker = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "corral", "--server", nats_server.url, "--namespace", namespace, "--metrics-port", str(port),
+        "worker", "-q", "scraped", "--", PYTHON, "-c", "print('done')",
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert worker.stderr is not None
+        await asyncio.wait_for(worker.stderr.readline(), 20)  # the start line: metrics are being served
+        done = await corral(
+            nats_server.url, namespace, env, "submit", "-q", "scraped", "--wait", "--wait-timeout", "20"
+        )
+        assert done.code == 0, done
+        scrapes = [await asyncio.to_thread(_scrape, port) for _ in range(3)]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        err = (await asyncio.wait_for(worker.stderr.read(), 30)).decode() if worker.stderr else ""
+        await worker.wait()
+    assert all('corral_tasks_claimed_total{messaging_destination_name="scraped"' in s for s in scrapes)
+    assert "Cannot call collect" not in err and "opentelemetry" not in err and "Traceback" not in err, err
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        body: bytes = resp.read()
+    return body.decode()
