@@ -76,7 +76,7 @@ def test(args: list[str]) -> int:
     return 0
 
 
-BENCHES = {"peers": "bench.peers"}
+BENCHES = {"peers": "bench.peers", "clients": "bench.clients"}
 """`dev.py bench NAME` → the module run with the venv's python from the repository root."""
 
 
