@@ -374,7 +374,10 @@ async def _measure(driver: NatsPyDriver | NatsCoreDriver, sizes: Sizes) -> list[
                 await driver.publish(HDR_SUBJECT, PAYLOAD, HEADERS)
             sent += chunk
             await driver.flush()
+            stalled = time.perf_counter() + 30
             while got[0] < sent - 4 * chunk:  # keep the backlog bounded: the receiver sets the pace
+                if time.perf_counter() > stalled:
+                    raise TimeoutError(f"receiver stalled at {got[0]} of {sent} messages")
                 await asyncio.sleep(0.001)
         target[0] = sent
         if got[0] < sent:
@@ -715,6 +718,10 @@ def main(argv: list[str] | None = None) -> int:
     report = run_all(python313, args.venv, sizes, log)
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     print(f"{report['server']}, {report['machine']['cpus']} CPUs, {report['machine']['platform']}")
+    for row in report["rows"]:
+        if row["status"] == "ok":
+            installed = ", ".join(f"{d} {v}" for d, v in row["versions"].items())
+            print(f"  {row['client']}: Python {row['python']}, {installed}")
     print(render(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
