@@ -639,7 +639,7 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    """The table: one line per client and operation, then each 3.13 client's ratio to nats-py (3.13)."""
+    """The table: one line per client and operation, then the ratios (3.13 to 3.11, new client to nats-py)."""
     head = ["client", "operation", "ops/s", "p50 ms", "p99 ms", "CPU µs/op", "note"]
     lines: list[list[str]] = []
     for row in report["rows"]:
@@ -664,13 +664,18 @@ def render(report: dict[str, Any]) -> str:
     out += ["  ".join(c.ljust(w) for c, w in zip(ln, widths, strict=True)).rstrip() for ln in lines]
 
     by_client = {row["client"]: row for row in report["rows"] if row["status"] == "ok"}
-    base = by_client.get("nats-py (3.13)")
-    for name in ("nats-core+jetstream (3.13)", "nats-core+jetstream (3.13, flush 0)"):
-        new = by_client.get(name)
-        if not base or not new:
+    reference = report["rows"][0]["client"]  # nats-py on the interpreter running this script
+    pairs = [
+        ("nats-py (3.13)", reference),
+        ("nats-core+jetstream (3.13)", "nats-py (3.13)"),
+        ("nats-core+jetstream (3.13, flush 0)", "nats-py (3.13)"),
+    ]
+    for name, against in pairs:
+        new, base = by_client.get(name), by_client.get(against)
+        if not base or not new or name == against:
             continue
         out.append("")
-        out.append(f"{name} / nats-py (3.13): rate >1 is faster, CPU <1 is cheaper")
+        out.append(f"{name} / {against}: rate >1 is faster, CPU <1 is cheaper")
         base_ops = {r["op"]: r for r in base["results"]}
         for r in new["results"]:
             b = base_ops.get(r["op"])
