@@ -432,6 +432,8 @@ class ClientRow:
 
     client: str
     driver: str
+    interpreter: str = ""
+    """The interpreter the measuring process runs on."""
     python: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     status: str = "ok"
@@ -582,17 +584,17 @@ def run_all(python313: str | None, venv: Path, sizes: Sizes, log: Callable[[str]
     """Every client row (measured, or unavailable with the reason), with the machine and server."""
     from coord.server import NatsServer
 
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
     rows = [
-        ClientRow("nats-py (3.11)", "nats-py"),
+        ClientRow(f"nats-py ({here})", "nats-py", sys.executable),
         ClientRow("nats-py (3.13)", "nats-py"),
         ClientRow("nats-core+jetstream (3.13)", "nats-core"),
         ClientRow("nats-core+jetstream (3.13, flush 0)", "nats-core-flush0"),
     ]
-    venv_py, missing = ensure_venv(python313, venv, log)
-    interpreters: dict[str, str | None] = {rows[0].client: sys.executable}
+    have313 = bool(python313) and is_python313(python313 or "")
+    venv_py, missing = ensure_venv(python313 if have313 else None, venv, log)
     for row in rows[1:]:
-        interpreters[row.client] = str(venv_py) if venv_py else None
-        if not python313 or not is_python313(python313):
+        if not have313:
             row.status = "unavailable"
             row.reason = f"Python 3.13 interpreter not found ({python313 or 'no python3.13 on PATH or in pyenv'})"
             continue
@@ -600,17 +602,16 @@ def run_all(python313: str | None, venv: Path, sizes: Sizes, log: Callable[[str]
         why = list(dict.fromkeys(missing[d] for d in needs if d in missing))
         if why or venv_py is None:
             row.status, row.reason = "unavailable", "; ".join(why) or "no 3.13 venv"
-    if sys.version_info[:2] != (3, 11):
-        rows[0].client = f"nats-py ({sys.version_info[0]}.{sys.version_info[1]})"
+        else:
+            row.interpreter = str(venv_py)
 
     server = NatsServer().start()
     try:
         for row in rows:
-            py = interpreters.get(row.client) or sys.executable
             if row.status != "ok":
                 continue
             log(f"measuring {row.client}")
-            _run_client(row, py, server.url, sizes, timeout=60 + 12 * sizes.seconds * len(OPS))
+            _run_client(row, row.interpreter, server.url, sizes, timeout=60 + 12 * sizes.seconds * len(OPS))
     finally:
         server.stop()
     return {

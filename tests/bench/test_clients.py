@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.clients import OPS
+from bench.clients import OPS, find_python313
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CLIENTS_313 = ["nats-py (3.13)", "nats-core+jetstream (3.13)", "nats-core+jetstream (3.13, flush 0)"]
@@ -65,3 +65,23 @@ def test_missing_python313_makes_each_313_client_a_row_saying_so(tmp_path: Path)
         assert row["results"] == []
     assert printed.count("Python 3.13 interpreter not found") == len(CLIENTS_313)
     assert not venv.exists()
+
+
+def test_client_that_cannot_be_installed_is_a_row_with_pips_reason(tmp_path: Path) -> None:
+    python313 = find_python313()
+    venv = tmp_path / "venv313"
+    if python313 is not None:  # a real venv without pip: every install fails for a real reason
+        subprocess.run([python313, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    report, _ = run_quick(tmp_path, "--python313", python313 or "", "--venv", str(venv))
+    rows = report["rows"]
+    assert_measured(rows[0])
+    assert [r["client"] for r in rows[1:]] == CLIENTS_313
+    for row in rows[1:]:
+        assert row["status"] == "unavailable" and row["results"] == []
+        if python313 is None:
+            assert "Python 3.13 interpreter not found" in row["reason"]
+        elif row["driver"] == "nats-py":
+            assert row["reason"].startswith("pip install nats-py failed: ") and "No module named pip" in row["reason"]
+        else:
+            assert "pip install nats-core[nkeys] failed: " in row["reason"]
+            assert "pip install nats-jetstream failed: " in row["reason"]
