@@ -6,6 +6,9 @@
     python3 dev.py bench peers [--tasks N --rounds R --latency N --systems a,b --json FILE]
                                    # corral side by side with Celery, arq, taskiq-nats and raw nats-py
                                    # (installs the `bench` extra; redis-server from the system)
+    python3 dev.py bench clients [--quick --seconds S --json FILE]
+                                   # nats-py vs nats-core + nats-jetstream on corral's hot path
+                                   # (builds a Python 3.13 venv in ./.venv-clients313)
     python3 dev.py corral ARGS     # any other corral command inside the project's virtualenv
 
 The virtualenv lives in ./.venv and is (re)installed whenever pyproject.toml changes (or when a
@@ -76,7 +79,7 @@ def test(args: list[str]) -> int:
     return 0
 
 
-BENCHES = {"peers": "bench.peers"}
+BENCHES = {"peers": "bench.peers", "clients": "bench.clients"}
 """`dev.py bench NAME` → the module run with the venv's python from the repository root."""
 
 
