@@ -136,7 +136,13 @@ class Execution:
             self._on_done(self)
 
     async def _execute(self) -> None:
-        keeper = asyncio.create_task(self._keep_lease(), name=f"lease-{self.claim.task_id}")
+        # The lease keeper's task is started only when its first extension is due: most runs end before.
+        keeper: list[asyncio.Task[None]] = []
+        loop = asyncio.get_running_loop()
+        due = loop.call_later(
+            self._next_beat(),
+            lambda: keeper.append(loop.create_task(self._keep_lease(), name=f"lease-{self.claim.task_id}")),
+        )
         try:
             try:
                 spec = Spec.model_validate(self.claim.record.spec)
@@ -163,7 +169,9 @@ class Execution:
                 return  # the claim ended meanwhile: nothing of ours to write
             await self._settle(result, retry=False)
         finally:
-            keeper.cancel()
+            due.cancel()
+            for task in keeper:
+                task.cancel()
 
     async def _after_stop(self) -> None:
         """The handler has stopped (cancelled): release the claim if the worker is shutting down."""
@@ -188,11 +196,19 @@ class Execution:
         async with self._lock:
             self.claim = await self._coord.tasks.heartbeat(self.claim, progress=progress)
 
+    def _next_beat(self) -> float:
+        """Seconds until the lease is next extended: a third of the lease, sooner if the deadline is near."""
+        remaining = (self.claim.deadline - datetime.now(UTC)).total_seconds()
+        return max(0.05, min(self.claim.lease / 3, remaining / 2))
+
     async def _keep_lease(self) -> None:
-        """Extend the deadline at a third of the lease, until the run ends or the claim is not kept."""
+        """Extend the deadline at a third of the lease, until the run ends or the claim is not kept
+        (started when the first extension is due)."""
+        first = True
         while self.keeps_lease:
-            remaining = (self.claim.deadline - datetime.now(UTC)).total_seconds()
-            await asyncio.sleep(max(0.05, min(self.claim.lease / 3, remaining / 2)))
+            if not first:
+                await asyncio.sleep(self._next_beat())
+            first = False
             if not self.keeps_lease:
                 return
             try:

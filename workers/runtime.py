@@ -56,6 +56,11 @@ __all__ = ["Worker", "WorkerStats", "queue_consumer"]
 
 log = logging.getLogger("corral.worker")
 
+INFLIGHT_COALESCE = 0.05
+"""Seconds within which task starts and ends are published as one inflight update (presence writes
+it at most four times a second anyway; validating a new AgentInfo per start and end cost ~3% of a
+busy worker's CPU)."""
+
 
 @dataclass
 class WorkerStats:
@@ -137,6 +142,7 @@ class Worker:
         self._fatal: CorralError | None = None
         self._started = asyncio.Event()
         self._membership: Membership | None = None
+        self._inflight_due: asyncio.TimerHandle | None = None
         self._watchdog = LoopWatchdog(self._describe_running, on_block=self._blocked)
 
     @property
@@ -203,9 +209,16 @@ class Worker:
                 execution.stop("lost")
 
     def _publish_inflight(self) -> None:
-        if self._membership is not None and not self._membership.ended.is_set():
+        """Publish the number of running tasks within :data:`INFLIGHT_COALESCE` (one update for many)."""
+        if self._inflight_due is None:
+            self._inflight_due = asyncio.get_running_loop().call_later(INFLIGHT_COALESCE, self._write_inflight)
+
+    def _write_inflight(self) -> None:
+        self._inflight_due = None
+        membership = self._membership
+        if membership is not None and not membership.ended.is_set() and membership.info.inflight != len(self._running):
             with contextlib.suppress(CorralError):
-                self._membership.change(inflight=len(self._running))
+                membership.change(inflight=len(self._running))
 
     # --- running -------------------------------------------------------------------------------
     def _start(self, claim: Claim, pending: TaskRecord | None) -> None:
