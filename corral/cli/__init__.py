@@ -8,7 +8,7 @@ import typer
 
 from coord.connection import DEFAULT_NAMESPACE, DEFAULT_URL, Auth
 from corral import __version__
-from corral.cli import auth, demo, events, msg, presence, reclaimer, registry, server, submit, tasks, worker
+from corral.cli import auth, demo, events, msg, presence, reclaimer, registry, server, submit, tasks, ui, worker
 from corral.cli import provision as provision_cli
 from corral.cli._common import Options, setting_bounds, setting_env, setting_help
 from corral.cli._telemetry import (
@@ -123,6 +123,7 @@ reclaimer.register(app)
 demo.register(app)
 auth.register(app)
 provision_cli.register(app)
+ui.register(app)
 
 
 def main() -> None:
