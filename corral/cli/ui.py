@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import sys
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 import typer
 
-from coord.errors import InvalidInput
+from coord.connection import Coord
+from coord.errors import CorralError, InvalidInput
 from corral.cli._common import Options, console, fail, options, print_json, run
 from corral.ui import DEFAULT_HOST, DEFAULT_PORT, Dashboard, check_trace_url
 
@@ -39,6 +43,28 @@ async def _serve(
                 highlight=False,
             )
         await stop.wait()
+
+
+@contextlib.asynccontextmanager
+async def alongside(coord: Coord, port: int | None, *, as_json: bool) -> AsyncIterator[Dashboard | None]:
+    """A read-only dashboard of ``coord``'s namespace while the block runs (``corral demo``); None when
+    ``port`` is None. A busy ``port`` falls back to a free one. The URL goes to stdout, or to stderr
+    with ``as_json`` (stdout then holds only the command's JSON)."""
+    if port is None:
+        yield None
+        return
+    try:
+        dashboard = await Dashboard(coord, port=port).start()
+    except CorralError:
+        dashboard = await Dashboard(coord, port=0).start()
+    try:
+        if as_json:
+            print(f"dashboard: {dashboard.url}", file=sys.stderr, flush=True)
+        else:
+            console.print(f"dashboard at [bold]{dashboard.url}[/] while the fleet runs", highlight=False)
+        yield dashboard
+    finally:
+        await dashboard.stop()
 
 
 def ui(

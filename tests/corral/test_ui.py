@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +17,7 @@ from selenium import webdriver
 
 from coord.server import NatsServer
 from coord.wire import Spec
+from tests.conftest import PYTHON
 from tests.corral.helpers_ui import QUEUE, Fleet, chromium, find, schedule, task_status, texts, until
 
 
@@ -125,3 +130,40 @@ def test_dead_letter_retry_is_refused_without_allow_actions(fleet: Fleet, browse
     )
     assert answer["status"] == 403 and "read-only" in answer["error"], answer
     assert task_status(fleet.url, fleet.namespace, task) == "dead", "the refused retry changed nothing"
+
+
+def test_demo_prints_the_dashboard_url_and_serves_it_while_its_fleet_runs(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    err = (tmp_path / "demo.err").open("wb")
+    demo = subprocess.Popen(
+        [PYTHON, "-m", "corral", "demo", "--json", "-N", "2", "-M", "8", "--ttl", "2", "--ui-port", "0"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=subprocess_env,
+    )  # fmt: skip
+    err.close()
+    try:
+        line = until(
+            lambda: next(
+                (ln for ln in (tmp_path / "demo.err").read_text().splitlines() if ln.startswith("dashboard:")), None
+            ),
+            60,
+            "the dashboard's URL on stderr",
+        )
+        url = line.split()[-1]
+
+        def fleet_shown() -> bool:
+            with urllib.request.urlopen(url + "api/state", timeout=10) as answer:
+                state = json.load(answer)
+            return {agent["id"] for agent in state["agents"]} >= {"demo-w1", "demo-w2"}
+
+        until(fleet_shown, 30, "the demo's workers on its dashboard", every=0.2)
+        out, _ = demo.communicate(timeout=150)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert demo.returncode == 0, (tmp_path / "demo.err").read_text()
+    summary = json.loads(out.decode().strip().splitlines()[-1])
+    assert summary["succeeded"] == 8, "stdout holds only the demo's JSON"
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url + "api/state", timeout=5)  # the dashboard stopped with the fleet
