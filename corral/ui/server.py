@@ -80,9 +80,9 @@ class Dashboard:
 
         A port already in use is :class:`~coord.errors.CorralError` naming it.
         """
-        runner = web.AppRunner(self._app, handle_signals=False, access_log=None)
+        runner = web.AppRunner(self._app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, self.host, self.port)
         try:
             await site.start()
         except OSError as err:
