@@ -7,14 +7,17 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 import coord
+from coord.authconfig import parse_grant, write_auth
 from coord.deadletter import LATE_RESULT
-from coord.naming import kv_stream_name
+from coord.naming import Names, kv_stream_name
 from coord.presence import AgentInfo
+from coord.roles import inbox_prefix
 from coord.server import NatsServer
 from coord.tasks import ScheduleRequest
 from corral.ui import Dashboard
@@ -197,3 +200,35 @@ async def test_corral_ui_refuses_a_bad_trace_url_and_a_busy_port_in_one_line(
         busy = await corral(nats_server.url, namespace, subprocess_env, "ui", "--port", str(port))
     assert busy.code == 1 and f"--port: cannot listen on 127.0.0.1:{port}" in busy.err
     assert "Traceback" not in busy.err
+
+
+async def test_an_observer_credential_sees_the_fleet_and_its_actions_are_refused_by_the_server(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    names = Names("perm")
+    write_auth(tmp_path / "creds", names, [parse_grant("provisioner:admin"), parse_grant("observer:o1")])
+    server = NatsServer(store_dir=tmp_path / "store", config_extra=(tmp_path / "creds" / "auth.conf").read_text())
+    server.start()
+    try:
+
+        def auth(identity: str) -> coord.Auth:
+            return coord.Auth(
+                nkeys_seed=str(tmp_path / "creds" / f"{identity}.nk"), inbox_prefix=inbox_prefix(names, identity)
+            )
+
+        async with coord.connect(server.url, namespace="perm", auth=auth("admin"), provision="apply") as admin:
+            await admin.tasks.schedule("t1", queue="q", max_attempts=1)
+            claim = await admin.tasks.claim("t1", "w1")
+            await admin.tasks.fail(claim, "boom")
+            async with (
+                coord.connect(server.url, namespace="perm", auth=auth("o1")) as observer,
+                Dashboard(observer, port=0, allow_actions=True) as dashboard,
+            ):
+                _, page = await get(http, dashboard.url + "api/tasks?status=dead")
+                assert page["total"] == 1, "an observer reads everything the dashboard shows"
+                async with http.post(dashboard.url + "api/tasks/t1/retry", headers={"X-Corral-Action": "1"}) as answer:
+                    assert answer.status == 403
+                    assert "permission" in (await answer.json())["error"].lower()
+            assert (await admin.tasks.get("t1")).status.value == "dead"
+    finally:
+        server.stop(remove_store=True)

@@ -18,6 +18,7 @@ const S = {
   selected: null,
 };
 const TIMELINE_MAX = 500;
+const LABELS = { late_result: "rejected", dead_letter: "dead letter" };
 
 // ---- helpers -------------------------------------------------------------------------------
 function h(tag, attrs, ...children) {
@@ -147,7 +148,7 @@ function renderQueues() {
 }
 function timelineItem(item, fresh) {
   return h("li", { class: `k-${item.kind}${fresh ? " fresh" : ""}`, dataset: { kind: item.kind, seq: item.seq, task: item.task_id || "", agent: item.agent_id || "" } },
-    h("span", { class: "t" }, clock(item.at)), h("b", {}, item.kind.replace("_", " ")), " ",
+    h("span", { class: "t" }, clock(item.at)), h("b", {}, LABELS[item.kind] || item.kind), " ",
     h("span", { class: "x" }, item.text));
 }
 function renderTimeline(fresh) {
@@ -217,7 +218,7 @@ async function loadDetail() {
       ["created", new Date(r.created_at).toLocaleString()], ["updated", `${new Date(r.updated_at).toLocaleString()}`],
       ["error", r.error]]),
     h("h3", {}, "spec"), h("pre", {}, JSON.stringify(r.spec, null, 2)),
-    r.result !== null ? [h("h3", {}, "result"), h("pre", {}, JSON.stringify(r.result, null, 2))] : [],
+    ...(r.result !== null ? [h("h3", {}, "result"), h("pre", {}, JSON.stringify(r.result, null, 2))] : []),
     h("h3", {}, `attempts (${d.attempts.length})`), attempts,
     h("h3", {}, `journal (${d.journal.length})`), journal);
 }
@@ -240,28 +241,36 @@ async function loadDead() {
 }
 
 // ---- events and registry -------------------------------------------------------------------
-function treeNode(node, children) {
-  const kids = children.get(node.agent) || [];
-  return h("li", { class: `node-${node.status}`, dataset: { agent: node.agent } },
-    h("span", { class: "mono" }, node.agent),
-    node.last_turn !== null ? h("span", { class: "scope" }, `turn ${node.last_turn}`) : null,
-    node.scope.length ? h("span", { class: "scope" }, `[${node.scope.join(", ")}]`) : null,
-    node.last_error ? h("span", { class: "err" }, node.last_error) : null,
-    node.status === "shut_down" ? h("span", { class: "scope" }, "shut down") : null,
-    kids.length ? h("ul", {}, ...kids.map((k) => treeNode(k, children))) : null);
-}
 async function loadEvents() {
   const d = await getJSON("/api/events");
-  const trees = d.trees.map((t) => {
-    const children = new Map();
-    const roots = [];
+  // Each recipient knows its own descendants; a recipient that is someone else's descendant is
+  // drawn under it, so delegations down several levels read as one tree.
+  const nodes = new Map();
+  const children = new Map();
+  for (const t of d.trees) {
     for (const n of t.nodes) {
-      const p = n.parent && n.parent !== t.root && t.nodes.some((m) => m.agent === n.parent) ? n.parent : null;
-      if (p) { if (!children.has(p)) children.set(p, []); children.get(p).push(n); } else roots.push(n);
+      if (nodes.has(n.agent)) continue;
+      nodes.set(n.agent, n);
+      const parent = n.parent || t.root;
+      if (!children.has(parent)) children.set(parent, []);
+      children.get(parent).push(n);
     }
-    return h("div", { class: "treebox tree", dataset: { root: t.root } },
-      h("div", { class: "root mono" }, t.root), h("ul", {}, ...roots.map((n) => treeNode(n, children))));
-  });
+  }
+  const roots = d.trees.map((t) => t.root).filter((r) => !nodes.has(r));
+  const drawn = new Set();
+  const draw = (node) => {
+    drawn.add(node.agent);
+    const kids = (children.get(node.agent) || []).filter((k) => !drawn.has(k.agent));
+    return h("li", { class: `node-${node.status}`, dataset: { agent: node.agent } },
+      h("span", { class: "mono" }, node.agent),
+      node.last_turn !== null ? h("span", { class: "scope" }, `turn ${node.last_turn}`) : null,
+      node.scope.length ? h("span", { class: "scope" }, `[${node.scope.join(", ")}]`) : null,
+      node.last_error ? h("span", { class: "err" }, node.last_error) : null,
+      node.status === "shut_down" ? h("span", { class: "scope" }, "shut down") : null,
+      kids.length ? h("ul", {}, ...kids.map(draw)) : null);
+  };
+  const trees = roots.map((root) => h("div", { class: "treebox tree", dataset: { root } },
+    h("div", { class: "root mono" }, root), h("ul", {}, ...(children.get(root) || []).map(draw))));
   $("#trees").replaceChildren(...(trees.length ? trees : [h("p", { class: "muted" }, "no lifecycle event in the last hour")]));
   $("#events-list").replaceChildren(...d.events.map((e) => h("li", { dataset: { kind: e.kind } },
     h("span", { class: "t" }, clock(e.at)), h("b", {}, e.kind.replaceAll("_", " ")), ` → ${e.to}: `, e.text)));
