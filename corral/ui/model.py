@@ -271,6 +271,7 @@ class ReadModel:
         self._agent_changed: set[str] = set()
         self._agent_removed: set[str] = set()
         self.departures: deque[Departure] = deque(maxlen=departures)
+        self._departed = False
         self.timeline: deque[TimelineItem] = deque(maxlen=timeline)
         self._seq = 0
         self.dead_letters: deque[tuple[int, DeadLetter]] = deque(maxlen=dead_letters)
@@ -360,6 +361,7 @@ class ReadModel:
         self._agent_changed.discard(agent_id)
         self._agent_removed.add(agent_id)
         self.departures.append(Departure(agent_id, reason, at.timestamp(), row.info.role if row else None))
+        self._departed = True
         held = len(self._claims.get(agent_id, ()))
         holding = f" holding {held} claim(s)" if held else ""
         how = "left gracefully" if reason == "graceful" else "expired (its presence TTL ran out)"
@@ -375,16 +377,19 @@ class ReadModel:
         return [self.agents[a].json(self.claims_of(a)) for a in sorted(self.agents)]
 
     def take_agent_delta(self) -> dict[str, Any]:
-        """Agents changed or gone since the last call, and every present agent's last renewal."""
+        """Agents changed or gone since the last call, every present agent's last renewal, and the
+        departures when there was a new one."""
         changed = [self.agents[a].json(self.claims_of(a)) for a in sorted(self._agent_changed) if a in self.agents]
-        delta = {
+        delta: dict[str, Any] = {
             "upsert": changed,
             "remove": sorted(self._agent_removed),
             "renewed": {a: row.renewed_at for a, row in self.agents.items()},
-            "departures": [d.json() for d in self.departures],
         }
+        if self._departed:
+            delta["departures"] = [d.json() for d in self.departures]
         self._agent_changed.clear()
         self._agent_removed.clear()
+        self._departed = False
         return delta
 
     # --- tasks -------------------------------------------------------------------------------------

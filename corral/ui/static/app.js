@@ -345,7 +345,7 @@ function applyDelta(d) {
     for (const a of d.agents.upsert) S.agents.set(a.id, a);
     for (const id of d.agents.remove) S.agents.delete(id);
     for (const [id, ts] of Object.entries(d.agents.renewed)) { const a = S.agents.get(id); if (a) a.renewed_at = ts; }
-    S.departures = d.agents.departures;
+    if (d.agents.departures) S.departures = d.agents.departures;
   }
   if (d.queues) S.queues = d.queues;
   if (d.counts) S.counts = d.counts;
