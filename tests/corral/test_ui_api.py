@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -232,3 +233,24 @@ async def test_an_observer_credential_sees_the_fleet_and_its_actions_are_refused
             assert (await admin.tasks.get("t1")).status.value == "dead"
     finally:
         server.stop(remove_store=True)
+
+
+async def test_a_hundred_agents_renewing_cost_a_small_delta_not_their_rows(
+    coord_conn: coord.Coord, http: aiohttp.ClientSession
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        for i in range(100):
+            info = AgentInfo(id=f"w{i:03d}", role="worker", queues=["q"], capacity=4)
+            await stack.enter_async_context(coord_conn.presence.join(info, interval=1, ttl=5))
+        async with Dashboard(coord_conn, port=0) as dashboard, http.get(dashboard.url + "api/stream") as stream:
+            snapshot = json.loads((await first_frame(stream)).split(b"data: ", 1)[1])
+            assert len(snapshot["agents"]) == 100
+            renewals = None
+            while renewals is None:
+                frame = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), 10)
+                if frame.startswith(b"event: delta"):
+                    agents = json.loads(frame.split(b"data: ", 1)[1]).get("agents")
+                    if agents and not agents["upsert"] and len(agents["renewed"]) == 100:
+                        renewals = frame
+            assert len(renewals) < 10_000, "renewals travel as one time per agent"
+            assert b"departures" not in renewals
