@@ -541,7 +541,10 @@ class ReadModel:
 
     # --- dead letters --------------------------------------------------------------------------------
     def on_dead_letter(self, letter: DeadLetter, *, live: bool = True) -> None:
-        """A dead letter was recorded; a rejected late result also goes on the timeline."""
+        """A dead letter was recorded; a rejected late result also goes on the timeline. One already
+        held (a restarted feed reads the last hour again) is ignored."""
+        if any(held == letter for _, held in self.dead_letters):
+            return
         self.dead_letters.append((self._next_seq(), letter))
         if letter.source == LATE_RESULT:
             self._note("late_result", letter.reason, at=letter.at.timestamp(), task_id=letter.task_id)
@@ -561,7 +564,10 @@ class ReadModel:
 
     # --- lifecycle events ----------------------------------------------------------------------------
     def on_event(self, received: ReceivedEvent) -> None:
-        """A lifecycle event was stored: kept in the feed and merged into its recipient's tree."""
+        """A lifecycle event was stored: kept in the feed and merged into its recipient's tree (one
+        already held, e.g. read again by a restarted feed, is ignored)."""
+        if any(held.event.id == received.event.id and held.to == received.to for _, held in self.events):
+            return
         self.events.append((self._next_seq(), received))
         tree = self.trees.get(received.to)
         if tree is None:

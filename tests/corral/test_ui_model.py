@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from coord.deadletter import LATE_RESULT, DeadLetter
+from coord.events import ReceivedEvent, TurnEnded
 from coord.presence import AgentInfo
 from coord.tasks import ClaimInfo, TaskRecord, TaskStatus, Transition
 from corral.ui.model import ReadModel
@@ -79,3 +80,15 @@ def test_a_rejected_late_result_goes_on_the_timeline_and_pages_filter_server_sid
     assert page.total == 40 and len(page.rows) == 15
     assert all(row.worker == "w2" for row in page.rows)
     assert [r.task_id for r in page.rows] == sorted((r.task_id for r in page.rows), reverse=True)
+
+
+def test_a_dead_letter_or_event_read_again_by_a_restarted_feed_is_kept_once() -> None:
+    model = ReadModel("ns")
+    letter = DeadLetter(source="dispatch", reason="malformed", at=datetime.now(UTC))
+    event = ReceivedEvent(event=TurnEnded(agent="c1", turn=1), to="p1", sender="c1", seq=4)
+    for _ in range(2):
+        model.on_dead_letter(letter)
+        model.on_event(event)
+    assert len(model.dead_letters) == 1 and len(model.events) == 1
+    assert [item.kind for item in model.timeline] == ["dead_letter"]
+    assert model.trees_json()[0]["nodes"][0]["last_turn"] == 1
