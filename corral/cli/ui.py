@@ -41,6 +41,7 @@ async def _serve(
                 f"corral dashboard of namespace [bold]{coord.namespace}[/] at [bold]{dashboard.url}[/] ({mode}); "
                 "Ctrl-C stops it",
                 highlight=False,
+                soft_wrap=True,
             )
         await stop.wait()
 
@@ -61,7 +62,9 @@ async def alongside(coord: Coord, port: int | None, *, as_json: bool) -> AsyncIt
         if as_json:
             print(f"dashboard: {dashboard.url}", file=sys.stderr, flush=True)
         else:
-            console.print(f"dashboard at [bold]{dashboard.url}[/] while the fleet runs", highlight=False)
+            console.print(
+                f"dashboard at [bold]{dashboard.url}[/] while the fleet runs", highlight=False, soft_wrap=True
+            )
         yield dashboard
     finally:
         await dashboard.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from types import TracebackType
 
@@ -78,7 +79,8 @@ class Dashboard:
     async def start(self, *, ready_within: float = 30.0) -> Dashboard:
         """Listen, start the watches and wait (up to ``ready_within`` s) until agents and tasks are loaded.
 
-        A port already in use is :class:`~coord.errors.CorralError` naming it.
+        A port already in use is :class:`~coord.errors.CorralError` naming ``--port``; an address that
+        cannot be listened on, one naming ``--host``.
         """
         runner = web.AppRunner(self._app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
@@ -87,7 +89,8 @@ class Dashboard:
             await site.start()
         except OSError as err:
             await runner.cleanup()
-            raise CorralError(f"--port: cannot listen on {self.host}:{self.port}: {err.strerror or err}") from None
+            flag = "--port" if err.errno == errno.EADDRINUSE else "--host"
+            raise CorralError(f"{flag}: cannot listen on {self.host}:{self.port}: {err.strerror or err}") from None
         self._runner = runner
         addresses = runner.addresses
         if addresses:

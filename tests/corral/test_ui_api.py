@@ -188,7 +188,7 @@ async def test_rejected_late_results_and_departures_go_on_the_timeline(
         assert isinstance(departures, list) and departures[0]["id"] == "a1" and departures[0]["reason"] == "graceful"
 
 
-async def test_corral_ui_refuses_a_bad_trace_url_and_a_busy_port_in_one_line(
+async def test_corral_ui_refuses_a_bad_trace_url_a_busy_port_and_a_bad_host_in_one_line(
     nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]
 ) -> None:
     bad = await corral(nats_server.url, namespace, subprocess_env, "ui", "--trace-url", "http://x/trace")
@@ -201,6 +201,8 @@ async def test_corral_ui_refuses_a_bad_trace_url_and_a_busy_port_in_one_line(
         busy = await corral(nats_server.url, namespace, subprocess_env, "ui", "--port", str(port))
     assert busy.code == 1 and f"--port: cannot listen on 127.0.0.1:{port}" in busy.err
     assert "Traceback" not in busy.err
+    nowhere = await corral(nats_server.url, namespace, subprocess_env, "ui", "--host", "256.1.1.1")
+    assert nowhere.code == 1 and "--host: cannot listen on 256.1.1.1:8470" in nowhere.err
 
 
 async def test_an_observer_credential_sees_the_fleet_and_its_actions_are_refused_by_the_server(
