@@ -231,7 +231,7 @@ class Execution:
                 # On the record (NATS), not only in this process's log: dashboards show it.
                 await self._coord.dead_letters.record(
                     LATE_RESULT,
-                    f"late result from {self.claim.worker_id} (epoch {self.claim.epoch}) rejected: {err}",
+                    f"result from {self.claim.worker_id} (epoch {self.claim.epoch}) refused: {err}",
                     body=result.model_dump_json(),
                     task_id=self.claim.task_id,
                 )
