@@ -83,8 +83,10 @@ def main(out: Path) -> None:
                 browser.get(url)
                 until(lambda: find(browser, "#agents-table tr[data-agent]"), 20, "agents listed")
                 until(lambda: find(browser, "#timeline li[data-kind=reclaimed]"), 20, "a reclaim")
+                late = False
                 with contextlib.suppress(AssertionError):  # the woken worker may hear of the reclaim first
-                    until(lambda: find(browser, "#timeline li[data-kind=late_result]"), 6, "a rejected late result")
+                    late = bool(until(lambda: find(browser, "#timeline li[data-kind=late_result]"), 6, "a late result"))
+                print(f"a rejected late result {'is' if late else 'is not'} in the pictures")
                 time.sleep(1)
                 browser.save_screenshot(str(out / "ui-overview.png"))
                 reclaimed = find(browser, "#timeline li[data-kind=reclaimed]")[-1].get_attribute("data-task")

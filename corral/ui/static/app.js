@@ -217,10 +217,10 @@ async function loadDetail() {
       ["worker", r.claim ? r.claim.worker_id : r.last_worker], ["parent", r.parent], ["trace", trace],
       ["created", new Date(r.created_at).toLocaleString()], ["updated", `${new Date(r.updated_at).toLocaleString()}`],
       ["error", r.error]]),
-    h("h3", {}, "spec"), h("pre", {}, JSON.stringify(r.spec, null, 2)),
-    ...(r.result !== null ? [h("h3", {}, "result"), h("pre", {}, JSON.stringify(r.result, null, 2))] : []),
     h("h3", {}, `attempts (${d.attempts.length})`), attempts,
-    h("h3", {}, `journal (${d.journal.length})`), journal);
+    h("h3", {}, `journal (${d.journal.length})`), journal,
+    h("h3", {}, "spec"), h("pre", {}, JSON.stringify(r.spec, null, 2)),
+    ...(r.result !== null ? [h("h3", {}, "result"), h("pre", {}, JSON.stringify(r.result, null, 2))] : []));
 }
 
 // ---- dead letters --------------------------------------------------------------------------
