@@ -349,11 +349,13 @@ class ReadModel:
         self._touch("dead_letters")
 
     def dead_letters_json(self) -> list[dict[str, Any]]:
-        """The recent dead letters, newest first."""
-        return [
-            {**letter.model_dump(mode="json", exclude={"headers"}), "seq": seq}
-            for seq, letter in reversed(self.dead_letters)
-        ]
+        """The recent dead letters, newest first, each with the current status of its task (if known)."""
+        out = []
+        for seq, letter in reversed(self.dead_letters):
+            row = self.tasks.get(letter.task_id) if letter.task_id else None
+            status = row.status.value if row is not None else None
+            out.append({**letter.model_dump(mode="json", exclude={"headers"}), "seq": seq, "task_status": status})
+        return out
 
     # --- lifecycle events ----------------------------------------------------------------------------
     def on_event(self, received: ReceivedEvent) -> None:

@@ -92,3 +92,11 @@ def test_a_dead_letter_or_event_read_again_by_a_restarted_feed_is_kept_once() ->
     assert len(model.dead_letters) == 1 and len(model.events) == 1
     assert [item.kind for item in model.timeline] == ["dead_letter"]
     assert model.trees_json()[0]["nodes"][0]["last_turn"] == 1
+
+
+def test_a_dead_letter_carries_the_current_status_of_its_task() -> None:
+    model = ReadModel("ns")
+    model.apply_task(claimed("t1", "w1", 2))
+    for task_id in ("t1", "gone"):
+        model.on_dead_letter(DeadLetter(source="dispatch", reason="malformed", task_id=task_id, at=datetime.now(UTC)))
+    assert [(d["task_id"], d["task_status"]) for d in model.dead_letters_json()] == [("gone", None), ("t1", "claimed")]

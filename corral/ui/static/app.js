@@ -236,8 +236,9 @@ async function loadDead() {
   fill($("#dead-table tbody"), rows, 9, "no dead or failed task");
   const lrows = letters.letters.map((l) => h("tr", { dataset: { source: l.source, task: l.task_id || "" } },
     h("td", {}, ago(Date.parse(l.at) / 1000)), h("td", {}, h("code", {}, l.source)), h("td", {}, taskLink(l.task_id)),
-    h("td", {}, l.reason), h("td", {}, l.subject ? h("code", {}, l.subject) : "")));
-  fill($("#letters-table tbody"), lrows, 5, "no dead letter");
+    h("td", {}, l.reason), h("td", {}, l.task_status ? status(l.task_status) : ""),
+    h("td", {}, ...(l.task_id && l.task_status ? actionButtons({ task_id: l.task_id, status: l.task_status }) : []))));
+  fill($("#letters-table tbody"), lrows, 6, "no dead letter");
 }
 
 // ---- events and registry -------------------------------------------------------------------
