@@ -136,7 +136,7 @@ class Api:
                 if frame is None:
                     break
                 await response.write(frame)
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the browser went away
             pass
         finally:
             self.hub.disconnect(client)
