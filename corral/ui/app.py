@@ -93,9 +93,11 @@ class Api:
         self.trace_url = trace_url
 
     async def index(self, request: web.Request) -> web.StreamResponse:
+        """``GET /``: the page."""
         return await self._file("index.html")
 
     async def static(self, request: web.Request) -> web.StreamResponse:
+        """``GET /static/{name}``: the page's script and style (package data; nothing else is served)."""
         return await self._file(request.match_info["name"])
 
     async def _file(self, name: str) -> web.StreamResponse:
@@ -108,6 +110,7 @@ class Api:
         )
 
     async def config(self, request: web.Request) -> web.Response:
+        """``GET /api/config``: the namespace, whether actions are allowed, the trace URL template, the version."""
         return web.json_response(
             {
                 "namespace": self.model.namespace,
@@ -118,9 +121,11 @@ class Api:
         )
 
     async def state(self, request: web.Request) -> web.Response:
+        """``GET /api/state``: the snapshot a browser gets on connecting."""
         return web.json_response(self.model.snapshot())
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
+        """``GET /api/stream``: server-sent events, the snapshot then the hub's deltas (see :mod:`corral.ui.hub`)."""
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
@@ -145,6 +150,8 @@ class Api:
         return response
 
     async def tasks(self, request: web.Request) -> web.Response:
+        """``GET /api/tasks``: one page of tasks filtered by ``status``, ``queue``, ``worker``, ``q``
+        (a bad parameter: 400 naming it)."""
         query = request.query
         status: TaskStatus | None = None
         if query.get("status"):
@@ -173,6 +180,7 @@ class Api:
         return web.json_response(data)
 
     async def task(self, request: web.Request) -> web.Response:
+        """``GET /api/tasks/{id}``: the stored record, its journal, attempts and trace link (reads only)."""
         task_id = request.match_info["task_id"]
         try:
             validate_id(task_id, "task_id")
@@ -192,6 +200,8 @@ class Api:
         )
 
     async def act(self, request: web.Request) -> web.Response:
+        """``POST /api/tasks/{id}/retry|cancel``: the store's transition, if actions are allowed and the
+        header is set."""
         if not self.allow_actions:
             return _error(403, "this dashboard is read-only: start `corral ui --allow-actions` to retry or cancel")
         if request.headers.get(ACTION_HEADER) != "1":
@@ -209,12 +219,15 @@ class Api:
         return web.json_response({"ok": True, "action": action, "record": _record_json(record)})
 
     async def dead_letters(self, request: web.Request) -> web.Response:
+        """``GET /api/dead-letters``: the recent dead letters."""
         return web.json_response({"letters": self.model.dead_letters_json()})
 
     async def events(self, request: web.Request) -> web.Response:
+        """``GET /api/events``: the recent lifecycle events and the trees they make."""
         return web.json_response({"events": self.model.events_json(), "trees": self.model.trees_json()})
 
     async def registry(self, request: web.Request) -> web.Response:
+        """``GET /api/registry``: thread reservations and sessions."""
         return web.json_response(self.model.registry_json())
 
 
