@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -16,6 +17,7 @@ import pytest
 import coord
 from coord.authconfig import parse_grant, write_auth
 from coord.deadletter import LATE_RESULT
+from coord.events import Errored, ScopeSubDelegated
 from coord.naming import Names, kv_stream_name
 from coord.presence import AgentInfo
 from coord.roles import inbox_prefix
@@ -34,7 +36,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, object]]:
+async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
     async with http.get(url) as answer:
         return answer.status, await answer.json()
 
@@ -256,3 +258,29 @@ async def test_a_hundred_agents_renewing_cost_a_small_delta_not_their_rows(
                         renewals = frame
             assert len(renewals) < 10_000, "renewals travel as one time per agent"
             assert b"departures" not in renewals
+
+
+async def test_event_trees_and_registry_threads_are_served_as_they_change(
+    coord_conn: coord.Coord, http: aiohttp.ClientSession
+) -> None:
+    async with (
+        Dashboard(coord_conn, port=0) as dashboard,
+        coord_conn.presence.join(AgentInfo(id="planner"), interval=0.3, ttl=2),
+    ):
+        events = coord_conn.events
+        await events.emit("planner", ScopeSubDelegated(agent="planner", sub_agent="coder", scope=["src"]))
+        await events.emit("planner", Errored(agent="coder", message="lint failed"))
+        await events.emit("coder", ScopeSubDelegated(agent="coder", sub_agent="tester", scope=["tests"]))
+        reserved = await coord_conn.registry.reserve_thread("main", agent_id="planner")
+        await eventually(
+            lambda: len(dashboard.model.events) == 3 and "main" in dashboard.model.threads, 10, "events and thread"
+        )
+        _, answer = await get(http, dashboard.url + "api/events")
+        trees = {t["root"]: {n["agent"]: n for n in t["nodes"]} for t in answer["trees"]}
+        assert trees["planner"]["coder"]["last_error"] == "lint failed"
+        assert trees["planner"]["coder"]["parent"] == "planner" and trees["planner"]["coder"]["scope"] == ["src"]
+        assert trees["coder"]["tester"]["parent"] == "coder", "the page draws coder's own tree under it"
+        _, registry = await get(http, dashboard.url + "api/registry")
+        assert [(t["thread"], t["agent_id"], t["alive"]) for t in registry["threads"]] == [("main", "planner", True)]
+        sessions = registry["sessions"]
+        assert isinstance(sessions, list) and sessions[0]["id"] == reserved.session.id
