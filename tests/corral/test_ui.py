@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -139,6 +140,7 @@ def test_demo_prints_the_dashboard_url_and_serves_it_while_its_fleet_runs(
     demo = subprocess.Popen(
         [PYTHON, "-m", "corral", "demo", "--json", "-N", "2", "-M", "8", "--ttl", "2", "--ui-port", "0"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=subprocess_env,
+        start_new_session=True,  # its own process group: a failed test ends the demo's workers and server too
     )  # fmt: skip
     err.close()
     try:
@@ -159,9 +161,9 @@ def test_demo_prints_the_dashboard_url_and_serves_it_while_its_fleet_runs(
         until(fleet_shown, 30, "the demo's workers on its dashboard", every=0.2)
         out, _ = demo.communicate(timeout=150)
     finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
+        with contextlib.suppress(ProcessLookupError):  # whatever of its group is left (nothing, when it passed)
+            os.killpg(demo.pid, signal.SIGKILL)
+        demo.wait()
     assert demo.returncode == 0, (tmp_path / "demo.err").read_text()
     summary = json.loads(out.decode().strip().splitlines()[-1])
     assert summary["succeeded"] == 8, "stdout holds only the demo's JSON"
