@@ -8,19 +8,26 @@ events are), carrying the reason, the original subject, headers and body (as tex
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
+import nats.errors
+from nats.js import api as js_api
 from pydantic import AwareDatetime, BaseModel, ValidationError
 
 from coord.naming import Names
 from coord.streams import Stream
 
-__all__ = ["MAX_BODY", "DeadLetter", "DeadLetters"]
+__all__ = ["LATE_RESULT", "MAX_BODY", "DeadLetter", "DeadLetters"]
 
 log = logging.getLogger("corral.deadletter")
 
 MAX_BODY = 4096
 """Characters of the original body kept in a dead letter."""
+
+LATE_RESULT = "late-result"
+"""Source of the dead letter a worker records when its result is rejected because its claim is no
+longer current (the task was reclaimed or cancelled meanwhile): the body is the refused Result."""
 
 
 class DeadLetter(BaseModel):
@@ -48,6 +55,34 @@ class DeadLetters:
     def __init__(self, stream: Stream, names: Names) -> None:
         self._stream = stream
         self._names = names
+
+    async def tail(self, *, since: float | None = 3600.0) -> AsyncIterator[DeadLetter]:
+        """Dead letters from every source recorded since ``since`` seconds ago (None: all kept), then
+        each new one as it is recorded, until the caller stops iterating.
+
+        Read-only (an ordered consumer, re-created by nats-py after a server restart); a stored
+        message that is not a dead letter record is skipped (logged).
+        """
+        config = js_api.ConsumerConfig(
+            deliver_policy=js_api.DeliverPolicy.BY_START_TIME if since is not None else js_api.DeliverPolicy.ALL,
+        )
+        if since is not None:
+            config.opt_start_time = datetime.now(UTC) - timedelta(seconds=since)
+        sub = await self._stream.js.subscribe(
+            self._names.deadletter_filter(None), stream=self._stream.name, ordered_consumer=True, config=config
+        )
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=None)
+                except nats.errors.TimeoutError:  # pragma: no cover - no timeout is set
+                    continue
+                try:
+                    yield DeadLetter.model_validate_json(msg.data or b"")
+                except ValidationError:
+                    log.warning("dead letters: a message on %s is not a dead letter record; skipped", msg.subject)
+        finally:
+            await sub.unsubscribe()
 
     async def record(
         self,

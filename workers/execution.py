@@ -26,6 +26,7 @@ from typing import Literal
 from pydantic import ValidationError
 
 from coord.connection import Coord
+from coord.deadletter import LATE_RESULT
 from coord.errors import InvalidInput, StaleClaim
 from coord.tasks import Claim, TaskRecord
 from coord.validation import describe
@@ -242,6 +243,13 @@ class Execution:
                     self.claim.worker_id,
                     self.claim.task_id,
                     err,
+                )
+                # On the record (NATS), not only in this process's log: dashboards show it.
+                await self._coord.dead_letters.record(
+                    LATE_RESULT,
+                    f"result from {self.claim.worker_id} (epoch {self.claim.epoch}) refused: {err}",
+                    body=result.model_dump_json(),
+                    task_id=self.claim.task_id,
                 )
                 return
             except InvalidInput as err:  # the store refuses this result (too large, not JSON): record why

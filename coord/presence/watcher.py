@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 
 from coord.kv import Entry, KeyWatch
@@ -29,6 +30,7 @@ HEARTBEAT = 1.0
 class _Holder:
     instance: str
     info: AgentInfo
+    at: datetime
 
 
 class _Stop:
@@ -73,6 +75,14 @@ class PresenceWatcher:
     def present(self) -> dict[str, AgentInfo]:
         """The agents present as far as this watcher has seen (a copy)."""
         return {agent_id: holder.info for agent_id, holder in self._holders.items()}
+
+    @property
+    def renewed_at(self) -> dict[str, datetime]:
+        """When the server stored the latest value (join or renewal) of each present agent (a copy).
+
+        Renewals yield no event; this is how a watcher tells how recently each agent renewed.
+        """
+        return {agent_id: holder.at for agent_id, holder in self._holders.items()}
 
     @property
     def is_ready(self) -> bool:
@@ -147,7 +157,7 @@ class PresenceWatcher:
             )
             return
         info = record.info()
-        self._holders[agent_id] = _Holder(record.instance, info)
+        self._holders[agent_id] = _Holder(record.instance, info, change.at)
         if previous is None:
             if emit:
                 self._queue.put_nowait(Joined(info, entry.revision))

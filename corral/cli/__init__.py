@@ -11,7 +11,7 @@ from coord.connection import DEFAULT_NAMESPACE, DEFAULT_URL, Auth
 from coord.errors import InvalidId
 from coord.ids import validate_namespace
 from corral import __version__
-from corral.cli import auth, demo, events, msg, presence, reclaimer, registry, server, submit, tasks, worker
+from corral.cli import auth, demo, events, msg, presence, reclaimer, registry, server, submit, tasks, ui, worker
 from corral.cli import provision as provision_cli
 from corral.cli import schema as schema_cli
 from corral.cli._common import Options, setting_bounds, setting_env, setting_help
@@ -133,6 +133,7 @@ demo.register(app)
 auth.register(app)
 provision_cli.register(app)
 schema_cli.register(app)
+ui.register(app)
 
 
 def main() -> None:

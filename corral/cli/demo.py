@@ -35,6 +35,8 @@ from coord.settings import Settings
 from coord.wire import Result, Spec
 from corral.cli._common import console, options, print_json, run, setting_bounds, setting_help
 from corral.cli._errors import EXIT_USAGE, CliError
+from corral.cli.ui import alongside
+from corral.ui import DEFAULT_PORT
 from dispatch.dispatcher import Dispatcher
 from dispatch.reclaimer import ReclaimEvent
 from workers.context import Context
@@ -339,7 +341,14 @@ class _Demo:
 
 
 async def _demo(
-    url: str | None, namespace: str, workers: int, tasks: int, concurrency: int, ttl: float | None, as_json: bool
+    url: str | None,
+    namespace: str,
+    workers: int,
+    tasks: int,
+    concurrency: int,
+    ttl: float | None,
+    as_json: bool,
+    ui_port: int | None = None,
 ) -> int:
     settings = Settings.load()
     if ttl is None:
@@ -352,7 +361,10 @@ async def _demo(
         if not as_json:
             console.print(f"embedded NATS started at [bold]{url}[/]", highlight=False)
     try:
-        async with connect(url, namespace=namespace, settings=settings) as coord:
+        async with (
+            connect(url, namespace=namespace, settings=settings) as coord,
+            alongside(coord, ui_port, as_json=as_json),
+        ):
             demo = _Demo(coord, url, workers, tasks, concurrency, ttl, as_json)
             if as_json:
                 summary = await demo.run(None)
@@ -420,6 +432,10 @@ def demo(
         typer.Option(min=_TTL_MIN, max=30, help=setting_help("Presence TTL of the workers (s).", "presence_ttl")),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="No live screen; print the summary as JSON.")] = False,
+    ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Serve the web dashboard (corral ui) while it runs.")] = True,
+    ui_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port of the dashboard (a free one if busy; 0: any).")
+    ] = DEFAULT_PORT,
 ) -> None:
     """Run a fleet on an embedded NATS, kill one worker and pause another mid-task, show the recovery.
 
@@ -439,4 +455,5 @@ def demo(
     opts = options(ctx)
     url = opts.server if opts.server_given else None
     namespace = new_id("demo").replace("-", "")[:20]
-    raise typer.Exit(run(_demo(url, namespace, workers, tasks, concurrency, ttl, json_out)))
+    port = ui_port if ui else None
+    raise typer.Exit(run(_demo(url, namespace, workers, tasks, concurrency, ttl, json_out, port)))
