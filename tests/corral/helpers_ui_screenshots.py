@@ -1,4 +1,4 @@
-"""Take the screenshots of docs/ui.md: `python -m tests.corral.ui_screenshots [OUT_DIR]` (default docs/).
+"""Take the screenshots of docs/ui.md: `python -m tests.corral.helpers_ui_screenshots [OUT_DIR]` (default docs/).
 
 A real fleet on an embedded nats-server: four `corral worker` processes, a `corral reclaimer`, an
 agent holding presence with a reserved thread and lifecycle events, and `corral ui`. One worker is
