@@ -72,12 +72,6 @@ class AckedPublisher:
             raise nats.js.errors.APIError.from_error(error)
         return int(reply["seq"])
 
-    async def close(self) -> None:
-        """Drop the reply subscription; publishes waiting for an answer time out."""
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            await sub.unsubscribe()
-
     async def _start(self) -> None:
         if self._starting is None:
             self._starting = asyncio.get_running_loop().create_future()
