@@ -205,13 +205,7 @@ class Execution:
     async def _keep_lease(self) -> None:
         """Extend the deadline at a third of the lease, until the run ends or the claim is not kept
         (started when the first extension is due)."""
-        first = True
         while self.keeps_lease:
-            if not first:
-                await asyncio.sleep(self._next_beat())
-            first = False
-            if not self.keeps_lease:
-                return
             try:
                 await self._heartbeat(None)
             except StaleClaim:
@@ -226,6 +220,7 @@ class Execution:
                 log.warning(
                     "worker %s: lease extension for %s failed: %s", self.claim.worker_id, self.claim.task_id, err
                 )
+            await asyncio.sleep(self._next_beat())
 
     # --- the outcome ---------------------------------------------------------------------------
     async def _settle(self, result: Result, *, retry: bool) -> None:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 import coord
-from coord.tasks import Backoff, TaskStatus
+from coord.tasks import Backoff, TaskStatus, Transition
 from coord.wire import Result, Spec, format_result
 from dispatch import Dispatcher, result_of
 from workers import CommandHandler, Context, Handler, Worker, as_handler
@@ -127,3 +127,30 @@ async def test_heartbeat_from_the_handler_records_progress_and_extends_the_deadl
 
     assert (await run_until(coord_conn, reports, dispatcher, Spec(task_id="t1", queue="q", timeout=5))).ok
     assert seen == [({"done": 1, "of": 2}, True)]
+
+
+async def test_a_handler_outlasting_its_lease_keeps_its_claim_and_a_short_one_extends_nothing(
+    coord_conn: coord.Coord,
+) -> None:
+    async def slow(spec: Spec, ctx: Context) -> Result:
+        await asyncio.sleep(spec.payload["seconds"] if isinstance(spec.payload, dict) else 0)
+        return Result.success()
+
+    parent = Dispatcher(coord_conn)  # its reclaimer's sweep would take back an overdue claim at once
+    assert parent.reclaimer is not None
+    parent.reclaimer.sweep_interval = 0.2
+    async with parent:
+        worker = Worker(coord_conn, ["q"], slow, lease=1.5)
+        running = asyncio.create_task(worker.run())
+        try:
+            long_id = await parent.submit(Spec(task_id="long", queue="q", payload={"seconds": 4.0}))
+            short_id = await parent.submit(Spec(task_id="short", queue="q", payload={"seconds": 0.05}))
+            long, short = await parent.wait(long_id, 20), await parent.wait(short_id, 20)
+        finally:
+            worker.stop()
+            await running
+    assert (long.status, long.epoch, long.attempt) == (TaskStatus.SUCCEEDED, 1, 1)
+    beats = [e.transition for e in await coord_conn.tasks.journal("long")].count(Transition.HEARTBEAT)
+    assert beats >= 4, f"a 4 s run on a 1.5 s lease was extended {beats} times"
+    assert (short.status, short.epoch) == (TaskStatus.SUCCEEDED, 1)
+    assert Transition.HEARTBEAT not in [e.transition for e in await coord_conn.tasks.journal("short")]
