@@ -38,7 +38,7 @@ class AckedPublisher:
         self._nc = nc
         self._prefix = ""
         self._sub: Subscription | None = None
-        self._starting: asyncio.Future[None] | None = None
+        self._starting = asyncio.Lock()
         self._pending: dict[str, asyncio.Future[Msg]] = {}
         self._tokens = itertools.count()
 
@@ -73,20 +73,13 @@ class AckedPublisher:
         return int(reply["seq"])
 
     async def _start(self) -> None:
-        if self._starting is None:
-            self._starting = asyncio.get_running_loop().create_future()
-            try:
+        # One subscription for every publish; a failed (or cancelled) start leaves none, so the next
+        # publish tries again. Nothing is caught here: errors and cancellations reach the caller.
+        async with self._starting:
+            if self._sub is None:
                 inbox = self._nc.new_inbox()
                 self._prefix = inbox + "."
                 self._sub = await self._nc.subscribe(inbox + ".*", cb=self._on_reply)
-            except BaseException as err:
-                self._starting.set_exception(err)
-                self._starting.exception()  # retrieved: the next publish tries again
-                self._starting = None
-                raise
-            self._starting.set_result(None)
-        else:
-            await asyncio.shield(self._starting)
 
     async def _on_reply(self, msg: Msg) -> None:
         answer = self._pending.get(msg.subject[len(self._prefix) :])

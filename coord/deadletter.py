@@ -11,7 +11,6 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import nats.errors
 from nats.js import api as js_api
 from pydantic import AwareDatetime, BaseModel, ValidationError
 
@@ -73,10 +72,7 @@ class DeadLetters:
         )
         try:
             while True:
-                try:
-                    msg = await sub.next_msg(timeout=None)
-                except nats.errors.TimeoutError:  # pragma: no cover - no timeout is set
-                    continue
+                msg = await sub.next_msg(timeout=None)  # waits as long as it takes
                 try:
                     yield DeadLetter.model_validate_json(msg.data or b"")
                 except ValidationError:

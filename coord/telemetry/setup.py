@@ -328,6 +328,8 @@ class _State:
     meter_provider: MeterProvider | None = None
     metrics_key: tuple[object, ...] | None = None
     metrics_mode: str | None = None
+    app_provider_asked: float = float("-inf")
+    app_provider: bool = False
 
 
 _state = _State()
@@ -468,7 +470,6 @@ def metrics_mode() -> str | None:
 APP_PROVIDER_RECHECK = 1.0
 """Seconds :func:`enabled` reuses its answer about an application's own provider (asking reads the
 environment, several times per task on the hot path)."""
-_app_provider: list[float | bool] = [float("-inf"), False]  # when last asked, and the answer
 
 
 def enabled() -> bool:
@@ -479,12 +480,11 @@ def enabled() -> bool:
     if switch is not None:
         return bool(switch.processors)
     now = time.monotonic()
-    asked, answer = _app_provider
-    if now - asked < APP_PROVIDER_RECHECK:
-        return bool(answer)
-    answer = not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
-    _app_provider[:] = [now, answer]
-    return answer
+    if now - _state.app_provider_asked >= APP_PROVIDER_RECHECK:
+        provider = trace.get_tracer_provider()
+        _state.app_provider = not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+        _state.app_provider_asked = now
+    return _state.app_provider
 
 
 def sdk_tracer() -> trace.Tracer | None:

@@ -87,3 +87,21 @@ async def test_replies_come_under_the_connections_own_inbox_prefix(nats_server: 
     finally:
         await spy.close()
         await nc.close()
+
+
+async def test_a_cancelled_first_publish_leaves_the_publisher_working_and_the_rest_share_one_start(
+    nats_server: NatsServer,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().add_stream(name="ACKS_START", subjects=["acks-start.>"])
+        acks = AckedPublisher(nc)
+        first = asyncio.create_task(acks.publish("acks-start.a", b"x"))
+        await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        seqs = await asyncio.gather(*(acks.publish(f"acks-start.{i}", b"x") for i in range(50)))
+        assert len(set(seqs)) == 50
+    finally:
+        await nc.close()
