@@ -13,7 +13,6 @@ server is gone for longer than the services ride out) is logged and started agai
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -74,9 +73,8 @@ class Feeds:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # gather, not a suppressed await: a cancellation of the caller itself still reaches it
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         while True:

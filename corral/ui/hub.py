@@ -62,8 +62,7 @@ class Hub:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.gather(task, return_exceptions=True)  # the caller's own cancellation still reaches it
         for client in list(self.clients):
             self._drop(client)
 
