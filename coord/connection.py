@@ -43,7 +43,7 @@ from coord.records import RecordStore
 from coord.registry import Registry
 from coord.settings import Settings
 from coord.streams import Stream
-from coord.tasks import Journal, Observer, TaskEffects, TaskStore
+from coord.tasks import Observer, TaskEffects, TaskStore
 from coord.telemetry.observer import OtelObserver
 
 __all__ = ["DEFAULT_NAMESPACE", "DEFAULT_URL", "Auth", "Coord", "Provision", "compose", "connect"]
@@ -245,9 +245,7 @@ def compose(nc: NATS, js: JetStreamContext, names: Names, settings: Settings, ob
     # Reply subjects corral hands out all live under the first token of the inbox prefix
     # (``_INBOX``): per-credential prefixes (``_INBOX.{ns}.{id}``) differ between sender and recipient.
     reply_prefix = bytes(getattr(nc, "_inbox_prefix", b"_INBOX")).decode().split(".", 1)[0] + "."
-    effects = TaskEffects(
-        nc, stream(names.dispatch_stream), Journal(events_stream, names), names, inline_limit=settings.inline_limit
-    )
+    effects = TaskEffects(nc, stream(names.dispatch_stream), names, inline_limit=settings.inline_limit)
     return Coord(
         nc=nc,
         js=js,

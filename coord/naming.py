@@ -105,7 +105,7 @@ class Names:
 
     @property
     def events_stream(self) -> str:
-        """Limits stream of lifecycle events, task journals and dead letters."""
+        """Limits stream of lifecycle events and dead letters."""
         return f"{self.namespace}_events"
 
     @property
@@ -143,18 +143,13 @@ class Names:
     # --- events stream -------------------------------------------------------------------
     @property
     def events_subjects(self) -> list[str]:
-        """Every subject of the events stream."""
+        """Every subject of the events stream.
+
+        ``{ns}.journal.>`` is retired (journals now live in the task records); it stays so that a
+        stream provisioned by an earlier version still matches. Nothing publishes there.
+        """
         ns = self.namespace
         return [f"{ns}.events.>", f"{ns}.journal.>", f"{ns}.deadletter.>"]
-
-    def journal_subject(self, task_id: str) -> str:
-        """Subject of the per-task journal."""
-        return f"{self.namespace}.journal.{validate_id(task_id, 'task_id')}"
-
-    @property
-    def journal_prefix(self) -> str:
-        """Prefix of every journal subject (the task id follows)."""
-        return f"{self.namespace}.journal."
 
     def event_subject(self, to: str, sender: str, kind: str) -> str:
         """Subject of a lifecycle event from ``sender`` to ``to``."""

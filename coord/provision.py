@@ -149,7 +149,7 @@ def stream_configs(names: Names, settings: Settings) -> list[js_api.StreamConfig
         ),
         js_api.StreamConfig(
             name=names.events_stream,
-            description="corral lifecycle events, task journals, dead letters",
+            description="corral lifecycle events, dead letters",
             subjects=names.events_subjects,
             retention=js_api.RetentionPolicy.LIMITS,
             max_age=settings.events_max_age,

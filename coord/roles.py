@@ -5,11 +5,11 @@ tests against a real server. The roles (docs/security.md says why each needs wha
 
 - ``provisioner``: the operator; everything (creates, updates and deletes streams).
 - ``parent``: submits tasks and reads their results (a :class:`dispatch.Dispatcher`, with its
-  embedded reclaimer): writes task records, journals and notifications, hears its own results
+  embedded reclaimer): writes task records and notifications, hears its own results
   subject, tells workers that a claim was taken away.
 - ``worker``: takes work from its queues and reports: writes task records (claims, heartbeats,
-  outcomes), journals, retry notifications and result pushes; its own presence key only.
-- ``reclaimer``: gives up on departed workers' claims: writes task records, journals and
+  outcomes), retry notifications and result pushes; its own presence key only.
+- ``reclaimer``: gives up on departed workers' claims: writes task records and
   notifications, publishes on workers' control subjects.
 - ``observer``: reads everything of the namespace, writes nothing.
 - ``agent``: mail, lifecycle events and the session registry, always as itself.
@@ -118,7 +118,6 @@ def _task_writer(names: Names) -> Permissions:
     return Permissions(
         publish_allow=[
             f"{kv_subject_prefix(names.tasks_bucket)}>",
-            f"{ns}.journal.>",
             f"{ns}.dispatch.>",
             f"{ns}.deadletter.*",
             f"$JS.API.STREAM.MSG.DELETE.{names.dispatch_stream}",

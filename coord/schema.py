@@ -104,8 +104,8 @@ def wire_schemas() -> list[WireSchema]:
         ),
         WireSchema(
             "task-record",
-            "One task as stored: the single source of truth (also the body of each journal entry).",
-            "KV {ns}_tasks, key {task_id}; journal: subject {ns}.journal.{task_id}",
+            "One task as stored: the single source of truth, its journal included.",
+            "KV {ns}_tasks, key {task_id}",
             _task_record(),
         ),
         WireSchema(

@@ -125,10 +125,6 @@ class Stream:
 
         return await retry_transient(call, nc=self.nc, within=within, what=f"publish to {subject}", subject=subject)
 
-    async def publish_nowait(self, subject: str, data: bytes, *, headers: Mapping[str, str] | None = None) -> None:
-        """Send ``data`` into the stream without waiting for its ack (a core publish: it may be lost)."""
-        await self.nc.publish(subject, data, headers=dict(headers) if headers else None)
-
     async def snapshot(self, subject: str, *, last_per_subject: bool = False, limit: int | None = None) -> list[Msg]:
         """See :func:`stream_snapshot` (retried through transient trouble)."""
         return await retry_transient(
@@ -137,29 +133,6 @@ class Stream:
             within=self.patience,
             what=f"read {subject}",
         )
-
-    async def messages(self, subject: str, *, limit: int = 10_000) -> list[RawStreamMsg]:
-        """Every message stored on ``subject`` (one subject, no wildcard), oldest first, at most ``limit``.
-
-        Read one by one from the stream's leader (no consumer is created): for short histories such
-        as a task's journal.
-        """
-        out: list[RawStreamMsg] = []
-        seq = 1
-        while len(out) < limit:
-
-            async def call(start: int = seq) -> RawStreamMsg | None:
-                try:
-                    return await self.js.get_msg(self.name, seq=start, subject=subject, next=True)
-                except nats.js.errors.NotFoundError:
-                    return None
-
-            msg = await retry_transient(call, nc=self.nc, within=self.patience, what=f"read {subject}")
-            if msg is None or msg.seq is None:
-                break
-            out.append(msg)
-            seq = msg.seq + 1
-        return out
 
     async def subjects(self, pattern: str) -> set[str]:
         """The subjects matching ``pattern`` that hold at least one message now (one request)."""

@@ -9,7 +9,7 @@ rejected with :class:`~coord.errors.StaleClaim`. See ``docs/tasks.md``.
 from coord.backoff import Backoff
 from coord.tasks.effects import TaskEffects
 from coord.tasks.index import IndexEntry, TaskIndex
-from coord.tasks.journal import Journal
+from coord.tasks.journal import journal_of
 from coord.tasks.models import (
     TERMINAL,
     Claim,
@@ -33,7 +33,6 @@ __all__ = [
     "Claim",
     "ClaimInfo",
     "IndexEntry",
-    "Journal",
     "JournalEntry",
     "Notification",
     "Observer",
@@ -48,4 +47,5 @@ __all__ = [
     "TaskStore",
     "TaskWatch",
     "Transition",
+    "journal_of",
 ]

@@ -1,4 +1,4 @@
-"""What follows a successful transition: the journal entry, the notification, the result push.
+"""What follows a successful transition: the notification, the result push, the word to a claim's holder.
 
 Side effects never come before the compare-and-set they describe, and a failed side effect never
 undoes it: the record stays the truth, a sweep re-notifies pending tasks, and a parent reconciles
@@ -17,7 +17,6 @@ from nats.aio.client import Client as NATS
 from coord import tracing
 from coord.naming import Names
 from coord.streams import Stream
-from coord.tasks.journal import Journal
 from coord.tasks.models import ResultNotice, TaskRecord, TaskStatus, Transition
 
 __all__ = ["TaskEffects", "notification_id"]
@@ -40,9 +39,7 @@ class TaskEffects:
     ``inline_limit`` is the largest record (bytes) copied into its notification and result push.
     """
 
-    def __init__(self, nc: NATS, dispatch: Stream, journal: Journal, names: Names, *, inline_limit: int) -> None:
-        self.journal = journal
-        """The journal writer and reader."""
+    def __init__(self, nc: NATS, dispatch: Stream, names: Names, *, inline_limit: int) -> None:
         self.inline_limit = inline_limit
         """Records up to this many bytes travel inside their notification and result push."""
         self._nc = nc
@@ -51,11 +48,10 @@ class TaskEffects:
 
     def with_inline_limit(self, inline_limit: int) -> TaskEffects:
         """The same publisher, inlining records up to ``inline_limit`` bytes."""
-        return TaskEffects(self._nc, self._dispatch, self.journal, self._names, inline_limit=inline_limit)
+        return TaskEffects(self._nc, self._dispatch, self._names, inline_limit=inline_limit)
 
     async def after(self, before: TaskRecord | None, record: TaskRecord, data: bytes) -> None:
         """Side effects of the transition ``before`` → ``record`` (``data``: its stored bytes)."""
-        await self.record_journal(record, data)
         if before is not None and before.claim is not None and record.transition in _TAKEN_AWAY:
             await self._tell_holder(before, record)
         if record.status is TaskStatus.PENDING:
@@ -65,16 +61,6 @@ class TaskEffects:
                 log.warning("task %s: notification after %s failed: %s", record.task_id, record.transition, err)
         elif record.terminal and record.parent and (before is None or not before.terminal):
             await self._push_result(record, data)
-
-    async def record_journal(self, record: TaskRecord, data: bytes, *, wait: bool = False) -> None:
-        """Write ``record``'s journal entry (awaiting the stream's ack with ``wait``); failures are logged."""
-        try:
-            if wait:
-                await self.journal.publish_acked(record, data)
-            else:
-                await self.journal.publish(record, data)
-        except Exception as err:
-            log.warning("task %s: journal entry for revision %d not written: %s", record.task_id, record.revision, err)
 
     async def queued(self) -> set[str]:
         """Subjects of the notifications the dispatch stream holds now (one per task with one queued)."""

@@ -16,6 +16,7 @@ from coord.kv import Bucket, Entry, conflicts
 from coord.tasks.codec import decode_record, encode_record
 from coord.tasks.effects import TaskEffects
 from coord.tasks.index import INDEX_HEADER, index_header
+from coord.tasks.journal import journaled
 from coord.tasks.models import TaskRecord
 from coord.tasks.observer import Observer
 
@@ -125,6 +126,7 @@ class TransitionEngine:
             new = step(current)
             if new is None:
                 return current
+            new = journaled(current, new)
             data = self.encode(new)
             # A finished record expires after the retention (a retry before then rewrites it without).
             ttl = self._retention if new.terminal else None

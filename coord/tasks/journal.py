@@ -1,117 +1,73 @@
-"""A task's journal on ``{ns}.journal.{task}``: the records its successful transitions wrote.
+"""A task's journal: its successful transitions, kept inside its record (``TaskRecord.journal``).
 
-Each journal message is the exact record bytes a CAS wrote, with the revision in the
-``Corral-Revision`` header and ``Nats-Msg-Id`` = ``{task}:{revision}``. Only the store writes them,
-and only after the CAS succeeded, so a rejected transition never appears here.
+Every write of a record appends the entry of the transition it makes, so the journal is written by
+the same compare-and-set as the transition: a rejected transition never appears, and nothing (a
+crash between two messages, a stream without a leader, a lost publish) can leave a hole. It costs no
+message of its own and expires with the record.
 
-Writing is fire-and-forget (a core publish into the events stream, no awaited ack: ~4 µs of client
-CPU against ~20 µs for an acknowledged publish). Entries lost in flight when the connection drops
-are replayed after the reconnect (the duplicate window drops those that had arrived).
+An entry's own KV revision is only known once it is written, so the newest entry is stored with
+revision 0 and gets its revision filled in by the next write (which knows the revision it replaces);
+:func:`journal_of` fills in the newest from the record. Only the newest :data:`KEPT_HEARTBEATS`
+heartbeats are kept, and at most :data:`MAX_ENTRIES` entries (the first, ``scheduled``, always), so a
+long-running task's record stays small.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections import deque
-from collections.abc import Mapping
+import json
 
-from coord import tracing
-from coord.errors import InvalidRecord
-from coord.naming import Names
-from coord.streams import MSG_ID, Stream
-from coord.tasks.codec import decode_record
-from coord.tasks.models import JournalEntry, TaskRecord
+from coord.tasks.models import JournalEntry, TaskRecord, Transition
 
-__all__ = ["REVISION_HEADER", "Journal"]
+__all__ = ["KEPT_HEARTBEATS", "MAX_ENTRIES", "journal_of", "journaled"]
 
-log = logging.getLogger("corral.tasks")
+KEPT_HEARTBEATS = 16
+"""Heartbeat entries a record keeps (the newest); older ones are dropped as new ones come."""
 
-REVISION_HEADER = "Corral-Revision"
-"""Header of a journal message naming the KV revision of the record it carries."""
+MAX_ENTRIES = 128
+"""Entries a record keeps at most; beyond, the oldest after the first are dropped."""
+
+_TEXT = 200
+"""Characters of an error, and bytes of a progress report's JSON, an entry keeps."""
 
 
-def _revision(headers: Mapping[str, str] | None) -> int | None:
-    if not headers:
-        return None
-    raw = headers.get(REVISION_HEADER) or headers.get(MSG_ID, "").rpartition(":")[2]
-    try:
-        return int(raw)
-    except ValueError:
-        return None
+def _entry(record: TaskRecord) -> JournalEntry:
+    progress = None
+    beat = record.transition is Transition.HEARTBEAT and record.progress is not None
+    if beat and len(json.dumps(record.progress, separators=(",", ":"))) <= _TEXT:
+        progress = record.progress
+    return JournalEntry(
+        at=record.updated_at,
+        transition=record.transition,
+        status=record.status,
+        attempt=record.attempt,
+        epoch=record.epoch,
+        worker_id=record.claim.worker_id if record.claim else record.last_worker,
+        error=record.error[:_TEXT] if record.error else None,
+        progress=progress,
+    )
 
 
-class Journal:
-    """Writes journal entries without waiting, replays recent ones after a reconnect, and reads them.
+def journaled(before: TaskRecord | None, after: TaskRecord) -> TaskRecord:
+    """``after`` (the record a transition writes over ``before``) with its journal entry appended."""
+    kept = [] if before is None else list(before.journal) or [_entry(before)]  # (a record from before journals)
+    if before is not None and kept[-1].revision == 0:
+        kept[-1] = kept[-1].model_copy(update={"revision": before.revision})
+    kept.append(_entry(after))
+    if after.transition is Transition.HEARTBEAT:
+        beats = [i for i, e in enumerate(kept) if e.transition is Transition.HEARTBEAT]
+        for i in reversed(beats[:-KEPT_HEARTBEATS]):
+            del kept[i]
+    if len(kept) > MAX_ENTRIES:
+        del kept[1 : len(kept) - MAX_ENTRIES + 1]
+    return after.model_copy(update={"journal": tuple(kept)})
 
-    Keeps the entries of the last ``replay_window`` seconds (at most ``replay_bytes`` of them); when
-    the connection's reconnect count has changed since the last publish, those are published again
-    first (deduplicated by the events stream's duplicate window, which must exceed ``replay_window``).
+
+def journal_of(record: TaskRecord) -> list[JournalEntry]:
+    """The journal of ``record`` (read at its revision), oldest first, every entry with its revision.
+
+    A record written before journals lived in records gets one entry: its own transition.
     """
-
-    def __init__(
-        self, stream: Stream, names: Names, *, replay_window: float = 60.0, replay_bytes: int = 8 << 20
-    ) -> None:
-        self._stream = stream
-        self._names = names
-        self._recent: deque[tuple[float, str, bytes, dict[str, str]]] = deque()
-        self._bytes = 0
-        self._window = replay_window
-        self._limit = replay_bytes
-        self._reconnects = self._reconnect_count()
-
-    def _reconnect_count(self) -> int:
-        return int(self._stream.nc.stats.get("reconnects", 0))
-
-    async def publish(self, record: TaskRecord, data: bytes) -> None:
-        """Publish the entry of ``record`` (at its revision) whose stored bytes are ``data``."""
-        await self.replay_if_reconnected()
-        subject, headers = self._message(record)
-        now = time.monotonic()
-        self._recent.append((now, subject, data, headers))
-        self._bytes += len(data)
-        while self._recent and (self._bytes > self._limit or self._recent[0][0] < now - self._window):
-            self._bytes -= len(self._recent.popleft()[2])
-        await self._stream.publish_nowait(subject, data, headers=headers)
-
-    async def publish_acked(self, record: TaskRecord, data: bytes) -> None:
-        """Publish the entry of ``record`` and wait for the stream to store it (or drop it as a duplicate)."""
-        subject, headers = self._message(record)
-        await self._stream.publish(subject, data, headers=headers)
-
-    async def replay_if_reconnected(self) -> None:
-        """Republish the recent entries if the connection has reconnected since the last publish."""
-        count = self._reconnect_count()
-        if count == self._reconnects:
-            return
-        self._reconnects = count
-        horizon = time.monotonic() - self._window
-        replay = [entry for entry in self._recent if entry[0] >= horizon]
-        if replay:
-            log.info("journal: replaying %d entries after a reconnect", len(replay))
-        for _, subject, data, headers in replay:
-            await self._stream.publish_nowait(subject, data, headers=headers)
-
-    async def read(self, task_id: str) -> list[JournalEntry]:
-        """Every entry of ``task_id`` still kept by the events stream, in revision order (one per revision)."""
-        entries: dict[int, JournalEntry] = {}
-        for msg in await self._stream.messages(self._names.journal_subject(task_id)):
-            seq = msg.seq or 0
-            revision = _revision(msg.headers)
-            if revision is None or not msg.data:
-                log.warning("journal of %s: message %d has no revision; skipped", task_id, seq)
-                continue
-            try:
-                record = decode_record(msg.data, revision, where=f"journal message {seq} of {task_id}")
-            except InvalidRecord as err:
-                log.warning("%s; skipped", err)
-                continue
-            entries.setdefault(revision, JournalEntry.of(record))
-        return [entries[r] for r in sorted(entries)]
-
-    def _message(self, record: TaskRecord) -> tuple[str, dict[str, str]]:
-        subject = self._names.journal_prefix + record.task_id  # task ids were validated before any transition
-        headers = {MSG_ID: f"{record.task_id}:{record.revision}", REVISION_HEADER: str(record.revision)}
-        # The entry belongs to the task's trace: the transition's own span when tracing is on,
-        # else the submit context the record carries.
-        return subject, tracing.task_headers(record.meta, headers)
+    kept = list(record.journal) or [_entry(record)]
+    if kept[-1].revision == 0:
+        kept[-1] = kept[-1].model_copy(update={"revision": record.revision})
+    return kept

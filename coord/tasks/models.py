@@ -64,6 +64,36 @@ class Transition(StrEnum):
     RETRIED = "retried"
 
 
+class JournalEntry(BaseModel):
+    """One successful transition of a task, as its record keeps it in ``TaskRecord.journal``.
+
+    The journal is part of the record, so it is written by the same compare-and-set as the
+    transition it describes: a rejected transition never appears, and no crash or lost message can
+    leave a hole in it.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    revision: int = 0
+    """KV revision the transition wrote (0 in the stored newest entry: it is the record's own revision)."""
+    at: AwareDatetime
+    """When it was written."""
+    transition: Transition
+    """Which operation it was."""
+    status: TaskStatus
+    """Status after the transition."""
+    attempt: int
+    """Attempt count after the transition."""
+    epoch: int
+    """Epoch after the transition."""
+    worker_id: str | None = None
+    """The worker holding (or who last held) the claim."""
+    error: str | None = None
+    """Error or reason recorded by the transition (its first 200 characters)."""
+    progress: JsonValue = None
+    """The progress a heartbeat reported (only when its JSON is at most 200 bytes)."""
+
+
 class ClaimInfo(BaseModel):
     """The current claim of a task as stored in its record: who holds it, until when, under which epoch.
 
@@ -137,6 +167,9 @@ class TaskRecord(BaseModel):
     """The operation that wrote this revision."""
     last_worker: str | None = None
     """The worker of the latest claim (kept after the claim ends, for humans)."""
+    journal: tuple[JournalEntry, ...] = ()
+    """Every successful transition so far, oldest first (see :mod:`coord.tasks.journal`; heartbeats
+    beyond the newest few are dropped)."""
     revision: int = Field(default=0, exclude=True)
     """KV revision this record was read at or written as (not stored; 0 if unknown)."""
 
@@ -265,43 +298,3 @@ class ResultNotice(BaseModel):
         if self.record is not None and self.record.revision != self.revision:
             object.__setattr__(self, "record", self.record.model_copy(update={"revision": self.revision}))
         return self
-
-
-class JournalEntry(BaseModel):
-    """One successful transition of a task, as recorded on ``{ns}.journal.{task}``."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    revision: int
-    """KV revision the transition wrote."""
-    at: AwareDatetime
-    """When it was written."""
-    transition: Transition
-    """Which operation it was."""
-    status: TaskStatus
-    """Status after the transition."""
-    attempt: int
-    """Attempt count after the transition."""
-    epoch: int
-    """Epoch after the transition."""
-    worker_id: str | None
-    """The worker holding (or who last held) the claim."""
-    error: str | None
-    """Error or reason recorded by the transition."""
-    record: TaskRecord
-    """The full record written."""
-
-    @classmethod
-    def of(cls, record: TaskRecord) -> JournalEntry:
-        """The journal entry describing ``record`` (which must carry its revision)."""
-        return cls(
-            revision=record.revision,
-            at=record.updated_at,
-            transition=record.transition,
-            status=record.status,
-            attempt=record.attempt,
-            epoch=record.epoch,
-            worker_id=record.claim.worker_id if record.claim else record.last_worker,
-            error=record.error,
-            record=record,
-        )

@@ -10,8 +10,9 @@ Guarantees:
   longer current.
 * ``epoch`` increases with every claim; the raw claim token goes only to the worker, the record
   keeps its SHA-256 (compared in constant time).
-* Side effects follow a successful CAS only (:class:`coord.tasks.effects.TaskEffects`): a journal
-  entry, a notification for every transition into pending, a result push for every terminal one.
+* Every write appends its transition to the record's journal (:mod:`coord.tasks.journal`), in the
+  same CAS. Side effects follow a successful CAS only (:class:`coord.tasks.effects.TaskEffects`): a
+  notification for every transition into pending, a result push for every terminal one.
 * Every step is reported to the :class:`coord.observer.Observer` (spans and metrics live there).
 """
 
@@ -34,6 +35,7 @@ from coord.tasks.checks import as_status, check_json, positive_seconds
 from coord.tasks.effects import TaskEffects
 from coord.tasks.engine import TransitionEngine
 from coord.tasks.index import TaskIndex
+from coord.tasks.journal import journal_of, journaled
 from coord.tasks.models import Claim, JournalEntry, ScheduleRequest, TaskRecord, TaskStatus
 from coord.tasks.observer import Observer
 from coord.tasks.watch import TaskWatch
@@ -74,7 +76,7 @@ class TaskStore:
         self.bucket = bucket
         """The tasks bucket."""
         self.effects = effects
-        """What follows a transition (journal, notifications, result pushes)."""
+        """What follows a transition (notifications, result pushes)."""
         self.settings = settings or Settings.load()
         """The tunables this store applies."""
         self.observer = observer or Observer()
@@ -187,18 +189,10 @@ class TaskStore:
     async def journal(self, task_id: str) -> builtins.list[JournalEntry]:
         """The task's successful transitions in revision order (:class:`NotFound` if the task is unknown).
 
-        An entry of the current revision that is missing (its writer crashed before publishing it,
-        or it is in flight) is published here, deduplicated by ``{task}:{revision}``.
+        They come from the record itself (``TaskRecord.journal``): one read, never a hole.
         """
         validate_id(task_id, "task_id")
-        journal = self.effects.journal
-        await journal.replay_if_reconnected()
-        record = await self._engine.read(task_id)
-        entries = await journal.read(task_id)
-        if not entries or entries[-1].revision < record.revision:
-            await self.effects.record_journal(record, self._engine.encode(record), wait=True)
-            entries.append(JournalEntry.of(record))
-        return entries
+        return journal_of(await self._engine.read(task_id))
 
     # --- scheduling ------------------------------------------------------------------------------
     async def schedule(
@@ -244,7 +238,7 @@ class TaskStore:
         checked = [r if isinstance(r, ScheduleRequest) else ScheduleRequest.model_validate(r) for r in requests]
         with self.observer.submitting(checked) as submission:
             now = _now()
-            records = [transitions.schedule(r, now=now) for r in submission.requests]
+            records = [journaled(None, transitions.schedule(r, now=now)) for r in submission.requests]
             encoded = [self._engine.encode(record) for record in records]
             room = asyncio.Semaphore(SCHEDULE_CONCURRENCY)
             outcomes = await asyncio.gather(

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from coord.tasks import JournalEntry, TaskRecord, TaskStatus
+from coord.tasks import JournalEntry, TaskRecord, TaskStatus, journal_of
 from coord.wire import Result, Spec
 from corral.cli._common import Options, console, options, print_json, run
 from corral.cli._errors import check_tokens, usage
@@ -41,7 +41,7 @@ def register(parent: typer.Typer) -> None:
 
 
 def _record_json(record: TaskRecord) -> dict[str, Any]:
-    data = record.model_dump(mode="json")
+    data = record.model_dump(mode="json", exclude={"journal"})
     data["revision"] = record.revision
     return data
 
@@ -155,12 +155,12 @@ def ls(
     run(_ls(options(ctx), queue, status, json_out, chosen))
 
 
-def _journal_row(entry: JournalEntry) -> tuple[str, ...]:
+def _journal_row(entry: JournalEntry, record: TaskRecord) -> tuple[str, ...]:
     detail = entry.error or ""
-    if entry.record.progress is not None and entry.transition.value == "heartbeat":
-        detail = f"progress {_short(entry.record.progress, 40)}"
-    outcome = entry.record.outcome()
-    if entry.transition.value == "completed" and outcome is not None:
+    if entry.progress is not None:
+        detail = f"progress {_short(entry.progress, 40)}"
+    outcome = record.outcome()
+    if entry.transition.value == "completed" and entry.revision == record.revision and outcome is not None:
         detail = f"result {_result_text(outcome)}"
     return (
         str(entry.revision),
@@ -177,7 +177,7 @@ def _journal_row(entry: JournalEntry) -> tuple[str, ...]:
 async def _show(opts: Options, task_id: str, as_json: bool) -> None:
     async with opts.connect() as coord:
         record = await coord.tasks.get(task_id)
-        journal = await coord.tasks.journal(task_id)
+    journal = journal_of(record)
     outcome = record.outcome()
     if as_json:
         print_json(
@@ -185,7 +185,7 @@ async def _show(opts: Options, task_id: str, as_json: bool) -> None:
                 "record": _record_json(record),
                 "payload": _payload(record),
                 "outcome": None if outcome is None else outcome.model_dump(mode="json"),
-                "journal": [e.model_dump(mode="json", exclude={"record"}) for e in journal],
+                "journal": [e.model_dump(mode="json") for e in journal],
             }
         )
         return
@@ -225,7 +225,7 @@ async def _show(opts: Options, task_id: str, as_json: bool) -> None:
     for column in ("rev", "at (UTC)", "transition", "status", "attempt", "epoch", "worker", "detail"):
         table.add_column(column, no_wrap=column != "detail", min_width=len(column))
     for entry in journal:
-        table.add_row(*_journal_row(entry))
+        table.add_row(*_journal_row(entry, record))
     head = (
         f"[bold]{record.task_id}[/] on queue [bold]{record.queue}[/]: "
         f"[{_STYLE[record.status]}]{record.status.value}[/] (revision {record.revision})"

@@ -26,7 +26,7 @@ from coord.errors import (
     Unavailable,
 )
 from coord.ids import validate_id
-from coord.tasks import JournalEntry, TaskRecord, TaskStatus, Transition
+from coord.tasks import JournalEntry, TaskRecord, TaskStatus, Transition, journal_of
 from corral import __version__
 from corral.ui.hub import Hub
 from corral.ui.model import ReadModel, trace_id_of
@@ -55,7 +55,7 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def _record_json(record: TaskRecord) -> dict[str, Any]:
-    return {**record.model_dump(mode="json"), "revision": record.revision}
+    return {**record.model_dump(mode="json", exclude={"journal"}), "revision": record.revision}
 
 
 def attempts_of(journal: list[JournalEntry]) -> list[dict[str, Any]]:
@@ -185,14 +185,14 @@ class Api:
         try:
             validate_id(task_id, "task_id")
             record = await self.coord.tasks.get(task_id)
-            journal = await self.coord.tasks.effects.journal.read(task_id)
+            journal = journal_of(record)
         except CorralError as err:
             return _failure(err)
         trace_id = trace_id_of(record.meta)
         return web.json_response(
             {
                 "record": _record_json(record),
-                "journal": [e.model_dump(mode="json", exclude={"record"}) for e in journal],
+                "journal": [e.model_dump(mode="json") for e in journal],
                 "attempts": attempts_of(journal),
                 "trace_id": trace_id,
                 "trace_link": trace_link(self.trace_url, trace_id),

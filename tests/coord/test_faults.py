@@ -121,7 +121,7 @@ async def test_reading_two_thousand_journals_in_a_row_leaves_no_consumer_behind(
         )
     for task_id in ids:
         entries = await coord_conn.tasks.journal(task_id)
-        assert [(e.record.task_id, e.transition) for e in entries] == [(task_id, Transition.SCHEDULED)]
+        assert [(e.status, e.transition) for e in entries] == [(TaskStatus.PENDING, Transition.SCHEDULED)]
     stream = coord_conn.names.events_stream
     assert (await coord_conn.js.stream_info(stream)).state.consumer_count == 0
     assert await coord_conn.js.consumers_info(stream) == []

@@ -31,6 +31,7 @@ from coord.tasks import (
     TaskStore,
     Transition,
 )
+from coord.tasks.journal import KEPT_HEARTBEATS
 
 
 async def notifications(conn: coord.Coord, queue: str) -> list[tuple[str, Notification]]:
@@ -49,7 +50,7 @@ async def notifications(conn: coord.Coord, queue: str) -> list[tuple[str, Notifi
         found.append(((msg.headers or {}).get("Nats-Msg-Id", ""), Notification.model_validate_json(msg.data)))
 
 
-async def journal_subjects_count(conn: coord.Coord) -> int:
+async def events_stream_messages(conn: coord.Coord) -> int:
     info = await conn.js.stream_info(conn.names.events_stream)
     return info.state.messages
 
@@ -436,23 +437,51 @@ async def test_the_journal_holds_every_successful_transition_and_no_rejected_one
         (Transition.CLAIMED, TaskStatus.CLAIMED, 2, "w2"),
         (Transition.COMPLETED, TaskStatus.SUCCEEDED, 2, "w2"),
     ]
-    assert entries[-1].revision == done.revision and entries[-1].record == done
+    assert entries[-1].revision == done.revision
+    assert list(done.journal) == [*entries[:-1], entries[-1].model_copy(update={"revision": 0})]
     assert [e.revision for e in entries] == sorted({e.revision for e in entries})
 
 
-async def test_the_journal_repairs_a_missing_latest_entry(store: TaskStore, coord_conn: coord.Coord) -> None:
+async def test_the_journal_lives_in_the_record_and_costs_no_message(store: TaskStore, coord_conn: coord.Coord) -> None:
+    await store.schedule("t1", queue="q", spec=None)
+    claim = await store.claim("t1", "w1")
+    done = await store.complete(claim, "ok")
+    stored = await store.get("t1")
+    assert [e.transition for e in stored.journal] == [Transition.SCHEDULED, Transition.CLAIMED, Transition.COMPLETED]
+    assert stored.journal[-1].revision == 0  # the newest entry is the record's own revision
+    assert [e.revision for e in await store.journal("t1")][-1] == done.revision
+    assert await events_stream_messages(coord_conn) == 0
+
+
+async def test_a_long_running_task_keeps_only_its_newest_heartbeats(store: TaskStore) -> None:
+    await store.schedule("t1", queue="q", spec=None)
+    claim = await store.claim("t1", "w1")
+    revisions = []
+    for i in range(KEPT_HEARTBEATS + 5):
+        await store.heartbeat(claim, progress={"done": i})
+        revisions.append(claim.revision)
+    entries = await store.journal("t1")
+    beats = [e for e in entries if e.transition is Transition.HEARTBEAT]
+    assert [e.revision for e in beats] == revisions[-KEPT_HEARTBEATS:]
+    assert [e.progress for e in beats][-1] == {"done": KEPT_HEARTBEATS + 4}
+    assert [e.transition for e in entries[:2]] == [Transition.SCHEDULED, Transition.CLAIMED]
+
+
+async def test_a_record_written_without_a_journal_reads_as_its_own_transition(
+    store: TaskStore, coord_conn: coord.Coord
+) -> None:
     await store.schedule("t1", queue="q", spec=None)
     kv = await coord_conn.kv(coord_conn.names.tasks_bucket)
     record = await store.get("t1")
-    # a writer that crashed between its CAS and its journal publish
-    raw = record.model_copy(update={"status": TaskStatus.CANCELLED, "transition": Transition.CANCELLED})
-    revision = await kv.update("t1", raw.model_dump_json().encode(), last=record.revision)
-    entries = await store.journal("t1")
-    assert [(e.revision, e.status) for e in entries] == [
-        (record.revision, TaskStatus.PENDING),
-        (revision, TaskStatus.CANCELLED),
+    # as corral wrote records before journals lived in them
+    old = record.model_dump(mode="json", exclude={"journal"})
+    revision = await kv.update("t1", json.dumps(old).encode(), last=record.revision)
+    assert [(e.revision, e.transition) for e in await store.journal("t1")] == [(revision, Transition.SCHEDULED)]
+    claim = await store.claim("t1", "w1")
+    assert [(e.revision, e.transition) for e in await store.journal("t1")] == [
+        (revision, Transition.SCHEDULED),
+        (claim.revision, Transition.CLAIMED),
     ]
-    assert len(await store.journal("t1")) == 2  # repaired once, not again
 
 
 # --- listing, index, watch ------------------------------------------------------------------------
@@ -517,7 +546,7 @@ async def _nothing_written(store: TaskStore, coord_conn: coord.Coord, task_id: s
     with pytest.raises(NotFound):
         await store.get(task_id)
     assert await notifications(coord_conn, "q") == []
-    assert await journal_subjects_count(coord_conn) == 0
+    assert await events_stream_messages(coord_conn) == 0
 
 
 async def test_an_oversized_payload_is_refused_before_anything_is_written(
@@ -569,7 +598,7 @@ async def test_bad_ids_are_refused_naming_the_field(
 ) -> None:
     with pytest.raises(InvalidId, match=field):
         await store.schedule(task_id, queue=queue, spec=None)  # type: ignore[arg-type]
-    assert await journal_subjects_count(coord_conn) == 0
+    assert await events_stream_messages(coord_conn) == 0
 
 
 async def test_bad_results_and_leases_are_refused_and_leave_the_claim_current(
@@ -593,23 +622,6 @@ async def test_bad_results_and_leases_are_refused_and_leave_the_claim_current(
     record = await store.get("t1")
     assert record.revision == revision and record.status is TaskStatus.CLAIMED
     assert (await store.fail(claim, "result too large")).status is TaskStatus.PENDING
-
-
-async def test_journal_entries_carry_the_tasks_trace_context(coord_conn: coord.Coord) -> None:
-    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    await coord_conn.tasks.schedule("traced", queue="q", spec=None, meta={"traceparent": traceparent})
-    claim = await coord_conn.tasks.claim("traced", "w1")
-    await coord_conn.tasks.complete(claim, {"ok": True})
-    subject = coord_conn.names.journal_subject("traced")
-    seq, seen = 1, []
-    while True:
-        try:
-            msg = await coord_conn.js.get_msg(coord_conn.names.events_stream, seq=seq, subject=subject, next=True)
-        except nats.js.errors.NotFoundError:
-            break
-        seq = (msg.seq or seq) + 1
-        seen.append((msg.headers or {}).get("traceparent"))
-    assert seen == [traceparent] * 3
 
 
 async def test_a_scan_without_an_index_never_ends_before_every_existing_task(coord_conn: coord.Coord) -> None:

@@ -72,7 +72,7 @@ async def test_sigkilled_worker_task_is_reclaimed_rerun_elsewhere_and_recorded_o
     assert record.status is TaskStatus.SUCCEEDED
     assert result_of(record).output == {"worker": "w2", "epoch": 2, "pid": result_of(record).output["pid"]}  # type: ignore[index]
     assert executions(tmp_path, "t1") == ["t1.2.w2.done"]
-    succeeded = [e for e in await coord_conn.tasks.journal("t1") if e.record.status is TaskStatus.SUCCEEDED]
+    succeeded = [e for e in await coord_conn.tasks.journal("t1") if e.status is TaskStatus.SUCCEEDED]
     assert len(succeeded) == 1
 
 
