@@ -146,7 +146,8 @@ class Dispatcher:
             spec = Spec(parent_agent_id=self.parent_id, **item.model_dump(exclude_none=True))
         elif spec.parent_agent_id is None:
             spec = spec.model_copy(update={"parent_agent_id": self.parent_id})
-        request = ScheduleRequest(
+        # Every field was validated by Spec under the same rules: no second validation per task.
+        request = ScheduleRequest.model_construct(
             task_id=spec.task_id,
             queue=spec.queue,
             spec=spec.model_dump(mode="json"),

@@ -35,7 +35,9 @@ def _entry(record: TaskRecord) -> JournalEntry:
     beat = record.transition is Transition.HEARTBEAT and record.progress is not None
     if beat and len(json.dumps(record.progress, separators=(",", ":"))) <= _TEXT:
         progress = record.progress
-    return JournalEntry(
+    # The values come from a validated record: no second validation per write.
+    return JournalEntry.model_construct(
+        revision=0,
         at=record.updated_at,
         transition=record.transition,
         status=record.status,
