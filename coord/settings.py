@@ -69,8 +69,11 @@ class Settings(BaseSettings):
     """Seconds before ``visible_at`` from which a claim is accepted (clock skew between hosts)."""
     max_cas_attempts: int = Field(default=10, ge=1, le=1000)
     """Writes a transition attempts against a changing record before giving up with ``Conflict``."""
-    inline_limit: int = Field(default=32 * 1024, ge=0)
-    """Records up to this many bytes travel inside their notification and result push."""
+    inline_limit: int = Field(default=0, ge=0)
+    """Records up to this many bytes also travel inside their notification and result push (0: none).
+
+    Nothing of corral reads them (a worker claims from the store, a parent resolves from it); set
+    32768 only while workers or parents of corral 0.1 still run, which did."""
 
     # --- presence --------------------------------------------------------------------------------
     presence_ttl: float = Field(default=PRESENCE_TTL_SINGLE, ge=1, le=3600)

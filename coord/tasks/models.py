@@ -253,8 +253,8 @@ class Notification(BaseModel):
 
     A wake-up hint only: anyone who can publish on the subject can forge one, so a worker claims
     from the record stored in the tasks bucket (``TaskStore.read_many``), never from this message.
-    ``record`` (the record at ``revision`` when it is small, see ``TaskStore.inline_limit``) is
-    still sent for older workers and is ignored. Unknown fields are refused: a notification is
+    ``record`` (the record at ``revision``, sent only when ``Settings.inline_limit`` is raised for
+    workers of corral 0.1) is ignored. Unknown fields are refused: a notification is
     checked as strictly as the wire allows, and anything else is dead-lettered.
     """
 

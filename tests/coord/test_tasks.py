@@ -74,7 +74,7 @@ async def test_schedule_creates_a_pending_record_and_notifies_its_queue(
     assert await store.get("t1") == record
     [(msg_id, note)] = await notifications(coord_conn, "q")
     assert (note.task_id, note.revision, note.epoch) == ("t1", record.revision, 0)
-    assert note.record == record  # small records travel inside the notification
+    assert note.record is None  # the record travels only in the store (inline_limit 0 by default)
     assert msg_id == f"t1:0:{record.revision}"
 
 
@@ -160,6 +160,7 @@ async def test_epoch_strictly_increases_with_every_claim(store: TaskStore) -> No
 
 
 async def test_claim_with_the_inlined_record_of_a_notification(store: TaskStore, coord_conn: coord.Coord) -> None:
+    store = store.tuned(inline_limit=32 * 1024)  # as for workers of corral 0.1
     await store.schedule("t1", queue="q", spec={"big": "no"})
     [(_, note)] = await notifications(coord_conn, "q")
     assert note.record is not None
@@ -170,6 +171,7 @@ async def test_claim_with_the_inlined_record_of_a_notification(store: TaskStore,
 async def test_claim_from_a_stale_notification_falls_back_to_the_current_record(
     store: TaskStore, coord_conn: coord.Coord
 ) -> None:
+    store = store.tuned(inline_limit=32 * 1024)
     await store.schedule("t1", queue="q", spec=None)
     [(_, stale)] = await notifications(coord_conn, "q")
     first = await store.claim("t1", "w1")
@@ -405,13 +407,14 @@ async def test_a_terminal_transition_pushes_a_result_notice_to_the_parent(
         received.put_nowait(ResultNotice.model_validate_json(msg.data))
 
     sub = await coord_conn.nc.subscribe(coord_conn.names.results_subject("parent-1"), cb=on_result)
+    store = store.tuned(inline_limit=32 * 1024)  # as for parents of corral 0.1
     await store.schedule("t1", queue="q", spec=None, parent="parent-1")
     claim = await store.claim("t1", "w1")
     await store.heartbeat(claim)
     done = await store.complete(claim, "ok")
     notice = await asyncio.wait_for(received.get(), 5)
     assert (notice.task_id, notice.status, notice.revision) == ("t1", TaskStatus.SUCCEEDED, done.revision)
-    assert notice.record == done, "a small terminal record travels inline with the push"
+    assert notice.record == done, "a small terminal record travels inline with the push when asked"
     await asyncio.sleep(0.1)
     assert received.empty()  # only the terminal transition pushes
     await sub.unsubscribe()
