@@ -55,7 +55,7 @@ def _now() -> datetime:
 
 @dataclass(frozen=True)
 class Submitted:
-    """One tick submitted (by this scheduler; another may have submitted the same task)."""
+    """One tick submitted and recorded (by this scheduler; another may have submitted the same task)."""
 
     schedule: str
     """The schedule's name."""
@@ -192,10 +192,10 @@ class Scheduler:
             log.warning("schedule %s: submitting tick %s failed (%s); trying again", schedule.name, tick, err)
             return False
         self._done[schedule.name] = tick
-        self.submitted += 1
-        self.events.put_nowait(Submitted(schedule.name, tick, task_id, (now - tick).total_seconds()))
         try:
             await self.coord.schedules.record_tick(schedule.name, tick, task_id)
         except CorralError as err:  # the task exists; only the recorded tick lags
             log.warning("schedule %s: recording tick %s failed (%s)", schedule.name, tick, err)
+        self.submitted += 1
+        self.events.put_nowait(Submitted(schedule.name, tick, task_id, (now - tick).total_seconds()))
         return True
