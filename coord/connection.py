@@ -41,6 +41,7 @@ from coord.presence import Presence
 from coord.provision import Provision, StreamStatus
 from coord.records import RecordStore
 from coord.registry import Registry
+from coord.schedules import Schedules
 from coord.settings import Settings
 from coord.streams import Stream
 from coord.tasks import Observer, TaskEffects, TaskStore
@@ -155,7 +156,7 @@ class Coord:
 
     Holds the raw NATS client and JetStream context plus the substrate services, each built once by
     :func:`connect` with exactly the collaborators it needs: ``presence``, ``tasks``, ``registry``,
-    ``mailbox``, ``events`` and ``dead_letters``. Use as an async context manager, or call
+    ``mailbox``, ``events``, ``dead_letters`` and ``schedules``. Use as an async context manager, or call
     :meth:`close`.
     """
 
@@ -181,6 +182,8 @@ class Coord:
     """Durable child-to-parent lifecycle events (see :mod:`coord.events`)."""
     dead_letters: DeadLetters
     """Messages that could not be processed, recorded (see :mod:`coord.deadletter`)."""
+    schedules: Schedules
+    """Recurring schedules (see :mod:`coord.schedules`)."""
     streams: tuple[StreamStatus, ...] = ()
     """What :func:`connect` found, created or updated of the namespace's streams (one status each)."""
     _kv: dict[str, KeyValue] = field(default_factory=dict, repr=False)
@@ -258,6 +261,7 @@ def compose(nc: NATS, js: JetStreamContext, names: Names, settings: Settings, ob
         mailbox=Mailbox(stream(names.inbox_stream), names, registry, presence, dead_letters, reply_prefix=reply_prefix),
         events=Events(events_stream, names, records, dead_letters, retention=settings.events_max_age),
         dead_letters=dead_letters,
+        schedules=Schedules(RecordStore(bucket(names.schedules_bucket))),
     )
 
 

@@ -99,6 +99,11 @@ class Names:
         return f"{self.namespace}_registry"
 
     @property
+    def schedules_bucket(self) -> str:
+        """KV bucket of recurring schedules: one key per schedule (definition and last submitted tick)."""
+        return f"{self.namespace}_schedules"
+
+    @property
     def dispatch_stream(self) -> str:
         """Work-queue stream of "task T at revision R is ready" notifications."""
         return f"{self.namespace}_dispatch"

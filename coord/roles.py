@@ -11,6 +11,8 @@ tests against a real server. The roles (docs/security.md says why each needs wha
   outcomes), retry notifications and result pushes; its own presence key only.
 - ``reclaimer``: gives up on departed workers' claims: writes task records and
   notifications, publishes on workers' control subjects.
+- ``scheduler``: runs recurring schedules: writes the schedules bucket (definitions and the last
+  submitted tick), task records, journals and notifications; hears no results (its tasks have no parent).
 - ``observer``: reads everything of the namespace, writes nothing.
 - ``agent``: mail, lifecycle events and the session registry, always as itself.
 
@@ -41,6 +43,7 @@ class Role(StrEnum):
     parent = "parent"
     worker = "worker"
     reclaimer = "reclaimer"
+    scheduler = "scheduler"
     observer = "observer"
     agent = "agent"
 
@@ -84,6 +87,7 @@ def _streams(names: Names) -> list[str]:
         kv_stream_name(names.presence_bucket),
         kv_stream_name(names.tasks_bucket),
         kv_stream_name(names.registry_bucket),
+        kv_stream_name(names.schedules_bucket),
         names.dispatch_stream,
         names.events_stream,
         names.inbox_stream,
@@ -93,7 +97,7 @@ def _streams(names: Names) -> list[str]:
 def _reader(names: Names, identity: str) -> Permissions:
     """What every role needs to read the namespace: stream info, gets, watches and its own replies."""
     streams = _streams(names)
-    kv_streams = streams[:3]
+    kv_streams = [s for s in streams if s.startswith("KV_")]
     publish = ["$JS.API.INFO"]
     for stream in streams:
         publish += [
@@ -164,6 +168,12 @@ def _reclaimer(names: Names) -> Permissions:
     return granted
 
 
+def _scheduler(names: Names) -> Permissions:
+    granted = _task_writer(names)
+    granted.add(Permissions(publish_allow=[f"{kv_subject_prefix(names.schedules_bucket)}>"]))
+    return granted
+
+
 def _agent(names: Names, identity: str) -> Permissions:
     ns = names.namespace
     events, inbox = names.events_stream, names.inbox_stream
@@ -221,6 +231,8 @@ def permissions_for(names: Names, identity: str, roles: set[Role] | frozenset[Ro
             granted.add(_parent(names, identity))
         elif role is Role.reclaimer:
             granted.add(_reclaimer(names))
+        elif role is Role.scheduler:
+            granted.add(_scheduler(names))
         elif role is Role.agent:
             granted.add(_agent(names, identity))
     granted.publish_deny = list(_NEVER)

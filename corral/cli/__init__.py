@@ -13,6 +13,8 @@ from coord.ids import validate_namespace
 from corral import __version__
 from corral.cli import auth, demo, events, msg, presence, reclaimer, registry, server, submit, tasks, ui, worker
 from corral.cli import provision as provision_cli
+from corral.cli import scheduler as scheduler_cli
+from corral.cli import schedules as schedules_cli
 from corral.cli import schema as schema_cli
 from corral.cli._common import Options, setting_bounds, setting_env, setting_help
 from corral.cli._errors import run_cli, usage
@@ -129,6 +131,8 @@ presence.register(app)
 worker.register(app)
 submit.register(app)
 reclaimer.register(app)
+schedules_cli.register(app)
+scheduler_cli.register(app)
 demo.register(app)
 auth.register(app)
 provision_cli.register(app)

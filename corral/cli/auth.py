@@ -25,7 +25,8 @@ def auth(
         typer.Option(
             "--user",
             "-u",
-            help="ROLE[+ROLE]:ID to issue, repeatable (provisioner, parent, worker, reclaimer, observer, agent).",
+            help="ROLE[+ROLE]:ID to issue, repeatable "
+            "(provisioner, parent, worker, reclaimer, scheduler, observer, agent).",
         ),
     ],
     out: Annotated[Path, typer.Option(help="Directory for auth.conf, the seeds ({id}.nk) and env files.")] = Path(

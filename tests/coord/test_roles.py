@@ -24,9 +24,11 @@ from coord.naming import Names
 from coord.permissions import permission_log
 from coord.presence import AgentInfo
 from coord.roles import Role, inbox_prefix, permissions_for
+from coord.schedules import Schedule, TaskTemplate
 from coord.server import NatsServer
 from coord.wire import Result, Spec
 from dispatch import Dispatcher
+from dispatch.scheduler import Scheduler
 from workers import Worker
 
 NAMESPACE = "perm"
@@ -37,6 +39,7 @@ GRANTS = [
     "parent:p1",
     "parent:p2",
     "reclaimer:r1",
+    "scheduler:s1",
     "observer:o1",
     "agent:a1",
     "agent:a2",
@@ -197,6 +200,26 @@ async def test_an_observer_is_refused_every_write_at_once(provisioned: Secured) 
         await refused_at_once(conn.tasks.schedule(task_id="nope", queue="jobs", spec=None))
         await refused_at_once(conn.presence.join(AgentInfo(id="o1")).__aenter__())
         await refused_at_once(conn.registry.create_session("o1", session_id="s1"))
+
+
+async def test_a_scheduler_keeps_schedules_and_submits_ticks_and_other_roles_may_not_write_schedules(
+    provisioned: Secured,
+) -> None:
+    every_second = Schedule(name="perm-beat", cron="* * * * * *", task=TaskTemplate(queue="jobs"))
+    async with provisioned.connect("s1") as sconn, provisioned.connect("w1") as wconn:
+        await sconn.schedules.add(every_second, replace=True)
+        try:
+            async with Scheduler(sconn) as scheduler:
+                tick = await asyncio.wait_for(scheduler.events.get(), 10)
+            assert (await sconn.tasks.get(tick.task_id)).queue == "jobs"
+            assert (await sconn.schedules.get("perm-beat")).last_tick == tick.tick
+            error = await refused_at_once(wconn.schedules.pause("perm-beat"))
+            assert "$kv.perm_schedules.perm-beat" in str(error)
+        finally:
+            await sconn.schedules.remove("perm-beat")
+        assert permission_log(sconn.nc).refusals == []
+    async with provisioned.connect("p1") as pconn:
+        await refused_at_once(pconn.schedules.add(every_second))
 
 
 async def test_an_agent_can_mail_and_report_only_as_itself(provisioned: Secured) -> None:
