@@ -12,7 +12,7 @@ tests against a real server. The roles (docs/security.md says why each needs wha
 - ``reclaimer``: gives up on departed workers' claims: writes task records and
   notifications, publishes on workers' control subjects.
 - ``scheduler``: runs recurring schedules: writes the schedules bucket (definitions and the last
-  submitted tick), task records, journals and notifications; hears no results (its tasks have no parent).
+  submitted tick), task records and notifications; hears no results (its tasks have no parent).
 - ``observer``: reads everything of the namespace, writes nothing.
 - ``agent``: mail, lifecycle events and the session registry, always as itself.
 
