@@ -13,6 +13,7 @@ from coord.ids import validate_namespace
 from corral import __version__
 from corral.cli import auth, demo, events, msg, presence, reclaimer, registry, server, submit, tasks, ui, worker
 from corral.cli import provision as provision_cli
+from corral.cli import queues as queues_cli
 from corral.cli import schema as schema_cli
 from corral.cli._common import Options, setting_bounds, setting_env, setting_help
 from corral.cli._errors import run_cli, usage
@@ -125,6 +126,7 @@ msg.register(app)
 events.register(app)
 registry.register(app)
 tasks.register(app)
+queues_cli.register(app)
 presence.register(app)
 worker.register(app)
 submit.register(app)
