@@ -6,6 +6,11 @@ admits (:meth:`Gate.admit`: a concurrency slot taken with a compare-and-set for 
 be made, and a start time reserved under the rate and waited for). The gate gives a slot back when
 the claim it was taken for ends here (:meth:`Gate.release`); the reclaimer takes back the slots of
 claims that ended elsewhere (see :mod:`coord.limits`). A queue without limits passes straight through.
+
+A slot given back is first kept for :data:`SPARE_HOLD` seconds and handed to this worker's next claim
+of the queue (a CAS that renames its holder). On a busy queue a slot thus goes from one task to the
+next without ever looking free to the whole fleet, which would otherwise wake every waiting worker to
+fetch for one slot (and put back all but one notification).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ HORIZON = 2.0
 (well inside its 5 s ack wait); a queue whose next start is further away is not fetched from until then."""
 NO_SLOT_DELAY = 0.25
 """NAK delay of a notification fetched when a slot looked free but none could be taken."""
+SPARE_HOLD = 0.2
+"""Seconds a slot whose claim ended is kept for this worker's next claim of the queue before it is given back."""
 DUPLICATE_DELAY = 1.0
 """NAK delay of a notification whose task this worker is already claiming or running, or whose record was
 not read (it comes back and is then claimed or dropped as stale)."""
@@ -56,14 +63,20 @@ class Gate:
         self._view = LimitsView(coord.limits, queues)
         self._worker_id = worker_id
         self._held: dict[str, Slot] = {}
+        self._spare: dict[str, dict[Slot, asyncio.TimerHandle]] = {}
         self._releases: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     async def start(self) -> None:
         """Follow the queues' limits and slots; returns once they are known."""
         await self._view.start()
 
     async def close(self) -> None:
-        """Wait (a few seconds at most) for slots being given back, then stop following."""
+        """Give back the spare slots, wait (a few seconds at most) for slots being given back, then stop following."""
+        self._closing = True
+        for queue in list(self._spare):
+            for slot in list(self._spare[queue]):
+                self._give_back_spare(slot)
         if self._releases:
             _, late = await asyncio.wait(set(self._releases), timeout=5.0)
             await stop_tasks(late, within=1.0, what="slot releases")
@@ -80,7 +93,10 @@ class Gate:
                 return 0
             most = 1  # one reservation, one start: starts keep their spacing
         if limits.concurrency is not None:
-            most = min(most, max(0, limits.concurrency - self._view.held(queue)))
+            # this worker's spare slots, and at most one slot new to it per fetch: a few at a time
+            # spread over the waiting workers instead of all going to whichever looks first
+            free = limits.concurrency - self._view.held(queue)
+            most = min(most, len(self._spare.get(queue, ())) + (1 if free > 0 else 0))
         return most
 
     async def room(self, queue: str, most: int, stopping: asyncio.Event) -> int:
@@ -170,14 +186,25 @@ class Gate:
         return None
 
     async def _take(self, queue: str, concurrency: int, record: TaskRecord) -> Slot | None:
-        """Take a free slot below ``concurrency`` for the claim ``record`` leads to; None if none could be."""
+        """Take a slot below ``concurrency`` for the claim ``record`` leads to (a spare one of this worker
+        first); None if none could be."""
+        holder = SlotHolder(
+            task_id=record.task_id, epoch=record.epoch + 1, worker_id=self._worker_id, at=datetime.now(UTC)
+        )
+        spares = self._spare.get(queue, {})
+        while spares:
+            spare, timer = spares.popitem()
+            timer.cancel()
+            try:
+                slot = await self._limits.take_slot(queue, spare.index, over=spare.revision, holder=holder)
+            except Conflict:
+                continue  # taken back meanwhile (its old claim was over): try another
+            self._view.taken(slot)
+            return slot
         if self._view.held(queue) >= concurrency:
             return None
         free = self._view.free(queue, concurrency)
         random.shuffle(free)  # workers that saw the same slot free mostly try different ones
-        holder = SlotHolder(
-            task_id=record.task_id, epoch=record.epoch + 1, worker_id=self._worker_id, at=datetime.now(UTC)
-        )
         for index, over in free:
             try:
                 slot = await self._limits.take_slot(queue, index, over=over, holder=holder)
@@ -201,7 +228,22 @@ class Gate:
         slot = self._held.pop(task_id, None)
         if slot is None:
             return
-        task = asyncio.get_running_loop().create_task(self._give_back(slot), name=f"release-{task_id}")
+        limits = self._view.limits(slot.queue)
+        if self._closing or limits is None or limits.concurrency is None or slot.index >= limits.concurrency:
+            self._start_give_back(slot)
+            return
+        loop = asyncio.get_running_loop()
+        self._spare.setdefault(slot.queue, {})[slot] = loop.call_later(SPARE_HOLD, self._give_back_spare, slot)
+        self._view.touch()  # an intake waiting for room has some now
+
+    def _give_back_spare(self, slot: Slot) -> None:
+        timer = self._spare.get(slot.queue, {}).pop(slot, None)
+        if timer is not None:
+            timer.cancel()
+            self._start_give_back(slot)
+
+    def _start_give_back(self, slot: Slot) -> None:
+        task = asyncio.get_running_loop().create_task(self._give_back(slot), name=f"release-{slot.queue}-{slot.index}")
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 

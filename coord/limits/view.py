@@ -111,6 +111,10 @@ class LimitsView:
         current = self._slots.setdefault(queue, {}).get(index)
         self._slots[queue][index] = _Seen(current.revision if current else 0, True, None)
 
+    def touch(self) -> None:
+        """Wake the waiters of :meth:`changed` (something this process keeps outside the view changed)."""
+        self._bump()
+
     # --- the watches -----------------------------------------------------------------------------
     def _wanted(self, queue: str) -> bool:
         return self._queues is None or queue in self._queues

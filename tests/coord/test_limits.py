@@ -4,6 +4,7 @@ slots taken back once their claim is over, and start times reserved under a rate
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -22,7 +23,7 @@ def test_a_rate_is_read_per_second_or_per_minute_and_none_or_zero_removes_it() -
     assert parse_rate("0.5/s").interval == pytest.approx(2.0)  # type: ignore[union-attr]
     assert parse_rate("none") is None and parse_rate("0") is None and parse_rate("0/m") is None
     for bad in ("abc", "20", "20/h", "-1/s", "/s", ""):
-        with pytest.raises(InvalidInput, match="e.g. 20/s or 90/m"):
+        with pytest.raises(InvalidInput, match=r"e\.g\. 20/s or 90/m"):
             parse_rate(bad)
     with pytest.raises(InvalidInput, match="at most 10000/s"):
         parse_rate("20000/s")
@@ -156,6 +157,6 @@ async def test_reservations_from_two_connections_never_share_a_start_time(
         started = time.time()
         ours, theirs = await asyncio.gather(take(coord_conn), take(other))
     every = sorted(ours + theirs)
-    gaps = [b - a for a, b in zip(every, every[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(every)]
     assert min(gaps) == pytest.approx(rate.interval, abs=1e-6)
     assert every[-1] - started == pytest.approx(39 * rate.interval, abs=0.2)
