@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 
 from coord.aio import stop_tasks
 from coord.connection import Coord
-from coord.errors import Conflict, CorralError
+from coord.errors import Conflict
 from coord.limits import LimitsView, QueueLimits, Rate, Slot, SlotHolder
 from coord.tasks import TaskRecord, TaskStatus
 
@@ -179,10 +179,10 @@ class Gate:
                     if stopping.is_set():
                         self.release(task_id)
                         return Refusal(0.0, "stopping")
-        except CorralError as err:
+        except Exception as err:  # the server away (Unavailable), a CAS that kept losing: this one goes back
             self.release(task_id)
             log.warning("worker %s: limits of %s: %s; putting %s back", self._worker_id, queue, err, task_id)
-            return Refusal(NO_SLOT_DELAY, str(err))
+            return Refusal(NO_SLOT_DELAY, f"{type(err).__name__}: {err}")
         return None
 
     async def _take(self, queue: str, concurrency: int, record: TaskRecord) -> Slot | None:
