@@ -4,10 +4,13 @@ their next claims, and a saturated limited queue waits on its slots instead of f
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import coord
+from coord.limits import parse_rate
 from coord.server import NatsServer
 from coord.wire import Result, Spec
 from dispatch import Dispatcher
@@ -21,8 +24,10 @@ class Probe:
         self.seconds = seconds
         self.running = 0
         self.peak = 0
+        self.starts: list[float] = []
 
     async def __call__(self, spec: Spec, ctx: Context) -> Result:
+        self.starts.append(time.monotonic())
         self.running += 1
         self.peak = max(self.peak, self.running)
         try:
@@ -88,3 +93,18 @@ async def test_a_saturated_limited_queue_is_not_fetched_in_a_loop(
     # 6 notifications: each worker fetches one at the start (two go back); then, for 3 s and after, only
     # the slot's holder fetches, one at a time (a fetch loop would have delivered them dozens of times)
     assert info.delivered.consumer_seq <= 10, f"{info.delivered.consumer_seq} deliveries of 6 notifications"
+
+
+async def test_a_per_minute_rate_spaces_starts_beyond_the_reservation_horizon(
+    nats_server: NatsServer, coord_conn: coord.Coord
+) -> None:
+    probe = Probe(0.0)
+    await coord_conn.limits.set("q", rate=parse_rate("80/m"))  # one start every 0.75 s
+    async with workers(nats_server.url, coord_conn.namespace, probe, 2, 4), Dispatcher(coord_conn) as dispatcher:
+        await run_all(dispatcher, [Spec(task_id=f"t{i}", queue="q") for i in range(6)])
+        names = coord_conn.names
+        info = await coord_conn.js.consumer_info(names.dispatch_stream, names.queue_consumer("q"))
+    gaps = [b - a for a, b in itertools.pairwise(sorted(probe.starts))]
+    assert len(probe.starts) == 6 and min(gaps) >= 0.7, gaps
+    assert sum(gaps) <= 5 * 0.75 + 1.0, gaps  # and no slower than the rate (waits are exact, not polled)
+    assert info.delivered.consumer_seq <= 8, f"{info.delivered.consumer_seq} deliveries of 6 notifications"
