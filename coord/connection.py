@@ -34,6 +34,7 @@ from coord.errors import InvalidInput, ServerUnsupported, TLSFailed, Unavailable
 from coord.events import Events
 from coord.ids import validate_namespace
 from coord.kv import Bucket
+from coord.limits import Limits
 from coord.mailbox import Mailbox
 from coord.naming import Names
 from coord.permissions import permission_log
@@ -156,7 +157,7 @@ class Coord:
 
     Holds the raw NATS client and JetStream context plus the substrate services, each built once by
     :func:`connect` with exactly the collaborators it needs: ``presence``, ``tasks``, ``registry``,
-    ``mailbox``, ``events``, ``dead_letters`` and ``schedules``. Use as an async context manager, or call
+    ``mailbox``, ``events``, ``dead_letters``, ``schedules`` and ``limits``. Use as an async context manager, or call
     :meth:`close`.
     """
 
@@ -184,6 +185,8 @@ class Coord:
     """Messages that could not be processed, recorded (see :mod:`coord.deadletter`)."""
     schedules: Schedules
     """Recurring schedules (see :mod:`coord.schedules`)."""
+    limits: Limits
+    """Fleet-wide per-queue concurrency and rate limits (see :mod:`coord.limits`)."""
     streams: tuple[StreamStatus, ...] = ()
     """What :func:`connect` found, created or updated of the namespace's streams (one status each)."""
     _kv: dict[str, KeyValue] = field(default_factory=dict, repr=False)
@@ -249,6 +252,7 @@ def compose(nc: NATS, js: JetStreamContext, names: Names, settings: Settings, ob
     # (``_INBOX``): per-credential prefixes (``_INBOX.{ns}.{id}``) differ between sender and recipient.
     reply_prefix = bytes(getattr(nc, "_inbox_prefix", b"_INBOX")).decode().split(".", 1)[0] + "."
     effects = TaskEffects(nc, stream(names.dispatch_stream), names, inline_limit=settings.inline_limit)
+    tasks = TaskStore(bucket(names.tasks_bucket), effects, settings=settings, observer=observer)
     return Coord(
         nc=nc,
         js=js,
@@ -256,12 +260,13 @@ def compose(nc: NATS, js: JetStreamContext, names: Names, settings: Settings, ob
         settings=settings,
         observer=observer,
         presence=presence,
-        tasks=TaskStore(bucket(names.tasks_bucket), effects, settings=settings, observer=observer),
+        tasks=tasks,
         registry=registry,
         mailbox=Mailbox(stream(names.inbox_stream), names, registry, presence, dead_letters, reply_prefix=reply_prefix),
         events=Events(events_stream, names, records, dead_letters, retention=settings.events_max_age),
         dead_letters=dead_letters,
         schedules=Schedules(RecordStore(bucket(names.schedules_bucket))),
+        limits=Limits(bucket(names.limits_bucket), tasks, cas_attempts=settings.max_cas_attempts),
     )
 
 

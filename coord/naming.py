@@ -104,6 +104,11 @@ class Names:
         return f"{self.namespace}_schedules"
 
     @property
+    def limits_bucket(self) -> str:
+        """KV bucket of per-queue fleet-wide limits: each queue's limit, its concurrency slots, its rate state."""
+        return f"{self.namespace}_limits"
+
+    @property
     def dispatch_stream(self) -> str:
         """Work-queue stream of "task T at revision R is ready" notifications."""
         return f"{self.namespace}_dispatch"

@@ -137,6 +137,7 @@ def stream_configs(names: Names, settings: Settings) -> list[js_api.StreamConfig
         _kv(names.tasks_bucket, settings, description="corral task records (source of truth)"),
         _kv(names.registry_bucket, settings, description="corral sessions, thread reservations, tag bindings"),
         _kv(names.schedules_bucket, settings, description="corral recurring schedules and their last submitted tick"),
+        _kv(names.limits_bucket, settings, description="corral per-queue limits, concurrency slots, rate state"),
         js_api.StreamConfig(
             name=names.dispatch_stream,
             description="corral task-ready notifications",

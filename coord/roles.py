@@ -3,14 +3,16 @@
 A pure table, turned into nats-server ``authorization`` users by ``corral auth`` and checked by the
 tests against a real server. The roles (docs/security.md says why each needs what it gets):
 
-- ``provisioner``: the operator; everything (creates, updates and deletes streams).
+- ``provisioner``: the operator; everything (creates, updates and deletes streams; sets queue limits).
 - ``parent``: submits tasks and reads their results (a :class:`dispatch.Dispatcher`, with its
   embedded reclaimer): writes task records and notifications, hears its own results
-  subject, tells workers that a claim was taken away.
+  subject, tells workers that a claim was taken away, gives back the concurrency slots of the claims
+  its reclaimer takes back.
 - ``worker``: takes work from its queues and reports: writes task records (claims, heartbeats,
-  outcomes), retry notifications and result pushes; its own presence key only.
+  outcomes), retry notifications and result pushes; its own presence key only; takes
+  concurrency slots and reserves start times under its queues' limits (never sets a limit).
 - ``reclaimer``: gives up on departed workers' claims: writes task records and
-  notifications, publishes on workers' control subjects.
+  notifications, publishes on workers' control subjects, gives back their concurrency slots.
 - ``scheduler``: runs recurring schedules: writes the schedules bucket (definitions and the last
   submitted tick), task records and notifications; hears no results (its tasks have no parent).
 - ``observer``: reads everything of the namespace, writes nothing.
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from coord.ids import validate_id
+from coord.limits.models import RATE_PREFIX, SLOT_PREFIX
 from coord.naming import Names, kv_stream_name, kv_subject_prefix
 
 __all__ = ["INBOX_ROOT", "Permissions", "Role", "inbox_prefix", "permissions_for"]
@@ -82,12 +85,19 @@ def inbox_prefix(names: Names, identity: str) -> str:
     return f"{INBOX_ROOT}.{names.namespace}.{validate_id(identity, 'identity')}"
 
 
+def _kv_buckets(names: Names) -> list[str]:
+    return [
+        names.presence_bucket,
+        names.tasks_bucket,
+        names.registry_bucket,
+        names.schedules_bucket,
+        names.limits_bucket,
+    ]
+
+
 def _streams(names: Names) -> list[str]:
     return [
-        kv_stream_name(names.presence_bucket),
-        kv_stream_name(names.tasks_bucket),
-        kv_stream_name(names.registry_bucket),
-        kv_stream_name(names.schedules_bucket),
+        *(kv_stream_name(b) for b in _kv_buckets(names)),
         names.dispatch_stream,
         names.events_stream,
         names.inbox_stream,
@@ -97,7 +107,7 @@ def _streams(names: Names) -> list[str]:
 def _reader(names: Names, identity: str) -> Permissions:
     """What every role needs to read the namespace: stream info, gets, watches and its own replies."""
     streams = _streams(names)
-    kv_streams = [s for s in streams if s.startswith("KV_")]
+    kv_streams = [kv_stream_name(b) for b in _kv_buckets(names)]
     publish = ["$JS.API.INFO"]
     for stream in streams:
         publish += [
@@ -129,10 +139,18 @@ def _task_writer(names: Names) -> Permissions:
     )
 
 
+def _slot_keeper(names: Names) -> Permissions:
+    """Gives back concurrency slots whose claims are over (the reclaimer, also inside a parent's dispatcher)."""
+    return Permissions(publish_allow=[f"{kv_subject_prefix(names.limits_bucket)}{SLOT_PREFIX}.>"])
+
+
 def _worker(names: Names, identity: str) -> Permissions:
     ns = names.namespace
     dispatch = names.dispatch_stream
     granted = _task_writer(names)
+    granted.add(_slot_keeper(names))
+    # takes slots and reserves start times under its queues' limits; never sets a limit
+    granted.add(Permissions(publish_allow=[f"{kv_subject_prefix(names.limits_bucket)}{RATE_PREFIX}.>"]))
     granted.add(
         Permissions(
             publish_allow=[
@@ -153,6 +171,7 @@ def _worker(names: Names, identity: str) -> Permissions:
 
 def _parent(names: Names, identity: str) -> Permissions:
     granted = _task_writer(names)
+    granted.add(_slot_keeper(names))
     granted.add(
         Permissions(
             publish_allow=[f"{names.namespace}.control.*"],
@@ -164,6 +183,7 @@ def _parent(names: Names, identity: str) -> Permissions:
 
 def _reclaimer(names: Names) -> Permissions:
     granted = _task_writer(names)
+    granted.add(_slot_keeper(names))
     granted.add(Permissions(publish_allow=[f"{names.namespace}.control.*"]))
     return granted
 

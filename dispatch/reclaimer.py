@@ -5,8 +5,9 @@ worker. When a worker leaves, each of its claims is moved back to pending (or to
 attempts are spent) by a compare-and-set that also checks the claim is still the one it saw; the
 task store then publishes a fresh notification. A periodic sweep covers what watches can miss:
 claims past their deadline (reclaimed only if the record read inside the CAS is still overdue),
-claims of workers absent at start (the full rebuild), and pending tasks whose notification is no
-longer in the dispatch stream (renotified in the background, never delaying a reclaim). Any
+claims of workers absent at start (the full rebuild), concurrency slots whose claims are over
+(see :mod:`coord.limits`; a reclaim gives its claim's slot back at once), and pending tasks whose
+notification is no longer in the dispatch stream (renotified in the background, never delaying a reclaim). Any
 number of reclaimers may run at once: the CAS makes them safe, and the renotify ids they derive
 are the same, so the stream keeps one notification for all of them.
 
@@ -27,6 +28,7 @@ from datetime import UTC, datetime
 from coord.aio import stop_tasks
 from coord.connection import Coord
 from coord.errors import Conflict, InvalidTransition, NotFound, StaleClaim
+from coord.limits import LimitsView
 from coord.presence import Joined, Left
 from coord.presence.watcher import PresenceWatcher
 from coord.tasks import IndexEntry, TaskIndex, TaskStatus
@@ -89,6 +91,7 @@ class Reclaimer:
         """How many lost notifications it published again."""
         self._index: TaskIndex | None = None
         self._watcher: PresenceWatcher | None = None
+        self._slots: LimitsView | None = None
         self._present: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._renotifier: asyncio.Task[int] | None = None
@@ -101,6 +104,7 @@ class Reclaimer:
         self._index = await self.coord.tasks.index(finished=False).start()
         self._watcher = await self.coord.presence.watch(include_existing=False).start()
         self._present = set(self._watcher.present)
+        self._slots = await LimitsView(self.coord.limits).start()
         self._observe_presence()
         await self._rebuild()
         self._tasks = [
@@ -117,6 +121,8 @@ class Reclaimer:
         await stop_tasks(tasks, within=STOP_WITHIN, what="reclaimer")
         if self._watcher is not None:
             await self._watcher.stop()
+        if self._slots is not None:
+            await self._slots.stop()
         if self._index is not None:
             await self._index.stop()
 
@@ -163,6 +169,8 @@ class Reclaimer:
         results = await asyncio.gather(
             *(self._reclaim(task_id, worker_id, claim_id, reason, departed_at) for task_id, claim_id in claims.items())
         )
+        if any(results):
+            await self.heal_slots()  # the reclaimed claims' concurrency slots come back at once
         return sum(results)
 
     async def _reclaim(
@@ -189,6 +197,20 @@ class Reclaimer:
         log.info("reclaimed %s from %s (%s) -> %s", task_id, worker_id, reason, record.status)
         self.events.put_nowait(ReclaimEvent(task_id, worker_id, claim_id, reason, str(record.status), detected))
         return True
+
+    async def heal_slots(self) -> int:
+        """Take back every concurrency slot whose claim is over (ended, reclaimed, or never written by
+        a holder that died); return how many. Never raises: the next sweep tries again."""
+        if self._slots is None or self._index is None:
+            return 0
+        held = self._slots.held_slots()
+        if not held:
+            return 0
+        try:
+            return len(await self.coord.limits.heal(held, known=self._index.entry))
+        except Exception as err:
+            log.warning("reclaimer: taking back concurrency slots failed (%s); the next sweep retries", err)
+            return 0
 
     async def _rebuild(self) -> None:
         """Reclaim the claims of workers that are not present (e.g. they died while nobody watched).
@@ -233,6 +255,7 @@ class Reclaimer:
             )
         )
         await self._rebuild()
+        await self.heal_slots()
         self._observe_depth()
         loop = asyncio.get_running_loop()
         idle = self._renotifier is None or self._renotifier.done()

@@ -31,6 +31,7 @@ from coord.connection import Coord
 from coord.errors import Conflict, InvalidRecord, InvalidTransition, NotFound, NotYetVisible
 from coord.tasks import Claim, Notification, TaskRecord
 from coord.validation import describe
+from workers.gate import Gate
 
 __all__ = [
     "FETCH_WAIT",
@@ -137,6 +138,7 @@ class Intake:
         present: asyncio.Event,
         stopping: asyncio.Event,
         stats: IntakeStats,
+        gate: Gate | None = None,
     ) -> None:
         self.queue = queue
         """The queue this intake serves."""
@@ -150,6 +152,7 @@ class Intake:
         self._stopping = stopping
         self._stats = stats
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._gate = gate
 
     async def run(self) -> None:
         """Fetch and claim until stopping; transient trouble is waited out, never raised."""
@@ -201,9 +204,19 @@ class Intake:
         return False
 
     async def _fetch_once(self, sub: JetStreamContext.PullSubscription) -> None:
-        n = await self._slots.reserve(self._max_batch, self._stopping)
+        most = self._max_batch
+        if self._gate is not None:  # the queue's fleet-wide limits: wait until they leave room
+            most = await self._gate.room(self.queue, most, self._stopping)
+            if most == 0:
+                return
+        n = await self._slots.reserve(most, self._stopping)
         if n == 0:
             return
+        if self._gate is not None and (fits := self._gate.room_now(self.queue, n)) < n:
+            self._slots.give_back(n - fits)  # the room was taken while this worker waited for its own
+            if fits == 0:
+                return
+            n = fits
         try:
             msgs = await sub.fetch(n, timeout=FETCH_WAIT)
         except (nats.errors.TimeoutError, TimeoutError):
@@ -251,6 +264,8 @@ class Intake:
                 self._slots.give_back(1)
                 await self._set_aside(msg, note, err)
             return
+        if self._gate is not None:
+            notes = await self._admitted(notes, stored)
         claims = [
             self._coord.tasks.claim(
                 n.task_id,
@@ -269,8 +284,30 @@ class Intake:
                 await _settle(msg.ack(), msg)
                 self._on_claim(outcome, stored.get(note.task_id))
                 continue
+            if self._gate is not None:
+                self._gate.release(note.task_id)
             self._slots.give_back(1)
             await self._set_aside(msg, note, outcome)
+
+    async def _admitted(
+        self, notes: list[tuple[Msg, Notification]], stored: dict[str, TaskRecord]
+    ) -> list[tuple[Msg, Notification]]:
+        """The notes the queue's fleet-wide limits let through now, each holding its slot and start time;
+        the others are put back for the delay the gate gives, or dropped when their task is not pending."""
+        assert self._gate is not None
+        candidates = [(n.task_id, stored.get(n.task_id)) for _, n in notes]
+        refusals = await self._gate.admit(self.queue, candidates, self._stopping)
+        admitted = []
+        for (msg, note), refusal in zip(notes, refusals, strict=True):
+            if refusal is None:
+                admitted.append((msg, note))
+                continue
+            self._slots.give_back(1)
+            if refusal.delay is None:
+                await self._set_aside(msg, note, InvalidTransition(refusal.reason))
+            else:
+                await _settle(msg.nak(delay=refusal.delay), msg)
+        return admitted
 
     async def _set_aside(self, msg: Msg, note: Notification, failure: BaseException) -> None:
         if isinstance(failure, NotYetVisible):

@@ -48,6 +48,7 @@ from coord.ids import new_id, validate_id
 from coord.presence import AgentInfo, Membership, MembershipLost
 from coord.tasks import Claim, TaskRecord, TaskStatus
 from workers.execution import Execution, ExecutionStats
+from workers.gate import Gate
 from workers.handlers import Handler
 from workers.intake import FETCH_WAIT, Intake, IntakeStats, Slots, queue_consumer
 from workers.watchdog import LoopWatchdog
@@ -137,6 +138,7 @@ class Worker:
         self._losses = 0
         self._blocks = 0
         self._slots = Slots(concurrency)
+        self._gate = Gate(coord, self.queues, self.worker_id)
         self._running: dict[str, Execution] = {}
         self._stopping = asyncio.Event()
         self._fatal: CorralError | None = None
@@ -232,6 +234,7 @@ class Worker:
         if self._running.get(execution.claim.task_id) is execution:
             del self._running[execution.claim.task_id]
         self._slots.give_back(1)
+        self._gate.release(execution.claim.task_id)
         self._watchdog.refresh()
         self._publish_inflight()
 
@@ -291,6 +294,7 @@ class Worker:
             control = await self.coord.nc.subscribe(
                 self.coord.names.control_subject(self.worker_id), cb=self._on_control
             )
+            await self._gate.start()
             intakes = [
                 Intake(
                     self.coord,
@@ -303,6 +307,7 @@ class Worker:
                     present=membership.present,
                     stopping=self._stopping,
                     stats=self._intake,
+                    gate=self._gate,
                 )
                 for queue in self.queues
             ]
@@ -320,6 +325,7 @@ class Worker:
                 _, late = await asyncio.wait(fetchers, timeout=FETCH_WAIT + 2)
                 await stop_tasks(late, within=2.0, what=f"worker {self.worker_id} intake")
                 await self._drain()
+                await self._gate.close()
                 with contextlib.suppress(Exception):
                     await control.unsubscribe()
             if self._fatal is None:

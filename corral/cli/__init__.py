@@ -13,6 +13,7 @@ from coord.ids import validate_namespace
 from corral import __version__
 from corral.cli import auth, demo, events, msg, presence, reclaimer, registry, server, submit, tasks, ui, worker
 from corral.cli import provision as provision_cli
+from corral.cli import queues as queues_cli
 from corral.cli import scheduler as scheduler_cli
 from corral.cli import schedules as schedules_cli
 from corral.cli import schema as schema_cli
@@ -127,6 +128,7 @@ msg.register(app)
 events.register(app)
 registry.register(app)
 tasks.register(app)
+queues_cli.register(app)
 presence.register(app)
 worker.register(app)
 submit.register(app)

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from subprocess import DEVNULL, PIPE
 
@@ -19,6 +20,7 @@ import coord
 from coord.authconfig import parse_grant, write_auth
 from coord.errors import InvalidInput, PermissionDenied
 from coord.events import Progress
+from coord.limits import Rate, SlotHolder
 from coord.mailbox import Agent
 from coord.naming import Names
 from coord.permissions import permission_log
@@ -291,3 +293,24 @@ async def test_the_cli_roles_run_with_the_env_files_corral_auth_wrote(
         for proc in (worker, reclaimer):
             _, err_bytes = await asyncio.wait_for(proc.communicate(), 30)
             assert b"Permissions Violation" not in err_bytes and b"permissions violation" not in err_bytes
+
+
+async def test_a_worker_takes_slots_and_start_times_but_only_the_provisioner_sets_limits(provisioned: Secured) -> None:
+    async with (
+        provisioned.connect("admin") as admin,
+        provisioned.connect("w1") as worker,
+        provisioned.connect("r1") as reclaimer,
+        provisioned.connect("o1") as observer,
+    ):
+        await admin.limits.set("limited", concurrency=1, rate=Rate(count=10, per="s"))
+        holder = SlotHolder(task_id="gone", epoch=1, worker_id="w1", at=datetime.now(UTC) - timedelta(minutes=1))
+        slot = await worker.limits.take_slot("limited", 0, over=0, holder=holder)
+        assert (await worker.limits.reserve("limited", Rate(count=10, per="s"), want=1, horizon=1.0)).times
+        assert (await observer.limits.all()).keys() == {"limited"}
+        assert await reclaimer.limits.heal([slot]) == [slot]  # its task does not exist: given back
+        error = await refused_at_once(worker.limits.set("limited", concurrency=5))
+        assert "$kv.perm_limits.limit.limited" in str(error)
+        await refused_at_once(reclaimer.limits.set("limited", rate=None))
+        await refused_at_once(observer.limits.take_slot("limited", 0, over=0, holder=holder))
+        assert (await admin.limits.get("limited")).concurrency == 1  # type: ignore[union-attr]
+        await admin.limits.clear("limited")
