@@ -2,17 +2,16 @@
 
 Guarantees:
 
-* The record under the task's id is the single source of truth. A transition reads (or reuses the
-  record it wrote last), applies a pure function from :mod:`coord.tasks.transitions`, and writes the
-  result as a compare-and-set on the revision it started from (:mod:`coord.tasks.engine`). A lost
-  race is retried against the fresh record only while the transition is still valid there
-  (bounded), so no interleaving records a result twice or accepts one from a claim that is no
-  longer current.
-* ``epoch`` increases with every claim; the raw claim token goes only to the worker, the record
-  keeps its SHA-256 (compared in constant time).
-* Side effects follow a successful CAS only (:class:`coord.tasks.effects.TaskEffects`): a journal
-  entry, a notification for every transition into pending, a result push for every terminal one.
-* Every step is reported to the :class:`coord.observer.Observer` (spans and metrics live there).
+* The record under the task's id is the single source of truth. A transition reads (or reuses the record it
+  wrote last), applies a pure function from :mod:`coord.tasks.transitions`, and writes the result as a
+  compare-and-set on the revision it started from (:mod:`coord.tasks.engine`). A lost race is retried against
+  the fresh record only while the transition is still valid there (bounded), so no interleaving records a
+  result twice or accepts one from a claim that is no longer current.
+* ``epoch`` increases with every claim; the raw claim token goes only to the worker, the record keeps its
+  SHA-256 (compared in constant time).
+* Side effects follow a successful CAS only (:class:`coord.tasks.effects.TaskEffects`): a journal entry, a
+  notification for every transition into pending (on its priority's subject), a result push for every
+  terminal one. Every step is reported to the :class:`coord.observer.Observer` (spans and metrics live there).
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from typing import Any
 from coord.errors import InvalidInput, InvalidTransition, TaskExists
 from coord.ids import new_id, validate_id
 from coord.kv import Bucket
+from coord.priority import Priority, as_priority
 from coord.settings import Settings
 from coord.tasks import transitions
 from coord.tasks.checks import as_status, check_json, positive_seconds
@@ -98,8 +98,7 @@ class TaskStore:
     def tuned(self, **changes: Any) -> TaskStore:
         """A store on the same bucket and publishers with ``changes`` applied to its settings.
 
-        E.g. ``coord.tasks.tuned(backoff=Backoff(base=0.1), lease=5)``; names are :class:`Settings` fields.
-        """
+        E.g. ``coord.tasks.tuned(backoff=Backoff(base=0.1), lease=5)``; names are :class:`Settings` fields."""
         settings = self.settings.but(**changes)
         bucket = self.bucket
         if (settings.io_patience, settings.request_timeout) != (bucket.patience, bucket.request_timeout):
@@ -162,8 +161,7 @@ class TaskStore:
     def watch(self) -> TaskWatch:
         """Updates of every task: the current records first, then ``None`` once, then live changes.
 
-        Use ``async with store.watch() as updates: async for record in updates: ...``.
-        """
+        Use ``async with store.watch() as updates: async for record in updates: ...``."""
         return TaskWatch(self.bucket)
 
     def index(self, *, finished: bool = True) -> TaskIndex:
@@ -171,8 +169,7 @@ class TaskStore:
 
         While it runs, :meth:`list` and :meth:`iter` of this store use it instead of scanning. With
         ``finished=False`` it keeps only pending and claimed tasks (what a reclaimer needs; its size
-        follows the work in progress) and the store does not use it for listings.
-        """
+        follows the work in progress) and the store does not use it for listings."""
         if not finished:
             return TaskIndex(self.bucket, self.get, finished=False)
         return TaskIndex(self.bucket, self.get, on_start=self._attach_index, on_stop=self._detach_index)
@@ -212,14 +209,15 @@ class TaskStore:
         parent: str | None = None,
         meta: Mapping[str, str] | None = None,
         payload: Any = None,
+        priority: Priority | str = Priority.NORMAL,
+        not_before: datetime | None = None,
+        delay: float | None = None,
     ) -> TaskRecord:
-        """Create ``task_id`` as pending on ``queue`` and notify its workers; idempotent by task id.
-
-        The same definition again returns the existing record (re-notified if pending); another one
-        raises :class:`TaskExists`. Bad arguments raise :class:`~coord.errors.InvalidId`, a pydantic
-        ``ValidationError`` or :class:`~coord.errors.PayloadTooLarge` before anything is written.
-        ``payload=`` is the deprecated name of ``spec=``.
-        """
+        """Create ``task_id`` as pending on ``queue`` at ``priority`` and notify its workers; idempotent by
+        task id (the same definition and start again returns the existing record, re-notified if pending;
+        another raises :class:`TaskExists`). Not claimable before ``not_before`` or ``delay`` seconds from
+        now. Bad arguments raise :class:`~coord.errors.InvalidId`, a pydantic ``ValidationError`` or
+        :class:`~coord.errors.PayloadTooLarge` before anything is written. ``payload=``: deprecated ``spec=``."""
         if payload is not None:
             warnings.warn("schedule(payload=...) is deprecated; use spec=", DeprecationWarning, stacklevel=2)
             spec = payload if spec is None else spec
@@ -233,6 +231,9 @@ class TaskStore:
             timeout=timeout,
             parent=parent,
             meta=dict(meta or {}),
+            priority=as_priority(priority),
+            not_before=not_before,
+            delay=delay,
         )
         return (await self.schedule_many([request]))[0]
 
@@ -476,11 +477,10 @@ class TaskStore:
     async def notify(self, record: TaskRecord, *, force: bool = False, again: int | None = None) -> None:
         """(Re)publish the notification of pending ``record`` (e.g. from a sweep).
 
-        Deduplicated against the original notification of the same revision within the dispatch
-        stream's duplicate window, so calling it again is harmless; ``again=n`` publishes the n-th
-        renotification (deduplicated among everyone publishing that one); ``force`` publishes anyway.
-        :class:`InvalidTransition` if ``record`` is not pending.
-        """
+        Deduplicated against the original notification of the same revision within the dispatch stream's
+        duplicate window, so calling it again is harmless; ``again=n`` publishes the n-th renotification
+        (deduplicated among everyone publishing that one); ``force`` publishes anyway.
+        :class:`InvalidTransition` if ``record`` is not pending."""
         if record.status is not TaskStatus.PENDING:
             raise InvalidTransition(
                 f"task {record.task_id!r} is {record.status.value}; only pending tasks are notified"
