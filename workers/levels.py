@@ -94,10 +94,10 @@ async def ensure_consumer(coord: Coord, queue: str, priority: Priority = Priorit
 
 @dataclass
 class _Pull:
-    """The answers to one pull request."""
+    """The pull request a level's fetch is waiting on."""
 
+    token: str
     want: int
-    msgs: list[Msg] = field(default_factory=list)
     refused: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -113,7 +113,10 @@ class _Level:
     warm_until: float = 0.0
     probed_at: float = float("-inf")
     credit: int = 0
-    pulls: dict[str, _Pull] = field(default_factory=dict)
+    waiting: _Pull | None = None
+    received: list[Msg] = field(default_factory=list)
+    """Messages delivered to this worker and not handed out yet (a data message names its stream
+    subject, not the request it answers, so every delivery of the level lands here)."""
 
 
 class Levels:
@@ -125,7 +128,6 @@ class Levels:
         self._coord = coord
         self._idle_wait = idle_wait
         self._tokens = itertools.count()
-        self._held: list[tuple[Priority, Msg]] = []
         stream = coord.names.dispatch_stream
         self._levels = [
             _Level(
@@ -152,13 +154,7 @@ class Levels:
         return self
 
     async def close(self) -> None:
-        """Stop listening; notifications held for a later fetch are NAKed (redelivered at once)."""
-        held, self._held = self._held, []
-        for _, msg in held:
-            try:
-                await msg.nak()
-            except Exception as err:
-                log.debug("could not NAK a held notification on %s: %s", msg.subject, err)
+        """Stop listening; notifications received and not handed out are NAKed (redelivered at once)."""
         for level in self._levels:
             sub, level.sub = level.sub, None
             if sub is not None:
@@ -166,49 +162,55 @@ class Levels:
                     await sub.unsubscribe()
                 except Exception as err:
                     log.debug("unsubscribing from %s: %s", level.consumer, err)
+            held, level.received = level.received, []
+            for msg in held:
+                try:
+                    await msg.nak()
+                except Exception as err:
+                    log.debug("could not NAK a held notification on %s: %s", msg.subject, err)
 
     def _receiver(self, level: _Level) -> Callable[[Msg], Awaitable[None]]:
         async def receive(msg: Msg) -> None:
-            pull = level.pulls.get(msg.subject.rpartition(".")[2])
+            waiting = level.waiting
             status = msg.headers.get("Status") if msg.headers and not msg.data else None
-            if pull is None:  # an answer nobody waits for any more: keep its messages for the next fetch
-                if status is None:
-                    self._held.append((level.priority, msg))
-                return
             if status is None:
-                pull.msgs.append(msg)
-                if len(pull.msgs) >= pull.want:
-                    pull.done.set()
-            elif status != _HEARTBEAT:
+                level.received.append(msg)
+                if waiting is not None and len(level.received) >= waiting.want:
+                    waiting.done.set()
+            elif waiting is not None and msg.subject.rpartition(".")[2] == waiting.token and status != _HEARTBEAT:
                 if status not in _END:
-                    pull.refused = f"{status} {msg.headers.get('Description', '') if msg.headers else ''}".strip()
-                pull.done.set()
+                    waiting.refused = f"{status} {msg.headers.get('Description', '') if msg.headers else ''}".strip()
+                waiting.done.set()
+            # any other status ends a request nobody waits for any more
 
         return receive
 
     async def _pull(self, level: _Level, want: int, wait: float | None) -> list[Msg]:
         """One pull request of up to ``want`` messages: no-wait, or (``wait``) until the first arrives."""
-        token = str(next(self._tokens))
-        pull = _Pull(want)
-        level.pulls[token] = pull
+        pull = _Pull(str(next(self._tokens)), want)
+        level.waiting = pull
         request: dict[str, object] = {"batch": want, "no_wait": True}
         if wait is not None:
             request["expires"] = int(wait * 1e9)
         try:
-            await self._coord.nc.publish(level.subject, json.dumps(request).encode(), reply=f"{level.inbox}.{token}")
+            await self._coord.nc.publish(
+                level.subject, json.dumps(request).encode(), reply=f"{level.inbox}.{pull.token}"
+            )
             try:
                 async with asyncio.timeout((wait or 0.0) + self._idle_wait):
                     await pull.done.wait()
             except TimeoutError:
-                pass  # the server is slow or away: what came is used, what comes later is held
-        except asyncio.CancelledError:
-            self._held.extend((level.priority, m) for m in pull.msgs)
-            raise
+                pass  # the server is slow or away: what came is used, what comes later is kept
         finally:
-            del level.pulls[token]
-        if pull.refused is not None and not pull.msgs:
+            level.waiting = None
+        if pull.refused is not None and not level.received:
             raise CorralError(f"pull from consumer {level.consumer} refused: {pull.refused}")
-        return pull.msgs
+        return self._take(level, want)
+
+    @staticmethod
+    def _take(level: _Level, most: int) -> list[Msg]:
+        taken, level.received = level.received[:most], level.received[most:]
+        return taken
 
     def _share(self, asked: Sequence[_Level], n: int) -> dict[int, int]:
         """Slots per asked level (by position in ``asked``): smooth weighted round robin over ``n`` picks."""
@@ -227,10 +229,11 @@ class Levels:
     async def fetch(self, n: int) -> list[Msg]:
         """Up to ``n`` notifications, shared among the levels by weight; waits up to ``idle_wait``
         seconds (on every level at once) only when no level has any. Most urgent first."""
-        if self._held:
-            self._held.sort(key=lambda held: LEVELS.index(held[0]))
-            taken, self._held = self._held[:n], self._held[n:]
-            return [msg for _, msg in taken]
+        kept: list[Msg] = []
+        for level in self._levels:  # what arrived for requests nobody waits for any more comes first
+            kept += self._take(level, n - len(kept))
+        if kept:
+            return kept
         now = asyncio.get_running_loop().time()
         asked = [lv for lv in self._levels if lv.warm_until > now or now - lv.probed_at >= PROBE_INTERVAL]
         got: dict[int, list[Msg]] = {}
@@ -265,9 +268,10 @@ class Levels:
             level.credit = 0
 
     async def _wait_all(self, n: int, now: float) -> list[Msg]:
-        """Wait on every level at once until one delivers (or ``idle_wait`` passes); the surplus is held."""
+        """Wait on every level at once until one delivers (or ``idle_wait`` passes); a surplus, and the
+        others' late deliveries, are kept for the next fetch."""
         waits = {asyncio.ensure_future(self._pull(level, n, self._idle_wait)): level for level in self._levels}
-        found: list[tuple[Priority, Msg]] = []
+        found: list[tuple[_Level, list[Msg]]] = []
         pending = set(waits)
         try:
             while pending and not found:
@@ -275,14 +279,16 @@ class Levels:
                 for task in done:
                     msgs = task.result()
                     self._saw(waits[task], now, bool(msgs))
-                    found += [(waits[task].priority, m) for m in msgs]
+                    if msgs:
+                        found.append((waits[task], msgs))
         finally:
             for task in pending:
                 task.cancel()
-            # A pull that finished in the meantime keeps its messages (a cancelled one holds them itself).
-            for task, outcome in zip(pending, await asyncio.gather(*pending, return_exceptions=True), strict=True):
-                if isinstance(outcome, list):
-                    found += [(waits[task].priority, m) for m in outcome]
-        found.sort(key=lambda held: LEVELS.index(held[0]))
-        self._held += found[n:]
-        return [msg for _, msg in found[:n]]
+            await asyncio.gather(*pending, return_exceptions=True)
+        found.sort(key=lambda item: LEVELS.index(item[0].priority))
+        out: list[Msg] = []
+        for level, msgs in found:
+            room = n - len(out)
+            out += msgs[:room]
+            level.received[:0] = msgs[room:]
+        return out
