@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -24,10 +25,8 @@ def started(marks: Path) -> dict[str, float]:
     """Task id -> when its handler started (written by the handler itself)."""
     found: dict[str, float] = {}
     for path in marks.glob("*.start"):
-        try:
+        with contextlib.suppress(ValueError):  # being written
             found[path.name.split(".")[0]] = float(path.read_text())
-        except ValueError:
-            pass  # being written
     return found
 
 
