@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from coord.ids import validate_id, validate_namespace
+from coord.priority import Priority, as_priority
 
 __all__ = [
     "ANONYMOUS_SENDER",
@@ -16,6 +17,7 @@ __all__ = [
     "JS_API_PREFIX",
     "TAG_TOKEN",
     "Names",
+    "consumer_next_subject",
     "direct_get_subject",
     "is_reply_subject",
     "kv_stream_name",
@@ -70,6 +72,11 @@ def kv_subject_prefix(bucket: str) -> str:
 def stream_api_subject(operation: str, stream: str) -> str:
     """The JetStream API subject of ``operation`` (``CREATE``, ``INFO``, ``UPDATE``…) on ``stream``."""
     return f"{JS_API_PREFIX}.STREAM.{operation}.{stream}"
+
+
+def consumer_next_subject(stream: str, consumer: str, api_prefix: str = JS_API_PREFIX) -> str:
+    """Subject of a pull request ("the next messages") to ``consumer`` of ``stream``."""
+    return f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
 
 
 @dataclass(frozen=True)
@@ -129,18 +136,35 @@ class Names:
         """Every notification subject of the namespace."""
         return f"{self.namespace}.dispatch.>"
 
-    def notification_subject(self, queue: str, task_id: str) -> str:
+    def notification_subject(self, queue: str, task_id: str, priority: Priority | str = Priority.NORMAL) -> str:
         """Subject of the notification of ``task_id`` on ``queue`` (one subject per task, so the stream
-        itself says whether a task's notification is still queued)."""
-        return f"{self.namespace}.dispatch.{validate_id(queue, 'queue')}.{validate_id(task_id, 'task_id')}"
+        itself says whether a task's notification is still queued). Normal priority has no level
+        token (``{ns}.dispatch.{queue}.{task}``); the other levels add one after the task id, so the
+        task id keeps its token position (see :meth:`notified_task`)."""
+        subject = f"{self.namespace}.dispatch.{validate_id(queue, 'queue')}.{validate_id(task_id, 'task_id')}"
+        level = as_priority(priority)
+        return subject if level is Priority.NORMAL else f"{subject}.{level.value}"
 
-    def queue_filter(self, queue: str) -> str:
-        """Subjects of every notification on ``queue`` (what the queue's consumer takes)."""
-        return f"{self.namespace}.dispatch.{validate_id(queue, 'queue')}.*"
+    def notified_task(self, subject: str) -> str | None:
+        """The task id a notification subject names (any level), or None if it is not one."""
+        tokens = subject.split(".")
+        if len(tokens) in (4, 5) and tokens[0] == self.namespace and tokens[1] == "dispatch":
+            return tokens[3]
+        return None
 
-    def queue_consumer(self, queue: str) -> str:
-        """Durable pull consumer shared by the workers of ``queue``."""
-        return f"q-{validate_id(queue, 'queue')}"
+    def queue_filter(self, queue: str, priority: Priority | str = Priority.NORMAL) -> str:
+        """Subjects of every notification on ``queue`` at ``priority`` (what that level's consumer takes)."""
+        subjects = f"{self.namespace}.dispatch.{validate_id(queue, 'queue')}.*"
+        level = as_priority(priority)
+        return subjects if level is Priority.NORMAL else f"{subjects}.{level.value}"
+
+    def queue_consumer(self, queue: str, priority: Priority | str = Priority.NORMAL) -> str:
+        """Durable pull consumer shared by the workers of ``queue`` for ``priority``: ``q-{queue}`` for
+        normal, ``q{level}-{queue}`` (``qhigh-``, ``qlow-``) for the others. No queue name can make one
+        level's name equal another's: the second character is ``-`` only for normal."""
+        level = as_priority(priority)
+        prefix = "q" if level is Priority.NORMAL else f"q{level.value}"
+        return f"{prefix}-{validate_id(queue, 'queue')}"
 
     def control_subject(self, worker: str) -> str:
         """Core-NATS subject where a worker hears that one of its claims was taken away (cancel, reclaim)."""

@@ -13,12 +13,23 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from coord.errors import InvalidInput
 from coord.ids import Token, new_id
+from coord.priority import Priority
 
 __all__ = [
+    "MAX_DELAY",
     "RESULT_PREFIX",
     "Result",
     "ResultError",
@@ -31,6 +42,10 @@ __all__ = [
 ]
 
 RESULT_PREFIX = "corral-result/1 "
+MAX_DELAY = 366 * 86_400.0
+"""Longest ``delay`` (seconds) a task may be submitted with: a year (and a day), to catch unit mistakes."""
+SCHEDULING = ("priority", "not_before", "delay")
+"""Spec fields left out of the stored spec while at their defaults (so specs of plain tasks keep their shape)."""
 
 
 class ResultKind(StrEnum):
@@ -121,6 +136,26 @@ class Spec(BaseModel):
     """Claims allowed before the task is dead-lettered."""
     timeout: float | None = Field(default=None, gt=0, le=86_400)
     """Lease in seconds: a claim not heartbeated for this long is reclaimed (None: store default)."""
+    priority: Priority = Priority.NORMAL
+    """Level within the queue: ``high`` overtakes a backlog, ``low`` still progresses (docs/tasks.md)."""
+    not_before: AwareDatetime | None = None
+    """Not started before this time (a timezone is required)."""
+    delay: float | None = Field(default=None, ge=0, le=MAX_DELAY)
+    """Not started before this many seconds after it is first submitted (exclusive with ``not_before``)."""
+
+    @model_validator(mode="after")
+    def _one_start(self) -> Spec:
+        if self.not_before is not None and self.delay is not None:
+            raise InvalidInput("give not_before or delay, not both")
+        return self
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON stored as the task's spec: the scheduling fields only when they are not the defaults."""
+        data = self.model_dump(mode="json")
+        for name in SCHEDULING:
+            if data[name] == Spec.model_fields[name].default:
+                del data[name]
+        return data
 
     @field_validator("files")
     @classmethod
@@ -152,6 +187,9 @@ class TaskInput(BaseModel):
     payload: JsonValue = None
     max_attempts: int = 3
     timeout: float | None = None
+    priority: Priority = Priority.NORMAL
+    not_before: AwareDatetime | None = None
+    delay: float | None = None
 
 
 def build_spec(
@@ -194,6 +232,9 @@ def build_spec(
         payload=json.loads(json.dumps(item.payload)),
         max_attempts=item.max_attempts,
         timeout=item.timeout,
+        priority=item.priority,
+        not_before=item.not_before,
+        delay=item.delay,
     )
 
 

@@ -150,10 +150,13 @@ class Dispatcher:
         request = ScheduleRequest.model_construct(
             task_id=spec.task_id,
             queue=spec.queue,
-            spec=spec.model_dump(mode="json"),
+            spec=spec.stored(),
             max_attempts=spec.max_attempts,
             timeout=spec.timeout,
             parent=self.parent_id,
+            priority=spec.priority,
+            not_before=spec.not_before,
+            delay=spec.delay,
         )
         return spec, request
 

@@ -281,9 +281,9 @@ class Reclaimer:
         ]
         if not waiting:
             return 0
-        queued = await self.coord.tasks.queued_notifications()
-        names = self.coord.names
-        lost = [e for e in waiting if names.notification_subject(e.queue, e.task_id) not in queued]
+        # The task id has the same token position on every priority level's subject.
+        queued = {self.coord.names.notified_task(s) for s in await self.coord.tasks.queued_notifications()}
+        lost = [e for e in waiting if e.task_id not in queued]
         done = 0
         for entry in lost:
             if self._stopping:

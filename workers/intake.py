@@ -9,7 +9,8 @@ or is gone), not yet visible (NAKed until it is, at most an hour at a time), mal
 (terminated and dead-lettered with its reason), or failing to claim for another reason (NAKed with
 a growing delay, then dead-lettered after :data:`MAX_DELIVERIES`). A dead-lettered notification
 loses nothing: the task's record stays pending and the reclaimer's sweep notifies it again. A
-consumer that disappears (deleted by an operator, lost with a server) is re-created.
+consumer that disappears (deleted by an operator, lost with a server) is re-created. The queue's
+priority levels each have their own consumer; :mod:`workers.levels` fills each batch from them.
 """
 
 from __future__ import annotations
@@ -23,21 +24,23 @@ from datetime import UTC, datetime
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import api as js_api
 from nats.js.client import JetStreamContext
 from pydantic import ValidationError
 
 from coord.connection import Coord
 from coord.errors import Conflict, InvalidRecord, InvalidTransition, NotFound, NotYetVisible
-from coord.tasks import Claim, Notification, TaskRecord
+from coord.priority import Priority
+from coord.tasks import Claim, Notification, TaskRecord, TaskStatus
 from coord.validation import describe
 from workers.gate import Gate
+from workers.levels import NOTIFICATION_ACK_WAIT, SERVER_MAX_DELIVERIES, Levels, ensure_consumer
 
 __all__ = [
     "FETCH_WAIT",
     "MAX_DELIVERIES",
     "MAX_NAK_DELAY",
     "NOTIFICATION_ACK_WAIT",
+    "SERVER_MAX_DELIVERIES",
     "Intake",
     "Slots",
     "queue_consumer",
@@ -45,33 +48,20 @@ __all__ = [
 
 log = logging.getLogger("corral.worker")
 
-NOTIFICATION_ACK_WAIT = 5.0
-"""Seconds a fetched notification may stay unacked before redelivery. It only covers fetch -> claim
-(milliseconds); a worker that dies in between delays the task by at most this much. A redelivered
-notification whose task was claimed meanwhile is simply dropped."""
 FETCH_WAIT = 1.0
 """Longest a pull request waits on the server; also the longest a stop waits for fetches to end."""
 MAX_DELIVERIES = 10
 """Deliveries of one notification whose claim keeps failing before it is dead-lettered."""
-SERVER_MAX_DELIVERIES = 20
-"""The consumer's own bound: a notification that keeps killing its workers is dropped by the server."""
 MAX_NAK_DELAY = 3600.0
 """Longest a not-yet-visible notification is put back for at a time."""
 
 
-async def queue_consumer(coord: Coord, queue: str) -> JetStreamContext.PullSubscription:
-    """The shared durable pull consumer of ``queue`` (created, or updated to corral's config), bound."""
-    durable = coord.names.queue_consumer(queue)
-    config = js_api.ConsumerConfig(
-        durable_name=durable,
-        filter_subject=coord.names.queue_filter(queue),
-        ack_policy=js_api.AckPolicy.EXPLICIT,
-        ack_wait=NOTIFICATION_ACK_WAIT,
-        max_deliver=SERVER_MAX_DELIVERIES,
-        max_ack_pending=-1,
-        max_waiting=4096,
-    )
-    await coord.js.add_consumer(coord.names.dispatch_stream, config)
+async def queue_consumer(
+    coord: Coord, queue: str, priority: Priority = Priority.NORMAL
+) -> JetStreamContext.PullSubscription:
+    """The shared durable pull consumer of ``queue`` at ``priority`` (created, or updated to corral's
+    config), bound with nats-py (the worker itself pulls through :class:`workers.levels.Levels`)."""
+    durable = await ensure_consumer(coord, queue, priority)
     return await coord.js.pull_subscribe_bind(durable, stream=coord.names.dispatch_stream)
 
 
@@ -151,7 +141,7 @@ class Intake:
         self._present = present
         self._stopping = stopping
         self._stats = stats
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._levels: Levels | None = None
         self._gate = gate
 
     async def run(self) -> None:
@@ -163,9 +153,9 @@ class Intake:
                     await _first(self._present.wait(), self._stopping.wait())
                     continue
                 try:
-                    if self._sub is None:
-                        self._sub = await queue_consumer(self._coord, self.queue)
-                    await self._fetch_once(self._sub)
+                    if self._levels is None:
+                        self._levels = await Levels(self._coord, self.queue, idle_wait=FETCH_WAIT).open()
+                    await self._fetch_once(self._levels)
                     pause = 0.1
                 except asyncio.CancelledError:
                     raise
@@ -174,28 +164,24 @@ class Intake:
                         "worker %s: intake of %s: %s; retrying in %.1fs", self._worker_id, self.queue, err, pause
                     )
                     if await self._consumer_gone():
-                        self._sub = None
+                        await self.close()
                     await _first(asyncio.sleep(pause), self._stopping.wait())
                     pause = min(pause * 2, 5.0)
         finally:
             await self.close()
 
     async def close(self) -> None:
-        """Drop the subscription (the durable consumer stays on the server)."""
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception as err:
-                log.debug("worker %s: unsubscribing from %s: %s", self._worker_id, self.queue, err)
+        """Stop pulling (the durable consumers stay on the server)."""
+        levels, self._levels = self._levels, None
+        if levels is not None:
+            await levels.close()
 
     async def _consumer_gone(self) -> bool:
-        if self._sub is None:
+        if self._levels is None:
             return True
         try:
-            await self._coord.js.consumer_info(
-                self._coord.names.dispatch_stream, self._coord.names.queue_consumer(self.queue)
-            )
+            for consumer in self._levels.consumers:
+                await self._coord.js.consumer_info(self._coord.names.dispatch_stream, consumer)
         except nats.js.errors.NotFoundError:
             log.warning("worker %s: the consumer of %s is gone; re-creating it", self._worker_id, self.queue)
             return True
@@ -203,7 +189,7 @@ class Intake:
             return False  # the server is away: keep the binding and try again
         return False
 
-    async def _fetch_once(self, sub: JetStreamContext.PullSubscription) -> None:
+    async def _fetch_once(self, levels: Levels) -> None:
         most = self._max_batch
         if self._gate is not None:  # the queue's fleet-wide limits: wait until they leave room
             most = await self._gate.room(self.queue, most, self._stopping)
@@ -218,7 +204,7 @@ class Intake:
                 return
             n = fits
         try:
-            msgs = await sub.fetch(n, timeout=FETCH_WAIT)
+            msgs = await levels.fetch(n)
         except (nats.errors.TimeoutError, TimeoutError):
             self._slots.give_back(n)
             return
@@ -250,7 +236,10 @@ class Intake:
             delay = _seconds_until(note.visible_at)
             if delay > 0:
                 self._slots.give_back(1)
-                await _settle(msg.nak(delay=min(delay, MAX_NAK_DELAY)), msg)
+                if delay > MAX_NAK_DELAY and _deliveries(msg) >= MAX_DELIVERIES:
+                    await self._renew(msg, note, delay)
+                else:
+                    await _settle(msg.nak(delay=min(delay, MAX_NAK_DELAY)), msg)
                 continue
             notes.append((msg, note))
         if not notes:
@@ -308,6 +297,25 @@ class Intake:
             else:
                 await _settle(msg.nak(delay=refusal.delay), msg)
         return admitted
+
+    async def _renew(self, msg: Msg, note: Notification, delay: float) -> None:
+        """Replace the notification of a task delayed for long by a fresh one (from the stored record).
+
+        A delay is waited out an hour at a time, and every hour is one more delivery: before the
+        consumer's own bound (:data:`SERVER_MAX_DELIVERIES`) would drop it, a fresh notification
+        (delivery count 0) takes its place, so a delay of days or months holds too.
+        """
+        try:
+            record = await self._coord.tasks.get(note.task_id)
+            if record.status is TaskStatus.PENDING and record.revision == note.revision:
+                await self._coord.tasks.notify(record, force=True)
+        except NotFound:
+            pass  # gone: the old notification is stale
+        except Exception as err:
+            log.warning("worker %s: renewing the notification of %s failed: %s", self._worker_id, note.task_id, err)
+            await _settle(msg.nak(delay=min(delay, MAX_NAK_DELAY)), msg)
+            return
+        await _settle(msg.ack(), msg)
 
     async def _set_aside(self, msg: Msg, note: Notification, failure: BaseException) -> None:
         if isinstance(failure, NotYetVisible):

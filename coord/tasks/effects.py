@@ -69,7 +69,8 @@ class TaskEffects:
     async def notify(
         self, record: TaskRecord, data: bytes | None, *, force: bool = False, again: int | None = None
     ) -> None:
-        """Publish "``record`` is pending at its revision" on its queue (deduped by :func:`notification_id`).
+        """Publish "``record`` is pending at its revision" on its queue's subject for the record's priority
+        (deduped by :func:`notification_id`).
 
         ``again=n`` is the n-th renotification of the same revision (its own id, the same for every
         publisher); ``force`` makes the id unique.
@@ -91,7 +92,7 @@ class TaskEffects:
         if force:
             msg_id += f":{secrets.token_hex(4)}"
         await self._dispatch.publish(
-            self._names.notification_subject(record.queue, record.task_id),
+            self._names.notification_subject(record.queue, record.task_id, record.priority),
             body,
             headers=tracing.task_headers(record.meta),
             msg_id=msg_id,

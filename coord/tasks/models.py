@@ -13,8 +13,10 @@ from typing import Any
 
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from coord.errors import InvalidInput
 from coord.ids import Token
-from coord.wire import Result
+from coord.priority import Priority
+from coord.wire import MAX_DELAY, Result
 
 __all__ = [
     "TERMINAL",
@@ -162,7 +164,13 @@ class TaskRecord(BaseModel):
     updated_at: AwareDatetime
     """When this revision was written."""
     visible_at: AwareDatetime | None = None
-    """While pending after a failure: when the retry backoff ends and the task may be claimed."""
+    """While pending: when the task may be claimed (its ``not_before``, or the end of a retry backoff)."""
+    priority: Priority = Priority.NORMAL
+    """Level within the queue; its notifications go to that level's subjects (docs/tasks.md)."""
+    not_before: AwareDatetime | None = None
+    """The start asked for at schedule (``not_before``, or ``created_at + delay``); None: at once."""
+    delay: float | None = None
+    """The delay (seconds) asked for at schedule, when the start was given as one."""
     transition: Transition = Transition.SCHEDULED
     """The operation that wrote this revision."""
     last_worker: str | None = None
@@ -218,6 +226,18 @@ class ScheduleRequest(BaseModel):
     """Agent id to push the terminal status to."""
     meta: dict[str, str] = Field(default_factory=dict)
     """Free string metadata (e.g. trace context); not part of the task's identity."""
+    priority: Priority = Priority.NORMAL
+    """Level within the queue (``high``, ``normal``, ``low``)."""
+    not_before: AwareDatetime | None = None
+    """Not claimable before this time (timezone required); exclusive with ``delay``."""
+    delay: float | None = Field(default=None, ge=0, le=MAX_DELAY)
+    """Not claimable before this many seconds after the task is created; exclusive with ``not_before``."""
+
+    @model_validator(mode="after")
+    def _one_start(self) -> ScheduleRequest:
+        if self.not_before is not None and self.delay is not None:
+            raise InvalidInput("give not_before or delay, not both")
+        return self
 
 
 @dataclass

@@ -2,17 +2,16 @@
 
 Guarantees:
 
-* The record under the task's id is the single source of truth. A transition reads (or reuses the
-  record it wrote last), applies a pure function from :mod:`coord.tasks.transitions`, and writes the
-  result as a compare-and-set on the revision it started from (:mod:`coord.tasks.engine`). A lost
-  race is retried against the fresh record only while the transition is still valid there
-  (bounded), so no interleaving records a result twice or accepts one from a claim that is no
-  longer current.
-* ``epoch`` increases with every claim; the raw claim token goes only to the worker, the record
-  keeps its SHA-256 (compared in constant time).
-* Every write appends its transition to the record's journal (:mod:`coord.tasks.journal`), in the
-  same CAS. Side effects follow a successful CAS only (:class:`coord.tasks.effects.TaskEffects`): a
-  notification for every transition into pending, a result push for every terminal one.
+* The record under the task's id is the single source of truth. A transition reads (or reuses the record it
+  wrote last), applies a pure function from :mod:`coord.tasks.transitions`, and writes the result as a
+  compare-and-set on the revision it started from (:mod:`coord.tasks.engine`). A lost race is retried against
+  the fresh record only while the transition is still valid there (bounded), so no interleaving records a
+  result twice or accepts one from a claim that is no longer current.
+* ``epoch`` increases with every claim; the raw claim token goes only to the worker, the record keeps its
+  SHA-256 (compared in constant time).
+* Every write appends its transition to the record's journal (:mod:`coord.tasks.journal`) in the same CAS.
+  Side effects follow a successful CAS only (:class:`coord.tasks.effects.TaskEffects`): a notification for
+  every transition into pending (on its priority's subject), a result push for every terminal one.
 * Every step is reported to the :class:`coord.observer.Observer` (spans and metrics live there).
 """
 
@@ -29,6 +28,7 @@ from typing import Any
 from coord.errors import InvalidInput, InvalidTransition, TaskExists
 from coord.ids import new_id, validate_id
 from coord.kv import Bucket
+from coord.priority import Priority, as_priority
 from coord.settings import Settings
 from coord.tasks import transitions
 from coord.tasks.checks import as_status, check_json, positive_seconds
@@ -206,13 +206,16 @@ class TaskStore:
         parent: str | None = None,
         meta: Mapping[str, str] | None = None,
         payload: Any = None,
+        priority: Priority | str = Priority.NORMAL,
+        not_before: datetime | None = None,
+        delay: float | None = None,
     ) -> TaskRecord:
-        """Create ``task_id`` as pending on ``queue`` and notify its workers; idempotent by task id.
+        """Create ``task_id`` as pending on ``queue`` at ``priority`` and notify its workers; idempotent by task id.
 
-        The same definition again returns the existing record (re-notified if pending); another one
-        raises :class:`TaskExists`. Bad arguments raise :class:`~coord.errors.InvalidId`, a pydantic
-        ``ValidationError`` or :class:`~coord.errors.PayloadTooLarge` before anything is written.
-        ``payload=`` is the deprecated name of ``spec=``.
+        The same definition and start again returns the existing record (re-notified if pending); another
+        raises :class:`TaskExists`. Not claimable before ``not_before`` or ``delay`` seconds from now. Bad
+        arguments raise :class:`~coord.errors.InvalidId`, a pydantic ``ValidationError`` or
+        :class:`~coord.errors.PayloadTooLarge` before anything is written. ``payload=``: deprecated ``spec=``.
         """
         if payload is not None:
             warnings.warn("schedule(payload=...) is deprecated; use spec=", DeprecationWarning, stacklevel=2)
@@ -227,6 +230,9 @@ class TaskStore:
             timeout=timeout,
             parent=parent,
             meta=dict(meta or {}),
+            priority=as_priority(priority),
+            not_before=not_before,
+            delay=delay,
         )
         return (await self.schedule_many([request]))[0]
 
@@ -470,9 +476,9 @@ class TaskStore:
     async def notify(self, record: TaskRecord, *, force: bool = False, again: int | None = None) -> None:
         """(Re)publish the notification of pending ``record`` (e.g. from a sweep).
 
-        Deduplicated against the original notification of the same revision within the dispatch
-        stream's duplicate window, so calling it again is harmless; ``again=n`` publishes the n-th
-        renotification (deduplicated among everyone publishing that one); ``force`` publishes anyway.
+        Deduplicated against the original notification of the same revision within the dispatch stream's
+        duplicate window, so calling it again is harmless; ``again=n`` publishes the n-th renotification
+        (deduplicated among everyone publishing that one); ``force`` publishes anyway.
         :class:`InvalidTransition` if ``record`` is not pending.
         """
         if record.status is not TaskStatus.PENDING:

@@ -33,12 +33,15 @@ __all__ = [
 ]
 
 
-IDENTITY = ("queue", "spec", "max_attempts", "timeout", "parent")
-"""The fields that define a task: scheduling it again must repeat them (``meta`` may differ)."""
+IDENTITY = ("queue", "spec", "max_attempts", "timeout", "parent", "priority")
+"""The fields that define a task: scheduling it again must repeat them and its start (``meta`` may differ)."""
 
 
 def schedule(request: ScheduleRequest, *, now: datetime) -> TaskRecord:
-    """— → pending: the first record of a task."""
+    """— → pending: the first record of a task; a delayed one is not claimable before its ``visible_at``."""
+    start = request.not_before
+    if request.delay is not None:
+        start = now + timedelta(seconds=request.delay)
     return TaskRecord(
         task_id=request.task_id,
         queue=request.queue,
@@ -48,19 +51,37 @@ def schedule(request: ScheduleRequest, *, now: datetime) -> TaskRecord:
         timeout=request.timeout,
         parent=request.parent,
         meta=request.meta,
+        priority=request.priority,
+        not_before=start,
+        delay=request.delay,
+        visible_at=start,
         created_at=now,
         updated_at=now,
         transition=Transition.SCHEDULED,
     )
 
 
+def _start(task: TaskRecord | ScheduleRequest) -> str:
+    """The start a task was asked for, as compared between a task and a repeated schedule of it."""
+    if task.delay is not None:
+        return f"delay {task.delay:g}s"
+    return "at once" if task.not_before is None else f"not_before {task.not_before.isoformat()}"
+
+
 def redefinition(existing: TaskRecord, request: ScheduleRequest) -> list[str]:
-    """How ``request`` differs from the task ``existing`` defines (empty: an idempotent repeat)."""
-    return [
+    """How ``request`` differs from the task ``existing`` defines (empty: an idempotent repeat).
+
+    The start counts as asked for: the same ``delay`` again (not the same resulting time), or the
+    same ``not_before``; anything else, a start added or dropped included, is a different task.
+    """
+    differences = [
         f"{name}: existing {getattr(existing, name)!r}, requested {getattr(request, name)!r}"
         for name in IDENTITY
         if getattr(existing, name) != getattr(request, name)
     ]
+    if _start(existing) != _start(request):
+        differences.append(f"start: existing {_start(existing)}, requested {_start(request)}")
+    return differences
 
 
 def token_digest(token: str) -> str:
@@ -109,8 +130,8 @@ def claim(
         raise InvalidTransition(f"task {record.task_id!r} is {record.status.value}; only a pending task can be claimed")
     if record.visible_at is not None and record.visible_at - timedelta(seconds=visibility_tolerance) > now:
         raise NotYetVisible(
-            f"task {record.task_id!r} is backing off after a failure; it may be claimed from "
-            f"{record.visible_at.isoformat()}",
+            f"task {record.task_id!r} is not due yet (delayed, or backing off after a failure); it may be "
+            f"claimed from {record.visible_at.isoformat()}",
             record.visible_at,
         )
     if record.attempt >= record.max_attempts:  # cannot happen through the store; refuse rather than loop

@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import time
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -16,8 +17,9 @@ from pydantic import ValidationError
 
 from coord.connection import Coord
 from coord.errors import CorralError
+from coord.priority import LEVELS
 from coord.tasks import TaskRecord
-from coord.wire import Spec, TaskInput
+from coord.wire import MAX_DELAY, Spec, TaskInput
 from corral.cli._common import Options, console, err_console, fail, invalid, options, print_json, run
 from corral.cli._errors import EXIT_USAGE, check_range, check_tokens
 from dispatch.dispatcher import Dispatcher, result_of
@@ -30,6 +32,9 @@ _FLAGS = {
     "payload": "--payload",
     "max_attempts": "--max-attempts",
     "timeout": "--timeout",
+    "priority": "--priority",
+    "not_before": "--at",
+    "delay": "--delay",
 }
 """The flag behind each TaskInput (and Spec) field, for error messages."""
 
@@ -64,9 +69,10 @@ async def _submit(opts: Options, item: TaskInput, parent: str | None, wait: bool
         task_id = await dispatcher.submit(item)
         if not wait:
             if as_json:
-                print_json({"task_id": task_id, "status": "pending"})
+                print_json({"task_id": task_id, "status": "pending", "priority": str(item.priority), **_start(item)})
             else:
-                console.print(f"submitted [bold]{task_id}[/] on queue {item.queue}", highlight=False)
+                when = "".join(f" ({k.replace('_', ' ')} {v})" for k, v in _start(item).items() if v is not None)
+                console.print(f"submitted [bold]{task_id}[/] on queue {item.queue}{when}", highlight=False)
             return 0
         progress = asyncio.create_task(_progress(coord, task_id)) if err_console.is_terminal else None
         try:
@@ -92,6 +98,25 @@ async def _submit(opts: Options, item: TaskInput, parent: str | None, wait: bool
             style = "green" if result.ok else "red"
             console.print(f"[{style}]{record.status}[/] {task_id}: {result.summary}", highlight=False)
         return 0 if result.ok else 1
+
+
+def _start(item: TaskInput) -> dict[str, str | float | None]:
+    return {"not_before": item.not_before.isoformat() if item.not_before else None, "delay": item.delay}
+
+
+def parse_at(value: str) -> datetime:
+    """``--at``: an ISO 8601 time with a timezone (``2030-01-01T12:00:00+02:00`` or ``...Z``).
+
+    A time without a timezone is refused rather than read as local time: workers and the submitting
+    host may be in different zones, and the task record stores an absolute time.
+    """
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{value!r} is not an ISO 8601 time (e.g. 2030-01-01T12:00:00Z)", EXIT_USAGE, "--at")
+    if when.tzinfo is None or when.utcoffset() is None:
+        fail(f"{value!r} has no timezone; add one (Z, +02:00, ...)", EXIT_USAGE, "--at")
+    return when
 
 
 def _describe(task_id: str, record: TaskRecord | None, elapsed: float) -> str:
@@ -126,6 +151,16 @@ def submit(
     payload: Annotated[str | None, typer.Option(help="JSON payload for the handler.")] = None,
     max_attempts: Annotated[int, typer.Option(help="Claims allowed before dead-lettering.")] = 3,
     timeout: Annotated[float | None, typer.Option(help="Lease in seconds.")] = None,
+    priority: Annotated[
+        str, typer.Option(help="Level within the queue: high (overtakes a backlog), normal or low.")
+    ] = "normal",
+    delay: Annotated[
+        float | None, typer.Option(help="Start no earlier than SECONDS after submitting (not with --at).")
+    ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option("--at", help="Start no earlier than TIME: ISO 8601 with timezone (not with --delay)."),
+    ] = None,
     parent: Annotated[
         str | None,
         typer.Option(
@@ -142,6 +177,11 @@ def submit(
     """Submit one task; with --wait, print its result."""
     check_tokens({"--parent": parent})
     check_range("--wait-timeout", wait_timeout, gt=0)
+    check_range("--delay", delay, ge=0, le=MAX_DELAY)
+    if delay is not None and at is not None:
+        fail("give --delay or --at, not both", EXIT_USAGE, "--delay")
+    if priority not in LEVELS:
+        fail(f"{priority!r} is not a priority (one of: {', '.join(LEVELS)})", EXIT_USAGE, "--priority")
     try:
         data = json.loads(payload) if payload is not None else None
     except json.JSONDecodeError as err:
@@ -153,6 +193,9 @@ def submit(
         "payload": data,
         "max_attempts": max_attempts,
         "timeout": timeout,
+        "priority": priority,
+        "not_before": parse_at(at) if at is not None else None,
+        "delay": delay,
     }
     if task_id is not None:
         fields["task_id"] = task_id

@@ -100,9 +100,34 @@ def _note(record: TaskRecord) -> str:
         note = outcome.summary or ("" if outcome.output is None else _short(outcome.output, 40))
     else:
         note = record.error or ""
-    if record.visible_at and record.status is TaskStatus.PENDING:
+    if record.visible_at and record.status is TaskStatus.PENDING and not _delayed(record):
         note = f"retry {_ago(record.visible_at)}; {note}" if note else f"retry {_ago(record.visible_at)}"
     return note
+
+
+def _delayed(record: TaskRecord) -> bool:
+    """True for a pending task waiting for the start it was submitted with (not for a retry backoff)."""
+    return (
+        record.status is TaskStatus.PENDING
+        and record.attempt == 0
+        and record.not_before is not None
+        and record.visible_at is not None
+        and record.visible_at > datetime.now(UTC)
+    )
+
+
+def _status(record: TaskRecord) -> str:
+    """The status column: ``pending (delayed until 12:00:03)`` (local time; with the date when not today),
+    plus the priority when it is not normal."""
+    text = f"[{_STYLE[record.status]}]{record.status.value}[/]"
+    if _delayed(record):
+        assert record.visible_at is not None
+        local = record.visible_at.astimezone()
+        same_day = local.date() == datetime.now(local.tzinfo).date()
+        text += f" (delayed until {local.strftime('%H:%M:%S' if same_day else '%Y-%m-%d %H:%M:%S')})"
+    if record.priority != "normal":
+        text += f", {record.priority.value}"
+    return text
 
 
 async def _ls(opts: Options, queue: str | None, status: str | None, as_json: bool, limit: int) -> None:
@@ -124,7 +149,7 @@ async def _ls(opts: Options, queue: str | None, status: str | None, as_json: boo
         table.add_row(
             r.task_id,
             r.queue,
-            f"[{_STYLE[r.status]}]{r.status.value}[/]",
+            _status(r),
             f"{r.attempt}/{r.max_attempts}",
             str(r.epoch),
             worker,

@@ -50,6 +50,14 @@ REFUSED_BEFORE_CONNECTING = [
     (("submit", "--wait", "--wait-timeout", "-1"), "--wait-timeout: must be > 0 (got -1)"),
     (("submit", "--max-attempts", "x"), "--max-attempts: must be a whole number (got x)"),
     (("submit", "--tmeout", "3"), "--tmeout: no such option (did you mean --timeout or --wait-timeout?)"),
+    (("submit", "--delay", "-1"), "--delay: must be >= 0 (got -1)"),
+    (("submit", "--delay", "3", "--at", "2030-01-01T12:00:00Z"), "--delay: give --delay or --at, not both"),
+    (
+        ("submit", "--at", "2030-01-01T12:00:00"),
+        "--at: '2030-01-01T12:00:00' has no timezone; add one (Z, +02:00, ...)",
+    ),
+    (("submit", "--at", "tomorrow"), "--at: 'tomorrow' is not an ISO 8601 time (e.g. 2030-01-01T12:00:00Z)"),
+    (("submit", "--priority", "urgent"), "--priority: 'urgent' is not a priority (one of: high, normal, low)"),
     # ranges that used to be accepted, or checked only after connecting
     (("reclaimer", "--sweep", "0"), "--sweep: must be >= 0.05 (got 0)"),
     (("reclaimer", "--sweep", "-1"), "--sweep: must be >= 0.05 (got -1)"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 from coord.wire import Result, Spec
@@ -32,3 +33,13 @@ def boom(spec: Spec, ctx: Context) -> Result:
 def exits(spec: Spec, ctx: Context) -> Result:
     """Dies without a result (as a crashing agent would)."""
     os._exit(3)
+
+
+async def timed(spec: Spec, ctx: Context) -> Result:
+    """Write the wall-clock start time into ``{marks}/{task}.start`` (a file's mtime is only as fine as
+    the kernel's coarse clock), then sleep ``payload.seconds``."""
+    started = time.time()
+    payload = spec.payload if isinstance(spec.payload, dict) else {}
+    Path(str(payload["marks"]), f"{spec.task_id}.start").write_text(repr(started))
+    await asyncio.sleep(float(payload.get("seconds", 0)))
+    return Result.success(summary=f"done by {ctx.worker_id}")
