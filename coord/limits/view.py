@@ -83,6 +83,10 @@ class LimitsView:
             (i, seen[i].revision if i in seen else 0) for i in range(concurrency) if i not in seen or not seen[i].live
         ]
 
+    def limited(self) -> dict[str, QueueLimits]:
+        """Every followed queue that has a limit, with its limits as last seen."""
+        return {queue: limits for queue, limits in self._limits.items() if not limits.empty}
+
     def held_slots(self) -> list[Slot]:
         """Every slot held now, of every queue followed."""
         return [

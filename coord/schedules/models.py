@@ -19,7 +19,7 @@ from pydantic import (
 
 from coord.errors import InvalidInput
 from coord.ids import Token, validate_id
-from coord.schedules.cron import MAX_NAME_LENGTH, check_cron, check_timezone, tick_task_id
+from coord.schedules.cron import MAX_NAME_LENGTH, check_cron, check_timezone, next_tick, tick_task_id
 from coord.wire import Spec
 
 __all__ = ["Schedule", "ScheduleName", "TaskTemplate"]
@@ -132,3 +132,9 @@ class Schedule(BaseModel):
     def floor(self) -> datetime:
         """Ticks at or before this are not submitted: the later of ``since`` and ``last_tick``."""
         return self.since if self.last_tick is None else max(self.since, self.last_tick)
+
+    def upcoming(self, now: datetime) -> datetime | None:
+        """The next tick that will be submitted after ``now`` (None while paused, or if there is none)."""
+        if self.paused:
+            return None
+        return next_tick(self.cron, self.timezone, max(now, self.floor))

@@ -15,7 +15,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from coord.errors import Conflict
-from coord.schedules import Schedule, next_tick
+from coord.schedules import Schedule
 from corral.cli._common import Options, console, fail, invalid, options, print_json, run
 from corral.cli._errors import EXIT_USAGE, check_tokens
 
@@ -43,15 +43,9 @@ def register(parent: typer.Typer) -> None:
     parent.add_typer(app, name="schedules")
 
 
-def _next(schedule: Schedule, now: datetime) -> datetime | None:
-    if schedule.paused:
-        return None
-    return next_tick(schedule.cron, schedule.timezone, max(now, schedule.floor))
-
-
 def _as_json(schedule: Schedule, now: datetime) -> dict[str, Any]:
     data = schedule.model_dump(mode="json")
-    upcoming = _next(schedule, now)
+    upcoming = schedule.upcoming(now)
     data["next_tick"] = None if upcoming is None else upcoming.isoformat()
     data["revision"] = schedule.revision
     return data
@@ -70,7 +64,7 @@ def _say(schedule: Schedule, verb: str, as_json: bool) -> None:
     if as_json:
         print_json(_as_json(schedule, now))
         return
-    upcoming = _next(schedule, now)
+    upcoming = schedule.upcoming(now)
     then = f"; next tick {_when(upcoming, now)} UTC" if upcoming else ""
     console.print(f"{verb} schedule [bold]{schedule.name}[/] ({escape(schedule.cron)}){then}", highlight=False)
 
@@ -150,7 +144,7 @@ async def _ls(opts: Options, as_json: bool) -> None:
             s.timezone,
             s.task.queue,
             "[yellow]paused[/]" if s.paused else "[green]active[/]",
-            _when(_next(s, now), now),
+            _when(s.upcoming(now), now),
             _when(s.last_tick, now),
             s.last_task or "",
         )

@@ -4,7 +4,9 @@
 - tasks: ``coord.tasks.watch`` (every record, then every write: reclaims, dead tasks, rates);
 - dead letters: ``coord.dead_letters.tail`` (rejected late results among them);
 - lifecycle events: ``coord.events.tail`` (merged into trees by :mod:`coord.events.tree`);
-- the registry: a :class:`coord.kv.KeyWatch` on its ``session.*`` and ``thread.*`` keys.
+- the registry: a :class:`coord.kv.KeyWatch` on its ``session.*`` and ``thread.*`` keys;
+- queue limits: a :class:`coord.limits.LimitsView` (limits and slots held);
+- recurring schedules: ``coord.schedules.watch``.
 
 Every watch is read-only and started once, however many browsers look. A watch that fails (the
 server is gone for longer than the services ride out) is logged and started again.
@@ -21,6 +23,7 @@ from pydantic import ValidationError
 
 from coord.connection import Coord
 from coord.kv import Entry, KeyWatch
+from coord.limits import LimitsView
 from coord.presence import Joined, Left, Updated
 from coord.registry import Session, ThreadReservation
 from corral.ui.model import ReadModel
@@ -55,6 +58,8 @@ class Feeds:
             ("dead letters", self._dead_letters),
             ("events", self._events),
             ("registry", self._registry),
+            ("limits", self._limits),
+            ("schedules", self._schedules),
         ):
             self._tasks.append(asyncio.create_task(self._supervise(name, body), name=f"corral-ui-{name}"))
 
@@ -145,6 +150,26 @@ class Feeds:
         finally:
             await sessions.stop()
             await threads.stop()
+
+
+    async def _limits(self) -> None:
+        view = await LimitsView(self._coord.limits).start()
+        try:
+            while True:
+                changed = view.changed()  # taken before reading: no change between is missed
+                limited = view.limited()
+                self._model.set_limits(limited, {queue: view.held(queue) for queue in limited})
+                await changed
+        finally:
+            await view.stop()
+
+    async def _schedules(self) -> None:
+        watch = self._coord.schedules.watch(self._model.on_schedule)
+        try:
+            await watch.start()
+            await asyncio.Event().wait()  # the watch runs until cancelled
+        finally:
+            await watch.stop()
 
 
 _M = TypeVar("_M", Session, ThreadReservation)

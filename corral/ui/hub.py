@@ -108,6 +108,7 @@ class Hub:
             data["agents"] = model.take_agent_delta()
         if dirty & {"tasks", "queues", "agents"} or stale_queues:
             data["queues"] = model.queues_json()
+            data["schedules"] = model.schedules_json()
             data["counts"] = model.counts()
             self._last_queues = now
         if "timeline" in dirty:

@@ -14,14 +14,16 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from coord.deadletter import LATE_RESULT, DeadLetter
 from coord.events import Descendant, ReceivedEvent, render_event
 from coord.events.tree import event_changes
+from coord.limits import QueueLimits
 from coord.presence import AgentInfo, LeftReason
 from coord.registry import Session, ThreadReservation
+from coord.schedules import Schedule
 from coord.tasks import TaskRecord, TaskStatus, Transition
 from corral.ui.rows import AgentRow, Departure, QueueRow, TaskPage, TaskRow, TimelineItem, timestamp, trace_id_of
 
@@ -60,6 +62,9 @@ class ReadModel:
         self._claims: dict[str, set[str]] = {}
         self._pending: dict[str, set[str]] = {}
         self.queues: dict[str, QueueRow] = {}
+        self.limits: dict[str, dict[str, Any]] = {}
+        """Each limited queue's limits and slots held: ``{"concurrency", "rate", "held"}``."""
+        self.schedules: dict[str, Schedule] = {}
         self.agents: dict[str, AgentRow] = {}
         self._agent_changed: set[str] = set()
         self._agent_removed: set[str] = set()
@@ -310,24 +315,65 @@ class ReadModel:
                 totals[status.value] += n
         return totals
 
+    def set_limits(self, limits: Mapping[str, QueueLimits], held: Mapping[str, int]) -> None:
+        """The queues' fleet-wide limits and the concurrency slots each holds, as now."""
+        self.limits = {
+            queue: {
+                "concurrency": limit.concurrency,
+                "rate": None if limit.rate is None else str(limit.rate),
+                "held": held.get(queue, 0),
+            }
+            for queue, limit in limits.items()
+        }
+        self._touch("queues")
+
+    def on_schedule(self, name: str, schedule: Schedule | None) -> None:
+        """A recurring schedule was written (None: removed, or not readable)."""
+        if schedule is None:
+            self.schedules.pop(name, None)
+        else:
+            self.schedules[name] = schedule
+        self._touch("queues")
+
+    def schedules_json(self) -> list[dict[str, Any]]:
+        """Every schedule: its cron, queue, whether paused, the next tick and the last one submitted."""
+        now = datetime.now(UTC)
+        return [
+            {
+                "name": s.name,
+                "cron": s.cron,
+                "timezone": s.timezone,
+                "queue": s.task.queue,
+                "paused": s.paused,
+                "next_tick": timestamp(s.upcoming(now)),
+                "last_tick": timestamp(s.last_tick),
+                "last_task": s.last_task,
+            }
+            for _, s in sorted(self.schedules.items())
+        ]
+
     def queues_json(self) -> list[dict[str, Any]]:
-        """Every queue's depth (pending), in flight (claimed), counts, rates and oldest pending task."""
+        """Every queue's depth (pending; ``delayed``: those not startable yet), in flight (claimed),
+        counts, rates, oldest pending task and fleet-wide limits (None: none)."""
         now = time.time()
         out = []
-        for name in sorted(self.queues):
-            row = self.queues[name]
+        for name in sorted(self.queues.keys() | self.limits.keys()):
+            row = self.queues.get(name) or QueueRow(name)
             pending = self._pending.get(name, set())
             oldest = min((self.tasks[t].created_at for t in pending), default=None)
+            delayed = sum(1 for t in pending if (at := self.tasks[t].visible_at) is not None and at > now)
             out.append(
                 {
                     "name": name,
                     "depth": row.counts.get(TaskStatus.PENDING, 0),
+                    "delayed": delayed,
                     "in_flight": row.counts.get(TaskStatus.CLAIMED, 0),
                     "counts": {s.value: row.counts.get(s, 0) for s in TaskStatus},
                     "finished_per_s": round(QueueRow._rate(row.finished, now), 3),
                     "submitted_per_s": round(QueueRow._rate(row.submitted, now), 3),
                     "oldest_pending_age": None if oldest is None else round(now - oldest, 1),
                     "workers": sorted(a for a, r in self.agents.items() if name in r.info.queues),
+                    "limits": self.limits.get(name),
                 }
             )
         return out
@@ -449,6 +495,7 @@ class ReadModel:
             "agents": self.agents_json(),
             "departures": [d.json() for d in self.departures],
             "queues": self.queues_json(),
+            "schedules": self.schedules_json(),
             "counts": self.counts(),
             "timeline": [item.json() for item in self.timeline],
             "dead_letters": len(self.dead_letters),

@@ -78,6 +78,7 @@ class TaskRow:
     trace_id: str | None
     transition: Transition
     revision: int
+    priority: str
 
     @classmethod
     def of(cls, record: TaskRecord) -> TaskRow:
@@ -98,6 +99,7 @@ class TaskRow:
             trace_id=trace_id_of(record.meta),
             transition=record.transition,
             revision=record.revision,
+            priority=record.priority.value,
         )
 
     def json(self) -> dict[str, Any]:
@@ -118,6 +120,7 @@ class TaskRow:
             "trace_id": self.trace_id,
             "transition": self.transition.value,
             "revision": self.revision,
+            "priority": self.priority,
         }
 
 

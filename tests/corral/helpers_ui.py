@@ -74,6 +74,13 @@ class Fleet:
             "--ttl", str(ttl), "--interval", "0.5", "--grace", "2", "--handler", HANDLER,
         )  # fmt: skip
 
+    def run(self, *args: str, within: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run ``corral --server URL --namespace NS ARGS...`` to completion (stdin closed)."""
+        return subprocess.run(
+            [PYTHON, "-m", "corral", "--server", self.url, "--namespace", self.namespace, *args],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, env=self.env, timeout=within, check=False,
+        )  # fmt: skip
+
     def ui(self, *flags: str, within: float = 30) -> str:
         """Start `corral ui --port 0 --json FLAGS` and return its URL once it serves."""
         proc = self.start("ui", "ui", "--port", "0", "--json", *flags)

@@ -169,3 +169,30 @@ def test_demo_prints_the_dashboard_url_and_serves_it_while_its_fleet_runs(
     assert summary["succeeded"] == 8, "stdout holds only the demo's JSON"
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url + "api/state", timeout=5)  # the dashboard stopped with the fleet
+
+
+def test_queue_limits_delayed_tasks_and_schedules_set_from_the_cli_appear_on_the_page(
+    fleet: Fleet, browser: webdriver.Chrome
+) -> None:
+    browser.get(fleet.ui())
+    until(lambda: find(browser, "body[data-ready*=tasks]"), 30, "the dashboard ready")
+    for args in (
+        ("queues", "limit", QUEUE, "--concurrency", "2", "--rate", "20/s"),
+        ("submit", "-q", QUEUE, "--id", "later", "--delay", "600"),
+        ("submit", "-q", QUEUE, "--id", "urgent", "--priority", "high", "--delay", "600"),
+        ("schedules", "add", "nightly", "--cron", "0 3 * * *", "-q", QUEUE),
+    ):
+        done = fleet.run(*args)
+        assert done.returncode == 0, done
+
+    row = f"#queues-table tr[data-queue={QUEUE}]"
+    until(lambda: "running 0/2 · rate 20/s" in " ".join(texts(browser, row)), 15, "the queue's limits")
+    cells = find(browser, f"{row} td")
+    assert [c.text for c in cells[1:3]] == ["2", "2"], "depth 2, both delayed"
+    schedule_row = until(lambda: texts(browser, "#schedules-table tr[data-schedule=nightly]"), 15, "the schedule")
+    assert "0 3 * * * (UTC)" in schedule_row[0] and QUEUE in schedule_row[0]
+
+    browser.execute_script("location.hash = '#tasks'")
+    until(lambda: "delayed until" in " ".join(texts(browser, "#tasks-table tr[data-task=later]")), 15, "delayed")
+    urgent = until(lambda: texts(browser, "#tasks-table tr[data-task=urgent]"), 10, "the urgent task")[0]
+    assert "high" in urgent and "delayed until" in urgent

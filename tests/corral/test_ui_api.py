@@ -18,9 +18,12 @@ import coord
 from coord.authconfig import parse_grant, write_auth
 from coord.deadletter import LATE_RESULT
 from coord.events import Errored, ScopeSubDelegated
+from coord.limits import parse_rate
 from coord.naming import Names, kv_stream_name
 from coord.presence import AgentInfo
+from coord.priority import Priority
 from coord.roles import inbox_prefix
+from coord.schedules import Schedule, TaskTemplate
 from coord.server import NatsServer
 from coord.tasks import ScheduleRequest
 from corral.ui import Dashboard
@@ -284,3 +287,39 @@ async def test_event_trees_and_registry_threads_are_served_as_they_change(
         assert [(t["thread"], t["agent_id"], t["alive"]) for t in registry["threads"]] == [("main", "planner", True)]
         sessions = registry["sessions"]
         assert isinstance(sessions, list) and sessions[0]["id"] == reserved.session.id
+
+
+async def test_queue_limits_delayed_and_prioritised_tasks_and_schedules_are_served_live(
+    coord_conn: coord.Coord, http: aiohttp.ClientSession
+) -> None:
+    async with Dashboard(coord_conn, port=0) as dashboard:
+        await coord_conn.limits.set("api", concurrency=2, rate=parse_rate("20/s"))
+        await coord_conn.tasks.schedule_many(
+            [
+                ScheduleRequest(task_id="later", queue="api", delay=600),
+                ScheduleRequest(task_id="urgent", queue="api", priority=Priority.HIGH),
+            ]
+        )
+        await coord_conn.schedules.add(Schedule(name="nightly", cron="0 3 * * *", task=TaskTemplate(queue="api")))
+
+        def served() -> bool:
+            queues = {q["name"]: q for q in dashboard.model.queues_json()}
+            return "api" in queues and queues["api"]["depth"] == 2 and bool(dashboard.model.schedules)
+
+        await eventually(served, 10, "the limits, the tasks and the schedule")
+        _, state = await get(http, dashboard.url + "api/state")
+        [api] = [q for q in state["queues"] if q["name"] == "api"]
+        assert api["limits"] == {"concurrency": 2, "rate": "20/s", "held": 0}
+        assert (api["depth"], api["delayed"]) == (2, 1), "one of the two pending tasks may not start yet"
+        [nightly] = state["schedules"]
+        assert (nightly["name"], nightly["queue"], nightly["paused"]) == ("nightly", "api", False)
+        assert nightly["next_tick"] > time.time() and nightly["last_tick"] is None
+        _, page = await get(http, dashboard.url + "api/tasks?queue=api")
+        rows = {r["task_id"]: r for r in page["rows"]}
+        assert rows["later"]["visible_at"] > time.time() + 500 and rows["later"]["priority"] == "normal"
+        assert rows["urgent"]["priority"] == "high" and rows["urgent"]["visible_at"] is None
+
+        await coord_conn.limits.set("api", concurrency=None, rate=None)
+        await eventually(lambda: not dashboard.model.limits, 10, "the limits removed")
+        _, state = await get(http, dashboard.url + "api/state")
+        assert [q["limits"] for q in state["queues"] if q["name"] == "api"] == [None]

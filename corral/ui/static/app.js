@@ -7,6 +7,7 @@ const S = {
   agents: new Map(),
   departures: [],
   queues: [],
+  schedules: [],
   counts: {},
   timeline: [],
   lastSeq: 0,
@@ -58,6 +59,21 @@ function clock(ts) {
   return new Date(ts * 1000).toLocaleTimeString([], { hour12: false });
 }
 function status(s) { return h("span", { class: `s-${s}` }, s); }
+// A task's status as a list shows it: a pending task not startable yet says until when; a priority other than normal is named.
+function taskStatus(r) {
+  const parts = [status(r.status)];
+  if (r.status === "pending" && r.visible_at && r.visible_at * 1000 > Date.now())
+    parts.push(h("span", { class: "delayed" }, ` delayed until ${clock(r.visible_at)}`));
+  if (r.priority && r.priority !== "normal") parts.push(" ", h("span", { class: `prio prio-${r.priority}` }, r.priority));
+  return parts;
+}
+function limitsText(l) {
+  if (!l) return "–";
+  const parts = [];
+  if (l.concurrency) parts.push(`running ${l.held}/${l.concurrency}`);
+  if (l.rate) parts.push(`rate ${l.rate}`);
+  return parts.join(" · ") || "–";
+}
 function taskLink(id) {
   return id ? h("a", { href: `#tasks/${encodeURIComponent(id)}`, class: "mono", dataset: { task: id } }, id) : "";
 }
@@ -132,12 +148,18 @@ function renderAgents() {
 }
 function renderQueues() {
   const rows = S.queues.map((q) => h("tr", { dataset: { queue: q.name } },
-    h("td", { class: "id" }, q.name), h("td", {}, q.depth), h("td", {}, q.in_flight),
+    h("td", { class: "id" }, q.name), h("td", {}, q.depth), h("td", {}, q.delayed), h("td", {}, q.in_flight),
+    h("td", { class: "limits" }, limitsText(q.limits)),
     h("td", {}, q.finished_per_s.toFixed(2)), h("td", {}, q.submitted_per_s.toFixed(2)),
     h("td", {}, q.oldest_pending_age === null ? "–" : dur(q.oldest_pending_age)),
     h("td", { class: "s-succeeded" }, q.counts.succeeded), h("td", { class: "s-failed" }, q.counts.failed),
     h("td", { class: "s-dead" }, q.counts.dead), h("td", {}, q.workers.join(", ") || "–")));
-  fill($("#queues-table tbody"), rows, 10, "no task yet");
+  fill($("#queues-table tbody"), rows, 12, "no task yet");
+  const srows = S.schedules.map((s) => h("tr", { dataset: { schedule: s.name } },
+    h("td", { class: "id" }, s.name), h("td", { class: "mono" }, `${s.cron} (${s.timezone})`), h("td", {}, s.queue),
+    h("td", {}, s.paused ? "paused" : s.next_tick ? clock(s.next_tick) : "–"),
+    h("td", {}, s.last_tick ? `${clock(s.last_tick)} ` : "–", s.last_task ? taskLink(s.last_task) : "")));
+  fill($("#schedules-table tbody"), srows, 5, "no schedule");
   const sel = $("#task-filters select[name=queue]");
   const want = sel.value;
   const names = S.queues.map((q) => q.name);
@@ -180,7 +202,7 @@ async function loadTasks() {
     class: `clickable${S.selected === r.task_id ? " selected" : ""}`, dataset: { task: r.task_id, status: r.status },
     onclick: () => { location.hash = `#tasks/${encodeURIComponent(r.task_id)}`; },
   },
-  h("td", { class: "id" }, r.task_id), h("td", {}, r.title), h("td", {}, r.queue), h("td", {}, status(r.status)),
+  h("td", { class: "id" }, r.task_id), h("td", {}, r.title), h("td", {}, r.queue), h("td", {}, ...taskStatus(r)),
   h("td", {}, `${r.attempt}/${r.max_attempts}`), h("td", { class: "mono" }, r.worker || ""), h("td", {}, ago(r.updated_at)),
   h("td", {}, r.error || "")));
   fill($("#tasks-table tbody"), rows, 8, "no task matches");
@@ -213,7 +235,8 @@ async function loadDetail() {
   box.replaceChildren(
     h("h2", {}, r.task_id, " ", status(r.status)),
     h("div", { class: "actions" }, ...actionButtons({ task_id: r.task_id, status: r.status })),
-    kv([["queue", r.queue], ["attempt", `${r.attempt} of ${r.max_attempts}`], ["epoch", r.epoch],
+    kv([["queue", r.queue], ["priority", r.priority], ["attempt", `${r.attempt} of ${r.max_attempts}`], ["epoch", r.epoch],
+      ["not before", r.status === "pending" && r.visible_at ? new Date(r.visible_at).toLocaleString() : null],
       ["worker", r.claim ? r.claim.worker_id : r.last_worker], ["parent", r.parent], ["trace", trace],
       ["created", new Date(r.created_at).toLocaleString()], ["updated", `${new Date(r.updated_at).toLocaleString()}`],
       ["error", r.error]]),
@@ -331,6 +354,7 @@ function applySnapshot(snap) {
   S.agents = new Map(snap.agents.map((a) => [a.id, a]));
   S.departures = snap.departures;
   S.queues = snap.queues;
+  S.schedules = snap.schedules;
   S.counts = snap.counts;
   S.timeline = snap.timeline.slice(-TIMELINE_MAX);
   S.lastSeq = S.timeline.length ? S.timeline[S.timeline.length - 1].seq : 0;
@@ -349,6 +373,7 @@ function applyDelta(d) {
     if (d.agents.departures) S.departures = d.agents.departures;
   }
   if (d.queues) S.queues = d.queues;
+  if (d.schedules) S.schedules = d.schedules;
   if (d.counts) S.counts = d.counts;
   if (d.dead_letters !== undefined) S.deadLetters = d.dead_letters;
   if (d.timeline) {
