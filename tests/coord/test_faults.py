@@ -41,6 +41,8 @@ def namespace_streams(names: Names) -> list[str]:
         f"KV_{names.presence_bucket}",
         f"KV_{names.tasks_bucket}",
         f"KV_{names.registry_bucket}",
+        f"KV_{names.schedules_bucket}",
+        f"KV_{names.limits_bucket}",
         names.dispatch_stream,
         names.events_stream,
         names.inbox_stream,
