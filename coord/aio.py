@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
-__all__ = ["stop_tasks"]
+__all__ = ["first_of", "stop_tasks"]
 
 log = logging.getLogger("corral.aio")
 
@@ -30,3 +30,13 @@ async def stop_tasks(tasks: Iterable[asyncio.Future[Any]], *, within: float, wha
             log.warning("%s: %d task(s) did not stop within %.1fs (%s)", what, len(pending), within, names)
             return
         _, pending = await asyncio.wait(pending, timeout=min(remaining, 0.5))
+
+
+async def first_of(*waits: Awaitable[object]) -> None:
+    """Return when the first of ``waits`` finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -36,6 +36,7 @@ __all__ = [
     "ResultKind",
     "Spec",
     "TaskInput",
+    "absolute_files",
     "build_spec",
     "format_result",
     "parse_result",
@@ -46,6 +47,14 @@ MAX_DELAY = 366 * 86_400.0
 """Longest ``delay`` (seconds) a task may be submitted with: a year (and a day), to catch unit mistakes."""
 SCHEDULING = ("priority", "not_before", "delay")
 """Spec fields left out of the stored spec while at their defaults (so specs of plain tasks keep their shape)."""
+
+
+def absolute_files(files: tuple[str, ...]) -> tuple[str, ...]:
+    """``files`` when every one is an absolute path; :class:`InvalidInput` naming the first that is not."""
+    for path in files:
+        if not PurePosixPath(path).is_absolute():
+            raise InvalidInput(f"every file must be an absolute path; {path!r} is not")
+    return files
 
 
 class ResultKind(StrEnum):
@@ -157,13 +166,7 @@ class Spec(BaseModel):
                 del data[name]
         return data
 
-    @field_validator("files")
-    @classmethod
-    def _files_absolute(cls, files: tuple[str, ...]) -> tuple[str, ...]:
-        for path in files:
-            if not PurePosixPath(path).is_absolute():
-                raise InvalidInput(f"every file must be an absolute path; {path!r} is not")
-        return files
+    _files_absolute = field_validator("files")(absolute_files)
 
     @field_validator("workspace_dir")
     @classmethod

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from coord.aio import stop_tasks
+from coord.aio import first_of, stop_tasks
 from coord.connection import Coord
 from coord.errors import Conflict
 from coord.limits import LimitsView, QueueLimits, Rate, Slot, SlotHolder
@@ -116,7 +116,7 @@ class Gate:
             delay = self._rate_wait(queue)
             if delay > 0:
                 waits.append(asyncio.sleep(delay))
-            await _first(waits)
+            await first_of(*waits)
         return 0
 
     def _rate_wait(self, queue: str) -> float:
@@ -175,7 +175,7 @@ class Gate:
                     self.release(task_id)
                     return Refusal(max(0.0, self._rate_wait(queue)), f"rate of {queue} ({limits.rate})")
                 if wait > 0:
-                    await _first([asyncio.sleep(wait), stopping.wait()])
+                    await first_of(asyncio.sleep(wait), stopping.wait())
                     if stopping.is_set():
                         self.release(task_id)
                         return Refusal(0.0, "stopping")
@@ -261,13 +261,3 @@ class Gate:
             return
         if revision is not None:
             self._view.freed(slot.queue, slot.index, revision)
-
-
-async def _first(waits: Sequence[Awaitable[object]]) -> None:
-    """Return when the first of ``waits`` finishes; cancel the others."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from pydantic import ValidationError
 
+from coord.aio import first_of
 from coord.connection import Coord
 from coord.errors import Conflict, InvalidRecord, InvalidTransition, NotFound, NotYetVisible
 from coord.priority import Priority
@@ -150,7 +151,7 @@ class Intake:
         try:
             while not self._stopping.is_set():
                 if not self._present.is_set():
-                    await _first(self._present.wait(), self._stopping.wait())
+                    await first_of(self._present.wait(), self._stopping.wait())
                     continue
                 try:
                     if self._levels is None:
@@ -165,7 +166,7 @@ class Intake:
                     )
                     if await self._consumer_gone():
                         await self.close()
-                    await _first(asyncio.sleep(pause), self._stopping.wait())
+                    await first_of(asyncio.sleep(pause), self._stopping.wait())
                     pause = min(pause * 2, 5.0)
         finally:
             await self.close()
@@ -371,13 +372,3 @@ def _seconds_until(when: datetime | None) -> float:
     if when is None:
         return 0.0
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-async def _first(*waits: Awaitable[object]) -> None:
-    """Return when the first of ``waits`` finishes; cancel the others."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
 from typing import Annotated
 
 from pydantic import (
@@ -17,10 +16,9 @@ from pydantic import (
     field_validator,
 )
 
-from coord.errors import InvalidInput
 from coord.ids import Token, validate_id
 from coord.schedules.cron import MAX_NAME_LENGTH, check_cron, check_timezone, next_tick, tick_task_id
-from coord.wire import Spec
+from coord.wire import Spec, absolute_files
 
 __all__ = ["Schedule", "ScheduleName", "TaskTemplate"]
 
@@ -65,13 +63,7 @@ class TaskTemplate(BaseModel):
     timeout: float | None = Field(default=None, gt=0, le=86_400)
     """Lease in seconds (None: the store's default)."""
 
-    @field_validator("files")
-    @classmethod
-    def _files_absolute(cls, files: tuple[str, ...]) -> tuple[str, ...]:
-        for path in files:
-            if not PurePosixPath(path).is_absolute():
-                raise InvalidInput(f"every file must be an absolute path; {path!r} is not")
-        return files
+    _files_absolute = field_validator("files")(absolute_files)
 
     def spec(self, task_id: str) -> Spec:
         """The :class:`Spec` of one tick's task: this template under ``task_id``, with no parent."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
-from collections.abc import Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
@@ -138,3 +139,30 @@ def print_json(data: Any) -> None:
     """Write ``data`` as one JSON document (one line) to stdout."""
     sys.stdout.write(json.dumps(data, default=str) + "\n")
     sys.stdout.flush()
+
+
+_E = TypeVar("_E")
+
+
+def until_signalled(events: asyncio.Queue[_E]) -> AsyncIterator[_E]:
+    """Each item of ``events`` as it comes, until SIGINT or SIGTERM (then the iteration just ends).
+
+    The signals are caught from this call on, before the first item is asked for.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return _until(events, stop)
+
+
+async def _until(events: asyncio.Queue[_E], stop: asyncio.Event) -> AsyncIterator[_E]:
+    while not stop.is_set():
+        getter = asyncio.ensure_future(events.get())
+        stopper = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if getter not in done:
+            getter.cancel()
+            return
+        yield getter.result()

@@ -177,6 +177,16 @@ def check_range(
         raise _about(flag, err) from None
 
 
+def parse_json(flag: str, text: str | None) -> Any:
+    """The JSON value ``text`` holds (None when not given); a usage :class:`CliError` naming ``flag`` if not JSON."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise usage(f"not valid JSON: {err}", flag) from None
+
+
 _TOKEN: TypeAdapter[str] = TypeAdapter(Token)
 
 

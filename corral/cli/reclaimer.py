@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from typing import Annotated
 
 import typer
 
-from corral.cli._common import Options, console, options, print_json, run, setting_help
+from corral.cli._common import Options, console, options, print_json, run, setting_help, until_signalled
 from corral.cli._errors import check_setting
 from corral.cli._logging import setup_logging
 from dispatch.reclaimer import Reclaimer
@@ -21,21 +19,10 @@ def register(app: typer.Typer) -> None:
 
 async def _serve(opts: Options, sweep: float | None, as_json: bool) -> int:
     async with opts.connect(name="corral-reclaimer") as coord, Reclaimer(coord, sweep_interval=sweep) as rec:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        events = until_signalled(rec.events)
         if not as_json:
             console.print(f"reclaimer watching namespace [bold]{coord.namespace}[/] on {opts.server}", highlight=False)
-        while not stop.is_set():
-            getter = asyncio.ensure_future(rec.events.get())
-            stopper = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if getter not in done:
-                getter.cancel()
-                break
-            event = getter.result()
+        async for event in events:
             if as_json:
                 print_json(event.__dict__)
             else:

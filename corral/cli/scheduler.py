@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from typing import Annotated
 
 import typer
 
-from corral.cli._common import Options, console, options, print_json, run
+from corral.cli._common import Options, console, options, print_json, run, until_signalled
 from corral.cli._logging import setup_logging
 from dispatch.scheduler import Scheduler
 
@@ -20,10 +18,7 @@ def register(app: typer.Typer) -> None:
 
 async def _serve(opts: Options, as_json: bool) -> int:
     async with opts.connect(name="corral-scheduler") as coord, Scheduler(coord) as sched:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        events = until_signalled(sched.events)
         if as_json:
             print_json({"ready": True, "schedules": sorted(sched.schedules)})
         else:
@@ -32,15 +27,7 @@ async def _serve(opts: Options, as_json: bool) -> int:
                 f"on {opts.server}",
                 highlight=False,
             )
-        while not stop.is_set():
-            getter = asyncio.ensure_future(sched.events.get())
-            stopper = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if getter not in done:
-                getter.cancel()
-                break
-            event = getter.result()
+        async for event in events:
             if as_json:
                 print_json(
                     {

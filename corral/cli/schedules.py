@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -17,7 +16,7 @@ from rich.table import Table
 from coord.errors import Conflict
 from coord.schedules import Schedule
 from corral.cli._common import Options, console, fail, invalid, options, print_json, run
-from corral.cli._errors import EXIT_USAGE, check_tokens
+from corral.cli._errors import EXIT_USAGE, check_tokens, parse_json
 
 app = typer.Typer(name="schedules", help="Recurring schedules: add, ls, pause, resume, rm.", no_args_is_help=True)
 
@@ -102,10 +101,7 @@ def add(
     json_out: Annotated[bool, typer.Option("--json", help="Print the stored schedule as JSON.")] = False,
 ) -> None:
     """Add a recurring schedule: every tick submits one task (run `corral scheduler` to fire them)."""
-    try:
-        data = json.loads(payload) if payload is not None else None
-    except json.JSONDecodeError as err:
-        fail(f"not valid JSON: {err}", EXIT_USAGE, "--payload")
+    data = parse_json("--payload", payload)
     fields = {
         "name": name,
         "cron": cron,

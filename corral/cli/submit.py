@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import json
 import os
 import re
 import socket
@@ -21,7 +20,7 @@ from coord.priority import LEVELS
 from coord.tasks import TaskRecord
 from coord.wire import MAX_DELAY, Spec, TaskInput
 from corral.cli._common import Options, console, err_console, fail, invalid, options, print_json, run
-from corral.cli._errors import EXIT_USAGE, check_range, check_tokens
+from corral.cli._errors import EXIT_USAGE, check_range, check_tokens, parse_json
 from dispatch.dispatcher import Dispatcher, result_of
 
 _FLAGS = {
@@ -182,10 +181,7 @@ def submit(
         fail("give --delay or --at, not both", EXIT_USAGE, "--delay")
     if priority not in LEVELS:
         fail(f"{priority!r} is not a priority (one of: {', '.join(LEVELS)})", EXIT_USAGE, "--priority")
-    try:
-        data = json.loads(payload) if payload is not None else None
-    except json.JSONDecodeError as err:
-        fail(f"not valid JSON: {err}", EXIT_USAGE, "--payload")
+    data = parse_json("--payload", payload)
     fields = {
         "queue": queue,
         "title": title,

@@ -151,7 +151,6 @@ class Feeds:
             await sessions.stop()
             await threads.stop()
 
-
     async def _limits(self) -> None:
         view = await LimitsView(self._coord.limits).start()
         try:
