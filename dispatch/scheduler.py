@@ -111,8 +111,7 @@ class Scheduler:
         """Stop the watch and every timer; returns within a few seconds and never raises."""
         watch, self._watch = self._watch, None
         if watch is not None:
-            with contextlib.suppress(Exception):
-                await watch.stop()
+            await watch.stop()  # never raises
         timers = list(self._timers.values())
         self._timers.clear()
         await stop_tasks(timers, within=STOP_WITHIN, what="scheduler")

@@ -114,6 +114,9 @@ class _Level:
     probed_at: float = float("-inf")
     credit: int = 0
     waiting: _Pull | None = None
+    idle: _Pull | None = None
+    """The level's idle pull (no-wait with an expiry), kept across fetches until it ends or expires."""
+    idle_until: float = 0.0
     received: list[Msg] = field(default_factory=list)
     """Messages delivered to this worker and not handed out yet (a data message names its stream
     subject, not the request it answers, so every delivery of the level lands here)."""
@@ -128,6 +131,8 @@ class Levels:
         self._coord = coord
         self._idle_wait = idle_wait
         self._tokens = itertools.count()
+        self._arrived = asyncio.Event()
+        """Set when a notification, or the end of an idle pull, arrives on any level."""
         stream = coord.names.dispatch_stream
         self._levels = [
             _Level(
@@ -162,6 +167,7 @@ class Levels:
                     await sub.unsubscribe()
                 except Exception as err:
                     log.debug("unsubscribing from %s: %s", level.consumer, err)
+            level.idle = None
             held, level.received = level.received, []
             for msg in held:
                 try:
@@ -175,36 +181,46 @@ class Levels:
             status = msg.headers.get("Status") if msg.headers and not msg.data else None
             if status is None:
                 level.received.append(msg)
+                self._arrived.set()
+                if level.idle is not None:  # a delivery ends a no-wait pull (the server sends no status)
+                    level.idle.done.set()
                 if waiting is not None and len(level.received) >= waiting.want:
                     waiting.done.set()
-            elif waiting is not None and msg.subject.rpartition(".")[2] == waiting.token and status != _HEARTBEAT:
-                if status not in _END:
-                    waiting.refused = f"{status} {msg.headers.get('Description', '') if msg.headers else ''}".strip()
-                waiting.done.set()
+                return
+            if status == _HEARTBEAT:
+                return
+            token = msg.subject.rpartition(".")[2]
+            for pull in (waiting, level.idle):
+                if pull is not None and pull.token == token:
+                    if status not in _END:
+                        pull.refused = f"{status} {msg.headers.get('Description', '') if msg.headers else ''}".strip()
+                    pull.done.set()
+                    self._arrived.set()
             # any other status ends a request nobody waits for any more
 
         return receive
 
-    async def _pull(self, level: _Level, want: int, wait: float | None) -> list[Msg]:
-        """One pull request of up to ``want`` messages: no-wait, or (``wait``) until the first arrives."""
+    async def _request(self, level: _Level, want: int, wait: float | None) -> _Pull:
+        """Send one pull request of up to ``want`` messages: no-wait, or (``wait``) until the first arrives."""
         pull = _Pull(str(next(self._tokens)), want)
-        level.waiting = pull
         request: dict[str, object] = {"batch": want, "no_wait": True}
         if wait is not None:
             request["expires"] = int(wait * 1e9)
+        await self._coord.nc.publish(level.subject, json.dumps(request).encode(), reply=f"{level.inbox}.{pull.token}")
+        return pull
+
+    async def _pull(self, level: _Level, want: int) -> list[Msg]:
+        """One no-wait pull of up to ``want`` messages: what the level has now."""
         try:
-            await self._coord.nc.publish(
-                level.subject, json.dumps(request).encode(), reply=f"{level.inbox}.{pull.token}"
-            )
+            level.waiting = pull = await self._request(level, want, None)
             try:
-                async with asyncio.timeout((wait or 0.0) + self._idle_wait):
+                async with asyncio.timeout(self._idle_wait):
                     await pull.done.wait()
             except TimeoutError:
                 pass  # the server is slow or away: what came is used, what comes later is kept
         finally:
             level.waiting = None
-        if pull.refused is not None and not level.received:
-            raise CorralError(f"pull from consumer {level.consumer} refused: {pull.refused}")
+        _raise_if_refused(level, pull)
         return self._take(level, want)
 
     @staticmethod
@@ -240,7 +256,7 @@ class Levels:
         if asked:
             shares = self._share(asked, n)
             pulled = [i for i in range(len(asked)) if shares[i]]
-            answers = await asyncio.gather(*(self._pull(asked[i], shares[i], None) for i in pulled))
+            answers = await asyncio.gather(*(self._pull(asked[i], shares[i]) for i in pulled))
             got = dict(zip(pulled, answers, strict=True))
             for i, msgs in got.items():
                 self._saw(asked[i], now, bool(msgs))
@@ -251,7 +267,7 @@ class Levels:
                 left = n - sum(len(m) for m in got.values())
                 if left <= 0:
                     break
-                extra = await self._pull(asked[i], left, None)
+                extra = await self._pull(asked[i], left)
                 self._saw(asked[i], now, bool(extra) or bool(got.get(i)))
                 got[i] = [*got.get(i, []), *extra]
         msgs = [m for i in sorted(got, key=lambda i: LEVELS.index(asked[i].priority)) for m in got[i]]
@@ -269,26 +285,36 @@ class Levels:
 
     async def _wait_all(self, n: int, now: float) -> list[Msg]:
         """Wait on every level at once until one delivers (or ``idle_wait`` passes); a surplus, and the
-        others' late deliveries, are kept for the next fetch."""
-        waits = {asyncio.ensure_future(self._pull(level, n, self._idle_wait)): level for level in self._levels}
-        found: list[tuple[_Level, list[Msg]]] = []
-        pending = set(waits)
-        try:
-            while pending and not found:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    msgs = task.result()
-                    self._saw(waits[task], now, bool(msgs))
-                    if msgs:
-                        found.append((waits[task], msgs))
-        finally:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        found.sort(key=lambda item: LEVELS.index(item[0].priority))
+        others' late deliveries, are kept for the next fetch.
+
+        Each level's idle pull is kept until it ends (it delivered, or expired): an idle worker has at
+        most one pull waiting per level on the server, not one more per fetch.
+        """
+        loop = asyncio.get_running_loop()
+        self._arrived.clear()
+        for level in self._levels:
+            idle = level.idle
+            if idle is None or idle.done.is_set() or loop.time() >= level.idle_until:
+                level.idle = await self._request(level, n, self._idle_wait)
+                level.idle_until = loop.time() + 0.9 * self._idle_wait  # the server's clock started later
+        if not any(level.received for level in self._levels):
+            try:
+                async with asyncio.timeout(self._idle_wait):
+                    await self._arrived.wait()
+            except TimeoutError:
+                pass
         out: list[Msg] = []
-        for level, msgs in found:
-            room = n - len(out)
-            out += msgs[:room]
-            level.received[:0] = msgs[room:]
+        for level in self._levels:  # most urgent first
+            if level.idle is not None:
+                _raise_if_refused(level, level.idle)
+            taken = self._take(level, n - len(out))
+            self._saw(level, now, bool(taken))
+            out += taken
         return out
+
+
+def _raise_if_refused(level: _Level, pull: _Pull) -> None:
+    if pull.refused is not None and not level.received:
+        if pull is level.idle:
+            level.idle = None
+        raise CorralError(f"pull from consumer {level.consumer} refused: {pull.refused}")

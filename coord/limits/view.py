@@ -55,7 +55,7 @@ class LimitsView:
         try:
             for watch in self._watches:
                 await watch.start()
-        except BaseException:
+        except BaseException:  # cancellation too: stop what started, then raise it on
             await self.stop()
             raise
         return self
