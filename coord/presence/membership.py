@@ -25,7 +25,6 @@ import inspect
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Generator
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -33,11 +32,12 @@ import nats.errors
 from pydantic import ValidationError
 
 from coord.errors import Conflict, ConnectionFailed, InvalidInput, PresenceConflict, PresenceLost, Unavailable
-from coord.presence._store import IdHeld, Latest, PresenceStore
-from coord.presence.identity import Judgement, Verdict, judge, local_process, process_start
-from coord.presence.models import AgentInfo, HolderWait, LossReason, MembershipLost
+from coord.presence._store import IdHeld, PresenceStore
+from coord.presence.models import AgentInfo, LossReason, MembershipLost
+from coord.presence.takeover import HeldId, WaitCallback
 from coord.presence.timing import check_timing, enforced_ttl
-from coord.presence.watcher import next_change, wait_absent
+from coord.presence.watcher import wait_absent
+from coord.retry import retry_until_stopped
 from coord.validation import invalid_input
 
 __all__ = ["LostCallback", "Membership", "WaitCallback"]
@@ -47,13 +47,8 @@ log = logging.getLogger("corral.presence")
 LostCallback = Callable[[PresenceLost], Awaitable[None] | None]
 """Called (and awaited if it returns an awaitable) when the membership is lost."""
 
-WaitCallback = Callable[[HolderWait], None]
-"""Called once when a join starts waiting for a holder it cannot prove gone."""
-
 OP_TIMEOUT = 5.0
 REJOIN_MAX_DELAY = 2.0
-EXPIRY_SLACK = 2.0
-"""Seconds past a holder's expected expiry before its key is read again (expiry timer steps, clock skew)."""
 
 
 def _new_instance() -> str:
@@ -148,7 +143,7 @@ class Membership:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._wait
         self._instance = _new_instance()
-        told: HolderWait | None = None
+        held_id = HeldId(self._store, self.info, self._instance, ttl=self.ttl, on_wait=self._on_wait)
         try:
             while True:
                 sent = loop.time()
@@ -156,78 +151,25 @@ class Membership:
                     self._revision = await self._store.create(self.info, self._instance, ttl=self.ttl)
                     break
                 except IdHeld as held:
-                    verdict = judge(held.record.process_facts(), local_process(), process_start)
-                    if verdict.verdict is Verdict.GONE:
-                        if await self._replace_predecessor(held, verdict.why):
-                            break
-                        continue
-                    if verdict.verdict is Verdict.UNPROVEN:
-                        told = told or self._tell_wait(held, verdict.why)
-                        if not await self._renewed_meanwhile(held):
-                            continue  # it expired or changed: look again
-                        verdict = Judgement(Verdict.ALIVE, "it renewed its key while we waited")
+                    outcome = await held_id.resolve(held)
+                    if isinstance(outcome, int):
+                        self._revision = outcome
+                        break
+                    if outcome is None:
+                        continue  # it expired or changed: look again
                     remaining = give_up - loop.time()
                     if remaining <= 0:
-                        raise PresenceConflict(f"{held}; {verdict.why}") from None
+                        raise PresenceConflict(f"{held}; {outcome.why}") from None
                     await wait_absent(self._store, self.info.id, remaining)
                 except (Unavailable, nats.errors.ConnectionClosedError) as err:
                     raise ConnectionFailed(f"could not join presence as {self.info.id!r}: {err}") from err
         finally:
-            if told is not None:
-                told.ended.set()
+            held_id.close()
         self._last_ok_send = sent
         self.present.set()
         self._task = asyncio.create_task(self._run(), name=f"corral-presence-{self.info.id}")
         log.info("presence: %s joined (instance %s, revision %d)", self.info.id, self._instance, self._revision)
         return self
-
-    async def _replace_predecessor(self, held: IdHeld, why: str) -> bool:
-        """Write our value over a holder that is provably gone (CAS at its revision); False if it changed."""
-        holder = held.record
-        try:
-            self._revision = await self._store.write(self.info, self._instance, last=held.holder.seq, ttl=self.ttl)
-        except Conflict:
-            return False  # someone wrote the key meanwhile: look again
-        log.warning(
-            "presence: %s: took the id over from its previous holder (host %s, pid %d, instance %s): %s",
-            self.info.id,
-            holder.host,
-            holder.pid,
-            holder.instance,
-            why,
-        )
-        return True
-
-    def _tell_wait(self, held: IdHeld, why: str) -> HolderWait:
-        """Say once that we wait for a holder we cannot prove gone, and for how long."""
-        wait = HolderWait(self.info.id, held.record.info(), why, self._expected_expiry(held.holder))
-        log.warning(
-            "presence: agent id %r is held by host %s, pid %d, which cannot be proved gone (%s); "
-            "waiting up to %.0fs for its key to expire",
-            self.info.id,
-            wait.holder.host,
-            wait.holder.pid,
-            why,
-            wait.seconds,
-        )
-        if self._on_wait is not None:
-            try:
-                self._on_wait(wait)
-            except Exception:
-                log.exception("presence: on_wait callback of %s failed", self.info.id)
-        return wait
-
-    def _expected_expiry(self, holder: Latest) -> float:
-        """Seconds until ``holder`` expires unless renewed (its TTL from when the server stored it)."""
-        ttl = self.enforced_ttl if holder.ttl is None else holder.ttl
-        age = (datetime.now(UTC) - holder.at).total_seconds()
-        return min(max(ttl - age, 0.0), ttl)
-
-    async def _renewed_meanwhile(self, held: IdHeld) -> bool:
-        """Wait for the holder's key to change; True if the change is the same holder renewing it."""
-        patience = self._expected_expiry(held.holder) + EXPIRY_SLACK
-        change = await next_change(self._store, self.info.id, held.holder.seq, patience)
-        return change is not None and change.record is not None and change.record.instance == held.record.instance
 
     def __await__(self) -> Generator[Any, None, Membership]:
         return self.start().__await__()
@@ -433,33 +375,38 @@ class Membership:
         """Re-join with a new instance nonce; our old value, if still there, is deleted first."""
         loop = asyncio.get_running_loop()
         old_instance, instance = self._instance, _new_instance()
-        delay = 0.1
-        while not self._closing:
-            try:
-                current = await self._store.latest(self.info.id, within=OP_TIMEOUT, leader=True)
-                if current is not None and current.record is not None and current.record.instance == old_instance:
-                    # The server has not expired it yet, but we already gave it up: make the
-                    # departure visible (as an expiry) before coming back.
-                    await self._store.delete(self.info.id, last=current.seq, reason="expired", within=OP_TIMEOUT)
-                sent = loop.time()
-                rev = await self._store.create(self.info, instance, ttl=self.ttl, within=OP_TIMEOUT)
-            except asyncio.CancelledError:
-                raise
-            except PresenceConflict as err:
-                await self._lose("taken", str(err))
-                return
-            except Exception as err:
-                if self._store.bucket.nc.is_closed:
-                    log.warning("presence: %s cannot re-join: its NATS connection was closed", self.info.id)
-                    self.ended.set()
-                    return
-                log.debug("presence: re-join of %s failed (%s); retrying in %.1fs", self.info.id, err, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, REJOIN_MAX_DELAY)
-                continue
-            self._instance, self._revision, self._last_ok_send = instance, rev, sent
-            self._generation += 1
-            self.lost.clear()
-            self.present.set()
-            log.info("presence: %s re-joined (instance %s, revision %d)", self.info.id, instance, rev)
+        nc = self._store.bucket.nc
+        sent = 0.0
+
+        async def attempt() -> int:
+            nonlocal sent
+            current = await self._store.latest(self.info.id, within=OP_TIMEOUT, leader=True)
+            if current is not None and current.record is not None and current.record.instance == old_instance:
+                # The server has not expired it yet, but we already gave it up: make the
+                # departure visible (as an expiry) before coming back.
+                await self._store.delete(self.info.id, last=current.seq, reason="expired", within=OP_TIMEOUT)
+            sent = loop.time()
+            return await self._store.create(self.info, instance, ttl=self.ttl, within=OP_TIMEOUT)
+
+        try:
+            rev = await retry_until_stopped(
+                attempt,
+                retry=lambda err: not isinstance(err, PresenceConflict) and not nc.is_closed,
+                stopped=lambda: self._closing,
+                what=f"presence: re-join of {self.info.id}",
+                first=0.1,
+                longest=REJOIN_MAX_DELAY,
+            )
+        except PresenceConflict as err:
+            await self._lose("taken", str(err))
             return
+        except Exception:
+            if nc.is_closed:
+                log.warning("presence: %s cannot re-join: its NATS connection was closed", self.info.id)
+                self.ended.set()
+            return  # or leaving
+        self._instance, self._revision, self._last_ok_send = instance, rev, sent
+        self._generation += 1
+        self.lost.clear()
+        self.present.set()
+        log.info("presence: %s re-joined (instance %s, revision %d)", self.info.id, instance, rev)
