@@ -85,7 +85,7 @@ class HeldId:
         wait = HolderWait(self._info.id, held.record.info(), why, self._expected_expiry(held.holder))
         self._told = wait
         log.warning(
-            "presence: agent id %r is held by host %s, pid %d, which cannot be proved gone (%s); "
+            "presence: agent id %r is held by host %s, pid %d, which cannot be proved gone: %s; "
             "waiting up to %.0fs for its key to expire",
             self._info.id,
             wait.holder.host,
