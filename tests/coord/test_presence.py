@@ -266,6 +266,8 @@ async def test_a_process_killed_and_restarted_with_its_id_takes_it_back_at_once(
     assert took < 8, f"took {took:.1f}s: it waited for the old key to expire"
     holder = await coord_conn.presence.get("sw1")
     assert holder is not None and holder.pid == second.proc.pid
+    latest = await coord_conn.presence._store.latest("sw1")
+    assert latest is not None and latest.ttl == 20, "the takeover is a presence write like any other: with its TTL"
     # Watchers see the old holder leave and the new one join.
     await recorder.left("sw1", after=restarted)
     await recorder.joined("sw1", after=restarted)
