@@ -29,7 +29,7 @@ from tenacity.stop import stop_base
 from coord.errors import Unavailable
 from coord.permissions import permission_log
 
-__all__ = ["TRANSIENT", "is_transient", "retry_transient"]
+__all__ = ["TRANSIENT", "is_transient", "retry_transient", "retry_until_stopped"]
 
 log = logging.getLogger("corral.retry")
 
@@ -108,6 +108,38 @@ async def _retry(call: Callable[[], Awaitable[T]], *, nc: NATS, within: float, w
         if is_transient(err):
             raise _unavailable(what, err) from err
         raise
+    raise AssertionError("unreachable: tenacity re-raises the last failure")
+
+
+async def retry_until_stopped(
+    call: Callable[[], Awaitable[T]],
+    *,
+    retry: Callable[[BaseException], bool],
+    stopped: Callable[[], bool],
+    what: str,
+    first: float = 0.1,
+    longest: float = 2.0,
+) -> T:
+    """Await ``call()`` until it succeeds, for loops that go on until something else ends them.
+
+    A failure that ``retry`` accepts is tried again after a jittered wait doubling from ``first`` to
+    ``longest`` seconds, with no deadline; the last failure is raised once ``retry`` refuses one or
+    ``stopped()`` is true (checked after each failure). ``call`` must be safe to repeat.
+    """
+
+    def note(state: RetryCallState) -> None:
+        failure = state.outcome.exception() if state.outcome else None
+        log.debug("%s: %s; retrying", what, failure or "failed")
+
+    async for attempt in AsyncRetrying(
+        stop=lambda state: stopped(),
+        wait=wait_exponential_jitter(multiplier=first, max=longest, jitter=first),
+        retry=retry_if_exception(retry),
+        before_sleep=note,
+        reraise=True,
+    ):
+        with attempt:
+            return await call()
     raise AssertionError("unreachable: tenacity re-raises the last failure")
 
 

@@ -10,9 +10,10 @@ Note: nats-server applies per-message TTLs in whole seconds (``"1500ms"`` is acc
 """
 
 from coord.kv import ttl_header
-from coord.presence.membership import LostCallback, Membership
+from coord.presence.membership import LostCallback, Membership, WaitCallback
 from coord.presence.models import (
     AgentInfo,
+    HolderWait,
     Joined,
     Left,
     LeftReason,
@@ -27,6 +28,7 @@ from coord.presence.watcher import PresenceWatcher
 
 __all__ = [
     "AgentInfo",
+    "HolderWait",
     "Joined",
     "Left",
     "LeftReason",
@@ -38,6 +40,7 @@ __all__ = [
     "PresenceEvent",
     "PresenceWatcher",
     "Updated",
+    "WaitCallback",
     "check_timing",
     "enforced_ttl",
     "ttl_header",

@@ -8,6 +8,7 @@ Everything goes through :class:`coord.kv.Bucket`, which gives what presence need
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -17,7 +18,16 @@ from coord.kv import MSG_TTL, Bucket, Entry, Op, ttl_header
 from coord.presence.models import AgentInfo, LeftReason, _Record, decode_record, encode_record
 from coord.presence.timing import enforced_ttl
 
-__all__ = ["LEFT_REASON", "Latest", "PresenceStore", "classify", "enforced_ttl", "tombstone_reason", "ttl_header"]
+__all__ = [
+    "LEFT_REASON",
+    "IdHeld",
+    "Latest",
+    "PresenceStore",
+    "classify",
+    "enforced_ttl",
+    "tombstone_reason",
+    "ttl_header",
+]
 
 log = logging.getLogger("corral.presence")
 
@@ -39,6 +49,8 @@ class Latest:
     """Set for DEL/PURGE/expiry markers: why the agent is gone."""
     problem: str = ""
     """Why the value is malformed (empty for a good value or a tombstone)."""
+    ttl: float | None = None
+    """The value's ``Nats-TTL`` in seconds as the server applies it (whole seconds); None if unreadable."""
 
     @property
     def kind(self) -> Literal["value", "tombstone", "malformed"]:
@@ -73,7 +85,31 @@ def classify(entry: Entry) -> Latest:
     record, problem = decode_record(entry.value, entry.key)
     if record is not None and not entry.headers.get(MSG_TTL):
         record, problem = None, f"no {MSG_TTL} header: not written by corral"
-    return Latest(seq=entry.revision, at=at, record=record, problem=problem)
+    ttl = _applied_ttl(entry.headers.get(MSG_TTL, ""))
+    return Latest(seq=entry.revision, at=at, record=record, problem=problem, ttl=ttl)
+
+
+_DURATION = re.compile(r"(\d{1,9})(ms|s|m|h)?")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _applied_ttl(header: str) -> float | None:
+    """Seconds a ``Nats-TTL`` value keeps a message (``"3s"``, ``"1500ms"``, ``"20"``), truncated as the server does."""
+    match = _DURATION.fullmatch(header.strip())
+    if match is None:
+        return None
+    return enforced_ttl(int(match[1]) * _UNIT[match[2] or "s"])
+
+
+class IdHeld(PresenceConflict):
+    """A live value of another instance holds the agent id; :attr:`holder` is that value."""
+
+    def __init__(self, holder: Latest, record: _Record) -> None:
+        self.holder = holder
+        """The holder's latest message."""
+        self.record = record
+        """Its value (``holder.record``)."""
+        super().__init__(held_message(record))
 
 
 class PresenceStore:
@@ -112,7 +148,7 @@ class PresenceStore:
         """Create the key for a new membership; return its revision.
 
         Succeeds when the key is absent, a tombstone (DEL, or a server expiry marker) or malformed.
-        Raises :class:`PresenceConflict` when another instance's live value holds it.
+        Raises :class:`IdHeld` (a :class:`PresenceConflict`) when another instance's live value holds it.
         """
         data = encode_record(info, instance)
         for _ in range(5):
@@ -123,7 +159,7 @@ class PresenceStore:
             if current.record is not None:
                 if current.record.instance == instance:
                     return current.seq  # our own earlier attempt landed; its ack was lost
-                raise PresenceConflict(_held_message(current.record))
+                raise IdHeld(current, current.record)
             log.warning("presence: replacing malformed value of %r (%s)", info.id, current.problem)
             try:
                 return await self.bucket.update(info.id, data, last=current.seq, ttl=ttl, patience=within)
@@ -139,7 +175,8 @@ class PresenceStore:
         return await self.bucket.delete(agent_id, last=last, headers=headers, patience=within)
 
 
-def _held_message(record: _Record) -> str:
+def held_message(record: _Record) -> str:
+    """The one-line refusal naming the process that holds ``record``'s id."""
     since = record.started_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return (
         f"agent id {record.id!r} is held by another live process (host {record.host}, pid {record.pid}, "

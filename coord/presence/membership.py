@@ -32,13 +32,15 @@ import nats.errors
 from pydantic import ValidationError
 
 from coord.errors import Conflict, ConnectionFailed, InvalidInput, PresenceConflict, PresenceLost, Unavailable
-from coord.presence._store import PresenceStore
+from coord.presence._store import IdHeld, PresenceStore
 from coord.presence.models import AgentInfo, LossReason, MembershipLost
+from coord.presence.takeover import HeldId, WaitCallback
 from coord.presence.timing import check_timing, enforced_ttl
 from coord.presence.watcher import wait_absent
+from coord.retry import retry_until_stopped
 from coord.validation import invalid_input
 
-__all__ = ["LostCallback", "Membership"]
+__all__ = ["LostCallback", "Membership", "WaitCallback"]
 
 log = logging.getLogger("corral.presence")
 
@@ -71,6 +73,7 @@ class Membership:
         on_lost: LostCallback | None,
         rejoin: bool,
         wait: float,
+        on_wait: WaitCallback | None = None,
     ) -> None:
         check_timing(interval, ttl)
         if not wait >= 0:
@@ -95,6 +98,7 @@ class Membership:
         self._on_lost = on_lost
         self._rejoin = rejoin
         self._wait = wait
+        self._on_wait = on_wait
         self._instance = ""
         self._revision = 0
         self._generation = 0
@@ -129,24 +133,38 @@ class Membership:
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> Membership:
-        """Create the key (waiting up to ``wait`` s for a previous holder to go) and start renewing."""
+        """Create the key (taking it from a predecessor that is gone) and start renewing.
+
+        A live holder makes this raise :class:`PresenceConflict` (after waiting up to ``wait`` s for
+        it to go); a holder that cannot be proved gone is waited for until its key expires.
+        """
         if self._task is not None:
             return self
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._wait
         self._instance = _new_instance()
-        while True:
-            sent = loop.time()
-            try:
-                self._revision = await self._store.create(self.info, self._instance, ttl=self.ttl)
-                break
-            except PresenceConflict:
-                remaining = give_up - loop.time()
-                if remaining <= 0:
-                    raise
-                await wait_absent(self._store, self.info.id, remaining)
-            except (Unavailable, nats.errors.ConnectionClosedError) as err:
-                raise ConnectionFailed(f"could not join presence as {self.info.id!r}: {err}") from err
+        held_id = HeldId(self._store, self.info, self._instance, ttl=self.ttl, on_wait=self._on_wait)
+        try:
+            while True:
+                sent = loop.time()
+                try:
+                    self._revision = await self._store.create(self.info, self._instance, ttl=self.ttl)
+                    break
+                except IdHeld as held:
+                    outcome = await held_id.resolve(held)
+                    if isinstance(outcome, int):
+                        self._revision = outcome
+                        break
+                    if outcome is None:
+                        continue  # it expired or changed: look again
+                    remaining = give_up - loop.time()
+                    if remaining <= 0:
+                        raise PresenceConflict(f"{held}; {outcome.why}") from None
+                    await wait_absent(self._store, self.info.id, remaining)
+                except (Unavailable, nats.errors.ConnectionClosedError) as err:
+                    raise ConnectionFailed(f"could not join presence as {self.info.id!r}: {err}") from err
+        finally:
+            held_id.close()
         self._last_ok_send = sent
         self.present.set()
         self._task = asyncio.create_task(self._run(), name=f"corral-presence-{self.info.id}")
@@ -357,33 +375,38 @@ class Membership:
         """Re-join with a new instance nonce; our old value, if still there, is deleted first."""
         loop = asyncio.get_running_loop()
         old_instance, instance = self._instance, _new_instance()
-        delay = 0.1
-        while not self._closing:
-            try:
-                current = await self._store.latest(self.info.id, within=OP_TIMEOUT, leader=True)
-                if current is not None and current.record is not None and current.record.instance == old_instance:
-                    # The server has not expired it yet, but we already gave it up: make the
-                    # departure visible (as an expiry) before coming back.
-                    await self._store.delete(self.info.id, last=current.seq, reason="expired", within=OP_TIMEOUT)
-                sent = loop.time()
-                rev = await self._store.create(self.info, instance, ttl=self.ttl, within=OP_TIMEOUT)
-            except asyncio.CancelledError:
-                raise
-            except PresenceConflict as err:
-                await self._lose("taken", str(err))
-                return
-            except Exception as err:
-                if self._store.bucket.nc.is_closed:
-                    log.warning("presence: %s cannot re-join: its NATS connection was closed", self.info.id)
-                    self.ended.set()
-                    return
-                log.debug("presence: re-join of %s failed (%s); retrying in %.1fs", self.info.id, err, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, REJOIN_MAX_DELAY)
-                continue
-            self._instance, self._revision, self._last_ok_send = instance, rev, sent
-            self._generation += 1
-            self.lost.clear()
-            self.present.set()
-            log.info("presence: %s re-joined (instance %s, revision %d)", self.info.id, instance, rev)
+        nc = self._store.bucket.nc
+        sent = 0.0
+
+        async def attempt() -> int:
+            nonlocal sent
+            current = await self._store.latest(self.info.id, within=OP_TIMEOUT, leader=True)
+            if current is not None and current.record is not None and current.record.instance == old_instance:
+                # The server has not expired it yet, but we already gave it up: make the
+                # departure visible (as an expiry) before coming back.
+                await self._store.delete(self.info.id, last=current.seq, reason="expired", within=OP_TIMEOUT)
+            sent = loop.time()
+            return await self._store.create(self.info, instance, ttl=self.ttl, within=OP_TIMEOUT)
+
+        try:
+            rev = await retry_until_stopped(
+                attempt,
+                retry=lambda err: not isinstance(err, PresenceConflict) and not nc.is_closed,
+                stopped=lambda: self._closing,
+                what=f"presence: re-join of {self.info.id}",
+                first=0.1,
+                longest=REJOIN_MAX_DELAY,
+            )
+        except PresenceConflict as err:
+            await self._lose("taken", str(err))
             return
+        except Exception:
+            if nc.is_closed:
+                log.warning("presence: %s cannot re-join: its NATS connection was closed", self.info.id)
+                self.ended.set()
+            return  # or leaving
+        self._instance, self._revision, self._last_ok_send = instance, rev, sent
+        self._generation += 1
+        self.lost.clear()
+        self.present.set()
+        log.info("presence: %s re-joined (instance %s, revision %d)", self.info.id, instance, rev)

@@ -7,9 +7,10 @@ writer's ``instance`` nonce, which is how a process tells its own key from someo
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from importlib import metadata
@@ -19,9 +20,11 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from coord.errors import PresenceLost
 from coord.ids import Token
+from coord.presence.identity import ProcessFacts, local_process
 
 __all__ = [
     "AgentInfo",
+    "HolderWait",
     "Joined",
     "Left",
     "LeftReason",
@@ -84,17 +87,36 @@ class AgentInfo(BaseModel):
 
 
 class _Record(AgentInfo):
-    """The wire form: AgentInfo plus the nonce of the process instance that wrote it."""
+    """The wire form: AgentInfo plus the nonce of the process instance that wrote it, and facts about that process.
+
+    The facts (all optional: values written by older versions lack them) let a restarted process
+    prove its predecessor gone (:mod:`coord.presence.identity`).
+    """
 
     instance: str = Field(min_length=1, max_length=64)
+    boot_id: str | None = Field(default=None, max_length=64)
+    """Kernel boot id of ``host`` (``/proc/sys/kernel/random/boot_id``); None if unknown."""
+    pid_ns: int | None = Field(default=None, ge=0)
+    """Inode of the pid namespace ``pid`` belongs to (``/proc/self/ns/pid``); None if unknown."""
+    pid_started: int | None = Field(default=None, ge=0)
+    """Start time of ``pid`` in clock ticks since boot (``/proc/<pid>/stat``, field 22); None if unknown."""
+
+    def process_facts(self) -> ProcessFacts:
+        """What identifies the process that wrote this value."""
+        return ProcessFacts(self.host, self.boot_id, self.pid_ns, self.pid, self.pid_started)
 
     def info(self) -> AgentInfo:
-        return AgentInfo.model_validate(self.model_dump(exclude={"instance"}))
+        return AgentInfo.model_validate(self.model_dump(exclude={"instance", *_FACTS}))
+
+
+_FACTS = ("boot_id", "pid_ns", "pid_started")
 
 
 def encode_record(info: AgentInfo, instance: str) -> bytes:
-    """The bytes stored under the agent's key."""
-    return _Record.model_validate({**info.model_dump(), "instance": instance}).model_dump_json().encode()
+    """The bytes stored under the agent's key: with this process's facts when ``info.pid`` is this process."""
+    me = local_process()
+    facts = {"boot_id": me.boot_id, "pid_ns": me.pid_ns, "pid_started": me.pid_started} if info.pid == me.pid else {}
+    return _Record.model_validate({**info.model_dump(), "instance": instance, **facts}).model_dump_json().encode()
 
 
 def decode_record(data: bytes | None, key: str) -> tuple[_Record | None, str]:
@@ -148,6 +170,25 @@ class Updated:
 
 PresenceEvent = Joined | Left | Updated
 """What a presence watcher yields."""
+
+
+@dataclass(frozen=True)
+class HolderWait:
+    """A join waiting for the key of a previous holder it cannot prove gone (see docs/presence.md).
+
+    Passed once per join to the ``on_wait`` callback of :meth:`Presence.join`, when the wait starts.
+    """
+
+    agent_id: str
+    """The id being joined."""
+    holder: AgentInfo
+    """The process whose key holds the id."""
+    why: str
+    """Why it cannot be proved gone (e.g. it runs on another host)."""
+    seconds: float
+    """Expected wait: until its key expires, if it is not renewed meanwhile (then the join is refused)."""
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the wait is over: the join went on (or was refused)."""
 
 
 class MembershipLost(PresenceLost):

@@ -10,7 +10,7 @@ from coord.errors import InvalidInput
 from coord.ids import validate_id
 from coord.kv import Bucket
 from coord.presence._store import PresenceStore
-from coord.presence.membership import LostCallback, Membership
+from coord.presence.membership import LostCallback, Membership, WaitCallback
 from coord.presence.models import AgentInfo, Joined
 from coord.presence.watcher import PresenceWatcher, wait_absent
 
@@ -32,6 +32,8 @@ class Presence:
         """Default seconds between renewals of a membership."""
         self.ttl = ttl
         """Default TTL of a membership's key."""
+        self.on_wait: WaitCallback | None = None
+        """Default ``on_wait`` of :meth:`join` (a CLI sets it to show the wait on a terminal)."""
 
     @property
     def connection_closed(self) -> bool:
@@ -47,11 +49,15 @@ class Presence:
         on_lost: LostCallback | None = None,
         rejoin: bool = True,
         wait: float = 0.0,
+        on_wait: WaitCallback | None = None,
     ) -> Membership:
         """Become present as ``info.id``: ``async with presence.join(info) as m:`` (or ``await``).
 
         Renews every ``interval`` s with TTL ``ttl`` (>= 1 s; whole seconds are enforced by the
-        server; both default to this service's). Entering raises
+        server; both default to this service's). A previous holder that is provably gone (this
+        host and boot, its pid not running any more: a restart) is replaced at once; one that
+        cannot be proved gone (another host, another container) is waited for until its key
+        expires, and ``on_wait`` (default :attr:`on_wait`) is told once. Entering raises
         :class:`~coord.errors.PresenceConflict` while another live process holds the id (after
         waiting up to ``wait`` s for it to go). ``on_lost`` is called with a
         :class:`~coord.presence.MembershipLost` when the membership fails closed; unless
@@ -68,6 +74,7 @@ class Presence:
             on_lost=on_lost,
             rejoin=rejoin,
             wait=wait,
+            on_wait=self.on_wait if on_wait is None else on_wait,
         )
 
     def watch(self, *, include_existing: bool = True, updates: bool = False) -> PresenceWatcher:

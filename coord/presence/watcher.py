@@ -15,10 +15,10 @@ from datetime import datetime
 from types import TracebackType
 
 from coord.kv import Entry, KeyWatch
-from coord.presence._store import PresenceStore, classify
+from coord.presence._store import Latest, PresenceStore, classify
 from coord.presence.models import AgentInfo, Joined, Left, PresenceEvent, Updated
 
-__all__ = ["PresenceWatcher", "wait_absent"]
+__all__ = ["PresenceWatcher", "next_change", "wait_absent"]
 
 log = logging.getLogger("corral.presence")
 
@@ -181,3 +181,21 @@ async def wait_absent(store: PresenceStore, agent_id: str, timeout: float) -> bo
     except TimeoutError:
         return False
     return False  # pragma: no cover - the watch ended early
+
+
+async def next_change(store: PresenceStore, agent_id: str, after: int, timeout: float) -> Latest | None:
+    """The first message of ``agent_id``'s key after revision ``after`` (at once if there is one), classified.
+
+    None if there is none within ``timeout`` s. Watched, not polled.
+    """
+    found: asyncio.Future[Latest] = asyncio.get_running_loop().create_future()
+
+    def on_entry(entry: Entry) -> None:
+        if entry.revision > after and not found.done():
+            found.set_result(classify(entry))
+
+    try:
+        async with asyncio.timeout(timeout), KeyWatch(store.bucket, on_entry, keys=agent_id, heartbeat=HEARTBEAT):
+            return await found
+    except TimeoutError:
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import shutil
@@ -12,10 +13,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
 from coord.connection import Coord
 from coord.errors import InvalidInput, PresenceLost
+from coord.presence import HolderWait
 from corral.cli._common import Options, check_presence_flags, fail, options, print_json, run, setting_help
 from corral.cli._errors import EXIT_USAGE, CliError, check_setting, check_tokens
 from corral.cli._logging import setup_logging
@@ -81,8 +85,36 @@ _STATS = (
 """The counters a worker reports when it stops."""
 
 
+_COUNTDOWNS: set[asyncio.Task[None]] = set()
+
+
+def _show_wait(wait: HolderWait) -> None:
+    """On a terminal, show how long the join still waits for the previous holder's key to expire.
+
+    The reason is logged once by coord (a warning line on stderr, terminal or not).
+    """
+    if sys.stderr.isatty():
+        task = asyncio.get_running_loop().create_task(_countdown(wait))
+        _COUNTDOWNS.add(task)
+        task.add_done_callback(_COUNTDOWNS.discard)
+
+
+async def _countdown(wait: HolderWait) -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    columns = (TextColumn(f"waiting for the previous holder of {wait.agent_id}"), BarColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        bar = progress.add_task("wait", total=max(wait.seconds, 0.1))
+        while not wait.ended.is_set():
+            progress.update(bar, completed=min(loop.time() - start, wait.seconds))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await wait.ended.wait()
+
+
 async def _serve(opts: Options, worker_id: str | None, make_worker: Callable[[Coord], Worker], as_json: bool) -> int:
     async with opts.connect(name=f"corral-worker {worker_id or ''}") as coord:
+        coord.presence.on_wait = _show_wait
         worker = make_worker(coord)
         typer.echo(
             f"worker {worker.worker_id} serving {', '.join(worker.queues)} (concurrency {worker.concurrency}) "
@@ -144,8 +176,11 @@ def worker(
     A command handler gets the spec as JSON on stdin (and CORRAL_* env vars) and prints a Result
     JSON on stdout. SIGTERM/SIGINT: stop fetching, finish in-flight work within --grace, release
     the rest, leave presence. A server outage is a pause: past the presence TTL the worker fails
-    closed (its claims go to others), then joins again and takes work. Exit code 4 if its presence
-    was lost for good (another process took its id, or --exit-on-loss), 1 on any other failure.
+    closed (its claims go to others), then joins again and takes work. Restarted with the id of a
+    crashed predecessor on this host, it takes the id back at once; a predecessor it cannot prove
+    gone (another host, another container) is waited for until its key expires. Exit code 4 if its
+    presence was lost for good (another process took its id, or --exit-on-loss), 1 if another live
+    process holds the id, or on any other failure.
     """
     if ctx.invoked_subcommand:
         return

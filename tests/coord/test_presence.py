@@ -14,7 +14,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 import coord
 from coord.errors import InvalidId, PresenceConflict, PresenceLost
-from coord.presence import AgentInfo, Joined, Left, MembershipLost, Updated
+from coord.presence import AgentInfo, HolderWait, Joined, Left, MembershipLost, Updated
 from coord.server import NatsServer
 from tests.coord.helpers_presence import HoldProcess, Recorder
 
@@ -244,6 +244,81 @@ async def test_own_key_deleted_by_someone_else_fails_closed_then_rejoins_fresh(
         assert [type(e) for e in recorder.of("w1")] == [Joined, Left, Joined]
         assert [(getattr(e, "reason", None), getattr(e, "rejoining", None)) for e in losses] == [("deleted", True)]
         assert not membership.is_lost and membership.generation == 1 and membership.instance != instance
+
+
+# --- a restarted process takes its id back -------------------------------------------------------
+
+
+async def test_a_process_killed_and_restarted_with_its_id_takes_it_back_at_once(
+    spawn: Spawn, recorder: Recorder, coord_conn: coord.Coord
+) -> None:
+    # A systemd-like restart: SIGKILL, reaped, the same id again 0.5 s later. Its key lives 20 s.
+    timing = ("--interval", "1", "--ttl", "20")
+    first = spawn("sw1", *timing)
+    await first.expect("joined")
+    first.proc.kill()
+    first.proc.wait()
+    await asyncio.sleep(0.5)
+    restarted = time.monotonic()
+    second = spawn("sw1", *timing)
+    await second.expect("joined", within=15)
+    took = time.monotonic() - restarted
+    assert took < 8, f"took {took:.1f}s: it waited for the old key to expire"
+    holder = await coord_conn.presence.get("sw1")
+    assert holder is not None and holder.pid == second.proc.pid
+    latest = await coord_conn.presence._store.latest("sw1")
+    assert latest is not None and latest.ttl == 20, "the takeover is a presence write like any other: with its TTL"
+    # Watchers see the old holder leave and the new one join.
+    await recorder.left("sw1", after=restarted)
+    await recorder.joined("sw1", after=restarted)
+    # A second live process with that id is still refused, and the holder stays.
+    third = spawn("sw1", *timing)
+    assert await third.wait_exit() == 3
+    assert "held by another live process" in third.stderr_text
+    assert second.proc.poll() is None
+
+
+async def test_a_holder_that_cannot_be_proved_gone_is_waited_for_until_its_key_expires(
+    coord_conn: coord.Coord, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = coord_conn.presence._store
+    await store.write(AgentInfo(id="moved", host="another-node", pid=4321), "old-pod", last=0, ttl=3)
+    waits: list[HolderWait] = []
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="corral.presence"):
+        async with coord_conn.presence.join(AgentInfo(id="moved"), interval=0.3, ttl=2, on_wait=waits.append) as m:
+            waited = time.monotonic() - started
+            assert not m.is_lost
+    assert 1.5 < waited < 3 + 2.5, f"joined after {waited:.1f}s, not once the 3 s key expired"
+    [wait] = waits
+    assert (wait.agent_id, wait.holder.host, wait.holder.pid) == ("moved", "another-node", 4321)
+    assert "another host" in wait.why and 0 < wait.seconds <= 3 and wait.ended.is_set()
+    told = [r.getMessage() for r in caplog.records if "cannot be proved gone" in r.getMessage()]
+    assert len(told) == 1 and "waiting up to" in told[0], told
+
+
+async def test_a_holder_that_cannot_be_proved_gone_but_renews_its_key_is_refused(coord_conn: coord.Coord) -> None:
+    store = coord_conn.presence._store
+    elsewhere = AgentInfo(id="busy", host="another-node", pid=4321)
+    revision = await store.write(elsewhere, "live-pod", last=0, ttl=2)
+
+    async def renew() -> None:
+        nonlocal revision
+        while True:
+            await asyncio.sleep(0.5)
+            revision = await store.write(elsewhere, "live-pod", last=revision, ttl=2)
+
+    renewing = asyncio.create_task(renew())
+    try:
+        started = time.monotonic()
+        with pytest.raises(PresenceConflict, match=r"host another-node, pid 4321.*renewed its key while we waited"):
+            await coord_conn.presence.join(AgentInfo(id="busy"), interval=0.3, ttl=2)
+        assert time.monotonic() - started < 2
+        info = await coord_conn.presence.get("busy")
+        assert info is not None and info.host == "another-node"
+    finally:
+        renewing.cancel()
+        await asyncio.gather(renewing, return_exceptions=True)
 
 
 # --- departures of real processes ------------------------------------------------------------

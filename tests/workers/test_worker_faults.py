@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 import coord
+from coord.presence import AgentInfo
 from coord.server import NatsServer
 from coord.tasks import Backoff, TaskRecord, TaskStatus, Transition
 from coord.wire import Result, Spec, format_result
@@ -454,3 +455,31 @@ async def test_a_worker_whose_consumer_is_deleted_takes_work_again(
     assert after.status is TaskStatus.SUCCEEDED and result_of(after).summary == "after"
     assert took < 10
     assert info.name == durable, "the consumer was re-created"
+
+
+# --- 9. a worker whose id is held ----------------------------------------------------------------------------------
+async def test_a_worker_whose_id_is_held_on_another_host_waits_for_the_key_then_serves_and_a_live_twin_is_refused(
+    coord_conn: coord.Coord, command_worker: CommandWorkerFactory, subprocess_env: dict[str, str]
+) -> None:
+    """Old: it exited at once, "agent id 'w1' is held by another live process"."""
+    store = coord_conn.presence._store
+    await store.write(AgentInfo(id="w1", host="another-node", pid=4321), "old-pod", last=0, ttl=4)
+    written = time.monotonic()
+    worker = command_worker("w1", [PYTHON, "-c", "print('{}')"])
+
+    async def ours() -> bool:
+        info = await coord_conn.presence.get("w1")
+        return info is not None and info.pid == worker.pid
+
+    await eventually_async(ours, 15, "the worker to be present once the old key expired")
+    took = time.monotonic() - written
+    assert 3.5 < took < 4 + 2 + 3, f"present {took:.1f}s after a 4 s key was written"
+    told = [line for line in log_of(worker).splitlines() if "cannot be proved gone" in line]
+    assert len(told) == 1 and "another host (another-node)" in told[0] and "waiting up to" in told[0], told
+    # The same command again while it runs: refused with the clear message, exit 1; the first stays.
+    twin = await asyncio.to_thread(
+        subprocess.run, worker.args, env=subprocess_env, capture_output=True, text=True, timeout=30
+    )
+    assert twin.returncode == 1
+    assert "error: agent id 'w1' is held by another live process" in " ".join(twin.stderr.split())
+    assert worker.poll() is None
