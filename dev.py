@@ -2,7 +2,11 @@
 """Bootstrap and run corral from a fresh clone with nothing but Python 3.11+.
 
     python3 dev.py demo [ARGS]     # the main job: `corral demo` on an embedded NATS server
-    python3 dev.py test [ARGS]     # ruff + mypy --strict + the whole pytest suite (ARGS go to pytest)
+    python3 dev.py test [ARGS]     # ruff + mypy --strict + the whole pytest suite (ARGS go to pytest);
+                                   # first installs the system packages the tests need (NEEDS) when it
+                                   # can (root or passwordless sudo, apt-get; CORRAL_DEV_INSTALL=0: never),
+                                   # otherwise says in one line what is missing, the command that
+                                   # installs it, and which tests are left out (with CI=true: exit 1)
     python3 dev.py bench peers [--tasks N --rounds R --latency N --systems a,b --json FILE]
                                    # corral side by side with Celery, arq, taskiq-nats and raw nats-py
                                    # (installs the `bench` extra; redis-server from the system)
@@ -19,9 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -64,11 +71,98 @@ def run(argv: list[str]) -> int:
     return subprocess.call(argv, cwd=ROOT)
 
 
+@dataclass(frozen=True)
+class Need:
+    """A system command some tests need, the Debian/Ubuntu package that has it, the tests it serves."""
+
+    command: str
+    package: str
+    tests: tuple[str, ...]
+    """Test files left out when it is missing (empty: those tests skip themselves, saying why)."""
+
+
+NEEDS = (
+    Need("ip", "iproute2", ()),  # tests/chaos/test_partition.py (network namespaces; skips without root or ip)
+    Need("openssl", "openssl", ("tests/coord/test_connection_security.py",)),  # a CA and server certificates
+    Need("chromium", "chromium", ("tests/corral/test_ui.py",)),  # the dashboard in a real headless browser ...
+    Need("chromedriver", "chromium-driver", ("tests/corral/test_ui.py",)),  # ... driven through Debian's driver
+)
+"""The one list of system packages the tests need (.ci/run installs them through ``dev.py test``)."""
+
+
+def missing(have: Callable[[str], object] = shutil.which) -> list[Need]:
+    """The needs whose command ``have`` does not find (by default: not on PATH)."""
+    return [need for need in NEEDS if not have(need.command)]
+
+
+def installer(*, root: bool, sudo: bool, apt: bool) -> list[str] | None:
+    """How to run apt-get here: as root, through passwordless sudo, or None (cannot install)."""
+    if not apt:
+        return None
+    if root:
+        return ["apt-get"]
+    if sudo:
+        return ["sudo", "-n", "apt-get"]
+    return None
+
+
+def verdict(absent: Sequence[Need], *, ci: bool) -> tuple[str | None, list[str], bool]:
+    """What ``dev.py test`` does about ``absent`` needs: (the one line it says, pytest args, stop?).
+
+    Outside CI the tests that need them are left out (``--ignore``) and the line names the packages,
+    the command that installs them and the tests left out; in CI (``CI=true``) nothing is left out:
+    the line names the packages and the run stops (exit 1), since a missing browser is a failure there.
+    """
+    if not absent:
+        return None, [], False
+    packages = sorted({need.package for need in absent})
+    command = f"sudo apt-get install -y {' '.join(packages)}"
+    files = sorted({test for need in absent for test in need.tests})
+    if ci:
+        return f"missing system packages {', '.join(packages)} in CI; install them: {command}", [], True
+    left_out = f"leaving out {', '.join(files)}" if files else "the tests that need them skip"
+    return (
+        f"missing system packages {', '.join(packages)}: {left_out}; to run everything: {command}",
+        [f"--ignore={test}" for test in files],
+        False,
+    )
+
+
+def _can_sudo() -> bool:
+    if shutil.which("sudo") is None:
+        return False
+    return subprocess.run(["sudo", "-n", "true"], capture_output=True, check=False).returncode == 0
+
+
+def install(absent: Sequence[Need]) -> None:
+    """Install ``absent`` with apt-get when this user can (root or passwordless sudo) and may
+    (``CORRAL_DEV_INSTALL`` is not ``0``); failures are left to :func:`verdict`'s line."""
+    if not absent or os.environ.get("CORRAL_DEV_INSTALL", "1") == "0":
+        return
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    apt = installer(root=root, sudo=not root and _can_sudo(), apt=shutil.which("apt-get") is not None)
+    if apt is None:
+        return
+    packages = sorted({need.package for need in absent})
+    say(f"installing {' '.join(packages)} (system packages the tests need)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for step in (["update", "-qq"], ["install", "-y", "-qq", "--no-install-recommends", *packages]):
+        if subprocess.run([*apt, *step], stdin=subprocess.DEVNULL, env=env, check=False).returncode != 0:
+            return
+
+
 def test(args: list[str]) -> int:
+    absent = missing()
+    install(absent)
+    line, extra, stop = verdict(missing(), ci=os.environ.get("CI", "").lower() in ("true", "1"))
+    if line:
+        say(line)
+    if stop:
+        return 1
     steps = [
         ("ruff", [str(BIN / "ruff"), "check", "coord", "dispatch", "workers", "corral", "tests", "bench", "dev.py"]),
         ("mypy --strict", [str(BIN / "mypy")]),
-        ("pytest", [str(BIN / "pytest"), *args]),
+        ("pytest", [str(BIN / "pytest"), *extra, *args]),
     ]
     for name, argv in steps:
         say(f"running {name}")

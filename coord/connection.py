@@ -403,7 +403,7 @@ def connect(
     replicas: int | None = None,
     auth: Auth | None = None,
     name: str | None = None,
-    connect_timeout: float = 10.0,
+    connect_timeout: float | None = None,
     settings: Settings | None = None,
     observer: Observer | None = None,
     provision: Provision | str = Provision.MISSING,
@@ -434,8 +434,9 @@ def connect(
     (at once) naming the URL and the kind of credential when the server refuses it;
     :class:`~coord.errors.TLSFailed` (at once) when TLS cannot be had;
     :class:`~coord.errors.ConnectionFailed` naming the URL when the host does not resolve (at once)
-    or the server cannot be reached within ``connect_timeout`` (saying why: connection refused, no
-    answer); :class:`~coord.errors.ServerUnsupported` without JetStream or before 2.11;
+    or the server cannot be reached within ``connect_timeout`` (default: the settings' value, 0.5 s,
+    ``CORRAL_CONNECT_TIMEOUT``; saying why: connection refused, no answer);
+    :class:`~coord.errors.ServerUnsupported` without JetStream or before 2.11;
     :class:`~coord.errors.ConfigConflict` when existing streams conflict with ours;
     :class:`~coord.errors.NotProvisioned` (at once, also when the server refuses to create them)
     naming the missing streams and the ``corral provision`` command;
@@ -449,5 +450,7 @@ def connect(
         choices = ", ".join(repr(p.value) for p in Provision)
         raise InvalidInput(f"provision must be one of {choices}, got {provision!r}") from None
     auth = auth or Auth(**auth_kwargs)
-    settings = (settings or Settings.load()).but(replicas=replicas)
-    return _Connecting(url, namespace, auth, settings, observer or OtelObserver(), name, connect_timeout, mode)
+    settings = (settings or Settings.load()).but(replicas=replicas, connect_timeout=connect_timeout)
+    return _Connecting(
+        url, namespace, auth, settings, observer or OtelObserver(), name, settings.connect_timeout, mode
+    )

@@ -6,8 +6,9 @@ answered. :func:`dial` watches that callback: an authorization violation
 (:class:`~coord.errors.AuthenticationFailed`, naming the kind of credential) or a TLS failure
 (:class:`~coord.errors.TLSFailed`) ends the attempt at once and is never retried; a host name that
 does not resolve is :class:`~coord.errors.ConnectionFailed` before any connection is tried. A
-refused or silent port is retried until the deadline (the server may be starting) and then reported
-as what it was ("connection refused", "no server answered").
+refused port is retried for ``connect_timeout`` (the server may be starting) and then reported as
+"connection refused"; a server that does not answer, or answers slowly (a TLS handshake over a long
+link), has at least nats-py's 2 s per server before "no server answered".
 
 When TLS is requested, a server that does not offer TLS is refused before anything (credentials
 included) is written to it, on the first connection and on every reconnect: TLS is never silently
@@ -75,12 +76,31 @@ def wants_tls(servers: list[str], tls_options: bool) -> bool:
 class _Watch:
     """What the error callback saw while connecting: the first decisive failure, the last other reason."""
 
-    def __init__(self, url: str, kind: str) -> None:
+    def __init__(self, url: str, kind: str, refused_for: float = float("inf")) -> None:
         self.url = url
         self.kind = kind
-        self.fatal: asyncio.Future[CorralError] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.fatal: asyncio.Future[CorralError] = loop.create_future()
         self.last: str | None = None
         self.connecting = True
+        self.refused_for = refused_for
+        self._give_up = loop.time() + refused_for
+        self._deadline = loop.call_later(refused_for, self.expire) if refused_for != float("inf") else None
+
+    def expire(self) -> None:
+        """Past the deadline with nothing but refusals: nobody listens, report it now."""
+        if self.connecting and self.last == "connection refused" and not self.fatal.done():
+            self.fatal.set_result(
+                ConnectionFailed(
+                    f"could not connect to NATS at {self.url} within {self.refused_for}s: connection refused"
+                )
+            )
+
+    def done(self) -> None:
+        """Connecting is over: later errors are the connection's own."""
+        self.connecting = False
+        if self._deadline is not None:
+            self._deadline.cancel()
 
     def saw(self, exc: BaseException) -> None:
         if not self.connecting:
@@ -92,6 +112,8 @@ class _Watch:
             return
         if isinstance(exc, ConnectionRefusedError):
             self.last = "connection refused"
+            if asyncio.get_running_loop().time() >= self._give_up:
+                self.expire()
         elif isinstance(exc, asyncio.TimeoutError | TimeoutError):
             self.last = "no server answered"
         elif isinstance(exc, socket.gaierror):
@@ -212,7 +234,10 @@ async def dial(
     on_error: ErrorCallback,
     options: dict[str, Any],
 ) -> NATS:
-    """Connect a nats-py client to ``servers`` (reconnecting forever afterwards) within ``connect_timeout``.
+    """Connect a nats-py client to ``servers`` (reconnecting forever afterwards), trying for ``connect_timeout``.
+
+    Servers that refuse are tried again until ``connect_timeout``; one that is silent or slow has at
+    least 2.5 s per server (one nats-py attempt), whatever ``connect_timeout`` says.
 
     ``url`` is how errors name the server, ``kind`` the credential in use (``user/password``,
     ``token``, ``nkey``, ``creds file``, ``no credentials``); ``options`` go to ``nats.connect``;
@@ -225,11 +250,13 @@ async def dial(
     :class:`~coord.errors.ConnectionFailed` naming the host when no host name resolves, or naming
     the last reason ("connection refused", "no server answered") when the deadline passes.
     """
-    watch = _Watch(url, kind)
+    watch = _Watch(url, kind, refused_for=connect_timeout)
     client = _TLSOnlyClient if require_tls else CorralClient
     nc: NATS | None = None
+    # A refused port ends at connect_timeout (the watch); anything else may take one attempt's time.
+    bound = max(connect_timeout, 2.5 * len(servers))
     try:
-        async with asyncio.timeout(connect_timeout):
+        async with asyncio.timeout(bound):
             await _resolvable(servers, url)
             async for attempt in AsyncRetrying(
                 wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
@@ -240,9 +267,9 @@ async def dial(
                     nc = await _attempt(servers, watch, on_error, client, options)
     except (_Retry, TimeoutError) as err:
         raise ConnectionFailed(
-            f"could not connect to NATS at {url} within {connect_timeout}s: {watch.last or 'no server answered'}"
+            f"could not connect to NATS at {url} within {bound}s: {watch.last or 'no server answered'}"
         ) from err
     finally:
-        watch.connecting = False
+        watch.done()
     assert nc is not None
     return nc

@@ -13,8 +13,10 @@ Each bucket and stream has exactly one configuration, built here, and three ways
 Provisioning a namespace that already exists with the same configuration is a no-op; a difference
 in a field that only bounds
 growth or helps readers (the size limit and what happens when it is reached, the expiry-marker TTL,
-the duplicate window, direct gets, per-message TTLs) is applied in place, so a namespace made by an
-older corral gets them; any other difference (subjects, retention policy, storage, replicas, history
+the duplicate window, direct gets, per-message TTLs), or subjects narrowed to a subset of the
+existing ones (the dispatch stream of an older corral took any ``{ns}.dispatch.>`` subject), is
+applied in place, so a namespace made by an older corral gets them; any other difference (other
+subjects, retention policy, storage, replicas, history
 per key, maximum age) raises :class:`coord.errors.ConfigConflict` naming the stream and the fields,
 because changing it could drop data or undo an operator's choice. :func:`check` and
 :func:`create_missing` log a difference of the first kind as a warning and leave it to
@@ -40,6 +42,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from coord.errors import ConfigConflict, NotProvisioned, PermissionDenied
 from coord.naming import Names, kv_stream_name, kv_subject_prefix, stream_api_subject
 from coord.permissions import PermissionLog, Refusal
+from coord.priority import LEVELS, Priority
 from coord.settings import Settings
 
 __all__ = [
@@ -49,6 +52,7 @@ __all__ = [
     "StreamStatus",
     "check",
     "create_missing",
+    "dispatch_stream_subjects",
     "kv_stream_name",
     "provision",
     "provision_command",
@@ -129,6 +133,14 @@ def _kv(bucket: str, settings: Settings, *, description: str) -> js_api.StreamCo
     )
 
 
+def dispatch_stream_subjects(names: Names) -> list[str]:
+    """Exactly the subjects the queue consumers read: ``{ns}.dispatch.{queue}.{task}`` and its
+    ``.high`` / ``.low`` forms (:meth:`Names.queue_filter`). The server refuses any other subject, so
+    nothing can sit in the work-queue stream where no consumer will ever take it."""
+    normal = names.dispatch_subjects.removesuffix(">") + "*.*"
+    return [normal, *(f"{normal}.{level.value}" for level in LEVELS if level is not Priority.NORMAL)]
+
+
 def stream_configs(names: Names, settings: Settings) -> list[js_api.StreamConfig]:
     """Every stream (KV buckets included) of the namespace, with its one configuration."""
     r = settings.replicas
@@ -141,7 +153,7 @@ def stream_configs(names: Names, settings: Settings) -> list[js_api.StreamConfig
         js_api.StreamConfig(
             name=names.dispatch_stream,
             description="corral task-ready notifications",
-            subjects=[names.dispatch_subjects],
+            subjects=dispatch_stream_subjects(names),
             retention=js_api.RetentionPolicy.WORK_QUEUE,
             duplicate_window=settings.dispatch_duplicate_window,
             max_bytes=settings.max_bytes,
@@ -195,6 +207,24 @@ def _differences(want: js_api.StreamConfig, have: js_api.StreamConfig, fields: t
             continue
         diffs.append(f"{field}: existing {h!r}, corral needs {w!r}")
     return diffs
+
+
+def _covers(pattern: str, subject: str) -> bool:
+    """Whether every subject ``subject`` (itself possibly a wildcard) matches is matched by ``pattern``."""
+    have, want = pattern.split("."), subject.split(".")
+    for i, token in enumerate(have):
+        if token == ">":
+            return len(want) > i
+        if i >= len(want) or want[i] == ">" or (token != "*" and (want[i] == "*" or want[i] != token)):
+            return False
+    return len(want) == len(have)
+
+
+def _narrows(want: js_api.StreamConfig, have: js_api.StreamConfig) -> bool:
+    """Whether ``want``'s subjects are a strict subset of ``have``'s (a namespace made by an older corral
+    whose dispatch stream took ``{ns}.dispatch.>``): applying it loses nothing a consumer reads."""
+    wanted, existing = want.subjects or [], have.subjects or []
+    return sorted(wanted) != sorted(existing) and all(any(_covers(h, w) for h in existing) for w in wanted)
 
 
 def provision_command(names: Names, settings: Settings) -> str:
@@ -253,9 +283,11 @@ async def _status(js: JetStreamContext, config: js_api.StreamConfig, refusals: P
     except NotFoundError:
         return StreamStatus(config.name, StreamState.MISSING)
     fixed = _differences(config, info.config, _FIXED)
+    narrowed = _differences(config, info.config, ("subjects",)) if _narrows(config, info.config) else []
+    fixed = [d for d in fixed if d not in narrowed]
     if fixed:
         return StreamStatus(config.name, StreamState.CONFLICT, tuple(fixed))
-    growth = _differences(config, info.config, _UPDATABLE)
+    growth = narrowed + _differences(config, info.config, _UPDATABLE)
     if growth:
         return StreamStatus(config.name, StreamState.OUTDATED, tuple(growth))
     return StreamStatus(config.name, StreamState.UNCHANGED)
@@ -267,7 +299,7 @@ async def survey(
     """Read the stream info of every stream of the namespace and say how each compares; changes nothing.
 
     Each status is ``missing``, ``conflict`` (a fixed field differs), ``outdated`` (only fields that
-    bound growth differ) or ``unchanged``. A read the credentials may not make raises
+    bound growth differ, or subjects narrowed) or ``unchanged``. A read the credentials may not make raises
     :class:`~coord.errors.PermissionDenied` at once when ``refusals`` is the connection's log.
     """
     return [await _status(js, config, refusals) for config in stream_configs(names, settings)]
@@ -277,8 +309,8 @@ def _warn_outdated(names: Names, statuses: list[StreamStatus]) -> None:
     for status in statuses:
         if status.state is StreamState.OUTDATED:
             log.warning(
-                "stream %r of namespace %r differs from corral's configuration in fields that only bound "
-                "growth (%s); run corral provision to apply",
+                "stream %r of namespace %r differs from corral's configuration in fields that corral provision "
+                "updates in place (%s); run corral provision to apply",
                 status.name,
                 names.namespace,
                 "; ".join(status.differences),

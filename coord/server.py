@@ -10,6 +10,7 @@ once JetStream has a meta leader). ``stop()`` is clean (SIGTERM, then SIGKILL af
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -25,9 +26,16 @@ from types import TracebackType
 
 from coord.errors import CorralError, InvalidInput
 
-__all__ = ["NatsCluster", "NatsServer", "find_server_binary", "free_port"]
+__all__ = ["DURABLE_SYNC", "NatsCluster", "NatsServer", "find_server_binary", "free_port"]
 
 LOOPBACK = "127.0.0.1"
+
+DURABLE_SYNC = "always"
+"""The ``sync_interval`` of a server whose acknowledged writes survive a machine crash: JetStream
+flushes to disk before it acknowledges (``corral server`` and ``corral demo`` run with it; without
+it, the server flushes every two minutes and a crash loses what was acknowledged since)."""
+
+_PR_SET_PDEATHSIG = 1
 
 
 def find_server_binary() -> str:
@@ -63,6 +71,12 @@ def free_port() -> int:
         return port
 
 
+def _die_with_parent() -> None:
+    """In the forked child, before exec: ask the kernel for SIGKILL when the parent dies (Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 class NatsServer:
     """One nats-server process with JetStream, on loopback.
 
@@ -85,6 +99,7 @@ class NatsServer:
         host: str = LOOPBACK,
         sync_interval: str | None = None,
         config_extra: str | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.jetstream = jetstream
         """Whether JetStream is enabled (off only to test that corral refuses such a server)."""
@@ -94,6 +109,10 @@ class NatsServer:
         """JetStream's ``sync_interval`` (e.g. ``"always"``: flush before every ack); None: the server's default."""
         self.config_extra = config_extra
         """Extra configuration appended to the config file (``authorization {...}``, ``tls {...}``)."""
+        self.die_with_parent = die_with_parent
+        """On Linux, the server is SIGKILLed when the thread that started it dies (``corral server``
+        killed leaves no orphan holding its port); off by default, since a test may start servers
+        from short-lived threads."""
         self.port = port or free_port()
         """Client port (loopback)."""
         self.monitor_port = free_port()
@@ -170,7 +189,11 @@ class NatsServer:
         jetstream = f"jetstream {{\n  max_file_store: 64T\n  max_memory_store: 1G\n{sync}}}\n" if self.jetstream else ""
         self.config_file.write_text(jetstream + (self.config_extra or "") + "\n")
         self._proc = subprocess.Popen(
-            self.args(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            self.args(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent if self.die_with_parent and sys.platform == "linux" else None,
         )
 
     def wait_ready(self, timeout: float = 15.0, *, wait_jetstream: bool = True) -> None:
@@ -260,7 +283,15 @@ class NatsServer:
 class NatsCluster:
     """``n`` routed JetStream nodes on loopback (for R3 buckets and streams)."""
 
-    def __init__(self, n: int = 3, *, store_root: str | os.PathLike[str] | None = None, name: str = "corral") -> None:
+    def __init__(
+        self,
+        n: int = 3,
+        *,
+        store_root: str | os.PathLike[str] | None = None,
+        name: str = "corral",
+        sync_interval: str | None = None,
+        die_with_parent: bool = False,
+    ) -> None:
         if n < 1:
             raise InvalidInput(f"cluster size n must be >= 1, got {n}")
         self._own_root = store_root is None
@@ -274,6 +305,8 @@ class NatsCluster:
                 cluster_name=name,
                 cluster_port=cluster_ports[i],
                 routes=[r for j, r in enumerate(routes) if j != i],
+                sync_interval=sync_interval,
+                die_with_parent=die_with_parent,
             )
             for i in range(n)
         ]

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", frozen=True, extra="forbid")
 
+    # --- connection ------------------------------------------------------------------------------
+    connect_timeout: float = Field(default=0.5, gt=0, le=3600)
+    """Seconds :func:`coord.connect` keeps trying servers that refuse (they may be starting) before it
+    reports "connection refused"; a silent or slow server has at least 2.5 s per server whatever this
+    says. Short by default, so a wrong URL is reported at once; raise it to wait for a server to start."""
+
     # --- storage ---------------------------------------------------------------------------------
     replicas: int = Field(default=1, ge=1, le=5)
     """Replicas of every bucket and stream (3 on a 3-node cluster)."""

@@ -4,8 +4,9 @@ Results are pushed to the parent on ``{ns}.results.{parent}`` as tasks end. A pu
 (anyone allowed to publish there could forge one): the parent resolves a task from its stored record,
 read in one batched request for the pushes that arrive together, and only once that record is
 terminal. The task record stays the truth, so a parent that restarts (or missed a push while
-disconnected) reconciles by reading the records: all of those it awaits after a reconnect, and
-any it has awaited for a minute without a push, every ``reconcile_interval``. No error stops the
+disconnected) reconciles by reading the records: every ``reconcile_interval`` it reads, in batched
+requests of 256, the records of the tasks it awaits (those awaited for at least one interval; all of
+them after a reconnect), so a lost push costs at most about one interval. No error stops the
 reconciling. Backpressure: at most ``max_in_flight`` submitted tasks await a result at once;
 ``submit`` waits for room. Nothing is kept
 of a task once its result was delivered (a later :meth:`Dispatcher.wait` reads the record), so
@@ -33,7 +34,7 @@ from pydantic import ValidationError
 
 from coord.aio import stop_tasks
 from coord.connection import Coord
-from coord.errors import InvalidInput, NotFound
+from coord.errors import InvalidInput
 from coord.ids import new_id, validate_id
 from coord.tasks import TERMINAL, ResultNotice, ScheduleRequest, TaskRecord, TaskStatus
 from coord.wire import Result, Spec, TaskInput
@@ -45,9 +46,8 @@ log = logging.getLogger("corral.dispatcher")
 
 STOP_WITHIN = 5.0
 """Seconds :meth:`Dispatcher.stop` takes at most."""
-UNANSWERED_AFTER = 60.0
-"""A task awaited this long without a result push is read again (a push can be lost without a reconnect
-when the parent falls behind)."""
+READ_BATCH = 256
+"""Records read in one batched request while reconciling."""
 
 
 def result_of(record: TaskRecord) -> Result:
@@ -256,19 +256,24 @@ class Dispatcher:
                     self._resolve(record)
 
     async def _reconcile_loop(self) -> None:
-        """Catch results whose push was missed: read the records of what we await (see the module doc)."""
+        """Catch results whose push was missed: read the records of what we await (see the module doc).
+
+        A push can be lost without a reconnect (a parent that falls behind, a subscription dropped
+        as a slow consumer), so each pass reads every task awaited for at least one interval, not
+        only after a reconnect: a missed push costs at most about two intervals.
+        """
         reconnects = self._reconnects()
         while not self._stopping:
             await asyncio.sleep(self.reconcile_interval)
             try:
-                now = reconnects_now = self._reconnects()
-                if reconnects_now != reconnects:
+                now = self._reconnects()
+                if now != reconnects:
                     candidates = list(self._waiting)
                 else:
-                    horizon = time.monotonic() - UNANSWERED_AFTER
+                    horizon = time.monotonic() - self.reconcile_interval
                     candidates = [t for t, since in self._since.items() if since <= horizon]
                 reconnects = now
-                await self._read_and_resolve(candidates, refresh=True)
+                await self._read_and_resolve(candidates)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # nothing may end the reconciling: the next pass tries again
@@ -277,20 +282,22 @@ class Dispatcher:
     def _reconnects(self) -> int:
         return int(self.coord.nc.stats.get("reconnects", 0))
 
-    async def _read_and_resolve(self, task_ids: list[str], *, refresh: bool = False) -> None:
-        """Read ``task_ids`` (256 at a time, concurrently) and resolve those that have ended."""
-        for start in range(0, len(task_ids), 256):
+    async def _read_and_resolve(self, task_ids: list[str]) -> None:
+        """Read ``task_ids`` (:data:`READ_BATCH` per batched request) and resolve those that have ended."""
+        for start in range(0, len(task_ids), READ_BATCH):
             if self._stopping:
                 return
-            batch = task_ids[start : start + 256]
-            records = await asyncio.gather(*(self.coord.tasks.get(t) for t in batch), return_exceptions=True)
-            for task_id, record in zip(batch, records, strict=True):
-                if isinstance(record, TaskRecord) and record.status in TERMINAL:
+            batch = [t for t in task_ids[start : start + READ_BATCH] if t in self._waiting]
+            if not batch:
+                continue
+            try:
+                records = await self.coord.tasks.read_many(batch)
+            except Exception as err:  # the next pass reads them again
+                log.debug("dispatcher %s: reading %d awaited records failed: %s", self.parent_id, len(batch), err)
+                continue
+            for record in records.values():
+                if record.status in TERMINAL:
                     self._resolve(record)
-                elif refresh and task_id in self._since:
-                    self._since[task_id] = time.monotonic()  # checked: next look after another minute
-                elif isinstance(record, BaseException) and not isinstance(record, NotFound):
-                    log.debug("dispatcher %s: reading %s failed: %s", self.parent_id, task_id, record)
 
     # --- collecting ----------------------------------------------------------------------------
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskRecord:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -55,3 +57,14 @@ def subprocess_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def cli_startup(env: dict[str, str]) -> float:
+    """Seconds ``python -m corral --version`` takes right now: the CLI's own start-up on this machine.
+
+    A test that bounds how long a command takes to do something subtracts it, so a loaded machine's
+    slow interpreter start-up is not counted against the behaviour under test.
+    """
+    started = time.monotonic()
+    subprocess.run([PYTHON, "-m", "corral", "--version"], env=env, check=True, capture_output=True, timeout=60)
+    return time.monotonic() - started

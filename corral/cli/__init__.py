@@ -18,7 +18,7 @@ from corral.cli import scheduler as scheduler_cli
 from corral.cli import schedules as schedules_cli
 from corral.cli import schema as schema_cli
 from corral.cli._common import Options, setting_bounds, setting_env, setting_help
-from corral.cli._errors import run_cli, usage
+from corral.cli._errors import check_setting, run_cli, usage
 from corral.cli._telemetry import (
     DEFAULT_METRICS_HOST,
     MetricsHostOption,
@@ -84,6 +84,17 @@ def main_options(
             ),
         ),
     ] = None,
+    connect_timeout: Annotated[
+        float | None,
+        typer.Option(
+            envvar=setting_env("connect_timeout"),
+            help=setting_help(
+                "Seconds to keep trying to reach a server that refuses or does not answer (e.g. while it starts).",
+                "connect_timeout",
+                env=False,
+            ),
+        ),
+    ] = None,
     trace: TraceOption = TraceChoice.env,
     metrics_port: MetricsPortOption = None,
     metrics_host: MetricsHostOption = DEFAULT_METRICS_HOST,
@@ -96,6 +107,7 @@ def main_options(
         validate_namespace(namespace)
     except InvalidId as err:
         raise usage(str(err).removeprefix("namespace "), "--namespace") from None
+    check_setting("--connect-timeout", "connect_timeout", connect_timeout)
     setup_telemetry(
         trace,
         service_name=f"corral-{ctx.invoked_subcommand or 'cli'}",
@@ -108,6 +120,7 @@ def main_options(
         server_given=source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"),
         namespace=namespace,
         replicas=replicas,
+        connect_timeout=connect_timeout,
         auth=Auth(
             user=user,
             password=password,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator, Coroutine, Mapping
-from contextlib import AbstractAsyncContextManager
+import time
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
@@ -40,10 +42,55 @@ class Options:
     """True when --server or CORRAL_URL was given (rather than the default URL)."""
     replicas: int | None = None
     """Replicas of the namespace's buckets and streams (3 on a 3-node cluster); None: the settings' value."""
+    connect_timeout: float | None = None
+    """Seconds to keep trying to reach the server (``--connect-timeout``); None: the settings' value."""
 
-    def connect(self, *, name: str | None = None) -> AbstractAsyncContextManager[Coord, None]:
-        """``coord.connect`` with these options (tunables from :meth:`Settings.load`, i.e. ``CORRAL_*``)."""
-        return connect(self.server, namespace=self.namespace, auth=self.auth, replicas=self.replicas, name=name)
+    def connect(self, *, name: str | None = None) -> AbstractAsyncContextManager[Coord]:
+        """``coord.connect`` with these options (tunables from :meth:`Settings.load`, i.e. ``CORRAL_*``).
+
+        While it connects for longer than half a second, a terminal on stderr shows how long it has
+        been trying and for how long it will (nothing is printed to a pipe or a log).
+        """
+        opening = connect(
+            self.server,
+            namespace=self.namespace,
+            auth=self.auth,
+            replicas=self.replicas,
+            name=name,
+            connect_timeout=self.connect_timeout,
+        )
+        return _connected(opening, self.server, self.connect_timeout)
+
+
+@asynccontextmanager
+async def _connected(opening: Awaitable[Coord], url: str, timeout: float | None) -> AsyncIterator[Coord]:
+    """``opening`` awaited (with progress on a terminal), then the connection, closed at the end."""
+    progress = asyncio.create_task(_progress(url, timeout)) if err_console.is_terminal else None
+    try:
+        coord = await opening
+    finally:
+        if progress is not None:
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await progress
+    try:
+        yield coord
+    finally:
+        await coord.close()
+
+
+async def _progress(url: str, timeout: float | None) -> None:
+    """A spinner on stderr naming the server and the time spent, from half a second on (until cancelled)."""
+    if timeout is None:
+        with contextlib.suppress(Exception):  # invalid settings are reported by connect itself
+            timeout = Settings.load().connect_timeout
+    limit = f" of {timeout:g}s (--connect-timeout)" if timeout is not None else ""
+    started = time.monotonic()
+    await asyncio.sleep(0.5)
+    with err_console.status(f"connecting to NATS at {url} ...") as status:
+        while True:
+            status.update(f"connecting to NATS at {url}: {time.monotonic() - started:.0f}s{limit}")
+            await asyncio.sleep(0.5)
 
 
 def options(ctx: typer.Context) -> Options:

@@ -30,7 +30,7 @@ from coord.errors import InvalidInput
 from coord.ids import new_id
 from coord.presence import Joined, Left
 from coord.presence.timing import check_timing
-from coord.server import NatsServer
+from coord.server import DURABLE_SYNC, NatsServer
 from coord.settings import Settings
 from coord.wire import Result, Spec
 from corral.cli._common import console, options, print_json, run, setting_bounds, setting_help
@@ -355,7 +355,7 @@ async def _demo(
         ttl = settings.presence_ttl
     server = None
     if url is None:
-        server = NatsServer()
+        server = NatsServer(sync_interval=DURABLE_SYNC)  # acknowledged writes survive a crash
         await asyncio.to_thread(server.start)
         url = server.url
         if not as_json:

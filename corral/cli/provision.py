@@ -28,7 +28,13 @@ def register(app: typer.Typer) -> None:
 
 async def _provision(opts: Options, namespace: str, settings: Settings, mode: Provision) -> list[StreamStatus]:
     async with connect(
-        opts.server, namespace=namespace, auth=opts.auth, settings=settings, provision=mode, name="corral-provision"
+        opts.server,
+        namespace=namespace,
+        auth=opts.auth,
+        settings=settings,
+        provision=mode,
+        name="corral-provision",
+        connect_timeout=opts.connect_timeout,
     ) as coord:
         return list(coord.streams)
 

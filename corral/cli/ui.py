@@ -15,6 +15,7 @@ from coord.connection import Coord
 from coord.errors import CorralError, InvalidInput
 from corral.cli._common import Options, console, fail, options, print_json, run
 from corral.ui import DEFAULT_HOST, DEFAULT_PORT, Dashboard, check_trace_url
+from corral.ui.guard import ALLOWED_HOSTS_ENV, parse_allowed_hosts
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +24,13 @@ def register(app: typer.Typer) -> None:
 
 
 async def _serve(
-    opts: Options, host: str, port: int, allow_actions: bool, trace_url: str | None, as_json: bool
+    opts: Options,
+    host: str,
+    port: int,
+    allow_actions: bool,
+    trace_url: str | None,
+    as_json: bool,
+    allowed_hosts: list[str],
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -31,7 +38,14 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
     async with (
         opts.connect(name="corral-ui") as coord,
-        Dashboard(coord, host=host, port=port, allow_actions=allow_actions, trace_url=trace_url) as dashboard,
+        Dashboard(
+            coord,
+            host=host,
+            port=port,
+            allow_actions=allow_actions,
+            trace_url=trace_url,
+            allowed_hosts=allowed_hosts,
+        ) as dashboard,
     ):
         if as_json:
             print_json({"url": dashboard.url, "namespace": coord.namespace, "allow_actions": allow_actions})
@@ -92,11 +106,22 @@ def ui(
             "e.g. http://localhost:16686/trace/{trace_id}.",
         ),
     ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            envvar=ALLOWED_HOSTS_ENV,
+            help="Another name the dashboard answers to, as host[:port] (a reverse proxy's; repeat it, "
+            "or comma-separate). Requests with any other Host or Origin are refused.",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help='Print {"url": ...} as JSON once serving.')] = False,
 ) -> None:
     """Serve a live web dashboard of the fleet (agents, queues, tasks, timeline, dead letters) until interrupted."""
+    allowed = allowed_host or []
     try:
         check_trace_url(trace_url)
+        parse_allowed_hosts(allowed)
     except InvalidInput as err:
         fail(str(err), 2)
-    run(_serve(options(ctx), host, port, allow_actions, trace_url, json_out))
+    run(_serve(options(ctx), host, port, allow_actions, trace_url, json_out, allowed))

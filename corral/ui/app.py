@@ -3,8 +3,9 @@
 Read-only unless built with ``allow_actions``: then ``POST /api/tasks/{id}/retry`` and ``/cancel``
 run the task store's own transitions (one compare-and-set each, with the dashboard's NATS
 credentials, so the server's permissions and the record's state decide). Without it both answer
-403 and the page shows no buttons. An action must carry the ``X-Corral-Action`` header, which a
-page of another origin cannot send without a CORS preflight this server never grants.
+403 and the page shows no buttons. Every request passes the :class:`~corral.ui.guard.Guard` first
+(its ``Host`` and ``Origin`` name this dashboard: 421/403 otherwise), and an action must carry
+this process's token in the ``X-Corral-Action`` header, which only the dashboard's own page has.
 """
 
 from __future__ import annotations
@@ -28,13 +29,12 @@ from coord.errors import (
 from coord.ids import validate_id
 from coord.tasks import JournalEntry, TaskRecord, TaskStatus, Transition, journal_of
 from corral import __version__
+from corral.ui.guard import ACTION_HEADER, Guard
 from corral.ui.hub import Hub
 from corral.ui.model import ReadModel, trace_id_of
 
 __all__ = ["ACTION_HEADER", "MAX_PAGE", "build_app", "trace_link"]
 
-ACTION_HEADER = "X-Corral-Action"
-"""Header every action request must carry (cross-origin pages cannot send it)."""
 MAX_PAGE = 500
 """Most task rows one listing request returns."""
 KEEPALIVE = 15.0
@@ -85,16 +85,22 @@ def attempts_of(journal: list[JournalEntry]) -> list[dict[str, Any]]:
 class Api:
     """Request handlers over one read model, hub and connection."""
 
-    def __init__(self, coord: Coord, model: ReadModel, hub: Hub, *, allow_actions: bool, trace_url: str | None) -> None:
+    def __init__(
+        self, coord: Coord, model: ReadModel, hub: Hub, guard: Guard, *, allow_actions: bool, trace_url: str | None
+    ) -> None:
         self.coord = coord
+        self.guard = guard
         self.model = model
         self.hub = hub
         self.allow_actions = allow_actions
         self.trace_url = trace_url
 
     async def index(self, request: web.Request) -> web.StreamResponse:
-        """``GET /``: the page."""
-        return await self._file("index.html")
+        """``GET /``: the page, with this process's action token in it."""
+        page = await self._file("index.html")
+        if isinstance(page, web.Response) and page.status == 200 and isinstance(page.body, bytes):
+            page.body = self.guard.page(page.body)
+        return page
 
     async def static(self, request: web.Request) -> web.StreamResponse:
         """``GET /static/{name}``: the page's script and style (package data; nothing else is served)."""
@@ -204,8 +210,9 @@ class Api:
         header is set."""
         if not self.allow_actions:
             return _error(403, "this dashboard is read-only: start `corral ui --allow-actions` to retry or cancel")
-        if request.headers.get(ACTION_HEADER) != "1":
-            return _error(403, f"actions need the {ACTION_HEADER} header (sent by the dashboard's own page)")
+        refused = self.guard.action_refusal(request)
+        if refused is not None:
+            return refused
         task_id, action = request.match_info["task_id"], request.match_info["action"]
         try:
             validate_id(task_id, "task_id")
@@ -247,11 +254,11 @@ def _failure(err: CorralError) -> web.Response:
 
 
 def build_app(
-    coord: Coord, model: ReadModel, hub: Hub, *, allow_actions: bool, trace_url: str | None
+    coord: Coord, model: ReadModel, hub: Hub, guard: Guard, *, allow_actions: bool, trace_url: str | None
 ) -> web.Application:
-    """The aiohttp application of one dashboard."""
-    api = Api(coord, model, hub, allow_actions=allow_actions, trace_url=trace_url)
-    app = web.Application()
+    """The aiohttp application of one dashboard; every request passes ``guard`` first."""
+    api = Api(coord, model, hub, guard, allow_actions=allow_actions, trace_url=trace_url)
+    app = web.Application(middlewares=[guard.middleware])
     app.router.add_get("/", api.index)
     app.router.add_get("/static/{name}", api.static)
     app.router.add_get("/api/config", api.config)

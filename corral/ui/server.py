@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Sequence
 from types import TracebackType
 
 from aiohttp import web
@@ -12,6 +13,7 @@ from coord.connection import Coord
 from coord.errors import CorralError, InvalidInput
 from corral.ui.app import build_app
 from corral.ui.feeds import Feeds
+from corral.ui.guard import Guard, parse_allowed_hosts
 from corral.ui.hub import Hub
 from corral.ui.model import ReadModel
 
@@ -41,7 +43,10 @@ class Dashboard:
     """``corral ui`` on one connection: ``async with Dashboard(coord) as d: print(d.url)``.
 
     Watches the namespace once (however many browsers connect) and serves the page, the JSON API and
-    the event stream on ``host:port``. Read-only unless ``allow_actions``.
+    the event stream on ``host:port``. Read-only unless ``allow_actions``. Answers only requests whose
+    ``Host`` (and ``Origin``, if any) is ``host:port``, ``localhost`` on loopback, or one of
+    ``allowed_hosts`` (``host[:port]``, e.g. a reverse proxy's name); :class:`InvalidInput` for a
+    malformed one.
     """
 
     def __init__(
@@ -53,6 +58,7 @@ class Dashboard:
         allow_actions: bool = False,
         trace_url: str | None = None,
         interval: float = 0.5,
+        allowed_hosts: Sequence[str] = (),
     ) -> None:
         self.host = host
         """The address listened on."""
@@ -65,8 +71,10 @@ class Dashboard:
         self.hub = Hub(self.model, interval=interval)
         """What pushes it to browsers."""
         self._feeds = Feeds(coord, self.model)
+        self.guard = Guard(host, parse_allowed_hosts(allowed_hosts))
+        """Host, Origin and action-token checks (see :mod:`corral.ui.guard`)."""
         self._app = build_app(
-            coord, self.model, self.hub, allow_actions=allow_actions, trace_url=check_trace_url(trace_url)
+            coord, self.model, self.hub, self.guard, allow_actions=allow_actions, trace_url=check_trace_url(trace_url)
         )
         self._runner: web.AppRunner | None = None
 
@@ -95,6 +103,7 @@ class Dashboard:
         addresses = runner.addresses
         if addresses:
             self.port = int(addresses[0][1])
+        self.guard.port = self.port
         self._feeds.start()
         self.hub.start()
         if not await self._feeds.wait_ready(ready_within):

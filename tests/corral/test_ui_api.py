@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +38,15 @@ TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+async def token_of(http: aiohttp.ClientSession, dashboard: Dashboard) -> dict[str, str]:
+    """The action header as the dashboard's own page sends it: the token read from the served page."""
+    async with http.get(dashboard.url) as answer:
+        page = await answer.text()
+    match = re.search(r'<meta name="corral-token" content="([^"]+)">', page)
+    assert match is not None, "the page carries the action token"
+    return {"X-Corral-Action": match.group(1)}
 
 
 async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
@@ -161,15 +171,63 @@ async def test_actions_need_allow_actions_and_the_action_header_and_honour_the_s
         assert answer.status == 403 and "read-only" in (await answer.json())["error"]
     assert (await coord_conn.tasks.get("t1")).status.value == "dead"
     async with Dashboard(coord_conn, port=0, allow_actions=True) as dashboard:
-        async with http.post(dashboard.url + "api/tasks/t1/retry") as answer:
-            assert answer.status == 403 and "X-Corral-Action" in (await answer.json())["error"]
-        async with http.post(dashboard.url + "api/tasks/t1/cancel", headers={"X-Corral-Action": "1"}) as answer:
+        token = await token_of(http, dashboard)
+        for wrong in ({}, {"X-Corral-Action": "1"}, {"X-Corral-Action": token["X-Corral-Action"][:-1]}):
+            async with http.post(dashboard.url + "api/tasks/t1/retry", headers=wrong) as answer:
+                assert answer.status == 403 and "token" in (await answer.json())["error"], wrong
+        assert (await coord_conn.tasks.get("t1")).status.value == "dead", "no refused action changed anything"
+        async with http.post(dashboard.url + "api/tasks/t1/cancel", headers=token) as answer:
             assert answer.status == 409, "a dead task cannot be cancelled: the store's transition decides"
-        async with http.post(dashboard.url + "api/tasks/t1/retry", headers={"X-Corral-Action": "1"}) as answer:
+        async with http.post(dashboard.url + "api/tasks/t1/retry", headers=token) as answer:
             assert answer.status == 200 and (await answer.json())["record"]["status"] == "pending"
-        async with http.post(dashboard.url + "api/tasks/t1/cancel", headers={"X-Corral-Action": "1"}) as answer:
+        async with http.post(dashboard.url + "api/tasks/t1/cancel", headers=token) as answer:
             assert answer.status == 200 and (await answer.json())["record"]["status"] == "cancelled"
     assert (await coord_conn.tasks.get("t1")).status.value == "cancelled"
+
+
+async def test_a_foreign_host_or_origin_is_refused_reads_included_and_actions_need_the_process_token(
+    coord_conn: coord.Coord, http: aiohttp.ClientSession
+) -> None:
+    """DNS rebinding: a page at evil.example rebound to 127.0.0.1 sends its own name as Host and Origin."""
+    await coord_conn.tasks.schedule("t1", queue="q", max_attempts=1)
+    claim = await coord_conn.tasks.claim("t1", "w1")
+    await coord_conn.tasks.fail(claim, "boom")
+    async with (
+        Dashboard(coord_conn, port=0, allow_actions=True, allowed_hosts=["dash.example.com", "proxy.lan:9000"]) as d,
+        Dashboard(coord_conn, port=0) as read_only,
+    ):
+        port = d.port
+        token = await token_of(http, d)
+        evil = {"Host": f"evil.example:{port}"}
+        reads = ("", "api/tasks", "api/state", "api/tasks/t1", "api/stream")
+        for url in [d.url + path for path in reads] + [read_only.url + "api/tasks"]:
+            async with http.get(url, headers=evil) as answer:
+                error = (await answer.json())["error"]
+                assert answer.status == 421 and "evil.example" in error and "--allowed-host" in error, url
+        async with http.post(d.url + "api/tasks/t1/retry", headers={**evil, **token}) as answer:
+            assert answer.status == 421, "a rebinding page is refused even if it had the token"
+        for origin in ("http://evil.example", f"http://evil.example:{port}", "null", f"http://127.0.0.1:{port + 1}"):
+            async with http.get(d.url + "api/tasks", headers={"Origin": origin}) as answer:
+                assert answer.status == 403 and "Origin" in (await answer.json())["error"], origin
+            async with http.post(d.url + "api/tasks/t1/retry", headers={"Origin": origin, **token}) as answer:
+                assert answer.status == 403, origin
+        assert (await coord_conn.tasks.get("t1")).status.value == "dead", "nothing refused changed the task"
+
+        # The names it serves: its address, localhost on loopback, and the configured ones.
+        for host, origin in (
+            (f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"),
+            (f"localhost:{port}", f"http://localhost:{port}"),
+            ("dash.example.com", "https://dash.example.com"),
+            ("proxy.lan:9000", "http://proxy.lan:9000"),
+        ):
+            async with http.get(d.url + "api/tasks", headers={"Host": host, "Origin": origin}) as answer:
+                assert answer.status == 200, host
+        async with http.get(d.url + "api/tasks", headers={"Host": "proxy.lan:9001"}) as answer:
+            assert answer.status == 421, "an allowed name with a port allows that port only"
+        same_origin = {"Origin": f"http://127.0.0.1:{port}", **token}
+        async with http.post(d.url + "api/tasks/t1/retry", headers=same_origin) as answer:
+            assert answer.status == 200 and (await answer.json())["record"]["status"] == "pending"
+        assert token != await token_of(http, read_only), "each process has its own token"
 
 
 async def test_rejected_late_results_and_departures_go_on_the_timeline(
@@ -234,7 +292,8 @@ async def test_an_observer_credential_sees_the_fleet_and_its_actions_are_refused
             ):
                 _, page = await get(http, dashboard.url + "api/tasks?status=dead")
                 assert page["total"] == 1, "an observer reads everything the dashboard shows"
-                async with http.post(dashboard.url + "api/tasks/t1/retry", headers={"X-Corral-Action": "1"}) as answer:
+                token = await token_of(http, dashboard)
+                async with http.post(dashboard.url + "api/tasks/t1/retry", headers=token) as answer:
                     assert answer.status == 403
                     assert "permission" in (await answer.json())["error"].lower()
             assert (await admin.tasks.get("t1")).status.value == "dead"

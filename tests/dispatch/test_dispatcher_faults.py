@@ -74,10 +74,9 @@ async def test_reconciling_survives_an_undecodable_record_and_still_resolves_res
             waits = {t: asyncio.create_task(dispatcher.wait(t, 60)) for t in ("bad", "first", "second")}
             await conn.tasks.bucket.put("bad", b"not json")
             first = await finish_without_a_push(conn, "first")
-            await asyncio.sleep(1.0)  # several reconcile intervals: without a reconnect nothing is read yet
-            assert not any(w.done() for w in waits.values())
-            await restart(own_server, conn)  # after a reconnect every awaited record is read, "bad" first
+            # Without a reconnect the awaited records are read every interval, "bad" in the same batch.
             assert await asyncio.wait_for(waits["first"], 10) == first
+            assert not waits["bad"].done()
 
             second = await finish_without_a_push(conn, "second")
             await restart(own_server, conn)  # the loop went on after failing to decode "bad"
@@ -91,6 +90,26 @@ async def test_reconciling_survives_an_undecodable_record_and_still_resolves_res
             for wait in waits.values():
                 wait.cancel()
     assert stopped_in < 1.0, f"stop() took {stopped_in:.2f}s"
+
+
+async def test_a_lost_result_push_resolves_within_the_reconcile_interval_without_a_reconnect(
+    coord_conn: coord.Coord,
+) -> None:
+    interval = 0.5
+    dispatcher = await Dispatcher(coord_conn, reclaimer=False, reconcile_interval=interval).start()
+    try:
+        await dispatcher.submit(Spec(task_id="quiet", queue="q"))
+        waiting = asyncio.create_task(dispatcher.wait("quiet", 30))
+        await asyncio.sleep(2 * interval)  # awaited for longer than an interval: every pass reads it
+        reconnects = coord_conn.nc.stats["reconnects"]
+        done = await finish_without_a_push(coord_conn, "quiet")  # its push is lost: none was sent
+        started = time.monotonic()
+        assert await asyncio.wait_for(waiting, 30) == done
+        took = time.monotonic() - started
+        assert coord_conn.nc.stats["reconnects"] == reconnects, "resolved by a reconnect, not by the reconcile"
+        assert took < interval + 1.0, f"a lost push cost {took:.2f}s with reconcile_interval={interval}"
+    finally:
+        await dispatcher.stop()
 
 
 # --- stopping -----------------------------------------------------------------------------------

@@ -93,9 +93,14 @@ async function getJSON(url) {
 }
 
 // ---- actions -------------------------------------------------------------------------------
+// The server puts this process's action token in the page; a page of another origin cannot read it.
+function actionToken() {
+  const meta = document.querySelector('meta[name="corral-token"]');
+  return meta ? meta.content : "";
+}
 async function act(taskId, action) {
   const r = await fetch(`/api/tasks/${encodeURIComponent(taskId)}/${action}`, {
-    method: "POST", headers: { "X-Corral-Action": "1", Accept: "application/json" },
+    method: "POST", headers: { "X-Corral-Action": actionToken(), Accept: "application/json" },
   });
   const body = await r.json().catch(() => ({}));
   if (r.ok) toast(`${action}: ${taskId} is ${body.record.status} (revision ${body.record.revision})`, "ok");
