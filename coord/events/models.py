@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
 
 from coord.ids import Token, new_id
 
@@ -80,6 +80,14 @@ class ScopeSubDelegated(_EventBase):
     """The new descendant."""
     scope: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(default_factory=list, max_length=256)
     """What was delegated (paths, globs, names: free-form)."""
+
+    @field_validator("sub_agent")
+    @classmethod
+    def _not_self(cls, sub_agent: str, info: ValidationInfo) -> str:
+        # An agent is not its own descendant: a self-delegation would make it its own parent.
+        if sub_agent == info.data.get("agent"):
+            raise ValueError(f"must differ from agent (an agent cannot delegate to itself), got {sub_agent!r}")
+        return sub_agent
 
 
 class Progress(_EventBase):
