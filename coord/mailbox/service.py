@@ -6,16 +6,17 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Literal
 
+import nats.js.errors
 from nats.aio.msg import Msg
 
 from coord.deadletter import DeadLetters
 from coord.errors import InvalidInput, PayloadTooLarge
 from coord.ids import new_id, validate_id
-from coord.kv import MSG_TTL, ttl_header
+from coord.kv import EXPECTED_LAST, MSG_TTL, WRONG_LAST_SEQUENCE, conflicts, ttl_header
 from coord.mailbox.inbox import Inbox, parse_or_dead_letter
 from coord.mailbox.message import InboxMessage, parse
 from coord.mailbox.models import (
@@ -39,6 +40,7 @@ from coord.mailbox.models import (
 from coord.mailbox.replies import read_stream, wait_ack
 from coord.naming import DEFAULT_REPLY_PREFIX, Names
 from coord.presence import Presence
+from coord.records import MAX_CAS_ATTEMPTS
 from coord.registry import Registry
 from coord.streams import MSG_ID, Stream
 from coord.tracing import inject
@@ -354,19 +356,58 @@ class Mailbox:
         return moved
 
     async def _move(self, msg: Msg, agent: str) -> int:
-        """Republish ``msg`` into ``agent``'s inbox (same id or key), then delete the original."""
+        """Republish ``msg`` into ``agent``'s inbox (same id or key), then delete the original.
+
+        A keyed message lands only if nothing newer (by send time) waits under the same sender and
+        key in the inbox: latest wins, however the two got there. The republish is a
+        compare-and-set on that subject, so a direct send landing meanwhile is compared, not lost.
+        Returns 1 if it moved, 0 if it was malformed or superseded (then only the original is deleted).
+        """
         parsed = await parse_or_dead_letter(msg, self._stream, self._dead_letters, self.reply_prefix)
         if parsed is None:
             return 0
         headers = dict(msg.headers or {})
         headers[MSG_ID] = f"mv-{parsed.seq}-{parsed.id}"
         subject = self._subject(Agent(id=agent), parsed.id, parsed.key, parsed.sender)
-        await self._store(subject, msg.data, headers)
+        moved = 1
+        if parsed.key is None:
+            await self._store(subject, msg.data, headers)
+        else:
+            moved = await self._store_if_newer(subject, msg.data, headers, parsed.sent_at)
         await self._stream.delete(parsed.seq)
-        return 1
+        return moved
+
+    async def _store_if_newer(
+        self, subject: str, body: bytes, headers: dict[str, str], sent_at: datetime | None
+    ) -> int:
+        """Store a keyed message on ``subject`` unless the one there was sent at the same time or later."""
+        async for _ in conflicts(f"keyed inbox subject {subject!r}", MAX_CAS_ATTEMPTS):
+            current = await self._stream.last(subject)
+            if current is not None and not _sent_before(current.headers, sent_at):
+                return 0
+            try:
+                await self._store(subject, body, {**headers, EXPECTED_LAST: str(current.seq if current else 0)})
+            except nats.js.errors.APIError as err:
+                if err.err_code in WRONG_LAST_SEQUENCE:
+                    continue  # someone wrote the key meanwhile: compare again
+                raise
+            return 1
+        raise AssertionError("unreachable: conflicts() raises when the attempts are spent")
 
 
 async def _call(hook: SpawnHook, target: Agent | Tag) -> None:
     result = hook(target)
     if inspect.isawaitable(result):
         await result
+
+
+def _sent_before(headers: Mapping[str, str] | None, sent_at: datetime | None) -> bool:
+    """Whether the message with ``headers`` was sent strictly before ``sent_at`` (unknown times sort first)."""
+    raw = (headers or {}).get(H_SENT)
+    theirs = None
+    if raw:
+        with contextlib.suppress(ValueError):
+            theirs = datetime.fromisoformat(raw)
+    if sent_at is None:
+        return False
+    return theirs is None or theirs < sent_at

@@ -130,6 +130,22 @@ async def test_binding_a_tag_held_by_a_live_agent_conflicts_but_a_dead_holders_t
     assert [m.id for m in await mb.read_pending("gone")] == [direct.id]
 
 
+async def test_binding_a_tag_keeps_the_latest_keyed_message_by_send_time_whichever_way_it_came(
+    coord_conn: coord.Coord,
+) -> None:
+    mb = coord_conn.mailbox
+    await mb.send(Tag(name="build"), "status: 10% (old)", key="status", sender="ci")
+    await mb.send(Agent(id="A"), "status: 90% (new)", key="status", sender="ci")
+    assert await mb.bind_tag("build", "A") == 0  # superseded: nothing moved
+    assert [m.text for m in await mb.read_pending("A")] == ["status: 90% (new)"]
+    assert await mb.pending_tag("build") == []
+
+    await mb.send(Agent(id="B"), "phase: lint (old)", key="phase", sender="ci")
+    await mb.send(Tag(name="test"), "phase: deploy (new)", key="phase", sender="ci")
+    assert await mb.bind_tag("test", "B") == 1
+    assert [m.text for m in await mb.read_pending("B")] == ["phase: deploy (new)"]
+
+
 async def test_a_message_enqueued_under_a_tag_just_as_it_is_bound_still_reaches_the_binder(
     coord_conn: coord.Coord,
 ) -> None:
