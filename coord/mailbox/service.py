@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -309,7 +309,9 @@ class Mailbox:
     async def read_pending(self, agent: str, *, consume: bool = False, limit: int | None = None) -> list[InboxMessage]:
         """The messages waiting in ``agent``'s inbox, oldest first; ``consume`` acknowledges them too.
 
-        Malformed messages are dead-lettered and left out.
+        ``consume=True`` removes them *before* the caller has handled them (a crash then loses them):
+        to remove each only after it was handled, use :meth:`handle_pending`. Malformed messages are
+        dead-lettered and left out.
         """
         found: list[InboxMessage] = []
         for msg in await self._snapshot(self._names.inbox_filter(agent), limit):
@@ -320,6 +322,29 @@ class Mailbox:
                 await parsed.ack()
             found.append(parsed)
         return found
+
+    async def handle_pending(
+        self,
+        agent: str,
+        handler: Callable[[InboxMessage], Awaitable[object] | object],
+        *,
+        limit: int | None = None,
+    ) -> int:
+        """Hand each message waiting in ``agent``'s inbox to ``handler``, oldest first, and acknowledge
+        it only after ``handler`` returned; return how many were handled.
+
+        Mail is removed only once it was handed over: if ``handler`` raises, that message and the
+        ones after it stay queued and the error propagates. Malformed messages are dead-lettered
+        and left out.
+        """
+        handled = 0
+        for msg in await self.read_pending(agent, limit=limit):
+            result = handler(msg)
+            if inspect.isawaitable(result):
+                await result
+            await msg.ack()
+            handled += 1
+        return handled
 
     async def pending_tag(self, tag: str) -> list[InboxMessage]:
         """The messages waiting under ``tag`` for an agent to bind it, oldest first (not consumed)."""

@@ -108,6 +108,28 @@ async def test_read_pending_can_consume(coord_conn: coord.Coord) -> None:
     assert await coord_conn.mailbox.read_pending("p") == []
 
 
+async def test_handle_pending_acknowledges_each_message_only_after_its_handler_returned(
+    coord_conn: coord.Coord,
+) -> None:
+    mb = coord_conn.mailbox
+    sent = [await mb.send(Agent(id="h"), f"m{i}") for i in range(3)]
+    seen: list[str] = []
+
+    async def handler(msg: InboxMessage) -> None:
+        # while the handler runs, its message is still queued
+        assert msg.id in [m.id for m in await mb.read_pending("h")]
+        seen.append(msg.text)
+        if msg.text == "m1":
+            raise RuntimeError("handler failed")
+
+    with pytest.raises(RuntimeError, match="handler failed"):
+        await mb.handle_pending("h", handler)
+    assert seen == ["m0", "m1"]
+    assert [m.id for m in await mb.read_pending("h")] == [sent[1].id, sent[2].id]  # the failed one stays
+    assert await mb.handle_pending("h", lambda m: seen.append(m.text)) == 2
+    assert seen[2:] == ["m1", "m2"] and await mb.read_pending("h") == []
+
+
 async def test_binding_a_tag_held_by_a_live_agent_conflicts_but_a_dead_holders_tag_moves_with_its_mail(
     coord_conn: coord.Coord, stack: AsyncExitStack
 ) -> None:
