@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Literal
@@ -30,6 +31,7 @@ from coord.mailbox.models import (
     Delivered,
     Enqueued,
     Error,
+    Expired,
     Id,
     SendResult,
     SpawnHook,
@@ -202,6 +204,7 @@ class Mailbox:
         ack_inbox = nc.new_inbox()
         sub = await nc.subscribe(ack_inbox, max_msgs=1)
         try:
+            stored_from = asyncio.get_running_loop().time()
             subject = await self._publish(
                 owner, data, message_id, key=None, sender=sender, tag=tag, ack_to=ack_inbox, ttl=ttl
             )
@@ -209,15 +212,31 @@ class Mailbox:
                 assert spawn is not None
                 await _call(spawn, target)
                 if await self._presence.wait_present(agent, timeout) is None:
-                    return Enqueued(id=message_id, queue=queue)
+                    return await self._unacknowledged([subject], message_id, queue, stored_from, ttl)
             if await wait_ack(sub, self._presence, agent, timeout):
                 return Delivered(id=message_id)
-            if await self._still_queued(subject, message_id):
-                return Enqueued(id=message_id, queue=queue)
-            return Delivered(id=message_id)  # acknowledged; only the notice was lost
+            return await self._unacknowledged([subject], message_id, queue, stored_from, ttl)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _unacknowledged(
+        self, subjects: list[str], message_id: str, queue: str, stored_from: float, ttl: float | None
+    ) -> SendResult:
+        """What became of a message whose acknowledgement the sender did not hear.
+
+        Still stored on one of ``subjects`` → :class:`Enqueued`. Gone, sent with a ``ttl`` that may
+        have run out (counted from ``stored_from``, the loop time before it was stored) →
+        :class:`Expired`: the server drops expired mail unread, and an expiry is not a delivery.
+        Gone while it could not have expired yet → acknowledged, only the notice was lost →
+        :class:`Delivered`.
+        """
+        for subject in subjects:
+            if await self._still_queued(subject, message_id):
+                return Enqueued(id=message_id, queue=queue)
+        if ttl is not None and asyncio.get_running_loop().time() - stored_from >= _earliest_expiry(ttl):
+            return Expired(id=message_id)
+        return Delivered(id=message_id)
 
     async def _send_to_tag_queue(
         self,
@@ -236,7 +255,8 @@ class Mailbox:
         ack_inbox = nc.new_inbox() if wait_for_ack else None
         sub = await nc.subscribe(ack_inbox, max_msgs=1) if ack_inbox else None
         try:
-            await self._publish(
+            stored_from = asyncio.get_running_loop().time()
+            subject = await self._publish(
                 target, data, message_id, key=key, sender=sender, tag=target.name, ack_to=ack_inbox, ttl=ttl
             )
             # A binder may have drained the tag queue between our lookup and our publish: hand it over.
@@ -251,7 +271,13 @@ class Mailbox:
             await _call(spawn, target)
             if await wait_ack(sub, self._presence, None, timeout):
                 return Delivered(id=message_id)
-            return Enqueued(id=message_id, queue=queue)
+            # Wherever it is now: still under the tag, or moved into the inbox of whoever bound it.
+            state, agent = await self._registry.tag_state(target.name)
+            subjects = [subject]
+            if state == "BOUND" and agent is not None:
+                queue = f"agent:{agent}"
+                subjects.insert(0, self._subject(Agent(id=agent), message_id, None, sender))
+            return await self._unacknowledged(subjects, message_id, queue, stored_from, ttl)
         finally:
             if sub is not None:
                 with contextlib.suppress(Exception):
@@ -436,3 +462,9 @@ def _sent_before(headers: Mapping[str, str] | None, sent_at: datetime | None) ->
     if sent_at is None:
         return False
     return theirs is None or theirs < sent_at
+
+
+def _earliest_expiry(ttl: float) -> float:
+    """Seconds after it was stored before a message with ``ttl`` may be gone: the server applies
+    whole seconds, and a margin keeps a message that is merely about to expire from counting."""
+    return max(0.0, math.floor(ttl) - 0.5)

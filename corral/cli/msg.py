@@ -12,7 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from coord.errors import PresenceConflict
-from coord.mailbox import Agent, Chunk, Delivered, End, Enqueued, Error, Id, InboxMessage, Tag
+from coord.mailbox import Agent, Chunk, Delivered, End, Enqueued, Error, Expired, Id, InboxMessage, SendResult, Tag
 from coord.presence import AgentInfo
 from coord.presence.timing import MIN_TTL
 from corral.cli._common import Options, err_console, fail, invalid, options, print_json, run
@@ -70,6 +70,8 @@ def send(
         print_json(result.model_dump())
     elif isinstance(result, Delivered):
         typer.echo(f"delivered {result.id}")
+    elif isinstance(result, Expired):
+        typer.echo(f"expired {result.id} (the ttl ran out before anyone acknowledged it)")
     else:
         typer.echo(f"enqueued {result.id} ({result.queue})")
 
@@ -83,9 +85,9 @@ async def _send(
     sender: str | None,
     timeout: float,
     ttl: float | None,
-) -> Delivered | Enqueued:
+) -> SendResult:
     async with opts.connect() as coord:
-        result: Delivered | Enqueued = await coord.mailbox.send(
+        result: SendResult = await coord.mailbox.send(
             target, text, key=key, mode=mode, sender=sender, timeout=timeout, ttl=ttl
         )
         return result

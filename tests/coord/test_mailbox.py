@@ -10,7 +10,7 @@ import pytest
 
 import coord
 from coord.errors import Conflict, InvalidInput, PayloadTooLarge
-from coord.mailbox import Agent, Chunk, Delivered, End, Enqueued, Error, Id, InboxMessage, Tag
+from coord.mailbox import Agent, Chunk, Delivered, End, Enqueued, Error, Expired, Id, InboxMessage, Tag
 from coord.presence import AgentInfo
 from coord.server import NatsServer
 from tests.coord.helpers_mailbox import dead_letters
@@ -260,6 +260,35 @@ async def test_a_message_with_a_ttl_is_dropped_if_nobody_reads_it_in_time(coord_
     assert [m.text for m in await coord_conn.mailbox.read_pending("t")] == ["stays"]
     with pytest.raises(ValueError, match="ttl"):
         await coord_conn.mailbox.send(Agent(id="t"), "x", ttl=0)
+
+
+async def test_mail_that_expired_unread_is_reported_expired_not_delivered(
+    coord_conn: coord.Coord, stack: AsyncExitStack
+) -> None:
+    mb = coord_conn.mailbox
+    await _present(stack, coord_conn, "sleepy")  # present, but never reads its inbox
+    result = await mb.send(Agent(id="sleepy"), "read me within a second", ttl=1.0, timeout=3.0)
+    assert isinstance(result, Expired), result
+    assert await mb.read_pending("sleepy") == []
+    # still queued when the wait ends, before the ttl ran out: Enqueued, not Expired
+    waiting = await mb.send(Agent(id="sleepy"), "read me within a minute", ttl=60.0, timeout=1.0)
+    assert waiting == Enqueued(id=waiting.id, queue="agent:sleepy")
+
+    # a reader that acknowledges in time: Delivered, ttl or not
+    await _present(stack, coord_conn, "quick")
+    handled: list[str] = []
+
+    async def read() -> None:
+        async with mb.inbox("quick") as inbox:
+            async for msg in inbox:
+                handled.append(msg.text)
+
+    reader = asyncio.create_task(read())
+    try:
+        assert isinstance(await mb.send(Agent(id="quick"), "fast", ttl=2.0, timeout=5.0), Delivered)
+        assert handled == ["fast"]
+    finally:
+        reader.cancel()
 
 
 async def test_reader_and_senders_carry_on_across_a_server_restart(own_server: NatsServer, namespace: str) -> None:
