@@ -13,6 +13,7 @@ from typing import Literal
 
 import nats.js.errors
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from coord.deadletter import DeadLetters
 from coord.errors import InvalidInput, PayloadTooLarge
@@ -211,6 +212,13 @@ class Mailbox:
             if not live:
                 assert spawn is not None
                 await _call(spawn, target)
+                if isinstance(target, Tag):
+                    # The tag's holder is dead: whoever the hook starts binds the tag (taking the
+                    # mail that reached the dead holder through it), and its id need not be the dead
+                    # one's. Wait for the ack of whoever that is.
+                    return await self._await_tag_taker(
+                        sub, target, subject, queue, message_id, sender, stored_from, ttl, timeout
+                    )
                 if await self._presence.wait_present(agent, timeout) is None:
                     return await self._unacknowledged([subject], message_id, queue, stored_from, ttl)
             if await wait_ack(sub, self._presence, agent, timeout):
@@ -237,6 +245,34 @@ class Mailbox:
         if ttl is not None and asyncio.get_running_loop().time() - stored_from >= _earliest_expiry(ttl):
             return Expired(id=message_id)
         return Delivered(id=message_id)
+
+    async def _await_tag_taker(
+        self,
+        sub: Subscription,
+        target: Tag,
+        subject: str,
+        queue: str,
+        message_id: str,
+        sender: str | None,
+        stored_from: float,
+        ttl: float | None,
+        timeout: float,
+    ) -> SendResult:
+        """After a spawn for ``target``: the ack of whichever agent binds the tag, within ``timeout``.
+
+        Without it, the outcome is looked up where the message may be: on ``subject`` (where it was
+        stored, in ``queue``), or moved into the inbox of the tag's holder now.
+        """
+        if await wait_ack(sub, self._presence, None, timeout):
+            return Delivered(id=message_id)
+        state, agent = await self._registry.tag_state(target.name)
+        subjects = [subject]
+        if state == "BOUND" and agent is not None:
+            moved = self._subject(Agent(id=agent), message_id, None, sender)
+            if moved != subject:
+                subjects.insert(0, moved)
+            queue = f"agent:{agent}"
+        return await self._unacknowledged(subjects, message_id, queue, stored_from, ttl)
 
     async def _send_to_tag_queue(
         self,
@@ -269,15 +305,9 @@ class Mailbox:
                 return Enqueued(id=message_id, queue=queue)
             assert spawn is not None
             await _call(spawn, target)
-            if await wait_ack(sub, self._presence, None, timeout):
-                return Delivered(id=message_id)
-            # Wherever it is now: still under the tag, or moved into the inbox of whoever bound it.
-            state, agent = await self._registry.tag_state(target.name)
-            subjects = [subject]
-            if state == "BOUND" and agent is not None:
-                queue = f"agent:{agent}"
-                subjects.insert(0, self._subject(Agent(id=agent), message_id, None, sender))
-            return await self._unacknowledged(subjects, message_id, queue, stored_from, ttl)
+            return await self._await_tag_taker(
+                sub, target, subject, queue, message_id, sender, stored_from, ttl, timeout
+            )
         finally:
             if sub is not None:
                 with contextlib.suppress(Exception):
@@ -315,8 +345,10 @@ class Mailbox:
                     yield Enqueued(id=message_id, queue=queue)
                     return
                 await _call(spawn, target)
-                if agent is not None and await self._presence.wait_present(agent, timeout) is None:
-                    yield Error(message=f"agent {agent!r} did not come up within {timeout}s; message {queue}")
+                if isinstance(target, Tag):
+                    agent = None  # whoever binds the tag streams the reply, not its dead holder
+                elif await self._presence.wait_present(target.id, timeout) is None:
+                    yield Error(message=f"agent {target.id!r} did not come up within {timeout}s; message {queue}")
                     return
             yield Id(id=message_id)
             # Closed here, not left to the garbage collector, so its presence watch ends with this stream.

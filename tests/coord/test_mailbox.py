@@ -376,3 +376,38 @@ async def test_spawn_hooks_start_a_streamer_or_a_tag_holder_when_nobody_is_live(
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def test_spawn_for_a_tag_bound_to_a_dead_agent_waits_for_whoever_binds_it(coord_conn: coord.Coord) -> None:
+    mb = coord_conn.mailbox
+    await mb.bind_tag("oncall", "ghost")  # "ghost" holds the tags but is not present: dead
+    await mb.bind_tag("relay", "ghost")
+    tasks: list[asyncio.Task[None]] = []
+
+    def spawn(target: Agent | Tag) -> None:
+        assert isinstance(target, Tag)
+        heir_id = f"heir-{target.name}"
+
+        async def heir() -> None:  # a new agent, with its own id, takes the tag over
+            async with coord_conn.presence.join(AgentInfo(id=heir_id), interval=0.3, ttl=1.0):
+                await mb.bind_tag(target.name, heir_id)
+                async with mb.inbox(heir_id) as inbox:
+                    async for msg in inbox:
+                        await msg.chunk(f"{heir_id} got {msg.text}")
+
+        tasks.append(asyncio.create_task(heir()))
+
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        result = await mb.send(Tag(name="oncall"), "page", spawn=spawn, timeout=10)
+        assert result == Delivered(id=result.id)
+        assert loop.time() - started < 5, "delivered when the heir acknowledged, not after waiting out the timeout"
+        assert await mb.resolve(Tag(name="oncall")) == ("BOUND", "heir-oncall")
+        assert await mb.read_pending("ghost") == [] and await mb.read_pending("heir-oncall") == []
+        items = [i async for i in mb.send_streaming(Tag(name="relay"), "stream", spawn=spawn, timeout=5)]
+        assert isinstance(items[0], Id) and items[1:] == [Chunk(seq=1, data="heir-relay got stream"), End()]
+        assert len(tasks) == 2
+    finally:
+        for task in tasks:
+            task.cancel()
