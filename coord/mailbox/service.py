@@ -7,7 +7,7 @@ import contextlib
 import inspect
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -20,7 +20,7 @@ from coord.errors import InvalidInput, PayloadTooLarge
 from coord.ids import new_id, validate_id
 from coord.kv import EXPECTED_LAST, MSG_TTL, WRONG_LAST_SEQUENCE, conflicts, ttl_header
 from coord.mailbox.inbox import Inbox, parse_or_dead_letter
-from coord.mailbox.message import InboxMessage, parse
+from coord.mailbox.message import InboxMessage, parse, sent_time
 from coord.mailbox.models import (
     H_ACK_TO,
     H_FROM,
@@ -466,8 +466,9 @@ class Mailbox:
         """Store a keyed message on ``subject`` unless the one there was sent at the same time or later."""
         async for _ in conflicts(f"keyed inbox subject {subject!r}", MAX_CAS_ATTEMPTS):
             current = await self._stream.last(subject)
-            if current is not None and not _sent_before(current.headers, sent_at):
-                return 0
+            theirs = sent_time(current.headers) if current is not None else None
+            if current is not None and (sent_at is None or (theirs is not None and theirs >= sent_at)):
+                return 0  # what waits there was sent at the same time or later (unknown times sort first)
             try:
                 await self._store(subject, body, {**headers, EXPECTED_LAST: str(current.seq if current else 0)})
             except nats.js.errors.APIError as err:
@@ -482,18 +483,6 @@ async def _call(hook: SpawnHook, target: Agent | Tag) -> None:
     result = hook(target)
     if inspect.isawaitable(result):
         await result
-
-
-def _sent_before(headers: Mapping[str, str] | None, sent_at: datetime | None) -> bool:
-    """Whether the message with ``headers`` was sent strictly before ``sent_at`` (unknown times sort first)."""
-    raw = (headers or {}).get(H_SENT)
-    theirs = None
-    if raw:
-        with contextlib.suppress(ValueError):
-            theirs = datetime.fromisoformat(raw)
-    if sent_at is None:
-        return False
-    return theirs is None or theirs < sent_at
 
 
 def _earliest_expiry(ttl: float) -> float:
