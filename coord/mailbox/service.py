@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Literal
 
+import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from coord.deadletter import DeadLetters
-from coord.errors import InvalidInput, PayloadTooLarge
+from coord.errors import CorralError, InvalidInput, PayloadTooLarge
 from coord.ids import new_id, validate_id
 from coord.kv import EXPECTED_LAST, MSG_TTL, WRONG_LAST_SEQUENCE, conflicts, ttl_header
 from coord.mailbox.inbox import Inbox, parse_or_dead_letter
@@ -135,7 +136,7 @@ class Mailbox:
         """Present in presence; unknown counts as absent here (the message is then queued, never lost)."""
         try:
             return await asyncio.wait_for(self._presence.get(agent), timeout=5) is not None
-        except Exception as err:
+        except (OSError, nats.errors.Error, CorralError) as err:
             log.warning("presence of %s unknown (%s); queueing instead of waiting", agent, err)
             return False
 
