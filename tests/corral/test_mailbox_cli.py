@@ -138,3 +138,15 @@ async def test_read_removes_no_mail_it_could_not_print(
         assert "Traceback" not in err and "Exception ignored" not in err
         pending = await coord_conn.mailbox.read_pending("zed")
         assert [m.id for m in pending] == [s.id for s in sent], (args, "mail that was never shown was removed")
+
+
+async def test_send_reports_mail_that_expired_unread_as_expired(
+    coord_conn: coord.Coord, nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]
+) -> None:
+    async with coord_conn.presence.join(AgentInfo(id="napper"), interval=0.3, ttl=1.0):  # present, never reads
+        sent = await corral(
+            nats_server.url, namespace, subprocess_env,
+            "msg", "send", "--to", "napper", "--ttl", "1", "--timeout", "3", "wake up",
+        )  # fmt: skip
+    assert sent.code == 0 and sent.out.startswith("expired msg-"), sent
+    assert await coord_conn.mailbox.read_pending("napper") == []
