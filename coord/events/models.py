@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
 
 from coord.ids import Token, new_id
 
 __all__ = [
     "MAX_TEXT",
+    "Claim",
     "Descendant",
     "Errored",
     "Event",
@@ -81,6 +82,14 @@ class ScopeSubDelegated(_EventBase):
     scope: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(default_factory=list, max_length=256)
     """What was delegated (paths, globs, names: free-form)."""
 
+    @field_validator("sub_agent")
+    @classmethod
+    def _not_self(cls, sub_agent: str, info: ValidationInfo) -> str:
+        # An agent is not its own descendant: a self-delegation would make it its own parent.
+        if sub_agent == info.data.get("agent"):
+            raise ValueError(f"must differ from agent (an agent cannot delegate to itself), got {sub_agent!r}")
+        return sub_agent
+
 
 class Progress(_EventBase):
     """The child reports progress; no side effect beyond the descendant's last activity."""
@@ -117,11 +126,30 @@ class ReceivedEvent:
     """Stream sequence (0 when applied by hand)."""
 
 
+class Claim(BaseModel):
+    """One event's claim on who a descendant's parent is; the earliest claim (:attr:`key`) wins."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    at: AwareDatetime
+    """The event's time."""
+    id: str
+    """The event's id (breaks ties)."""
+    by: Token | None = None
+    """The delegator, for a delegation claim (None for a direct one: the listener is the parent)."""
+
+    @property
+    def key(self) -> tuple[datetime, str]:
+        """The order of claims: ``(at, id)``, a function of the event alone, never of its arrival."""
+        return (self.at, self.id)
+
+
 class Descendant(BaseModel):
     """What a listening agent knows about one descendant: a merge of every event about it.
 
-    Every field is a join (union, maximum, a status that only moves to ``shut_down``), so the
-    record depends only on the *set* of events applied, not on their order or repetition.
+    Every field is a join (union, maximum, minimum, a status that only moves to ``shut_down``), so
+    the record depends only on the *set* of events applied, not on their order or repetition; the
+    parent is the one named by the earliest claim (:class:`Claim`), never by who came first.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -131,7 +159,12 @@ class Descendant(BaseModel):
     direct: bool = False
     """It sent events to the listening agent itself (a direct child)."""
     delegated_by: Token | None = None
-    """Who spawned it, per ScopeSubDelegated (the smallest id if several claimed it)."""
+    """Who spawned it: the delegator of the earliest ScopeSubDelegated about it, unless it reported to
+    the listener itself before that (then None: the listener is its parent). See :attr:`Claim.key`."""
+    direct_claim: Claim | None = None
+    """The earliest event it sent to the listening agent itself."""
+    delegation: Claim | None = None
+    """The earliest ScopeSubDelegated about it."""
     scope: list[str] = Field(default_factory=list)
     """Union of the scopes delegated to it (sorted)."""
     status: Literal["active", "shut_down"] = "active"

@@ -9,7 +9,9 @@ which NATS permissions can bind to the sender's credentials. An event is *about*
   (a parent shutting its child down, a relay of a delegation deeper in the tree), as far as the
   listener's own descendant registry knows: the sender must be on the chain of parents from
   ``event.agent`` up to the listener.
-* A delegation may not re-parent a sub-agent the listener already knows under another parent.
+* A delegation never re-parents a sub-agent: it is accepted, and the descendant tree names the
+  parent of the earliest claim (:mod:`coord.events.tree`), so the outcome depends on the set of
+  events, not on which arrived first (a rejection here would depend on arrival).
 
 When the chain is not known yet (a delegation still on its way) the verdict is :data:`DEFER`: the
 listener retries the event a bounded number of times, then dead-letters it. Everything else that
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from coord.events.models import Descendant, ReceivedEvent, ScopeSubDelegated
+from coord.events.models import Descendant, ReceivedEvent
 
 __all__ = ["ACCEPT", "DEFER", "MAX_DEPTH", "Lookup", "Verdict", "sender_verdict"]
 
@@ -44,11 +46,6 @@ Lookup = Callable[[str], Awaitable[Descendant | None]]
 async def sender_verdict(owner: str, received: ReceivedEvent, lookup: Lookup) -> Verdict:
     """Whether ``received`` (sent to listener ``owner``) respects the rule of the module docstring."""
     event, sender = received.event, received.sender
-    if isinstance(event, ScopeSubDelegated):
-        known = await lookup(event.sub_agent)
-        parent = known.parent(owner) if known is not None else None
-        if parent is not None and parent != event.agent:
-            return f"{event.agent!r} may not take over {event.sub_agent!r}, a descendant of {parent!r}"
     if event.agent == sender:
         return ACCEPT
     if event.kind not in DELEGABLE:

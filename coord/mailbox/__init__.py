@@ -13,10 +13,11 @@ PENDING/ABSENT enqueues under the tag, to be drained by the agent that binds it.
 (present in presence) the sender stores the message and waits for the acknowledgement, racing it
 against the agent's departure: acked → :class:`Delivered`; the agent left (killed between receive
 and ack) or the wait timed out → :class:`Enqueued` — unless the message is gone from the stream by
-then, which means it *was* acknowledged (``Delivered``). Never both, never lost. To an absent agent,
-with ``key=`` or with ``mode="enqueue"``: stored and :class:`Enqueued` at once. An optional
-``spawn`` hook is called when no live agent holds the target, so a parent can start one; the send
-then waits for it like for a live agent.
+then: acknowledged (``Delivered``, only the notice was lost) if it could not have expired yet,
+else :class:`Expired` (sent with a ``ttl`` that has run out: an expiry is not a delivery). Never
+both, never lost. To an absent agent, with ``key=`` or with ``mode="enqueue"``: stored and
+:class:`Enqueued` at once. An optional ``spawn`` hook is called when no live agent holds the
+target, so a parent can start one; the send then waits for it like for a live agent.
 
 **Receiving.** ``async for msg in mailbox.inbox(agent)`` yields live and queued messages alike,
 oldest first, and acknowledges each one when the loop asks for the next (so: after the handler
@@ -44,6 +45,7 @@ from coord.mailbox.models import (
     End,
     Enqueued,
     Error,
+    Expired,
     Id,
     SendResult,
     SpawnHook,
@@ -60,6 +62,7 @@ __all__ = [
     "End",
     "Enqueued",
     "Error",
+    "Expired",
     "Id",
     "Inbox",
     "InboxMessage",

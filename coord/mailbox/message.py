@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -16,7 +17,7 @@ from coord.mailbox.models import H_ACK_TO, H_FROM, H_ID, H_SENT, H_SEQ, H_STREAM
 from coord.naming import ANONYMOUS_SENDER, DEFAULT_REPLY_PREFIX, TAG_TOKEN, is_reply_subject
 from coord.streams import Stream
 
-__all__ = ["InboxMessage", "parse"]
+__all__ = ["InboxMessage", "parse", "sent_time"]
 
 log = logging.getLogger("corral.mailbox")
 
@@ -141,10 +142,6 @@ def parse(msg: Msg, inbox: Stream, reply_prefix: str = DEFAULT_REPLY_PREFIX) -> 
         return f"{H_ID} {message_id!r} does not match subject id {last!r}"
     if kind not in ("m", "k"):
         return f"unexpected inbox subject {msg.subject!r}"
-    sent_at = None
-    if raw := headers.get(H_SENT):
-        with contextlib.suppress(ValueError):
-            sent_at = datetime.fromisoformat(raw)
     ignored: list[tuple[str, str]] = []
     received = InboxMessage(
         id=message_id,
@@ -153,7 +150,7 @@ def parse(msg: Msg, inbox: Stream, reply_prefix: str = DEFAULT_REPLY_PREFIX) -> 
         sender=sender,
         tag=headers.get(H_TAG),
         key=last if kind == "k" else None,
-        sent_at=sent_at,
+        sent_at=sent_time(headers),
         seq=msg.metadata.sequence.stream,
         subject=msg.subject,
         headers=dict(headers),
@@ -180,4 +177,15 @@ def _reply_to(msg: Msg, header: str, prefix: str, ignored: list[tuple[str, str]]
     if is_reply_subject(value, prefix):
         return value
     ignored.append((header, value[:200]))
+    return None
+
+
+def sent_time(headers: Mapping[str, str] | None) -> datetime | None:
+    """When the message with ``headers`` was sent (``Corral-Sent-At``); None if missing, unreadable or
+    without a timezone (so any two send times compare)."""
+    raw = (headers or {}).get(H_SENT)
+    if raw:
+        with contextlib.suppress(ValueError):
+            at = datetime.fromisoformat(raw)
+            return at if at.tzinfo is not None else None
     return None

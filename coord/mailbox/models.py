@@ -26,6 +26,7 @@ __all__ = [
     "End",
     "Enqueued",
     "Error",
+    "Expired",
     "Id",
     "SendResult",
     "SpawnHook",
@@ -97,7 +98,17 @@ class Enqueued(BaseModel):
     """Which queue holds it."""
 
 
-SendResult = Delivered | Enqueued
+class Expired(BaseModel):
+    """The message was sent with a ``ttl`` and left the queue without an acknowledgement the sender heard,
+    after the TTL had run out: the server dropped it unread (or, rarely, a handler acknowledged it
+    and that notice was lost). Never reported while the message could not have expired yet."""
+
+    type: Literal["expired"] = "expired"
+    id: str
+    """The message id."""
+
+
+SendResult = Delivered | Enqueued | Expired
 """What :meth:`~coord.mailbox.Mailbox.send` returns."""
 
 

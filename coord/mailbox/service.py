@@ -6,18 +6,22 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Literal
 
+import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from coord.deadletter import DeadLetters
-from coord.errors import InvalidInput, PayloadTooLarge
+from coord.errors import CorralError, InvalidInput, PayloadTooLarge
 from coord.ids import new_id, validate_id
-from coord.kv import MSG_TTL, ttl_header
+from coord.kv import EXPECTED_LAST, MSG_TTL, WRONG_LAST_SEQUENCE, conflicts, ttl_header
 from coord.mailbox.inbox import Inbox, parse_or_dead_letter
-from coord.mailbox.message import InboxMessage, parse
+from coord.mailbox.message import InboxMessage, parse, sent_time
 from coord.mailbox.models import (
     H_ACK_TO,
     H_FROM,
@@ -29,6 +33,7 @@ from coord.mailbox.models import (
     Delivered,
     Enqueued,
     Error,
+    Expired,
     Id,
     SendResult,
     SpawnHook,
@@ -39,6 +44,7 @@ from coord.mailbox.models import (
 from coord.mailbox.replies import read_stream, wait_ack
 from coord.naming import DEFAULT_REPLY_PREFIX, Names
 from coord.presence import Presence
+from coord.records import MAX_CAS_ATTEMPTS
 from coord.registry import Registry
 from coord.streams import MSG_ID, Stream
 from coord.tracing import inject
@@ -130,7 +136,7 @@ class Mailbox:
         """Present in presence; unknown counts as absent here (the message is then queued, never lost)."""
         try:
             return await asyncio.wait_for(self._presence.get(agent), timeout=5) is not None
-        except Exception as err:
+        except (OSError, nats.errors.Error, CorralError) as err:
             log.warning("presence of %s unknown (%s); queueing instead of waiting", agent, err)
             return False
 
@@ -200,22 +206,74 @@ class Mailbox:
         ack_inbox = nc.new_inbox()
         sub = await nc.subscribe(ack_inbox, max_msgs=1)
         try:
+            stored_from = asyncio.get_running_loop().time()
             subject = await self._publish(
                 owner, data, message_id, key=None, sender=sender, tag=tag, ack_to=ack_inbox, ttl=ttl
             )
             if not live:
                 assert spawn is not None
                 await _call(spawn, target)
+                if isinstance(target, Tag):
+                    # The tag's holder is dead: whoever the hook starts binds the tag (taking the
+                    # mail that reached the dead holder through it), and its id need not be the dead
+                    # one's. Wait for the ack of whoever that is.
+                    return await self._await_tag_taker(
+                        sub, target, subject, queue, message_id, sender, stored_from, ttl, timeout
+                    )
                 if await self._presence.wait_present(agent, timeout) is None:
-                    return Enqueued(id=message_id, queue=queue)
+                    return await self._unacknowledged([subject], message_id, queue, stored_from, ttl)
             if await wait_ack(sub, self._presence, agent, timeout):
                 return Delivered(id=message_id)
-            if await self._still_queued(subject, message_id):
-                return Enqueued(id=message_id, queue=queue)
-            return Delivered(id=message_id)  # acknowledged; only the notice was lost
+            return await self._unacknowledged([subject], message_id, queue, stored_from, ttl)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _unacknowledged(
+        self, subjects: list[str], message_id: str, queue: str, stored_from: float, ttl: float | None
+    ) -> SendResult:
+        """What became of a message whose acknowledgement the sender did not hear.
+
+        Still stored on one of ``subjects`` → :class:`Enqueued`. Gone, sent with a ``ttl`` that may
+        have run out (counted from ``stored_from``, the loop time before it was stored) →
+        :class:`Expired`: the server drops expired mail unread, and an expiry is not a delivery.
+        Gone while it could not have expired yet → acknowledged, only the notice was lost →
+        :class:`Delivered`.
+        """
+        for subject in subjects:
+            if await self._still_queued(subject, message_id):
+                return Enqueued(id=message_id, queue=queue)
+        if ttl is not None and asyncio.get_running_loop().time() - stored_from >= _earliest_expiry(ttl):
+            return Expired(id=message_id)
+        return Delivered(id=message_id)
+
+    async def _await_tag_taker(
+        self,
+        sub: Subscription,
+        target: Tag,
+        subject: str,
+        queue: str,
+        message_id: str,
+        sender: str | None,
+        stored_from: float,
+        ttl: float | None,
+        timeout: float,
+    ) -> SendResult:
+        """After a spawn for ``target``: the ack of whichever agent binds the tag, within ``timeout``.
+
+        Without it, the outcome is looked up where the message may be: on ``subject`` (where it was
+        stored, in ``queue``), or moved into the inbox of the tag's holder now.
+        """
+        if await wait_ack(sub, self._presence, None, timeout):
+            return Delivered(id=message_id)
+        state, agent = await self._registry.tag_state(target.name)
+        subjects = [subject]
+        if state == "BOUND" and agent is not None:
+            moved = self._subject(Agent(id=agent), message_id, None, sender)
+            if moved != subject:
+                subjects.insert(0, moved)
+            queue = f"agent:{agent}"
+        return await self._unacknowledged(subjects, message_id, queue, stored_from, ttl)
 
     async def _send_to_tag_queue(
         self,
@@ -234,7 +292,8 @@ class Mailbox:
         ack_inbox = nc.new_inbox() if wait_for_ack else None
         sub = await nc.subscribe(ack_inbox, max_msgs=1) if ack_inbox else None
         try:
-            await self._publish(
+            stored_from = asyncio.get_running_loop().time()
+            subject = await self._publish(
                 target, data, message_id, key=key, sender=sender, tag=target.name, ack_to=ack_inbox, ttl=ttl
             )
             # A binder may have drained the tag queue between our lookup and our publish: hand it over.
@@ -247,9 +306,9 @@ class Mailbox:
                 return Enqueued(id=message_id, queue=queue)
             assert spawn is not None
             await _call(spawn, target)
-            if await wait_ack(sub, self._presence, None, timeout):
-                return Delivered(id=message_id)
-            return Enqueued(id=message_id, queue=queue)
+            return await self._await_tag_taker(
+                sub, target, subject, queue, message_id, sender, stored_from, ttl, timeout
+            )
         finally:
             if sub is not None:
                 with contextlib.suppress(Exception):
@@ -287,8 +346,10 @@ class Mailbox:
                     yield Enqueued(id=message_id, queue=queue)
                     return
                 await _call(spawn, target)
-                if agent is not None and await self._presence.wait_present(agent, timeout) is None:
-                    yield Error(message=f"agent {agent!r} did not come up within {timeout}s; message {queue}")
+                if isinstance(target, Tag):
+                    agent = None  # whoever binds the tag streams the reply, not its dead holder
+                elif await self._presence.wait_present(target.id, timeout) is None:
+                    yield Error(message=f"agent {target.id!r} did not come up within {timeout}s; message {queue}")
                     return
             yield Id(id=message_id)
             # Closed here, not left to the garbage collector, so its presence watch ends with this stream.
@@ -307,7 +368,9 @@ class Mailbox:
     async def read_pending(self, agent: str, *, consume: bool = False, limit: int | None = None) -> list[InboxMessage]:
         """The messages waiting in ``agent``'s inbox, oldest first; ``consume`` acknowledges them too.
 
-        Malformed messages are dead-lettered and left out.
+        ``consume=True`` removes them *before* the caller has handled them (a crash then loses them):
+        to remove each only after it was handled, use :meth:`handle_pending`. Malformed messages are
+        dead-lettered and left out.
         """
         found: list[InboxMessage] = []
         for msg in await self._snapshot(self._names.inbox_filter(agent), limit):
@@ -318,6 +381,29 @@ class Mailbox:
                 await parsed.ack()
             found.append(parsed)
         return found
+
+    async def handle_pending(
+        self,
+        agent: str,
+        handler: Callable[[InboxMessage], Awaitable[object] | object],
+        *,
+        limit: int | None = None,
+    ) -> int:
+        """Hand each message waiting in ``agent``'s inbox to ``handler``, oldest first, and acknowledge
+        it only after ``handler`` returned; return how many were handled.
+
+        Mail is removed only once it was handed over: if ``handler`` raises, that message and the
+        ones after it stay queued and the error propagates. Malformed messages are dead-lettered
+        and left out.
+        """
+        handled = 0
+        for msg in await self.read_pending(agent, limit=limit):
+            result = handler(msg)
+            if inspect.isawaitable(result):
+                await result
+            await msg.ack()
+            handled += 1
+        return handled
 
     async def pending_tag(self, tag: str) -> list[InboxMessage]:
         """The messages waiting under ``tag`` for an agent to bind it, oldest first (not consumed)."""
@@ -354,19 +440,53 @@ class Mailbox:
         return moved
 
     async def _move(self, msg: Msg, agent: str) -> int:
-        """Republish ``msg`` into ``agent``'s inbox (same id or key), then delete the original."""
+        """Republish ``msg`` into ``agent``'s inbox (same id or key), then delete the original.
+
+        A keyed message lands only if nothing newer (by send time) waits under the same sender and
+        key in the inbox: latest wins, however the two got there. The republish is a
+        compare-and-set on that subject, so a direct send landing meanwhile is compared, not lost.
+        Returns 1 if it moved, 0 if it was malformed or superseded (then only the original is deleted).
+        """
         parsed = await parse_or_dead_letter(msg, self._stream, self._dead_letters, self.reply_prefix)
         if parsed is None:
             return 0
         headers = dict(msg.headers or {})
         headers[MSG_ID] = f"mv-{parsed.seq}-{parsed.id}"
         subject = self._subject(Agent(id=agent), parsed.id, parsed.key, parsed.sender)
-        await self._store(subject, msg.data, headers)
+        moved = 1
+        if parsed.key is None:
+            await self._store(subject, msg.data, headers)
+        else:
+            moved = await self._store_if_newer(subject, msg.data, headers, parsed.sent_at)
         await self._stream.delete(parsed.seq)
-        return 1
+        return moved
+
+    async def _store_if_newer(
+        self, subject: str, body: bytes, headers: dict[str, str], sent_at: datetime | None
+    ) -> int:
+        """Store a keyed message on ``subject`` unless the one there was sent at the same time or later."""
+        async for _ in conflicts(f"keyed inbox subject {subject!r}", MAX_CAS_ATTEMPTS):
+            current = await self._stream.last(subject)
+            theirs = sent_time(current.headers) if current is not None else None
+            if current is not None and (sent_at is None or (theirs is not None and theirs >= sent_at)):
+                return 0  # what waits there was sent at the same time or later (unknown times sort first)
+            try:
+                await self._store(subject, body, {**headers, EXPECTED_LAST: str(current.seq if current else 0)})
+            except nats.js.errors.APIError as err:
+                if err.err_code in WRONG_LAST_SEQUENCE:
+                    continue  # someone wrote the key meanwhile: compare again
+                raise
+            return 1
+        raise AssertionError("unreachable: conflicts() raises when the attempts are spent")
 
 
 async def _call(hook: SpawnHook, target: Agent | Tag) -> None:
     result = hook(target)
     if inspect.isawaitable(result):
         await result
+
+
+def _earliest_expiry(ttl: float) -> float:
+    """Seconds after it was stored before a message with ``ttl`` may be gone: the server applies
+    whole seconds, and a margin keeps a message that is merely about to expire from counting."""
+    return max(0.0, math.floor(ttl) - 0.5)

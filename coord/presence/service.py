@@ -113,6 +113,18 @@ class Presence:
             return None
         return latest.record.info()
 
+    async def held(self, agent_id: str) -> bool:
+        """Whether ``agent_id``'s key is held: its latest message is a value, well-formed or not.
+
+        Unlike :meth:`get`, a malformed value (e.g. a plain publish without ``Nats-TTL``) counts as
+        held: it is not another holder, and the live holder's next renewal writes over it, so it is
+        no evidence that the holder left. Only no message, a tombstone or an expiry marker is absent.
+        A read error propagates (an error is not an answer).
+        """
+        validate_id(agent_id, "agent_id")
+        latest = await self._store.latest(agent_id)
+        return latest is not None and latest.tombstone is None
+
     async def wait_absent(self, agent_id: str, timeout: float) -> bool:
         """True as soon as ``agent_id`` is absent (at once if it is), False if still present after ``timeout`` s."""
         validate_id(agent_id, "agent_id")

@@ -9,7 +9,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Literal
 
-from coord.errors import Conflict, InvalidInput, InvalidTransition, NotFound
+import nats.errors
+
+from coord.errors import Conflict, CorralError, InvalidInput, InvalidTransition, NotFound, Unavailable
 from coord.ids import new_id, validate_id
 from coord.kv import conflicts
 from coord.presence import Presence
@@ -71,15 +73,22 @@ class Registry:
 
     # --- liveness ------------------------------------------------------------------------
     async def agent_alive(self, agent_id: str) -> bool:
-        """Whether ``agent_id`` is present; True when presence cannot be asked (unknown = alive)."""
+        """Whether ``agent_id``'s presence key is held (:meth:`~coord.presence.Presence.held`).
+
+        A malformed value on the key still counts as held: one forged publish is not a departure.
+        Raises :class:`~coord.errors.Unavailable` when presence cannot be read (within 5 s): an
+        error is not a verdict, so no caller takes it for "alive" or for "absent".
+        """
+        validate_id(agent_id, "agent_id")
         try:
-            return await asyncio.wait_for(self._presence.get(agent_id), timeout=5) is not None
-        except Exception as err:
-            log.warning("presence of %s unknown (%s); counting it as alive", agent_id, err or type(err).__name__)
-            return True
+            return await asyncio.wait_for(self._presence.held(agent_id), timeout=5)
+        except (OSError, nats.errors.Error, CorralError) as err:
+            raise Unavailable(
+                f"cannot tell whether agent {agent_id!r} is present ({err or type(err).__name__}); nothing was decided"
+            ) from err
 
     async def is_alive(self, session: Session) -> bool:
-        """An active session whose agent is present (or whose presence is unknown)."""
+        """An active session whose agent's presence key is held (:class:`Unavailable` if it cannot be read)."""
         return session.status == "active" and await self.agent_alive(session.agent_id)
 
     # --- sessions ------------------------------------------------------------------------
@@ -152,8 +161,9 @@ class Registry:
     async def list_sessions(self, *, alive_only: bool = False, status: SessionStatus | None = None) -> list[Session]:
         """All sessions, most recently started first.
 
-        ``alive_only`` keeps active sessions whose agent is present (one presence read for all; if
-        presence cannot be read, every active session counts as alive).
+        ``alive_only`` keeps active sessions whose agent is present (one presence read for all);
+        if presence cannot be read that raises :class:`~coord.errors.Unavailable` rather than
+        guessing.
         """
         sessions = [s for _, s in await self.store.scan("session.", Session)]
         if status is not None:
@@ -162,10 +172,9 @@ class Registry:
             sessions = [s for s in sessions if s.status == "active"]
             try:
                 present = await asyncio.wait_for(self._presence.present_ids(), timeout=10)
-            except Exception as err:
-                log.warning("presence unknown (%s); listing every active session as alive", err)
-            else:
-                sessions = [s for s in sessions if s.agent_id in present]
+            except (OSError, nats.errors.Error, CorralError) as err:
+                raise Unavailable(f"cannot list who is present ({err or type(err).__name__})") from err
+            sessions = [s for s in sessions if s.agent_id in present]
         sessions.sort(key=lambda s: s.started_at, reverse=True)
         return sessions
 
@@ -218,9 +227,11 @@ class Registry:
         """Atomically reap a dead owner of ``thread`` and reserve it for a new session of ``agent_id``.
 
         One compare-and-set on ``thread.{name}`` decides: it creates the reservation, or replaces
-        one whose owner is dead (its session ended, or its agent is absent from presence). If the
-        owner is alive — or its liveness is unknown — nothing changes and :class:`LiveOwner` is
-        returned. Concurrent reservers of one thread: exactly one gets :class:`Reserved`.
+        one whose owner is dead (its session ended, or its agent's presence key is not held — a
+        malformed value on it still is). If the owner is alive, nothing changes and
+        :class:`LiveOwner` is returned; if its liveness cannot be read, nothing changes and
+        :class:`~coord.errors.Unavailable` is raised. Concurrent reservers of one thread: exactly
+        one gets :class:`Reserved`.
 
         ``session_id`` may name an active session of ``agent_id`` (it then takes the thread, and
         re-reserving a thread it already holds is a no-op that never abandons it); a session id of
@@ -292,7 +303,9 @@ class Registry:
         """Abandon every active session on ``thread`` whose owner is dead; return how many.
 
         The reservation itself is dropped (one CAS) when its owner is dead, so the next reserver
-        creates it afresh. Sessions whose liveness is unknown are left alone.
+        creates it afresh. A malformed presence value counts as held (alive). If presence cannot be
+        read, :class:`~coord.errors.Unavailable` is raised and the sessions not yet looked at are
+        left alone.
         """
         key = _thread_key(thread)
         reaped = 0

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from pydantic import ValidationError
 
 from coord.errors import PresenceConflict
-from coord.mailbox import Agent, Chunk, Delivered, End, Enqueued, Error, Id, InboxMessage, Tag
+from coord.mailbox import Agent, Chunk, Delivered, End, Enqueued, Error, Expired, Id, InboxMessage, SendResult, Tag
 from coord.presence import AgentInfo
 from coord.presence.timing import MIN_TTL
 from corral.cli._common import Options, err_console, fail, invalid, options, print_json, run
@@ -67,6 +70,8 @@ def send(
         print_json(result.model_dump())
     elif isinstance(result, Delivered):
         typer.echo(f"delivered {result.id}")
+    elif isinstance(result, Expired):
+        typer.echo(f"expired {result.id} (the ttl ran out before anyone acknowledged it)")
     else:
         typer.echo(f"enqueued {result.id} ({result.queue})")
 
@@ -80,9 +85,9 @@ async def _send(
     sender: str | None,
     timeout: float,
     ttl: float | None,
-) -> Delivered | Enqueued:
+) -> SendResult:
     async with opts.connect() as coord:
-        result: Delivered | Enqueued = await coord.mailbox.send(
+        result: SendResult = await coord.mailbox.send(
             target, text, key=key, mode=mode, sender=sender, timeout=timeout, ttl=ttl
         )
         return result
@@ -127,12 +132,34 @@ def _message_json(msg: InboxMessage) -> dict[str, Any]:
 
 
 def _show(msg: InboxMessage, json_out: bool) -> None:
+    """Print ``msg`` and flush: it is handed over (and may be acknowledged) only once this returns."""
     if json_out:
         print_json(_message_json(msg))
         return
     via = f" via #{msg.tag}" if msg.tag else ""
     key = f" [{msg.key}]" if msg.key else ""
-    typer.echo(f"{msg.id} from {msg.sender or '?'}{via}{key}: {msg.text}")
+    sys.stdout.write(f"{msg.id} from {msg.sender or '?'}{via}{key}: {msg.text}\n")
+    sys.stdout.flush()
+
+
+class _StdoutLost(Exception):
+    """Writing a message to stdout failed (only this, not a connection error, stops ``read`` so)."""
+
+    def __init__(self, err: OSError) -> None:
+        super().__init__(str(err))
+        self.err = err
+
+
+def _stdout_lost(err: OSError, shown: int) -> NoReturn:
+    """Stop ``read`` when stdout cannot take a message (closed pipe, full disk): one line, exit 1."""
+    # Point stdout at /dev/null so the interpreter's final flush of what is still buffered does not
+    # fail a second time with a traceback-like "Exception ignored" report.
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    reason = err.strerror or type(err).__name__
+    fail(f"cannot write to stdout ({reason}); {shown} message(s) shown and acknowledged, the rest stay in the inbox")
 
 
 @app.command("read")
@@ -146,7 +173,7 @@ def read(
     join: Annotated[bool, typer.Option(help="With --follow, be present as AGENT so senders get 'delivered'.")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per message.")] = False,
 ) -> None:
-    """Print AGENT's messages, oldest first; each is acknowledged once printed (unless --peek)."""
+    """Print AGENT's messages, oldest first; each is acknowledged once printed and flushed (unless --peek)."""
     if follow and peek:
         fail("--peek shows what is pending; it cannot be combined with --follow", EXIT_USAGE)
     check_tokens({"--agent": agent})
@@ -154,10 +181,33 @@ def read(
 
 
 async def _read(opts: Options, agent: str, follow: bool, peek: bool, join: bool, json_out: bool) -> None:
+    shown = 0
+
+    def hand_over(msg: InboxMessage) -> None:
+        nonlocal shown
+        try:
+            _show(msg, json_out)
+        except OSError as err:
+            raise _StdoutLost(err) from err
+        shown += 1
+
+    try:
+        await _read_into(opts, agent, follow, peek, join, hand_over)
+    except _StdoutLost as lost:
+        _stdout_lost(lost.err, 0 if peek else shown)
+
+
+async def _read_into(
+    opts: Options, agent: str, follow: bool, peek: bool, join: bool, hand_over: Callable[[InboxMessage], None]
+) -> None:
+    """Hand AGENT's messages to ``hand_over``; each is acknowledged only after it returned (unless peeking)."""
     async with opts.connect() as coord:
+        if peek:
+            for msg in await coord.mailbox.read_pending(agent):
+                hand_over(msg)
+            return
         if not follow:
-            for msg in await coord.mailbox.read_pending(agent, consume=not peek):
-                _show(msg, json_out)
+            await coord.mailbox.handle_pending(agent, hand_over)
             return
         membership = None
         if join:
@@ -167,8 +217,8 @@ async def _read(opts: Options, agent: str, follow: bool, peek: bool, join: bool,
                 fail(f"{err} (use --no-join to read without being present)", code=3)
         try:
             async with coord.mailbox.inbox(agent) as inbox:
-                async for msg in inbox:
-                    _show(msg, json_out)
+                async for msg in inbox:  # acknowledged when the next is asked for: after it was printed
+                    hand_over(msg)
         finally:
             if membership is not None:
                 await membership.leave()

@@ -11,11 +11,12 @@ first), and ring buffers for the timeline, departures, dead letters and events.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from coord.deadletter import LATE_RESULT, DeadLetter
 from coord.events import Descendant, ReceivedEvent, render_event
@@ -80,6 +81,8 @@ class ReadModel:
         self.sessions: dict[str, Session] = {}
         self.threads: dict[str, ThreadReservation] = {}
         self._max_registry = max_registry
+        self._session_ages: list[tuple[datetime, str]] = []
+        self._thread_ages: list[tuple[datetime, str]] = []
         self.ready: set[str] = set()
         """Feeds whose initial snapshot is in (``presence``, ``tasks``)."""
         self.dirty: set[Section] = set()
@@ -459,8 +462,8 @@ class ReadModel:
         session_id = key.removeprefix("session.")
         if session is None:
             self.sessions.pop(session_id, None)
-        elif session_id in self.sessions or len(self.sessions) < self._max_registry:
-            self.sessions[session_id] = session
+        else:
+            _keep_newest(self.sessions, self._session_ages, session_id, session, _started, self._max_registry)
         self._touch("registry")
 
     def on_thread(self, key: str, reservation: ThreadReservation | None) -> None:
@@ -468,8 +471,8 @@ class ReadModel:
         thread = key.removeprefix("thread.")
         if reservation is None:
             self.threads.pop(thread, None)
-        elif thread in self.threads or len(self.threads) < self._max_registry:
-            self.threads[thread] = reservation
+        else:
+            _keep_newest(self.threads, self._thread_ages, thread, reservation, _reserved, self._max_registry)
         self._touch("registry")
 
     def registry_json(self) -> dict[str, Any]:
@@ -501,3 +504,38 @@ class ReadModel:
             "dead_letters": len(self.dead_letters),
             "versions": dict(self.versions),
         }
+
+
+_T = TypeVar("_T")
+
+
+def _started(session: Session) -> datetime:
+    return session.started_at
+
+
+def _reserved(reservation: ThreadReservation) -> datetime:
+    return reservation.reserved_at
+
+
+def _keep_newest(
+    items: dict[str, _T],
+    ages: list[tuple[datetime, str]],
+    key: str,
+    value: _T,
+    age: Callable[[_T], datetime],
+    limit: int,
+) -> None:
+    """Store ``items[key] = value``, then forget the oldest entries (by ``age``) beyond ``limit``.
+
+    ``ages`` is a min-heap of ``(age, key)`` kept beside ``items``; an entry whose key was removed or
+    re-aged since is stale and skipped, and the heap is rebuilt once stale entries outnumber live ones.
+    """
+    items[key] = value
+    heapq.heappush(ages, (age(value), key))
+    while len(items) > limit:
+        at, oldest = heapq.heappop(ages)
+        if oldest in items and age(items[oldest]) == at:
+            del items[oldest]
+    if len(ages) > 2 * len(items) + 64:
+        ages[:] = [(age(v), k) for k, v in items.items()]
+        heapq.heapify(ages)

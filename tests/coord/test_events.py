@@ -261,6 +261,13 @@ def test_events_parse_by_kind_and_name_the_bad_field() -> None:
         Progress(agent="a", fraction=2)
 
 
+def test_a_self_delegation_is_refused_naming_the_sub_agent() -> None:
+    with pytest.raises(ValueError, match=r"sub_agent\n.*must differ from agent"):
+        ScopeSubDelegated(agent="a", sub_agent="a")
+    with pytest.raises(ValueError, match="sub_agent"):  # also when it arrives on the wire
+        parse_event('{"kind": "scope_sub_delegated", "agent": "a", "sub_agent": "a"}')
+
+
 async def test_a_child_emitting_while_the_server_restarts_still_reaches_a_running_listener(
     own_server: NatsServer, namespace: str
 ) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 import coord
 from coord.errors import Conflict, InvalidInput, PayloadTooLarge
-from coord.mailbox import Agent, Chunk, Delivered, End, Enqueued, Error, Id, InboxMessage, Tag
+from coord.mailbox import Agent, Chunk, Delivered, End, Enqueued, Error, Expired, Id, InboxMessage, Tag
 from coord.presence import AgentInfo
 from coord.server import NatsServer
 from tests.coord.helpers_mailbox import dead_letters
@@ -108,6 +108,28 @@ async def test_read_pending_can_consume(coord_conn: coord.Coord) -> None:
     assert await coord_conn.mailbox.read_pending("p") == []
 
 
+async def test_handle_pending_acknowledges_each_message_only_after_its_handler_returned(
+    coord_conn: coord.Coord,
+) -> None:
+    mb = coord_conn.mailbox
+    sent = [await mb.send(Agent(id="h"), f"m{i}") for i in range(3)]
+    seen: list[str] = []
+
+    async def handler(msg: InboxMessage) -> None:
+        # while the handler runs, its message is still queued
+        assert msg.id in [m.id for m in await mb.read_pending("h")]
+        seen.append(msg.text)
+        if msg.text == "m1":
+            raise RuntimeError("handler failed")
+
+    with pytest.raises(RuntimeError, match="handler failed"):
+        await mb.handle_pending("h", handler)
+    assert seen == ["m0", "m1"]
+    assert [m.id for m in await mb.read_pending("h")] == [sent[1].id, sent[2].id]  # the failed one stays
+    assert await mb.handle_pending("h", lambda m: seen.append(m.text)) == 2
+    assert seen[2:] == ["m1", "m2"] and await mb.read_pending("h") == []
+
+
 async def test_binding_a_tag_held_by_a_live_agent_conflicts_but_a_dead_holders_tag_moves_with_its_mail(
     coord_conn: coord.Coord, stack: AsyncExitStack
 ) -> None:
@@ -128,6 +150,22 @@ async def test_binding_a_tag_held_by_a_live_agent_conflicts_but_a_dead_holders_t
     assert await mb.bind_tag("ops", "heir") == 1
     assert [m.id for m in await mb.read_pending("heir")] == [via_tag.id]
     assert [m.id for m in await mb.read_pending("gone")] == [direct.id]
+
+
+async def test_binding_a_tag_keeps_the_latest_keyed_message_by_send_time_whichever_way_it_came(
+    coord_conn: coord.Coord,
+) -> None:
+    mb = coord_conn.mailbox
+    await mb.send(Tag(name="build"), "status: 10% (old)", key="status", sender="ci")
+    await mb.send(Agent(id="A"), "status: 90% (new)", key="status", sender="ci")
+    assert await mb.bind_tag("build", "A") == 0  # superseded: nothing moved
+    assert [m.text for m in await mb.read_pending("A")] == ["status: 90% (new)"]
+    assert await mb.pending_tag("build") == []
+
+    await mb.send(Agent(id="B"), "phase: lint (old)", key="phase", sender="ci")
+    await mb.send(Tag(name="test"), "phase: deploy (new)", key="phase", sender="ci")
+    assert await mb.bind_tag("test", "B") == 1
+    assert [m.text for m in await mb.read_pending("B")] == ["phase: deploy (new)"]
 
 
 async def test_a_message_enqueued_under_a_tag_just_as_it_is_bound_still_reaches_the_binder(
@@ -224,6 +262,35 @@ async def test_a_message_with_a_ttl_is_dropped_if_nobody_reads_it_in_time(coord_
         await coord_conn.mailbox.send(Agent(id="t"), "x", ttl=0)
 
 
+async def test_mail_that_expired_unread_is_reported_expired_not_delivered(
+    coord_conn: coord.Coord, stack: AsyncExitStack
+) -> None:
+    mb = coord_conn.mailbox
+    await _present(stack, coord_conn, "sleepy")  # present, but never reads its inbox
+    result = await mb.send(Agent(id="sleepy"), "read me within a second", ttl=1.0, timeout=3.0)
+    assert isinstance(result, Expired), result
+    assert await mb.read_pending("sleepy") == []
+    # still queued when the wait ends, before the ttl ran out: Enqueued, not Expired
+    waiting = await mb.send(Agent(id="sleepy"), "read me within a minute", ttl=60.0, timeout=1.0)
+    assert waiting == Enqueued(id=waiting.id, queue="agent:sleepy")
+
+    # a reader that acknowledges in time: Delivered, ttl or not
+    await _present(stack, coord_conn, "quick")
+    handled: list[str] = []
+
+    async def read() -> None:
+        async with mb.inbox("quick") as inbox:
+            async for msg in inbox:
+                handled.append(msg.text)
+
+    reader = asyncio.create_task(read())
+    try:
+        assert isinstance(await mb.send(Agent(id="quick"), "fast", ttl=2.0, timeout=5.0), Delivered)
+        assert handled == ["fast"]
+    finally:
+        reader.cancel()
+
+
 async def test_reader_and_senders_carry_on_across_a_server_restart(own_server: NatsServer, namespace: str) -> None:
     async with coord.connect(own_server.url, namespace=namespace) as conn:
         got: list[str] = []
@@ -306,6 +373,41 @@ async def test_spawn_hooks_start_a_streamer_or_a_tag_holder_when_nobody_is_live(
         assert isinstance(result, Delivered)
         assert spawned == [Agent(id="helper"), Tag(name="builders")]
         assert await coord_conn.mailbox.resolve(Tag(name="builders")) == ("BOUND", "taker")
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def test_spawn_for_a_tag_bound_to_a_dead_agent_waits_for_whoever_binds_it(coord_conn: coord.Coord) -> None:
+    mb = coord_conn.mailbox
+    await mb.bind_tag("oncall", "ghost")  # "ghost" holds the tags but is not present: dead
+    await mb.bind_tag("relay", "ghost")
+    tasks: list[asyncio.Task[None]] = []
+
+    def spawn(target: Agent | Tag) -> None:
+        assert isinstance(target, Tag)
+        heir_id = f"heir-{target.name}"
+
+        async def heir() -> None:  # a new agent, with its own id, takes the tag over
+            async with coord_conn.presence.join(AgentInfo(id=heir_id), interval=0.3, ttl=1.0):
+                await mb.bind_tag(target.name, heir_id)
+                async with mb.inbox(heir_id) as inbox:
+                    async for msg in inbox:
+                        await msg.chunk(f"{heir_id} got {msg.text}")
+
+        tasks.append(asyncio.create_task(heir()))
+
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        result = await mb.send(Tag(name="oncall"), "page", spawn=spawn, timeout=10)
+        assert result == Delivered(id=result.id)
+        assert loop.time() - started < 5, "delivered when the heir acknowledged, not after waiting out the timeout"
+        assert await mb.resolve(Tag(name="oncall")) == ("BOUND", "heir-oncall")
+        assert await mb.read_pending("ghost") == [] and await mb.read_pending("heir-oncall") == []
+        items = [i async for i in mb.send_streaming(Tag(name="relay"), "stream", spawn=spawn, timeout=5)]
+        assert isinstance(items[0], Id) and items[1:] == [Chunk(seq=1, data="heir-relay got stream"), End()]
+        assert len(tasks) == 2
     finally:
         for task in tasks:
             task.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ from contextlib import AsyncExitStack
 import pytest
 
 import coord
-from coord.errors import Conflict, InvalidTransition, NotFound
+from coord.errors import Conflict, InvalidTransition, NotFound, Unavailable
 from coord.presence import AgentInfo
 from coord.registry import LiveOwner, Registry, Reserved, Session
 from coord.server import NatsServer
@@ -85,17 +86,46 @@ async def test_sigkilled_owner_is_reaped_by_the_next_reserve_after_the_presence_
     assert (await coord_conn.registry.thread_owner("work")).agent_id == "next"  # type: ignore[union-attr]
 
 
-async def test_presence_errors_make_the_owner_count_as_alive(coord_conn: coord.Coord) -> None:
+async def test_a_presence_read_error_is_no_verdict_the_reservation_is_refused_with_a_clear_error(
+    coord_conn: coord.Coord,
+) -> None:
     reg = coord_conn.registry
-    assert isinstance(await reg.reserve_thread("t", agent_id="ghost"), Reserved)  # ghost was never present
+    first = await reg.reserve_thread("t", agent_id="ghost")  # ghost was never present
+    assert isinstance(first, Reserved)
 
-    async def broken(agent_id: str) -> None:
+    async def broken(agent_id: str) -> bool:
         raise ConnectionError("presence down")
 
-    coord_conn.presence.get = broken  # type: ignore[method-assign]
-    assert await reg.agent_alive("ghost")
-    assert isinstance(await reg.reserve_thread("t", agent_id="other"), LiveOwner)
-    assert await reg.reap_dead("t") == 0
+    coord_conn.presence.held = broken  # type: ignore[method-assign]
+    with pytest.raises(Unavailable, match="cannot tell whether agent 'ghost' is present"):
+        await reg.agent_alive("ghost")
+    with pytest.raises(Unavailable, match="ghost"):
+        await reg.reserve_thread("t", agent_id="other")  # neither stolen on a guess nor a made-up LiveOwner
+    with pytest.raises(Unavailable, match="ghost"):
+        await reg.reap_dead("t")
+    owner = await reg.thread_owner("t")
+    assert owner is not None and owner.session_id == first.session.id
+    assert (await reg.get_session(first.session.id)).status == "active"
+
+
+async def test_one_plain_publish_to_a_live_owners_presence_key_does_not_hand_its_thread_to_anyone(
+    coord_conn: coord.Coord, present: AsyncExitStack
+) -> None:
+    reg = coord_conn.registry
+    # renewals every 2 s: the forged value below stays on the key while we try to take the thread
+    await present.enter_async_context(coord_conn.presence.join(AgentInfo(id="owner"), interval=2.0, ttl=6.0))
+    mine = await reg.reserve_thread("work", agent_id="owner")
+    assert isinstance(mine, Reserved)
+    forged = json.dumps({"id": "owner", "instance": "x", "host": "evil", "pid": 1}).encode()
+    await coord_conn.js.publish(coord_conn.presence._store.subject("owner"), forged)  # no Nats-TTL, no CAS
+    assert await coord_conn.presence.get("owner") is None  # malformed: not readable as the owner's info ...
+    assert await reg.agent_alive("owner")  # ... but the key is still held
+    taken = await reg.reserve_thread("work", agent_id="thief")
+    assert isinstance(taken, LiveOwner) and taken.session.id == mine.session.id
+    assert await reg.reap_dead("work") == 0
+    assert (await reg.get_session(mine.session.id)).status == "active"
+    owner = await reg.thread_owner("work")
+    assert owner is not None and owner.session_id == mine.session.id
 
 
 async def test_completing_a_session_releases_its_thread(coord_conn: coord.Coord, present: AsyncExitStack) -> None:

@@ -69,6 +69,12 @@ async def test_emit_rejects_unknown_kinds_and_missing_fields(
         nats_server.url, namespace, subprocess_env, "events", "emit", "progress", "--to", "b", "--agent", "k k"
     )
     assert bad.code == 2 and "--agent" in bad.err and "not allowed" in bad.err and "Traceback" not in bad.err
+    selfish = await corral(
+        nats_server.url, namespace, subprocess_env,
+        "events", "emit", "scope-sub-delegated", "--to", "b", "--agent", "k", "--sub-agent", "k",
+    )  # fmt: skip
+    assert selfish.code == 2 and selfish.err.startswith("error: --sub-agent: ") and "itself" in selfish.err, selfish
+    assert len(selfish.err.strip().splitlines()) == 1 and "Traceback" not in selfish.err
 
 
 async def test_tree_without_a_listener_is_built_from_the_stored_events(

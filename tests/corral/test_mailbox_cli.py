@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+
+import pytest
 
 import coord
 from coord.mailbox import Agent
 from coord.presence import AgentInfo
 from coord.server import NatsServer
+from tests.conftest import PYTHON
 from tests.corral.helpers_cli import corral, start_corral
 
 
@@ -97,3 +101,52 @@ async def test_send_refuses_ambiguous_or_bad_targets(
     assert bad.code == 2 and bad.err.startswith("error: --to: 'a b' has characters") and "Traceback" not in bad.err
     assert await coord_conn.mailbox.read_pending("a") == []
     assert isinstance(Agent(id="a"), Agent)
+
+
+async def _read_into(url: str, namespace: str, env: dict[str, str], stdout: int, *args: str) -> tuple[int, str]:
+    """Run ``corral msg read ARGS`` with ``stdout`` as its standard output; exit code and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "corral", "--server", url, "--namespace", namespace, "msg", "read", *args,
+        stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+@pytest.mark.parametrize("sink", ["closed pipe", "/dev/full"])
+async def test_read_removes_no_mail_it_could_not_print(
+    sink: str, coord_conn: coord.Coord, nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]
+) -> None:
+    sent = [await coord_conn.mailbox.send(Agent(id="zed"), f"note {i}", sender="a") for i in range(3)]
+    for args in (["--agent", "zed"], ["--agent", "zed", "--json"], ["--agent", "zed", "--follow", "--no-join"]):
+        if sink == "/dev/full":
+            stdout = os.open("/dev/full", os.O_WRONLY)
+        else:
+            read_end, stdout = os.pipe()
+            os.close(read_end)  # nobody will ever read what the CLI prints
+        try:
+            code, err = await _read_into(nats_server.url, namespace, subprocess_env, stdout, *args)
+        finally:
+            os.close(stdout)
+        assert code == 1, (args, err)
+        line = err.strip()
+        if "--json" in args:
+            line = json.loads(line)["error"]
+        assert line.startswith(("error: cannot write to stdout", "cannot write to stdout")), (args, err)
+        assert len(err.strip().splitlines()) == 1, (args, err)
+        assert "Traceback" not in err and "Exception ignored" not in err
+        pending = await coord_conn.mailbox.read_pending("zed")
+        assert [m.id for m in pending] == [s.id for s in sent], (args, "mail that was never shown was removed")
+
+
+async def test_send_reports_mail_that_expired_unread_as_expired(
+    coord_conn: coord.Coord, nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]
+) -> None:
+    async with coord_conn.presence.join(AgentInfo(id="napper"), interval=0.3, ttl=1.0):  # present, never reads
+        sent = await corral(
+            nats_server.url, namespace, subprocess_env,
+            "msg", "send", "--to", "napper", "--ttl", "1", "--timeout", "3", "wake up",
+        )  # fmt: skip
+    assert sent.code == 0 and sent.out.startswith("expired msg-"), sent
+    assert await coord_conn.mailbox.read_pending("napper") == []

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import random
+from datetime import UTC, datetime, timedelta
 
 from coord.deadletter import LATE_RESULT, DeadLetter
 from coord.events import ReceivedEvent, TurnEnded
 from coord.presence import AgentInfo
+from coord.registry import Session, ThreadReservation
 from coord.tasks import ClaimInfo, TaskRecord, TaskStatus, Transition
 from corral.ui.model import ReadModel
 
@@ -100,3 +102,25 @@ def test_a_dead_letter_carries_the_current_status_of_its_task() -> None:
     for task_id in ("t1", "gone"):
         model.on_dead_letter(DeadLetter(source="dispatch", reason="malformed", task_id=task_id, at=datetime.now(UTC)))
     assert [(d["task_id"], d["task_status"]) for d in model.dead_letters_json()] == [("gone", None), ("t1", "claimed")]
+
+
+def test_past_the_registry_bound_the_newest_sessions_and_threads_are_kept_whatever_the_arrival_order() -> None:
+    model = ReadModel("ns")  # the default bound: 5,000 of each
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    order = list(range(7_000))
+    random.Random(7).shuffle(order)  # the registry feed reads keys in no particular order of age
+    for i in order:
+        at = base + timedelta(seconds=i)
+        model.on_session(f"session.s{i}", Session(id=f"s{i}", agent_id="a", started_at=at))
+        model.on_thread(f"thread.t{i}", ThreadReservation(thread=f"t{i}", session_id=f"s{i}", agent_id="a",
+                                                          reserved_at=at))  # fmt: skip
+    assert set(model.sessions) == {f"s{i}" for i in range(2_000, 7_000)}
+    assert set(model.threads) == {f"t{i}" for i in range(2_000, 7_000)}
+    # a newer one still gets in when the model is full; an older one does not push a newer one out
+    model.on_session("session.new", Session(id="new", agent_id="a", started_at=base + timedelta(days=1)))
+    model.on_session("session.old", Session(id="old", agent_id="a", started_at=base - timedelta(days=1)))
+    assert "new" in model.sessions and "old" not in model.sessions and "s2000" not in model.sessions
+    assert len(model.sessions) == 5_000
+    assert model.registry_json()["sessions"][0]["id"] == "new"
+    model.on_session("session.new", None)
+    assert "new" not in model.sessions and len(model.sessions) == 4_999
