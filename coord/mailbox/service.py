@@ -42,6 +42,7 @@ from coord.presence import Presence
 from coord.registry import Registry
 from coord.streams import MSG_ID, Stream
 from coord.tracing import inject
+from coord.validation import COUNT, TIMEOUT, check_number
 
 __all__ = ["Mailbox"]
 
@@ -179,8 +180,9 @@ class Mailbox:
         sent.
         """
         data = self._check(target, body, key, mode, sender)
+        check_number("timeout", timeout, TIMEOUT)
         if ttl is not None:
-            ttl_header(ttl)  # validates: >= 1 s
+            ttl_header(ttl)  # validates: 1 s to 10 years
         message_id = new_id("msg")
         _, agent = await self.resolve(target)
         tag = target.name if isinstance(target, Tag) else None
@@ -271,6 +273,7 @@ class Mailbox:
         two items. If the streaming agent leaves presence before ``End``, yields ``Error``.
         """
         data = self._check(target, body, None, "auto", sender)
+        check_number("timeout", timeout, TIMEOUT)
         message_id = new_id("msg")
         _, agent = await self.resolve(target)
         nc = self._stream.nc
@@ -309,6 +312,7 @@ class Mailbox:
 
         Malformed messages are dead-lettered and left out.
         """
+        check_number("limit", limit, COUNT, optional=True)
         found: list[InboxMessage] = []
         for msg in await self._snapshot(self._names.inbox_filter(agent), limit):
             parsed = await parse_or_dead_letter(msg, self._stream, self._dead_letters, self.reply_prefix)

@@ -36,7 +36,7 @@ from coord.presence._store import PresenceStore
 from coord.presence.models import AgentInfo, LossReason, MembershipLost
 from coord.presence.timing import check_timing, enforced_ttl
 from coord.presence.watcher import wait_absent
-from coord.validation import invalid_input
+from coord.validation import WAIT, check_number, invalid_input
 
 __all__ = ["LostCallback", "Membership"]
 
@@ -75,6 +75,7 @@ class Membership:
         check_timing(interval, ttl)
         if not wait >= 0:
             raise InvalidInput(f"wait must be >= 0 seconds, got {wait}")
+        check_number("wait", wait, WAIT)
         self.info = info
         """The info being published (replaced by :meth:`update`)."""
         self.interval = interval

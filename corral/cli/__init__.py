@@ -17,7 +17,8 @@ from corral.cli import queues as queues_cli
 from corral.cli import scheduler as scheduler_cli
 from corral.cli import schedules as schedules_cli
 from corral.cli import schema as schema_cli
-from corral.cli._common import Options, setting_bounds, setting_env, setting_help
+from corral.cli._bounds import REPLICAS, bounded
+from corral.cli._common import Options, setting_env, setting_help
 from corral.cli._errors import run_cli, usage
 from corral.cli._telemetry import (
     DEFAULT_METRICS_HOST,
@@ -35,9 +36,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-_REPLICAS_MIN, _REPLICAS_MAX = setting_bounds("replicas")
 
 
 def _version(value: bool) -> None:
@@ -77,8 +75,7 @@ def main_options(
         int | None,
         typer.Option(
             envvar=setting_env("replicas"),
-            min=_REPLICAS_MIN,
-            max=_REPLICAS_MAX,
+            callback=bounded(REPLICAS),
             help=setting_help(
                 "Replicas of the namespace's buckets/streams (3 on a 3-node cluster).", "replicas", env=False
             ),
