@@ -129,9 +129,8 @@ def markdown_table(command: Any) -> str:
     rows = ["| command | option | type | allowed |", "|---|---|---|---|"]
     for option in numeric_options(command):
         allowed = str(option.bound) if option.bound is not None else "**unbounded**"
-        rows.append(
-            f"| `corral {option.command}`".rstrip() + f" | `{option.flag}` | {option.kind.__name__} | {allowed} |"
-        )
+        command = f"corral {option.command}".rstrip()
+        rows.append(f"| `{command}` | `{option.flag}` | {option.kind.__name__} | {allowed} |")
     return "\n".join(rows) + "\n"
 
 
