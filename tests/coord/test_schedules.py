@@ -197,3 +197,11 @@ async def test_removing_a_schedule_whose_tick_was_recorded_meanwhile_removes_it(
     await schedules.remove("t")
     with pytest.raises(NotFound):
         await schedules.get("t")
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_a_payload_with_nan_or_an_infinity_is_refused_not_stored_as_null(number: float) -> None:
+    # issue 21: pydantic wrote them as null, so every tick's task silently got another payload
+    with pytest.raises(ValueError, match="payload must be a JSON value"):
+        TaskTemplate(payload={"x": [1, number]})
+    assert TaskTemplate(payload={"x": [1, 2.5]}).payload == {"x": [1, 2.5]}
