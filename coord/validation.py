@@ -22,6 +22,7 @@ __all__ = [
     "COUNT",
     "DAY",
     "DELAY",
+    "IN_FLIGHT",
     "MAX_COUNT",
     "MAX_DELAY",
     "MAX_SINCE",
@@ -31,6 +32,7 @@ __all__ = [
     "TIMEOUT",
     "TTL",
     "WAIT",
+    "WORKERS",
     "YEAR",
     "Bound",
     "check_number",
@@ -125,6 +127,10 @@ DELAY = Bound(0, MAX_DELAY, "s")
 """A delay before a task may be claimed: 0 to :data:`MAX_DELAY`."""
 COUNT = Bound(0, MAX_COUNT, integer=True)
 """A count or limit: a whole number from 0 to :data:`MAX_COUNT`."""
+WORKERS = Bound(1, 1000, integer=True)
+"""Tasks a worker runs at once (the largest queue concurrency limit)."""
+IN_FLIGHT = Bound(1, MAX_COUNT, integer=True)
+"""Tasks or messages handled at once, or in one batch."""
 REVISION = Bound(0, 2**64 - 1, integer=True)
 """A stream sequence or KV revision (a compare-and-set's ``last``): 0 to 2^64 - 1."""
 

@@ -36,6 +36,7 @@ from coord.errors import CorralError, InvalidInput, TaskExists
 from coord.kv import KeyWatch
 from coord.schedules import Schedule, next_tick, previous_tick
 from coord.tasks import ScheduleRequest
+from coord.validation import TIMEOUT, check_number
 
 __all__ = ["MAX_SLEEP", "RETRY_PAUSE", "Scheduler", "Submitted"]
 
@@ -86,6 +87,7 @@ class Scheduler:
     """
 
     def __init__(self, coord: Coord, *, max_sleep: float = MAX_SLEEP, clock: Callable[[], datetime] = _now) -> None:
+        check_number("max_sleep", max_sleep, TIMEOUT)
         self.coord = coord
         self.max_sleep = max_sleep
         """Longest a timer sleeps before it looks at the wall clock again."""

@@ -11,6 +11,7 @@ fails here; docs/cli.md "Numeric bounds" must show both tables exactly as genera
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import math
 import types
@@ -22,9 +23,11 @@ from typing import Any
 
 import pytest
 import typer.main
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 import coord
+import dispatch
+import workers
 from coord.connection import Coord
 from coord.errors import InvalidInput, NotFound
 from coord.events import TurnEnded
@@ -34,6 +37,7 @@ from coord.presence import AgentInfo
 from coord.validation import (
     COUNT,
     DELAY,
+    IN_FLIGHT,
     MAX_DELAY,
     MAX_SINCE,
     MAX_TTL,
@@ -42,12 +46,16 @@ from coord.validation import (
     TIMEOUT,
     TTL,
     WAIT,
+    WORKERS,
     Bound,
 )
 from coord.wire import MAX_DELAY as WIRE_MAX_DELAY
 from corral.cli import app
 from corral.cli._bounds import NumericOption, markdown_table, numeric_options
 from corral.cli._errors import CliError, from_click, run_cli
+from dispatch import Dispatcher, Reclaimer, wait_worker_absent
+from dispatch.scheduler import Scheduler
+from workers import CommandHandler, Worker
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 EXTREMES = ["0", "-1", "-0.5", "1e308", "inf", "-inf", "nan", "1e30", str(10**30)]
@@ -174,6 +182,24 @@ API_BOUNDS: dict[str, Bound] = {
     "limits.set.concurrency": Bound(1, 1000, integer=True),
     "limits.take_slot.index": Bound(0, 999, integer=True),
     "limits.take_slot.over": REVISION,
+    # the entry points of dispatch and workers
+    "Dispatcher.__init__.max_in_flight": IN_FLIGHT,
+    "Dispatcher.__init__.reconcile_interval": TIMEOUT,
+    "Dispatcher.wait.timeout": WAIT,
+    "Dispatcher.result.timeout": WAIT,
+    "Dispatcher.as_completed.timeout": WAIT,
+    "Reclaimer.__init__.sweep_interval": TIMEOUT,
+    "Reclaimer.__init__.renotify_after": TIMEOUT,
+    "Scheduler.__init__.max_sleep": TIMEOUT,
+    "wait_worker_absent.deadline": WAIT,
+    "CommandHandler.__init__.kill_grace": WAIT,
+    "Worker.__init__.concurrency": WORKERS,
+    "Worker.__init__.lease": TIMEOUT,
+    "Worker.__init__.presence_interval": TIMEOUT,
+    "Worker.__init__.presence_ttl": TTL,
+    "Worker.__init__.grace": WAIT,
+    "Worker.__init__.lost_grace": WAIT,
+    "Worker.__init__.max_batch": IN_FLIGHT,
 }
 """Every numeric parameter of the services' public methods and its bound (docs/cli.md shows this table)."""
 
@@ -194,18 +220,36 @@ def _numeric(annotation: object) -> bool:
     return is_union and any(a in (int, float) for a in typing.get_args(annotation))
 
 
-def discovered_api() -> list[str]:
-    """``service.method.param`` for every int/float parameter of every public method of the Coord's services."""
+def _entry_points() -> dict[str, Callable[..., object]]:
+    """``service.method`` of the Coord's services, and ``Class.method`` / functions exported by dispatch and workers
+    (their classes that do things: not records, results or errors)."""
     hints = typing.get_type_hints(Coord)
-    found = []
+    found: dict[str, Callable[..., object]] = {}
     for service in SERVICES:
         for name, function in inspect.getmembers(hints[service], inspect.isfunction):
-            if name.startswith("_"):
-                continue
-            types = typing.get_type_hints(function)
-            for param in inspect.signature(function).parameters:
-                if param in types and types[param] is not bool and _numeric(types[param]):
-                    found.append(f"{service}.{name}.{param}")
+            if not name.startswith("_"):
+                found[f"{service}.{name}"] = function
+    exported = [getattr(m, n) for m in (dispatch, workers) for n in m.__all__] + [Scheduler]
+    for obj in exported:
+        if inspect.isfunction(obj):
+            found[obj.__name__] = obj
+        elif inspect.isclass(obj) and not (
+            issubclass(obj, BaseModel | BaseException | tuple) or dataclasses.is_dataclass(obj)
+        ):
+            for name, function in inspect.getmembers(obj, inspect.isfunction):
+                if name == "__init__" or not name.startswith("_"):
+                    found[f"{obj.__name__}.{name}"] = function
+    return found
+
+
+def discovered_api() -> list[str]:
+    """``entry.param`` for every int/float parameter of every entry point (see :func:`_entry_points`)."""
+    found = []
+    for entry, function in _entry_points().items():
+        types = typing.get_type_hints(function)
+        for param in inspect.signature(function).parameters:
+            if param in types and types[param] is not bool and _numeric(types[param]):
+                found.append(f"{entry}.{param}")
     return sorted(found)
 
 
@@ -257,6 +301,10 @@ async def _now(value: object) -> object:
     return value
 
 
+async def _handler(context: Any) -> None:
+    return None
+
+
 CALLS: dict[str, Call] = {
     "presence.join.interval": lambda c, v: _now(c.presence.join(AgentInfo(id="edge"), interval=v)),
     "presence.join.ttl": lambda c, v: _now(c.presence.join(AgentInfo(id="edge"), ttl=v)),
@@ -285,6 +333,23 @@ CALLS: dict[str, Call] = {
     "limits.set.concurrency": lambda c, v: c.limits.set("edges", concurrency=v),
     "limits.take_slot.index": lambda c, v: c.limits.take_slot("edges", v, over=0, holder=_holder()),
     "limits.take_slot.over": lambda c, v: c.limits.take_slot("edges", 0, over=v, holder=_holder()),
+    "Dispatcher.__init__.max_in_flight": lambda c, v: _now(Dispatcher(c, max_in_flight=v)),
+    "Dispatcher.__init__.reconcile_interval": lambda c, v: _now(Dispatcher(c, reconcile_interval=v)),
+    "Dispatcher.wait.timeout": lambda c, v: Dispatcher(c).wait("edge-t", timeout=v),
+    "Dispatcher.result.timeout": lambda c, v: Dispatcher(c).result("edge-t", timeout=v),
+    "Dispatcher.as_completed.timeout": lambda c, v: _first(Dispatcher(c).as_completed(["edge-t"], timeout=v)),
+    "Reclaimer.__init__.sweep_interval": lambda c, v: _now(Reclaimer(c, sweep_interval=v)),
+    "Reclaimer.__init__.renotify_after": lambda c, v: _now(Reclaimer(c, renotify_after=v)),
+    "Scheduler.__init__.max_sleep": lambda c, v: _now(Scheduler(c, max_sleep=v)),
+    "wait_worker_absent.deadline": lambda c, v: wait_worker_absent(c, "edge", v),
+    "CommandHandler.__init__.kill_grace": lambda c, v: _now(CommandHandler(["true"], kill_grace=v)),
+    "Worker.__init__.concurrency": lambda c, v: _now(Worker(c, ["edges"], _handler, concurrency=v)),
+    "Worker.__init__.lease": lambda c, v: _now(Worker(c, ["edges"], _handler, lease=v)),
+    "Worker.__init__.presence_interval": lambda c, v: _now(Worker(c, ["edges"], _handler, presence_interval=v)),
+    "Worker.__init__.presence_ttl": lambda c, v: _now(Worker(c, ["edges"], _handler, presence_ttl=v)),
+    "Worker.__init__.grace": lambda c, v: _now(Worker(c, ["edges"], _handler, grace=v)),
+    "Worker.__init__.lost_grace": lambda c, v: _now(Worker(c, ["edges"], _handler, lost_grace=v)),
+    "Worker.__init__.max_batch": lambda c, v: _now(Worker(c, ["edges"], _handler, max_batch=v)),
 }
 
 API_EXTREMES: list[float] = [0, -1, -0.5, 1e308, math.inf, -math.inf, math.nan, 1e30, 10**30]
