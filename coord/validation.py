@@ -167,7 +167,7 @@ def rule(problem: ErrorDetails) -> str:
     }
     if kind in bounds:
         op, key = bounds[kind]
-        text = f"must be {op}{_number(ctx[key])}"
+        text = f"must be {op}{_plain(ctx[key])}"
     elif kind == "string_too_short":
         text = "must not be empty" if ctx.get("min_length") == 1 else f"must be at least {ctx['min_length']} characters"
     elif kind == "string_too_long":

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import annotated_types
 import pytest
 import typer.main
 from pydantic import BaseModel, ValidationError
@@ -34,6 +35,7 @@ from coord.events import TurnEnded
 from coord.limits import Rate, SlotHolder
 from coord.mailbox import Agent, Enqueued
 from coord.presence import AgentInfo
+from coord.settings import Settings
 from coord.validation import (
     COUNT,
     DELAY,
@@ -393,6 +395,49 @@ async def test_the_largest_values_allowed_are_accepted_by_the_server(coord_conn:
     assert record.timeout == TIMEOUT.hi
     assert await _first(coord_conn.events.tail(since=MAX_SINCE, follow=False)) is None
     assert await _first(coord_conn.events.tail(since=0, follow=False)) is None
+
+
+# --- settings (CORRAL_* variables) -----------------------------------------------------------------------
+
+
+def _settings_fields(model: Any, prefix: str = "") -> list[tuple[str, list[object]]]:
+    """``(path, constraints)`` of every numeric field of :class:`Settings`, nested ones (``backoff.factor``) too."""
+    if dataclasses.is_dataclass(model):  # a stdlib dataclass: its bounds are in Annotated[float, Field(...)]
+        hints = typing.get_type_hints(model, include_extras=True)
+        fields = {f.name: hints[f.name] for f in dataclasses.fields(model)}
+        return [
+            (f"{prefix}{name}", [m for info in typing.get_args(hint)[1:] for m in getattr(info, "metadata", [])])
+            for name, hint in fields.items()
+            if typing.get_origin(hint) is typing.Annotated and typing.get_args(hint)[0] in (int, float)
+        ] + [(f"{prefix}{name}", []) for name, hint in fields.items() if hint in (int, float)]
+    found: list[tuple[str, list[object]]] = []
+    for name, info in model.model_fields.items():
+        if dataclasses.is_dataclass(info.annotation) or hasattr(info.annotation, "model_fields"):
+            found += _settings_fields(info.annotation, f"{prefix}{name}.")
+        elif info.annotation in (int, float):
+            found.append((f"{prefix}{name}", list(info.metadata)))
+    return found
+
+
+SETTINGS = _settings_fields(Settings)
+
+
+def test_every_numeric_setting_has_both_bounds() -> None:
+    assert len(SETTINGS) >= 20, SETTINGS
+    for path, constraints in SETTINGS:
+        low = [m for m in constraints if isinstance(m, annotated_types.Ge | annotated_types.Gt)]
+        high = [m for m in constraints if isinstance(m, annotated_types.Le | annotated_types.Lt)]
+        assert low and high, f"setting {path} needs both bounds (Field(ge=..., le=...))"
+
+
+@pytest.mark.parametrize("path", [p for p, _ in SETTINGS])
+def test_every_numeric_setting_refuses_extremes_naming_its_variable(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    variable = "CORRAL_" + path.upper().replace(".", "__")
+    for text in ("inf", "-inf", "nan", "1e308", "-1e308", str(10**30)):
+        monkeypatch.setenv(variable, text)
+        with pytest.raises(InvalidInput, match=f"^settings: {variable}: must be"):
+            Settings.load()
+    monkeypatch.delenv(variable)
 
 
 # --- docs -----------------------------------------------------------------------------------------------------
