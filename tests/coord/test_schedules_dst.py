@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coord.schedules import next_tick, previous_tick
+from coord.schedules import Schedule, TaskTemplate, next_tick, previous_tick
 
 
 def utc(text: str) -> datetime:
@@ -223,3 +223,17 @@ def test_for_any_instant_next_is_after_previous_is_not_and_both_are_monotone(
     # the two agree on what a tick is: no tick between the previous and the next
     assert previous_tick(expression, zone, up1) == up1
     assert next_tick(expression, zone, due1) == up1
+
+
+def test_schedules_ls_shows_a_next_tick_in_the_future_in_the_repeated_hour() -> None:
+    # issue 21: `corral schedules ls` showed the next tick "…s ago" (Schedule.upcoming is what it prints)
+    schedule = Schedule(
+        name="night",
+        cron="30 2 * * *",
+        timezone="Europe/Paris",
+        task=TaskTemplate(),
+        since=utc("2025-10-20T00:00:00+00:00"),
+        last_tick=utc("2025-10-26T00:30:00+00:00"),
+    )
+    now = utc("2025-10-26T01:05:00+00:00")
+    assert schedule.upcoming(now) == utc("2025-10-27T01:30:00+00:00")

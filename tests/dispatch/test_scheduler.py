@@ -169,3 +169,26 @@ async def test_a_next_tick_not_after_now_is_logged_and_looked_at_again_after_a_p
             await asyncio.sleep(2.5)
     assert 1 <= len(computed) <= 4, len(computed)  # once per RETRY_PAUSE (1 s)
     assert any("is not after now" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_scheduler_started_in_the_repeated_hour_makes_up_that_nights_missed_tick_at_once(
+    coord_conn: coord.Coord,
+) -> None:
+    # issue 21: previous_tick missed the first pass's 02:30 from the second pass, so a scheduler started
+    # at 02:05 CET (01:05Z) made up the 02:30 CEST (00:30Z) tick only at 02:30 CET, an hour late.
+    yesterday = datetime(2025, 10, 25, 0, 30, tzinfo=UTC)  # 02:30 CEST the day before
+    stale = Schedule(
+        name="night",
+        cron="30 2 * * *",
+        timezone="Europe/Paris",
+        task=TaskTemplate(queue="nq"),
+        since=yesterday - timedelta(minutes=1),
+        last_tick=yesterday,
+        last_task=f"night-{int(yesterday.timestamp())}",
+    )
+    await coord_conn.schedules.store.write("night", stale, last=0)
+    clock = CountingClock(datetime(2025, 10, 26, 1, 5, tzinfo=UTC))
+    async with Scheduler(coord_conn, clock=clock) as scheduler:
+        made_up = await asyncio.wait_for(scheduler.events.get(), 5)
+    assert made_up.tick == datetime(2025, 10, 26, 0, 30, tzinfo=UTC)  # 02:30 CEST, the first pass
+    assert 35 * 60 <= made_up.late < 36 * 60
