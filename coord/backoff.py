@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field
+
+from coord.validation import DAY
 
 __all__ = ["Backoff"]
 
@@ -16,13 +21,13 @@ class Backoff:
     retries of many tasks that failed together spread out but never wait longer than ``d``.
     """
 
-    base: float = 1.0
-    """Delay after the first failure, in seconds."""
-    factor: float = 2.0
+    base: Annotated[float, Field(ge=0, le=DAY)] = 1.0
+    """Delay after the first failure, in seconds (bounds checked where settings are read)."""
+    factor: Annotated[float, Field(ge=1, le=100)] = 2.0
     """Growth per further failure."""
-    max: float = 300.0
+    max: Annotated[float, Field(ge=0, le=DAY)] = 300.0
     """Upper bound of the delay."""
-    jitter: float = 0.5
+    jitter: Annotated[float, Field(ge=0, le=1)] = 0.5
     """Fraction of the delay that is random (0 = none, 1 = full jitter)."""
 
     def delay(self, attempt: int) -> float:

@@ -16,6 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ValidationError
 
 from coord.naming import Names
 from coord.streams import Stream
+from coord.validation import COUNT, SINCE, check_number
 
 __all__ = ["LATE_RESULT", "MAX_BODY", "DeadLetter", "DeadLetters"]
 
@@ -60,8 +61,10 @@ class DeadLetters:
         each new one as it is recorded, until the caller stops iterating.
 
         Read-only (an ordered consumer, re-created by nats-py after a server restart); a stored
-        message that is not a dead letter record is skipped (logged).
+        message that is not a dead letter record is skipped (logged). ``since``: 0 to 10 years.
         """
+        if since is not None:
+            check_number("since", since, SINCE)
         config = js_api.ConsumerConfig(
             deliver_policy=js_api.DeliverPolicy.BY_START_TIME if since is not None else js_api.DeliverPolicy.ALL,
         )
@@ -112,6 +115,7 @@ class DeadLetters:
 
         A stored message that is not a dead letter record is skipped (logged), never raised.
         """
+        check_number("limit", limit, COUNT)
         letters: list[DeadLetter] = []
         for msg in await self._stream.snapshot(self._names.deadletter_filter(source)):
             try:

@@ -15,12 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coord.backoff import Backoff
 from coord.presence.timing import check_timing
-from coord.validation import invalid_input
+from coord.validation import DAY, MAX_SINCE, invalid_input
 
 __all__ = ["DAY", "DEFAULT_TEXT", "PRESENCE_TTL_REPLICATED", "PRESENCE_TTL_SINGLE", "Settings"]
-
-DAY = 86_400.0
-"""Seconds in a day."""
 
 ENV_PREFIX = "CORRAL_"
 
@@ -53,14 +50,14 @@ class Settings(BaseSettings):
     """Longest wait for one answer from the server before the request counts as lost (and is retried)."""
     dispatch_duplicate_window: float = Field(default=120.0, gt=0, le=DAY)
     """Window in which a notification with the same ``Nats-Msg-Id`` is dropped as a duplicate."""
-    events_max_age: float = Field(default=7 * DAY, gt=0)
+    events_max_age: float = Field(default=7 * DAY, gt=0, le=MAX_SINCE)
     """How long lifecycle events, journals and dead letters are kept."""
-    session_retention: float = Field(default=7 * DAY, ge=1)
+    session_retention: float = Field(default=7 * DAY, ge=1, le=MAX_SINCE)
     """How long complete or abandoned registry sessions are kept."""
-    task_retention: float = Field(default=7 * DAY, ge=1)
+    task_retention: float = Field(default=7 * DAY, ge=1, le=MAX_SINCE)
     """How long a finished task's record is kept (its journal lives as long as events); a retry
     before then brings it back."""
-    max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    max_bytes: int = Field(default=1 << 30, ge=1 << 20, le=1 << 50)
     """Size limit of each bucket and stream, in bytes. When full, the events stream drops its oldest
     entries; every other stream and bucket refuses new writes (a clear error, nothing lost)."""
     expiry_marker_ttl: float = Field(default=60.0, ge=1, le=DAY)
@@ -75,7 +72,7 @@ class Settings(BaseSettings):
     """Seconds before ``visible_at`` from which a claim is accepted (clock skew between hosts)."""
     max_cas_attempts: int = Field(default=10, ge=1, le=1000)
     """Writes a transition attempts against a changing record before giving up with ``Conflict``."""
-    inline_limit: int = Field(default=0, ge=0)
+    inline_limit: int = Field(default=0, ge=0, le=1 << 20)
     """Records up to this many bytes also travel inside their notification and result push (0: none).
 
     Nothing of corral reads them (a worker claims from the store, a parent resolves from it); set

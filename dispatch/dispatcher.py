@@ -37,6 +37,7 @@ from coord.connection import Coord
 from coord.errors import InvalidInput
 from coord.ids import new_id, validate_id
 from coord.tasks import TERMINAL, ResultNotice, ScheduleRequest, TaskRecord, TaskStatus
+from coord.validation import IN_FLIGHT, TIMEOUT, WAIT, check_number
 from coord.wire import Result, Spec, TaskInput
 from dispatch.reclaimer import Reclaimer
 
@@ -81,8 +82,8 @@ class Dispatcher:
         reclaimer: bool = True,
         reconcile_interval: float | None = None,
     ) -> None:
-        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
-            raise InvalidInput(f"max_in_flight must be an integer >= 1, got {max_in_flight!r}")
+        check_number("max_in_flight", max_in_flight, IN_FLIGHT)
+        check_number("reconcile_interval", reconcile_interval, TIMEOUT, optional=True)
         self.coord = coord
         self.parent_id = validate_id(parent_id or new_id("p"), "parent_id")
         self.max_in_flight = max_in_flight
@@ -308,6 +309,7 @@ class Dispatcher:
         recovers results that ended while it was away.
         """
         validate_id(task_id, "task_id")
+        check_number("timeout", timeout, WAIT, optional=True)
         with self._waiting_for([task_id]):
             future = self._waiting.get(task_id)
             if future is None:
@@ -345,6 +347,7 @@ class Dispatcher:
         Raises ``TimeoutError`` if they have not all finished within ``timeout`` seconds.
         """
         ids = [validate_id(t, "task_id") for t in task_ids]
+        check_number("timeout", timeout, WAIT, optional=True)
         done: asyncio.Queue[asyncio.Future[TaskRecord]] = asyncio.Queue()
         foreign: list[str] = []
         with self._waiting_for(ids):

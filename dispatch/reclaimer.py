@@ -32,6 +32,7 @@ from coord.limits import LimitsView
 from coord.presence import Joined, Left
 from coord.presence.watcher import PresenceWatcher
 from coord.tasks import IndexEntry, TaskIndex, TaskStatus
+from coord.validation import TIMEOUT, check_number
 
 __all__ = ["ReclaimEvent", "Reclaimer"]
 
@@ -78,6 +79,8 @@ class Reclaimer:
     def __init__(
         self, coord: Coord, *, sweep_interval: float | None = None, renotify_after: float | None = None
     ) -> None:
+        check_number("sweep_interval", sweep_interval, TIMEOUT, optional=True)
+        check_number("renotify_after", renotify_after, TIMEOUT, optional=True)
         self.coord = coord
         self.sweep_interval = coord.settings.sweep_interval if sweep_interval is None else sweep_interval
         """Seconds between sweeps (defaults to the connection's settings)."""

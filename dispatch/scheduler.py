@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -35,6 +36,7 @@ from coord.errors import CorralError, InvalidInput, TaskExists
 from coord.kv import KeyWatch
 from coord.schedules import Schedule, next_tick, previous_tick
 from coord.tasks import ScheduleRequest
+from coord.validation import TIMEOUT, check_number
 
 __all__ = ["MAX_SLEEP", "RETRY_PAUSE", "Scheduler", "Submitted"]
 
@@ -84,10 +86,13 @@ class Scheduler:
     submission (the newest 1,024 when nobody reads them), for progress displays and tests.
     """
 
-    def __init__(self, coord: Coord, *, max_sleep: float = MAX_SLEEP) -> None:
+    def __init__(self, coord: Coord, *, max_sleep: float = MAX_SLEEP, clock: Callable[[], datetime] = _now) -> None:
+        check_number("max_sleep", max_sleep, TIMEOUT)
         self.coord = coord
         self.max_sleep = max_sleep
         """Longest a timer sleeps before it looks at the wall clock again."""
+        self.clock = clock
+        """The wall clock (aware UTC) the timers read: a fake one in tests."""
         self.events: asyncio.Queue[Submitted] = _Events(EVENTS_KEPT)
         """The ticks this scheduler submitted, in order."""
         self.submitted = 0
@@ -149,7 +154,7 @@ class Scheduler:
             if schedule is None or schedule.paused:
                 return
             try:
-                now = _now()
+                now = self.clock()
                 floor = max(schedule.floor, self._done.get(name, schedule.floor))
                 due = previous_tick(schedule.cron, schedule.timezone, now)
                 if due is not None and due > floor and not await self._submit(schedule, due, now):
@@ -163,7 +168,17 @@ class Scheduler:
             if upcoming is None:
                 log.info("schedule %s has no tick in the next 50 years; its timer stops", name)
                 return
-            await asyncio.sleep(min(self.max_sleep, max(0.0, (upcoming - _now()).total_seconds())))
+            if upcoming <= now:  # never busy-loop on a tick already past: a bug, logged, looked at again later
+                log.error(
+                    "schedule %s: next tick %s is not after now (%s); looking again in %gs",
+                    name,
+                    upcoming,
+                    now,
+                    RETRY_PAUSE,
+                )
+                await asyncio.sleep(RETRY_PAUSE)
+                continue
+            await asyncio.sleep(min(self.max_sleep, max(0.0, (upcoming - self.clock()).total_seconds())))
 
     async def _submit(self, schedule: Schedule, tick: datetime, now: datetime) -> bool:
         """Submit ``tick``'s task and record the tick; False when it should be tried again."""

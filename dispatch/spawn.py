@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from coord.connection import Coord
 from coord.errors import Conflict, InvalidInput, InvalidTransition, NotFound, StaleClaim
 from coord.tasks import TaskRecord, TaskStatus
+from coord.validation import WAIT, check_number
 from coord.wire import Spec
 
 __all__ = ["SpawnOutcome", "SpawnedWorker", "build_worker_command", "wait_worker_absent"]
@@ -122,4 +123,5 @@ class SpawnedWorker:
 
 async def wait_worker_absent(coord: Coord, worker_agent_id: str, deadline: float) -> bool:
     """True once ``worker_agent_id`` is absent from presence, False if still present after ``deadline`` s."""
+    check_number("deadline", deadline, WAIT)
     return await coord.presence.wait_absent(worker_agent_id, deadline)

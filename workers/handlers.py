@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from coord import tracing
 from coord.errors import HandlerError, InvalidInput
+from coord.validation import WAIT, check_number
 from coord.wire import Result, Spec, parse_result
 from workers.context import Context
 
@@ -136,6 +137,7 @@ class CommandHandler:
     def __init__(self, argv: Sequence[str], *, env: dict[str, str] | None = None, kill_grace: float = 5.0) -> None:
         if not argv:
             raise InvalidInput("command handler needs a command (after --)")
+        check_number("kill_grace", kill_grace, WAIT)
         self.argv = list(argv)
         self.env = env
         self.kill_grace = kill_grace

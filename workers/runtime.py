@@ -47,6 +47,7 @@ from coord.errors import CorralError, InvalidInput, PresenceLost
 from coord.ids import new_id, validate_id
 from coord.presence import AgentInfo, Membership, MembershipLost
 from coord.tasks import Claim, TaskRecord, TaskStatus
+from coord.validation import IN_FLIGHT, TIMEOUT, TTL, WAIT, WORKERS, check_number
 from workers.execution import Execution, ExecutionStats
 from workers.gate import Gate
 from workers.handlers import Handler
@@ -112,13 +113,13 @@ class Worker:
         role: str = "worker",
         exit_on_loss: bool = False,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise InvalidInput(f"concurrency must be an integer >= 1, got {concurrency!r}")
-        for name, value in (("grace", grace), ("lost_grace", lost_grace)):
-            if not value >= 0:
-                raise InvalidInput(f"{name} must be >= 0 seconds, got {value!r}")
-        if lease is not None and not 0 < lease <= 86_400:
-            raise InvalidInput(f"lease must be a number of seconds in (0, 86400], got {lease!r}")
+        check_number("concurrency", concurrency, WORKERS)
+        check_number("grace", grace, WAIT)
+        check_number("lost_grace", lost_grace, WAIT)
+        check_number("lease", lease, TIMEOUT, optional=True)
+        check_number("presence_interval", presence_interval, TIMEOUT, optional=True)
+        check_number("presence_ttl", presence_ttl, TTL, optional=True)
+        check_number("max_batch", max_batch, IN_FLIGHT)
         self.coord = coord
         self.queues = [validate_id(q, "queue") for q in queues]
         self.handler = handler

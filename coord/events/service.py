@@ -19,6 +19,7 @@ from coord.naming import Names
 from coord.records import RecordStore
 from coord.streams import Stream
 from coord.tracing import inject
+from coord.validation import SINCE, TIMEOUT, WAIT, check_number
 
 __all__ = ["Events"]
 
@@ -68,6 +69,7 @@ class Events:
         ``ValueError`` before anything is sent. Retries inside ``timeout`` carry the same
         ``Nats-Msg-Id``, so the stream stores the event once.
         """
+        check_number("timeout", timeout, TIMEOUT)
         if parent is None:
             return False
         subject = self.names.event_subject(parent, sender or event.agent, event.kind)
@@ -95,6 +97,7 @@ class Events:
         timeout: float = 30.0,
     ) -> asyncio.Task[bool]:
         """Emit in the background (fire and forget, retried for up to ``timeout``); see :meth:`flush`."""
+        check_number("timeout", timeout, TIMEOUT)
         if parent is not None:
             self.names.event_subject(parent, sender or event.agent, event.kind)  # validate now
         task = asyncio.create_task(self.emit(parent, event, sender=sender, timeout=timeout))
@@ -104,6 +107,7 @@ class Events:
 
     async def flush(self, timeout: float = 5.0) -> bool:
         """Wait for background emits to finish; True if all did within ``timeout``."""
+        check_number("timeout", timeout, WAIT)
         if not self._background:
             return True
         _, pending = await asyncio.wait(set(self._background), timeout=timeout)
@@ -131,7 +135,11 @@ class Events:
         """Read events (to ``agent``, or to anyone) from ``since`` seconds ago; with ``follow``, keep going.
 
         Read-only: no durable position, no side effects. Malformed messages are skipped (logged).
+        ``since`` is 0 to :data:`~coord.validation.MAX_SINCE` (10 years), else
+        :class:`~coord.errors.InvalidInput` before anything is read.
         """
+        if since is not None:
+            check_number("since", since, SINCE)
         subject = self.names.events_filter(agent)
         config = js_api.ConsumerConfig(
             deliver_policy=js_api.DeliverPolicy.BY_START_TIME if since is not None else js_api.DeliverPolicy.ALL,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from coord.errors import InvalidInput
+from coord.validation import TTL, check_number
 
 __all__ = [
     "EXPECTED_LAST",
@@ -36,7 +35,8 @@ MSG_TTL = "Nats-TTL"
 ROLLUP = "Nats-Rollup"
 WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 """JSStreamWrongLastSequenceErrF and JSStreamWrongLastSequenceConstantErr."""
-MIN_TTL = 1.0
+MIN_TTL = TTL.lo
+"""Shortest per-message TTL nats-server accepts, in seconds."""
 
 
 class Op(StrEnum):
@@ -70,17 +70,14 @@ def operation(headers: Mapping[str, str] | None) -> Op:
 
 
 def ttl_header(seconds: float) -> str:
-    """The ``Nats-TTL`` value for ``seconds``; :class:`InvalidInput` unless a finite number >= 1 s.
+    """The ``Nats-TTL`` value for ``seconds``; :class:`InvalidInput` unless within :data:`~coord.validation.TTL`.
 
-    Whole seconds are written as ``"3s"``; a fraction as milliseconds (``"1500ms"``), which the
-    server accepts but applies in whole seconds.
+    That is a finite number from 1 s (nats-server refuses shorter) to
+    :data:`~coord.validation.MAX_TTL` (10 years; the server refuses more than ~292), checked before
+    anything is sent. Whole seconds are written as ``"3s"``; a fraction as milliseconds
+    (``"1500ms"``), which the server accepts but applies in whole seconds.
     """
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds):
-        raise InvalidInput(f"ttl must be a number of seconds, got {seconds!r}")
-    if seconds < MIN_TTL:
-        raise InvalidInput(
-            f"ttl must be at least {MIN_TTL:g}s (nats-server refuses shorter per-message TTLs), got {seconds:g}"
-        )
+    check_number("ttl", seconds, TTL)
     millis = round(seconds * 1000)
     return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 

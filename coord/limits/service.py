@@ -46,11 +46,14 @@ from coord.limits.models import (
     verdict,
 )
 from coord.tasks import IndexEntry, TaskStore
-from coord.validation import invalid_input
+from coord.validation import COUNT, REVISION, WAIT, Bound, check_number, invalid_input
 
 __all__ = ["KEEP", "SLOT_GRACE", "Keep", "Limits", "Slot", "decode_limits", "decode_slot"]
 
 log = logging.getLogger("corral.limits")
+
+SLOT_INDEX = Bound(0, MAX_CONCURRENCY - 1, integer=True)
+"""A slot's index: 0 to the largest concurrency limit less one."""
 
 SLOT_GRACE = 5.0
 """Seconds a slot whose claim is not written yet is left to its holder (a claim follows its slot within
@@ -189,6 +192,8 @@ class Limits:
 
         Raises :class:`~coord.errors.Conflict` when the slot changed meanwhile (someone else took it).
         """
+        check_number("index", index, SLOT_INDEX)
+        check_number("over", over, REVISION)
         revision = await self.bucket.update(slot_key(queue, index), holder.model_dump_json().encode(), last=over)
         return Slot(queue, index, revision, holder)
 
@@ -222,6 +227,7 @@ class Limits:
         of tasks it shows still claimed by their holder. Each release is a CAS at the slot's revision,
         so several healers, and the holder releasing at the same time, are safe.
         """
+        check_number("grace", grace, WAIT)
         suspects: list[Slot] = []
         for slot in slots:
             holder = slot.holder
@@ -267,6 +273,8 @@ class Limits:
         ``retry_at`` says when to ask again. Raises :class:`~coord.errors.Conflict` when the key keeps
         changing for ``cas_attempts`` tries.
         """
+        check_number("want", want, COUNT)
+        check_number("horizon", horizon, WAIT)
         key = rate_key(queue)
         known = self._rates.get(queue)
         async for attempt in conflicts(f"rate of queue {queue!r}", self._cas_attempts):

@@ -48,6 +48,7 @@ from coord.records import MAX_CAS_ATTEMPTS
 from coord.registry import Registry
 from coord.streams import MSG_ID, Stream
 from coord.tracing import inject
+from coord.validation import COUNT, TIMEOUT, check_number
 
 __all__ = ["Mailbox"]
 
@@ -185,8 +186,9 @@ class Mailbox:
         sent.
         """
         data = self._check(target, body, key, mode, sender)
+        check_number("timeout", timeout, TIMEOUT)
         if ttl is not None:
-            ttl_header(ttl)  # validates: >= 1 s
+            ttl_header(ttl)  # validates: 1 s to 10 years
         message_id = new_id("msg")
         _, agent = await self.resolve(target)
         tag = target.name if isinstance(target, Tag) else None
@@ -330,6 +332,7 @@ class Mailbox:
         two items. If the streaming agent leaves presence before ``End``, yields ``Error``.
         """
         data = self._check(target, body, None, "auto", sender)
+        check_number("timeout", timeout, TIMEOUT)
         message_id = new_id("msg")
         _, agent = await self.resolve(target)
         nc = self._stream.nc
@@ -372,6 +375,7 @@ class Mailbox:
         to remove each only after it was handled, use :meth:`handle_pending`. Malformed messages are
         dead-lettered and left out.
         """
+        check_number("limit", limit, COUNT, optional=True)
         found: list[InboxMessage] = []
         for msg in await self._snapshot(self._names.inbox_filter(agent), limit):
             parsed = await parse_or_dead_letter(msg, self._stream, self._dead_letters, self.reply_prefix)
@@ -396,6 +400,7 @@ class Mailbox:
         ones after it stay queued and the error propagates. Malformed messages are dead-lettered
         and left out.
         """
+        check_number("limit", limit, COUNT, optional=True)
         handled = 0
         for msg in await self.read_pending(agent, limit=limit):
             result = handler(msg)

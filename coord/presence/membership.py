@@ -38,7 +38,7 @@ from coord.presence.takeover import HeldId, WaitCallback
 from coord.presence.timing import check_timing, enforced_ttl
 from coord.presence.watcher import wait_absent
 from coord.retry import retry_until_stopped
-from coord.validation import invalid_input
+from coord.validation import WAIT, check_number, invalid_input
 
 __all__ = ["LostCallback", "Membership", "WaitCallback"]
 
@@ -78,6 +78,7 @@ class Membership:
         check_timing(interval, ttl)
         if not wait >= 0:
             raise InvalidInput(f"wait must be >= 0 seconds, got {wait}")
+        check_number("wait", wait, WAIT)
         self.info = info
         """The info being published (replaced by :meth:`update`)."""
         self.interval = interval

@@ -13,6 +13,7 @@ from coord.presence._store import PresenceStore
 from coord.presence.membership import LostCallback, Membership, WaitCallback
 from coord.presence.models import AgentInfo, Joined
 from coord.presence.watcher import PresenceWatcher, wait_absent
+from coord.validation import WAIT, check_number
 
 __all__ = ["Presence"]
 
@@ -128,11 +129,13 @@ class Presence:
     async def wait_absent(self, agent_id: str, timeout: float) -> bool:
         """True as soon as ``agent_id`` is absent (at once if it is), False if still present after ``timeout`` s."""
         validate_id(agent_id, "agent_id")
+        check_number("timeout", timeout, WAIT)
         return await wait_absent(self._store, agent_id, timeout)
 
     async def wait_present(self, agent_id: str, timeout: float) -> AgentInfo | None:
         """The agent's info as soon as ``agent_id`` is present (at once if it is), None after ``timeout`` s."""
         validate_id(agent_id, "agent_id")
+        check_number("timeout", timeout, WAIT)
         try:
             async with asyncio.timeout(timeout), self.watch_agent(agent_id, include_existing=True) as watcher:
                 async for event in watcher:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from coord.errors import InvalidInput
+from coord.validation import TIMEOUT, TTL, check_number
 
 __all__ = ["MIN_TTL", "check_timing", "enforced_ttl"]
 
@@ -25,6 +26,8 @@ def check_timing(interval: float, ttl: float) -> None:
         )
     if not interval > 0:
         raise InvalidInput(f"interval must be > 0 seconds, got {interval}")
+    check_number("ttl", ttl, TTL)
+    check_number("interval", interval, TIMEOUT)
     enforced = enforced_ttl(ttl)
     if interval >= enforced:
         raise InvalidInput(

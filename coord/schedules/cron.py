@@ -76,23 +76,48 @@ def _first_after(expression: str, after: datetime) -> datetime | None:
         return None
 
 
+def _repeated_shift(at: datetime, zone: ZoneInfo) -> timedelta:
+    """How far ``at`` is into the second pass of a repeated wall-clock hour, as an upper bound (else 0).
+
+    In the second pass (``fold=1``) the same wall-clock times come round again; cronsim reads fixed
+    times (``30 2 * * *``) on the wall clock without the fold, as their first pass.
+    """
+    local = at.astimezone(zone)
+    if local.fold == 0:
+        return timedelta(0)
+    first, second = local.replace(fold=0).utcoffset(), local.utcoffset()
+    return first - second if first is not None and second is not None and first > second else timedelta(0)
+
+
 def next_tick(expression: str, timezone: str, after: datetime) -> datetime | None:
-    """The first tick strictly after ``after`` (aware UTC, whole seconds), or None if there is none."""
-    local = after.astimezone(_zone(timezone))
-    tick = _first_after(expression, local)
-    return None if tick is None else tick.astimezone(UTC)
+    """The first tick strictly after ``after`` (aware UTC, whole seconds), or None if there is none.
+
+    Always strictly after ``after``, also in a repeated hour: a fixed-time tick whose wall-clock
+    time comes round again fired in the first pass and is not offered again (Debian cron's rule).
+    """
+    for tick in CronSim(expression, after.astimezone(_zone(timezone))):
+        # In the repeated hour cronsim offers the first pass of times already past: skip them.
+        if (found := tick.astimezone(UTC)) > after:
+            return found
+    return None  # cronsim looks 50 years ahead
 
 
 def previous_tick(expression: str, timezone: str, at: datetime) -> datetime | None:
-    """The latest tick at or before ``at`` (aware UTC, whole seconds), or None if there is none."""
-    # cronsim's reverse iteration starts strictly before its start: start one second after ``at``.
-    # (in UTC: a local wall-clock step could land in a daylight-saving gap).
-    start = (at.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)).astimezone(_zone(timezone))
-    try:
-        tick = next(CronSim(expression, start, reverse=True))
-    except StopIteration:
-        return None
-    return tick.astimezone(UTC)
+    """The latest tick at or before ``at`` (aware UTC, whole seconds), or None if there is none.
+
+    Agrees with :func:`next_tick` on which instants are ticks, also across daylight-saving changes.
+    """
+    zone = _zone(timezone)
+    # cronsim's reverse iteration starts strictly before its start: start one second after ``at``
+    # (in UTC: a local wall-clock step could land in a daylight-saving gap). In the second pass of a
+    # repeated hour, start after its end: cronsim reads wall-clock times there as their first pass,
+    # so ticks of the first pass that are later on the wall clock than ``at`` would be missed.
+    start = at.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    start += _repeated_shift(at, zone)
+    for tick in CronSim(expression, start.astimezone(zone), reverse=True):
+        if (found := tick.astimezone(UTC)) <= at:
+            return found
+    return None  # cronsim looks 50 years back
 
 
 def tick_task_id(name: str, tick: datetime) -> str:

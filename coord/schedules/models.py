@@ -18,6 +18,7 @@ from pydantic import (
 
 from coord.ids import Token, validate_id
 from coord.schedules.cron import MAX_NAME_LENGTH, check_cron, check_timezone, next_tick, tick_task_id
+from coord.tasks.checks import check_json
 from coord.wire import Spec, absolute_files
 
 __all__ = ["Schedule", "ScheduleName", "TaskTemplate"]
@@ -64,6 +65,12 @@ class TaskTemplate(BaseModel):
     """Lease in seconds (None: the store's default)."""
 
     _files_absolute = field_validator("files")(absolute_files)
+
+    @field_validator("payload")
+    @classmethod
+    def _finite_payload(cls, value: JsonValue) -> JsonValue:
+        check_json(value, "payload")  # NaN and infinities are not JSON (they would be stored as null)
+        return value
 
     def spec(self, task_id: str) -> Spec:
         """The :class:`Spec` of one tick's task: this template under ``task_id``, with no parent."""

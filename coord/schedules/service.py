@@ -24,6 +24,10 @@ OnChange = Callable[[str, Schedule | None], Awaitable[None] | None]
 """Called with a schedule's name and its new value (None: removed, or not readable as a schedule)."""
 
 
+_REMOVE_ATTEMPTS = 8
+"""Compare-and-set attempts of :meth:`Schedules.remove` against recorded ticks before it gives up."""
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -80,15 +84,28 @@ class Schedules:
         return sorted((value for _, value in found), key=lambda s: s.name)
 
     async def remove(self, name: str) -> None:
-        """Remove ``name`` (every scheduler stops its timer); :class:`~coord.errors.NotFound` if there is none."""
+        """Remove ``name`` (every scheduler stops its timer); :class:`~coord.errors.NotFound` if there is none.
+
+        Only the schedule read is removed, by compare-and-set: a tick recorded or a pause meanwhile
+        is removed with it, but a schedule re-added, replaced or resumed meanwhile (a new ``since``)
+        is kept and :class:`~coord.errors.Conflict` raised; one removed meanwhile is simply gone.
+        """
         key = _key(name)
         value, revision = await self.store.get(key, Schedule)
         if value is None:
             raise NotFound(f"no schedule {name!r}")
-        try:
-            await self.store.write(key, None, last=revision, delete=True)
-        except Conflict:  # changed meanwhile (a tick recorded): remove whatever is there now
-            await self.store.write(key, None, last=None, delete=True)
+        since = value.since
+        for _ in range(_REMOVE_ATTEMPTS):
+            try:
+                await self.store.write(key, None, last=revision, delete=True)
+                return
+            except Conflict:  # changed meanwhile: remove it only if it is still the schedule read
+                value, revision = await self.store.get(key, Schedule)
+            if value is None:
+                return  # removed meanwhile
+            if value.since != since:
+                raise Conflict(f"schedule {name!r} was re-added, replaced or resumed meanwhile; not removed")
+        raise Conflict(f"schedule {name!r} keeps changing; not removed")
 
     async def pause(self, name: str) -> Schedule:
         """Stop submitting ticks of ``name`` until :meth:`resume` (idempotent)."""

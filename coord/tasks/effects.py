@@ -18,6 +18,7 @@ from coord import tracing
 from coord.naming import Names
 from coord.streams import Stream
 from coord.tasks.models import ResultNotice, TaskRecord, TaskStatus, Transition
+from coord.validation import COUNT, check_number
 
 __all__ = ["TaskEffects", "notification_id"]
 
@@ -75,6 +76,7 @@ class TaskEffects:
         ``again=n`` is the n-th renotification of the same revision (its own id, the same for every
         publisher); ``force`` makes the id unique.
         """
+        check_number("again", again, COUNT, optional=True)
         head: dict[str, Any] = {
             "task_id": record.task_id,
             "revision": record.revision,

@@ -17,8 +17,9 @@ from corral.cli import queues as queues_cli
 from corral.cli import scheduler as scheduler_cli
 from corral.cli import schedules as schedules_cli
 from corral.cli import schema as schema_cli
-from corral.cli._common import Options, setting_bounds, setting_env, setting_help
-from corral.cli._errors import check_setting, run_cli, usage
+from corral.cli._bounds import REPLICAS, bounded, setting_bound
+from corral.cli._common import Options, setting_env, setting_help
+from corral.cli._errors import run_cli, usage
 from corral.cli._telemetry import (
     DEFAULT_METRICS_HOST,
     MetricsHostOption,
@@ -35,9 +36,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-_REPLICAS_MIN, _REPLICAS_MAX = setting_bounds("replicas")
 
 
 def _version(value: bool) -> None:
@@ -77,8 +75,7 @@ def main_options(
         int | None,
         typer.Option(
             envvar=setting_env("replicas"),
-            min=_REPLICAS_MIN,
-            max=_REPLICAS_MAX,
+            callback=bounded(REPLICAS),
             help=setting_help(
                 "Replicas of the namespace's buckets/streams (3 on a 3-node cluster).", "replicas", env=False
             ),
@@ -88,6 +85,7 @@ def main_options(
         float | None,
         typer.Option(
             envvar=setting_env("connect_timeout"),
+            callback=bounded(setting_bound("connect_timeout")),
             help=setting_help(
                 "Seconds to keep trying to reach a server that refuses or does not answer (e.g. while it starts).",
                 "connect_timeout",
@@ -107,7 +105,6 @@ def main_options(
         validate_namespace(namespace)
     except InvalidId as err:
         raise usage(str(err).removeprefix("namespace "), "--namespace") from None
-    check_setting("--connect-timeout", "connect_timeout", connect_timeout)
     setup_telemetry(
         trace,
         service_name=f"corral-{ctx.invoked_subcommand or 'cli'}",

@@ -11,13 +11,14 @@ checked before anything connects); commands keep their own codes for the rest (3
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, TextIO, cast
 
 import typer
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from coord.errors import CorralError, InvalidInput
 from coord.ids import Token
@@ -28,7 +29,6 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_USAGE",
     "CliError",
-    "check_range",
     "check_setting",
     "check_tokens",
     "from_click",
@@ -164,26 +164,28 @@ def check_setting(flag: str, name: str, value: object) -> None:
         raise _about(flag, err) from None
 
 
-def check_range(
-    flag: str, value: float | None, *, gt: float | None = None, ge: float | None = None, le: float | None = None
-) -> None:
-    """Raise a usage :class:`CliError` naming ``flag`` unless ``value`` is within the bounds (``None`` passes)."""
-    if value is None:
-        return
-    adapter: TypeAdapter[float] = TypeAdapter(Annotated[float, Field(gt=gt, ge=ge, le=le)])
-    try:
-        adapter.validate_python(value)
-    except ValidationError as err:
-        raise _about(flag, err) from None
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (only finite numbers are)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large a number for JSON (it would be infinity)")
+    return value
 
 
 def parse_json(flag: str, text: str | None) -> Any:
-    """The JSON value ``text`` holds (None when not given); a usage :class:`CliError` naming ``flag`` if not JSON."""
+    """The JSON value ``text`` holds (None when not given); a usage :class:`CliError` naming ``flag`` if not JSON.
+
+    Strict JSON: ``NaN``, ``Infinity`` and numbers too large for a float (``1e999``) are refused
+    (Python's ``json`` accepts them, and pydantic would store them as ``null``).
+    """
     if text is None:
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except ValueError as err:  # a JSONDecodeError, or a constant or number refused above
         raise usage(f"not valid JSON: {err}", flag) from None
 
 

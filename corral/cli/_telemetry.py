@@ -20,6 +20,7 @@ import typer
 
 from coord import metrics, tracing
 from coord.errors import CorralError
+from corral.cli._bounds import PORT, bounded
 from corral.cli._common import fail
 
 __all__ = [
@@ -61,8 +62,7 @@ MetricsPortOption = Annotated[
     typer.Option(
         "--metrics-port",
         envvar="CORRAL_METRICS_PORT",
-        min=0,
-        max=65535,
+        callback=bounded(PORT),
         help="Serve Prometheus metrics on this port at /metrics (needs corral\\[prometheus]).",
     ),
 ]

@@ -32,8 +32,10 @@ from coord.presence import Joined, Left
 from coord.presence.timing import check_timing
 from coord.server import DURABLE_SYNC, NatsServer
 from coord.settings import Settings
+from coord.validation import Bound
 from coord.wire import Result, Spec
-from corral.cli._common import console, options, print_json, run, setting_bounds, setting_help
+from corral.cli._bounds import PORT, PRESENCE_TTL, bounded
+from corral.cli._common import console, options, print_json, run, setting_help
 from corral.cli._errors import EXIT_USAGE, CliError
 from corral.cli.ui import alongside
 from corral.ui import DEFAULT_PORT
@@ -46,7 +48,6 @@ JOIN_WITHIN = 30.0
 """Seconds a worker process has to join presence."""
 FINISH_WITHIN = 120.0
 """Seconds the tasks have to finish."""
-_TTL_MIN, _ = setting_bounds("presence_ttl")
 
 
 async def work(spec: Spec, ctx: Context) -> Result:
@@ -424,17 +425,26 @@ def _interval(ttl: float) -> float:
 
 def demo(
     ctx: typer.Context,
-    workers: Annotated[int, typer.Option("--workers", "-N", min=1, max=32, help="Worker processes.")] = 4,
-    tasks: Annotated[int, typer.Option("--tasks", "-M", min=1, max=100_000, help="Tasks to submit.")] = 40,
-    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Tasks each worker runs at once.")] = 2,
+    workers: Annotated[
+        int, typer.Option("--workers", "-N", callback=bounded(Bound(1, 32, integer=True)), help="Worker processes.")
+    ] = 4,
+    tasks: Annotated[
+        int, typer.Option("--tasks", "-M", callback=bounded(Bound(1, 100_000, integer=True)), help="Tasks to submit.")
+    ] = 40,
+    concurrency: Annotated[
+        int, typer.Option(callback=bounded(Bound(1, 64, integer=True)), help="Tasks each worker runs at once.")
+    ] = 2,
     ttl: Annotated[
         float | None,
-        typer.Option(min=_TTL_MIN, max=30, help=setting_help("Presence TTL of the workers (s).", "presence_ttl")),
+        typer.Option(
+            callback=bounded(Bound(PRESENCE_TTL.lo, 30, "s")),
+            help=setting_help("Presence TTL of the workers (s).", "presence_ttl"),
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="No live screen; print the summary as JSON.")] = False,
     ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Serve the web dashboard (corral ui) while it runs.")] = True,
     ui_port: Annotated[
-        int, typer.Option(min=0, max=65535, help="Port of the dashboard (a free one if busy; 0: any).")
+        int, typer.Option(callback=bounded(PORT), help="Port of the dashboard (a free one if busy; 0: any).")
     ] = DEFAULT_PORT,
 ) -> None:
     """Run a fleet on an embedded NATS, kill one worker and pause another mid-task, show the recovery.

@@ -21,6 +21,7 @@ from coord.events import (
 )
 from coord.events.service import Events
 from coord.events.tree import event_changes
+from corral.cli._bounds import FRACTION, SINCE, TURN, bounded
 from corral.cli._common import Options, console, fail, invalid, options, print_json, run
 from corral.cli._errors import EXIT_USAGE, check_tokens
 
@@ -55,7 +56,7 @@ def tail(
     ctx: typer.Context,
     agent: Annotated[str | None, typer.Option("--agent", help="Only events sent to this agent.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
-    since: Annotated[float, typer.Option(help="Start this many seconds back.", min=0)] = 3600.0,
+    since: Annotated[float, typer.Option(help="Start this many seconds back.", callback=bounded(SINCE))] = 3600.0,
     follow: Annotated[bool, typer.Option(help="Keep printing new events until interrupted.")] = True,
 ) -> None:
     """Print lifecycle events (one line each), then follow new ones. Read-only: moves no position."""
@@ -79,10 +80,12 @@ def emit(
     to: Annotated[str, typer.Option("--to", help="Parent agent id.")],
     agent: Annotated[str, typer.Option("--agent", help="The agent the event is about (usually yourself).")],
     text: Annotated[str, typer.Option(help="Summary, error message, reason or progress message.")] = "",
-    turn: Annotated[int | None, typer.Option(help="Turn number (turn_ended).", min=0)] = None,
+    turn: Annotated[int | None, typer.Option(help="Turn number (turn_ended).", callback=bounded(TURN))] = None,
     sub_agent: Annotated[str | None, typer.Option(help="Spawned agent (scope_sub_delegated).")] = None,
     scope: Annotated[list[str] | None, typer.Option(help="Delegated scope item (repeatable).")] = None,
-    fraction: Annotated[float | None, typer.Option(help="Progress 0..1 (progress).", min=0, max=1)] = None,
+    fraction: Annotated[
+        float | None, typer.Option(help="Progress 0..1 (progress).", callback=bounded(FRACTION))
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help='Print {"to", "id", "kind", ...} of the event.')] = False,
 ) -> None:
     """Durably emit one lifecycle event to a parent (for shell agents). Exits 1 if it could not be stored."""

@@ -14,9 +14,9 @@ from pydantic import ValidationError
 from coord.errors import PresenceConflict
 from coord.mailbox import Agent, Chunk, Delivered, End, Enqueued, Error, Expired, Id, InboxMessage, SendResult, Tag
 from coord.presence import AgentInfo
-from coord.presence.timing import MIN_TTL
+from corral.cli._bounds import ACK_TIMEOUT, TTL, bounded
 from corral.cli._common import Options, err_console, fail, invalid, options, print_json, run
-from corral.cli._errors import EXIT_USAGE, check_range, check_tokens
+from corral.cli._errors import EXIT_USAGE, check_tokens
 
 app = typer.Typer(name="msg", help="Agent messaging: send, read, bind tags.", no_args_is_help=True)
 
@@ -43,8 +43,12 @@ def send(
     stream: Annotated[bool, typer.Option("--stream", help="Stream the reply (Id, chunks, End).")] = False,
     enqueue: Annotated[bool, typer.Option("--enqueue", help="Only enqueue; do not wait for a live agent.")] = False,
     sender: Annotated[str | None, typer.Option("--from", help="Sender agent id to record.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the ack (or between chunks).", min=0.1)] = 10.0,
-    ttl: Annotated[float | None, typer.Option(help="Drop the message if still unread after S seconds.")] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the ack (or between chunks).", callback=bounded(ACK_TIMEOUT))
+    ] = 10.0,
+    ttl: Annotated[
+        float | None, typer.Option(help="Drop the message if still unread after S seconds.", callback=bounded(TTL))
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON lines.")] = False,
 ) -> None:
     """Send BODY to an agent (--to) or a tag (--tag): prints delivered or enqueued (with the id)."""
@@ -57,7 +61,6 @@ def send(
     except ValidationError as err:
         invalid(err, {"id": "--to", "name": "--tag"})
     check_tokens({"--key": key, "--from": sender})
-    check_range("--ttl", ttl, ge=MIN_TTL)
     text = _body(body)
     if not text.strip():
         fail("must not be empty or only whitespace (nothing was sent)", EXIT_USAGE, "BODY")

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from coord.errors import PresenceConflict, PresenceLost
 from coord.presence import AgentInfo, Joined, Left, Membership, MembershipLost, PresenceEvent, Updated
+from corral.cli._bounds import PRESENCE_INTERVAL, PRESENCE_TTL, bounded
 from corral.cli._common import (
     Options,
     check_presence_flags,
@@ -133,12 +134,16 @@ def hold(
     ctx: typer.Context,
     agent_id: Annotated[str, typer.Option("--id", help="Agent id to keep present.")],
     interval: Annotated[
-        float | None, typer.Option(help=setting_help("Seconds between renewals.", "presence_interval"))
+        float | None,
+        typer.Option(
+            help=setting_help("Seconds between renewals.", "presence_interval"), callback=bounded(PRESENCE_INTERVAL)
+        ),
     ] = None,
     ttl: Annotated[
         float | None,
         typer.Option(
-            help=setting_help("Per-key TTL in seconds (>= 1; the server enforces whole seconds).", "presence_ttl")
+            help=setting_help("Per-key TTL in seconds (>= 1; the server enforces whole seconds).", "presence_ttl"),
+            callback=bounded(PRESENCE_TTL),
         ),
     ] = None,
     role: Annotated[str, typer.Option(help="Role published in the agent info.")] = "agent",

@@ -15,10 +15,8 @@ from coord.connection import connect
 from coord.errors import InvalidInput
 from coord.provision import Provision, StreamState, StreamStatus
 from coord.settings import Settings
-from corral.cli._common import Options, console, fail, options, print_json, run, setting_bounds, setting_help
-
-_REPLICAS_MIN, _REPLICAS_MAX = setting_bounds("replicas")
-_MAX_BYTES_MIN, _ = setting_bounds("max_bytes")
+from corral.cli._bounds import MAX_BYTES, REPLICAS, bounded
+from corral.cli._common import Options, console, fail, options, print_json, run, setting_help
 
 
 def register(app: typer.Typer) -> None:
@@ -48,15 +46,15 @@ def provision(
     replicas: Annotated[
         int | None,
         typer.Option(
-            min=_REPLICAS_MIN,
-            max=_REPLICAS_MAX,
+            callback=bounded(REPLICAS),
             help="Replicas of every bucket and stream (default: the global --replicas, or $CORRAL_REPLICAS).",
         ),
     ] = None,
     max_bytes: Annotated[
         int | None,
         typer.Option(
-            min=_MAX_BYTES_MIN, help=setting_help("Size limit of each bucket and stream, in bytes.", "max_bytes")
+            callback=bounded(MAX_BYTES),
+            help=setting_help("Size limit of each bucket and stream, in bytes.", "max_bytes"),
         ),
     ] = None,
     check: Annotated[

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from corral.cli._bounds import SWEEP, bounded
 from corral.cli._common import Options, console, options, print_json, run, setting_help, until_signalled
 from corral.cli._errors import check_setting
 from corral.cli._logging import setup_logging
@@ -38,7 +39,10 @@ def reclaimer(
     ctx: typer.Context,
     sweep: Annotated[
         float | None,
-        typer.Option(help=setting_help("Seconds between sweeps (deadlines, lost notifications).", "sweep_interval")),
+        typer.Option(
+            help=setting_help("Seconds between sweeps (deadlines, lost notifications).", "sweep_interval"),
+            callback=bounded(SWEEP),
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON line per reclaim.")] = False,
     verbose: Annotated[

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from coord.errors import Conflict
 from coord.schedules import Schedule
+from corral.cli._bounds import ATTEMPTS, TIMEOUT, bounded
 from corral.cli._common import Options, console, fail, invalid, options, print_json, run
 from corral.cli._errors import EXIT_USAGE, check_tokens, parse_json
 
@@ -92,8 +93,10 @@ def add(
     title: Annotated[str, typer.Option(help="Short human title of each task.")] = "",
     file: Annotated[list[str], typer.Option("--file", help="Absolute path the tasks work on (repeatable).")] = [],  # noqa: B006
     payload: Annotated[str | None, typer.Option(help="JSON payload for the handler (the same every tick).")] = None,
-    max_attempts: Annotated[int, typer.Option(help="Claims allowed per task before dead-lettering.")] = 3,
-    timeout: Annotated[float | None, typer.Option(help="Lease in seconds.")] = None,
+    max_attempts: Annotated[
+        int, typer.Option(help="Claims allowed per task before dead-lettering.", callback=bounded(ATTEMPTS))
+    ] = 3,
+    timeout: Annotated[float | None, typer.Option(help="Lease in seconds.", callback=bounded(TIMEOUT))] = None,
     paused: Annotated[bool, typer.Option("--paused", help="Add it paused (resume starts it).")] = False,
     replace: Annotated[
         bool, typer.Option("--replace", help="Replace an existing schedule of that name (its last tick is kept).")

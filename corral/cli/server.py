@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from coord.server import DURABLE_SYNC, LOOPBACK, NatsCluster, NatsServer
+from corral.cli._bounds import CLUSTER, PORT, bounded
 from corral.cli._common import console, fail, print_json
 from corral.cli._errors import EXIT_USAGE
 
@@ -23,9 +24,11 @@ def register(app: typer.Typer) -> None:
 
 
 def server(
-    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Client port (default or 0: a free one).")] = None,
+    port: Annotated[
+        int | None, typer.Option(callback=bounded(PORT), help="Client port (default or 0: a free one).")
+    ] = None,
     store: Annotated[str | None, typer.Option(help="JetStream store dir (default: a temp dir).")] = None,
-    cluster: Annotated[int, typer.Option(help="Run N routed nodes instead of one.", min=1)] = 1,
+    cluster: Annotated[int, typer.Option(help="Run N routed nodes instead of one.", callback=bounded(CLUSTER))] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="Print the URL(s) as JSON.")] = False,
     no_sync: Annotated[
         bool,

@@ -18,9 +18,10 @@ from coord.connection import Coord
 from coord.errors import CorralError
 from coord.priority import LEVELS
 from coord.tasks import TaskRecord
-from coord.wire import MAX_DELAY, Spec, TaskInput
+from coord.wire import Spec, TaskInput
+from corral.cli._bounds import ATTEMPTS, DELAY, TIMEOUT, bounded
 from corral.cli._common import Options, console, err_console, fail, invalid, options, print_json, run
-from corral.cli._errors import EXIT_USAGE, check_range, check_tokens, parse_json
+from corral.cli._errors import EXIT_USAGE, check_tokens, parse_json
 from dispatch.dispatcher import Dispatcher, result_of
 
 _FLAGS = {
@@ -148,13 +149,16 @@ def submit(
     title: Annotated[str, typer.Option(help="Short human title.")] = "",
     file: Annotated[list[str], typer.Option("--file", help="Absolute path the task works on (repeatable).")] = [],  # noqa: B006
     payload: Annotated[str | None, typer.Option(help="JSON payload for the handler.")] = None,
-    max_attempts: Annotated[int, typer.Option(help="Claims allowed before dead-lettering.")] = 3,
-    timeout: Annotated[float | None, typer.Option(help="Lease in seconds.")] = None,
+    max_attempts: Annotated[
+        int, typer.Option(help="Claims allowed before dead-lettering.", callback=bounded(ATTEMPTS))
+    ] = 3,
+    timeout: Annotated[float | None, typer.Option(help="Lease in seconds.", callback=bounded(TIMEOUT))] = None,
     priority: Annotated[
         str, typer.Option(help="Level within the queue: high (overtakes a backlog), normal or low.")
     ] = "normal",
     delay: Annotated[
-        float | None, typer.Option(help="Start no earlier than SECONDS after submitting (not with --at).")
+        float | None,
+        typer.Option(help="Start no earlier than SECONDS after submitting (not with --at).", callback=bounded(DELAY)),
     ] = None,
     at: Annotated[
         str | None,
@@ -169,14 +173,13 @@ def submit(
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the result; exit 1 if it failed.")] = False,
     wait_timeout: Annotated[
-        float, typer.Option(help="Give up waiting after S seconds (exit 2); the task goes on.")
+        float,
+        typer.Option(help="Give up waiting after S seconds (exit 2); the task goes on.", callback=bounded(TIMEOUT)),
     ] = DEFAULT_WAIT_TIMEOUT,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Submit one task; with --wait, print its result."""
     check_tokens({"--parent": parent})
-    check_range("--wait-timeout", wait_timeout, gt=0)
-    check_range("--delay", delay, ge=0, le=MAX_DELAY)
     if delay is not None and at is not None:
         fail("give --delay or --at, not both", EXIT_USAGE, "--delay")
     if priority not in LEVELS:

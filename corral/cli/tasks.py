@@ -16,6 +16,7 @@ from rich.table import Table
 
 from coord.tasks import JournalEntry, TaskRecord, TaskStatus, journal_of
 from coord.wire import Result, Spec
+from corral.cli._bounds import COUNT, bounded
 from corral.cli._common import Options, console, options, print_json, run
 from corral.cli._errors import check_tokens, usage
 
@@ -168,7 +169,10 @@ def ls(
     ] = None,
     limit: Annotated[
         int | None,
-        typer.Option(help="Show at most the newest N; 0 = all (default: 200 in the table, all with --json).", min=0),
+        typer.Option(
+            help="Show at most the newest N; 0 = all (default: 200 in the table, all with --json).",
+            callback=bounded(COUNT),
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON array of records.")] = False,
 ) -> None:

@@ -13,6 +13,7 @@ import typer
 
 from coord.connection import Coord
 from coord.errors import CorralError, InvalidInput
+from corral.cli._bounds import PORT, bounded
 from corral.cli._common import Options, console, fail, options, print_json, run
 from corral.ui import DEFAULT_HOST, DEFAULT_PORT, Dashboard, check_trace_url
 from corral.ui.guard import ALLOWED_HOSTS_ENV, parse_allowed_hosts
@@ -92,7 +93,9 @@ def ui(
             help="Address to listen on (0.0.0.0: every interface, so anyone who can reach it sees the fleet).",
         ),
     ] = DEFAULT_HOST,
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: a free one).")] = DEFAULT_PORT,
+    port: Annotated[
+        int, typer.Option(callback=bounded(PORT), help="Port to listen on (0: a free one).")
+    ] = DEFAULT_PORT,
     allow_actions: Annotated[
         bool,
         typer.Option(

@@ -20,6 +20,7 @@ from typer.core import TyperGroup
 from coord.connection import Coord
 from coord.errors import InvalidInput, PresenceLost
 from coord.presence import HolderWait
+from corral.cli._bounds import CONCURRENCY, PRESENCE_INTERVAL, PRESENCE_TTL, TIMEOUT, WAIT, bounded
 from corral.cli._common import Options, check_presence_flags, fail, options, print_json, run, setting_help
 from corral.cli._errors import EXIT_USAGE, CliError, check_setting, check_tokens
 from corral.cli._logging import setup_logging
@@ -145,15 +146,29 @@ async def _serve(opts: Options, worker_id: str | None, make_worker: Callable[[Co
 def worker(
     ctx: typer.Context,
     queue: Annotated[list[str], typer.Option("--queue", "-q", help="Queue to take work from (repeatable).")] = [],  # noqa: B006
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Tasks run at once.")] = 1,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", callback=bounded(CONCURRENCY), help="Tasks run at once.")
+    ] = 1,
     worker_id: Annotated[str | None, typer.Option("--id", help="Agent id (default: random).")] = None,
     handler: Annotated[str | None, typer.Option(help="Python handler as module:function.")] = None,
-    lease: Annotated[float | None, typer.Option(help="Claim lease in seconds (default: the task's timeout).")] = None,
-    ttl: Annotated[float | None, typer.Option(help=setting_help("Presence TTL in seconds.", "presence_ttl"))] = None,
-    interval: Annotated[
-        float | None, typer.Option(help=setting_help("Presence heartbeat interval in seconds.", "presence_interval"))
+    lease: Annotated[
+        float | None,
+        typer.Option(help="Claim lease in seconds (default: the task's timeout).", callback=bounded(TIMEOUT)),
     ] = None,
-    grace: Annotated[float, typer.Option(min=0, help="Seconds in-flight work may finish on SIGTERM.")] = 10.0,
+    ttl: Annotated[
+        float | None,
+        typer.Option(help=setting_help("Presence TTL in seconds.", "presence_ttl"), callback=bounded(PRESENCE_TTL)),
+    ] = None,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            help=setting_help("Presence heartbeat interval in seconds.", "presence_interval"),
+            callback=bounded(PRESENCE_INTERVAL),
+        ),
+    ] = None,
+    grace: Annotated[
+        float, typer.Option(callback=bounded(WAIT), help="Seconds in-flight work may finish on SIGTERM.")
+    ] = 10.0,
     exit_on_loss: Annotated[
         bool,
         typer.Option(
@@ -230,7 +245,10 @@ def run_one(
     task_id: Annotated[str, typer.Option(help="The task to claim and run.")],
     worker_agent_id: Annotated[str, typer.Option(help="Agent id to run as (present while running).")],
     handler: Annotated[str | None, typer.Option(help="Python handler as module:function.")] = None,
-    ttl: Annotated[float | None, typer.Option(help=setting_help("Presence TTL in seconds.", "presence_ttl"))] = None,
+    ttl: Annotated[
+        float | None,
+        typer.Option(help=setting_help("Presence TTL in seconds.", "presence_ttl"), callback=bounded(PRESENCE_TTL)),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log at INFO level (presence joins and leaves), not only warnings.")
     ] = False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -146,3 +147,61 @@ async def test_a_watch_delivers_existing_schedules_then_changes_and_removals(coo
         await schedules.remove("second")
         changes = [await asyncio.wait_for(seen.get(), 5) for _ in range(3)]
     assert changes == [("second", False), ("first", True), ("second", None)]
+
+
+def between_read_and_write(
+    schedules: coord.Schedules, monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[int], Awaitable[object]]
+) -> None:
+    """Make ``meanwhile(revision read)`` run once, right after the next read of the store (a concurrent writer)."""
+    read = schedules.store.get
+    pending = [meanwhile]
+
+    async def get(key: str, model: type[Schedule]) -> tuple[Schedule | None, int]:
+        value, revision = await read(key, model)
+        if pending:
+            await pending.pop()(revision)
+        return value, revision
+
+    monkeypatch.setattr(schedules.store, "get", get)
+
+
+async def test_removing_never_deletes_a_schedule_re_added_while_it_was_being_removed(
+    coord_conn: coord.Coord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 21: the conflict fallback deleted whatever was there, so a schedule re-added concurrently vanished.
+    schedules = coord_conn.schedules
+    await schedules.add(Schedule(name="r", cron="*/5 * * * *", task=TaskTemplate(queue="old")))
+
+    async def re_add(revision: int) -> None:  # another operator removes it and adds a new one
+        await schedules.store.write("r", None, last=revision, delete=True)
+        await schedules.add(Schedule(name="r", cron="0 * * * *", task=TaskTemplate(queue="new")))
+
+    between_read_and_write(schedules, monkeypatch, re_add)
+    with pytest.raises(Conflict, match="'r' was re-added, replaced or resumed meanwhile; not removed"):
+        await schedules.remove("r")
+    kept = await schedules.get("r")
+    assert (kept.cron, kept.task.queue) == ("0 * * * *", "new")
+
+
+async def test_removing_a_schedule_whose_tick_was_recorded_meanwhile_removes_it(
+    coord_conn: coord.Coord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schedules = coord_conn.schedules
+    await schedules.add(Schedule(name="t", cron="* * * * * *", task=TaskTemplate(queue="q")))
+    tick = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+
+    async def record(revision: int) -> None:  # a scheduler records a tick between the read and the delete
+        await schedules.record_tick("t", tick, tick_task_id("t", tick))
+
+    between_read_and_write(schedules, monkeypatch, record)
+    await schedules.remove("t")
+    with pytest.raises(NotFound):
+        await schedules.get("t")
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_a_payload_with_nan_or_an_infinity_is_refused_not_stored_as_null(number: float) -> None:
+    # issue 21: pydantic wrote them as null, so every tick's task silently got another payload
+    with pytest.raises(ValueError, match="payload must be a JSON value"):
+        TaskTemplate(payload={"x": [1, number]})
+    assert TaskTemplate(payload={"x": [1, 2.5]}).payload == {"x": [1, 2.5]}

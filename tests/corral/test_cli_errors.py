@@ -41,16 +41,16 @@ def quiet_server() -> Iterator[NatsServer]:
 
 REFUSED_BEFORE_CONNECTING = [
     # submit: each TaskInput rule, named by its flag (not task_id / parent_id), with the value given
-    (("submit", "--max-attempts", "0"), "--max-attempts: must be >= 1 (got 0)"),
-    (("submit", "--timeout", "-1"), "--timeout: must be > 0 (got -1)"),
+    (("submit", "--max-attempts", "0"), "--max-attempts: must be a whole number from 1 to 1000 (got 0)"),
+    (("submit", "--timeout", "-1"), "--timeout: must be > 0 and <= 86400 s (got -1)"),
     (("submit", "--file", "relative/path"), "--file: every file must be an absolute path; 'relative/path' is not"),
     (("submit", "--title", "x" * 10_000), "--title: must be at most 500 characters (got 10000 characters)"),
     (("submit", "--id", "has space"), f"--id: 'has space' {NOT_ALLOWED}"),
     (("submit", "--parent", "bad parent"), f"--parent: 'bad parent' {NOT_ALLOWED}"),
-    (("submit", "--wait", "--wait-timeout", "-1"), "--wait-timeout: must be > 0 (got -1)"),
+    (("submit", "--wait", "--wait-timeout", "-1"), "--wait-timeout: must be > 0 and <= 86400 s (got -1)"),
     (("submit", "--max-attempts", "x"), "--max-attempts: must be a whole number (got x)"),
     (("submit", "--tmeout", "3"), "--tmeout: no such option (did you mean --timeout or --wait-timeout?)"),
-    (("submit", "--delay", "-1"), "--delay: must be >= 0 (got -1)"),
+    (("submit", "--delay", "-1"), "--delay: must be between 0 and 31622400 s (got -1)"),
     (("submit", "--delay", "3", "--at", "2030-01-01T12:00:00Z"), "--delay: give --delay or --at, not both"),
     (
         ("submit", "--at", "2030-01-01T12:00:00"),
@@ -59,11 +59,11 @@ REFUSED_BEFORE_CONNECTING = [
     (("submit", "--at", "tomorrow"), "--at: 'tomorrow' is not an ISO 8601 time (e.g. 2030-01-01T12:00:00Z)"),
     (("submit", "--priority", "urgent"), "--priority: 'urgent' is not a priority (one of: high, normal, low)"),
     # ranges that used to be accepted, or checked only after connecting
-    (("reclaimer", "--sweep", "0"), "--sweep: must be >= 0.05 (got 0)"),
-    (("reclaimer", "--sweep", "-1"), "--sweep: must be >= 0.05 (got -1)"),
-    (("worker", "-q", "q", *HANDLER, "--lease", "-1"), "--lease: must be > 0 (got -1)"),
-    (("worker", "-q", "q", *HANDLER, "--grace", "-1"), "--grace: must be >= 0 (got -1)"),
-    (("worker", "-q", "q", *HANDLER, "--ttl", "0.2"), "--ttl: must be >= 1 (got 0.2)"),
+    (("reclaimer", "--sweep", "0"), "--sweep: must be between 0.05 and 3600 s (got 0)"),
+    (("reclaimer", "--sweep", "-1"), "--sweep: must be between 0.05 and 3600 s (got -1)"),
+    (("worker", "-q", "q", *HANDLER, "--lease", "-1"), "--lease: must be > 0 and <= 86400 s (got -1)"),
+    (("worker", "-q", "q", *HANDLER, "--grace", "-1"), "--grace: must be between 0 and 86400 s (got -1)"),
+    (("worker", "-q", "q", *HANDLER, "--ttl", "0.2"), "--ttl: must be between 1 and 3600 s (got 0.2)"),
     (
         ("worker", "-q", "q", *HANDLER, "--interval", "5"),
         "--interval: interval (5s) must be shorter than the TTL the server enforces "
@@ -75,7 +75,7 @@ REFUSED_BEFORE_CONNECTING = [
         "cannot import module 'nosuch_module_x': No module named 'nosuch_module_x'",
     ),
     (("worker", *HANDLER), "--queue: is required (repeat it to serve several queues)"),
-    (("msg", "send", "--to", "bob", "--ttl", "0.5", "hi"), "--ttl: must be >= 1 (got 0.5)"),
+    (("msg", "send", "--to", "bob", "--ttl", "0.5", "hi"), "--ttl: must be between 1 and 315360000 s (got 0.5)"),
     (("msg", "send", "--to", "bob", ""), "BODY: must not be empty or only whitespace (nothing was sent)"),
     (("msg", "send", "--to", "bob", "--tag", "t", "hi"), "give exactly one of --to AGENT_ID or --tag TAG"),
     (("msg", "bind", "a b", "--agent", "x"), f"TAG: 'a b' {NOT_ALLOWED}"),
@@ -86,15 +86,32 @@ REFUSED_BEFORE_CONNECTING = [
     (("registry", "reserve", "t1", "--as", "bad id"), f"--as: 'bad id' {NOT_ALLOWED}"),
     (("registry", "reserve", "t1"), "--as: is required"),
     (("presence", "hold", "--id", "bad id"), f"--id: 'bad id' {NOT_ALLOWED}"),
-    (("presence", "hold", "--id", "a", "--ttl", "0.2"), "--ttl: must be >= 1 (got 0.2)"),
-    (("provision", "--replicas", "9"), "--replicas: must be <= 5 (got 9)"),
+    (("presence", "hold", "--id", "a", "--ttl", "0.2"), "--ttl: must be between 1 and 3600 s (got 0.2)"),
+    (("provision", "--replicas", "9"), "--replicas: must be a whole number from 1 to 5 (got 9)"),
     (
         ("tasks", "ls", "--status", "finished"),
         "--status: must be one of pending, claimed, succeeded, failed, dead, cancelled (got 'finished')",
     ),
     (("tasks", "show", "a b"), f"TASK_ID: 'a b' {NOT_ALLOWED}"),
+    # issue 21: numbers without an upper bound escaped as tracebacks or server errors, or waited for ever
+    (("msg", "send", "--to", "bob", "--ttl", "1e11", "hi"), "--ttl: must be between 1 and 315360000 s (got 1e+11)"),
+    (("msg", "send", "--to", "bob", "--ttl", "1e308", "hi"), "--ttl: must be between 1 and 315360000 s (got 1e+308)"),
+    (("msg", "send", "--to", "bob", "--timeout", "inf", "hi"), "--timeout: must be between 0.1 and 86400 s (got inf)"),
+    (("msg", "send", "--to", "bob", "--timeout", "nan", "hi"), "--timeout: must be between 0.1 and 86400 s (got nan)"),
+    (("events", "tail", "--since", "inf"), "--since: must be between 0 and 315360000 s (got inf)"),
+    (("events", "tail", "--since", "1e30"), "--since: must be between 0 and 315360000 s (got 1e+30)"),
+    # issue 21: NaN and infinities in user JSON were stored as null
+    (("submit", "--payload", '{"x": NaN}'), "--payload: not valid JSON: NaN is not JSON (only finite numbers are)"),
+    (
+        ("schedules", "add", "s", "--cron", "* * * * *", "--payload", '{"x": 1e999}'),
+        "--payload: not valid JSON: 1e999 is too large a number for JSON (it would be infinity)",
+    ),
+    (
+        ("schedules", "add", "s", "--cron", "* * * * *", "--payload", "[-Infinity]"),
+        "--payload: not valid JSON: -Infinity is not JSON (only finite numbers are)",
+    ),
     # the demo: combinations it cannot run are refused at once, not after 30 or 120 s
-    (("demo", "--ttl", "0.5", "-N", "2", "-M", "2"), "--ttl: must be >= 1 (got 0.5)"),
+    (("demo", "--ttl", "0.5", "-N", "2", "-M", "2"), "--ttl: must be between 1 and 30 s (got 0.5)"),
     (
         ("demo", "-N", "1", "-M", "2"),
         "--workers: must be >= 2: the demo SIGKILLs one worker and another must finish its tasks (got 1)",
@@ -116,14 +133,22 @@ def test_a_bad_flag_is_one_line_naming_it_exit_2_and_nothing_connects(
 @pytest.mark.parametrize(
     ("args", "field", "message"),
     [
-        (("demo", "--ttl", "0.5", "-N", "2", "-M", "2", "--json"), "--ttl", "--ttl: must be >= 1 (got 0.5)"),
+        (
+            ("demo", "--ttl", "0.5", "-N", "2", "-M", "2", "--json"),
+            "--ttl",
+            "--ttl: must be between 1 and 30 s (got 0.5)",
+        ),
         (("submit", "--id", "has space", "--json"), "--id", f"--id: 'has space' {NOT_ALLOWED}"),
         (
             ("events", "emit", "errored", "--to", "p", "--agent", "a", "--json"),
             "--text",
             "--text: is required for errored: the error message to report",
         ),
-        (("presence", "hold", "--id", "a", "--ttl", "0.2", "--json"), "--ttl", "--ttl: must be >= 1 (got 0.2)"),
+        (
+            ("presence", "hold", "--id", "a", "--ttl", "0.2", "--json"),
+            "--ttl",
+            "--ttl: must be between 1 and 3600 s (got 0.2)",
+        ),
         (("submit", "--json", "extra"), None, "Got unexpected extra argument(s) (extra)"),
     ],
     ids=lambda v: " ".join(v)[:40] if isinstance(v, tuple) else str(v),

@@ -46,7 +46,10 @@ def quiet_server() -> Iterator[NatsServer]:
         (("NAME",), "--cron: is required"),
         (("NAME", "--cron", "* * * * *", "--queue", "a b"), "--queue: 'a b' has characters ' ' that are not allowed"),
         (("NAME", "--cron", "* * * * *", "--payload", "{oops"), "--payload: not valid JSON"),
-        (("NAME", "--cron", "* * * * *", "--max-attempts", "0"), "--max-attempts: must be >= 1 (got 0)"),
+        (
+            ("NAME", "--cron", "* * * * *", "--max-attempts", "0"),
+            "--max-attempts: must be a whole number from 1 to 1000 (got 0)",
+        ),
         (("NAME", "--cron", "* * * * *", "--file", "rel"), "--file: every file must be an absolute path; 'rel' is not"),
     ],
     ids=lambda v: " ".join(v)[:50] if isinstance(v, tuple) else "",

@@ -4,9 +4,14 @@ the watch, and the missed-tick policy (only the most recent missed tick is made 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 import coord
+import dispatch.scheduler
 from coord.schedules import Schedule, TaskTemplate, previous_tick
 from dispatch.scheduler import Scheduler, Submitted
 
@@ -116,3 +121,74 @@ async def test_a_second_scheduler_started_after_the_first_submits_no_tick_twice(
     for task_id in [e.task_id for e in before + after]:
         journal = await coord_conn.tasks.journal(task_id)
         assert [e.transition.value for e in journal].count("scheduled") == 1
+
+
+class CountingClock:
+    """A fake wall clock from ``start``, moving with real time; counts how often a timer reads it."""
+
+    def __init__(self, start: datetime) -> None:
+        self.start = start
+        self.began = time.monotonic()
+        self.reads = 0
+
+    def __call__(self) -> datetime:
+        self.reads += 1
+        return self.start + timedelta(seconds=time.monotonic() - self.began)
+
+
+async def test_in_the_repeated_hour_of_autumn_a_fixed_time_schedule_sleeps_instead_of_spinning(
+    coord_conn: coord.Coord, caplog: pytest.LogCaptureFixture
+) -> None:
+    # issue 21: at 01:05 UTC on 2025-10-26 (02:05 CET, the second pass) the timer computed a next tick
+    # already past and looped without sleeping (10,827 iterations in 2 s).
+    clock = CountingClock(datetime(2025, 10, 26, 1, 5, tzinfo=UTC))
+    await coord_conn.schedules.add(
+        Schedule(name="night", cron="30 2 * * *", timezone="Europe/Paris", task=TaskTemplate(queue="nq"))
+    )
+    with caplog.at_level(logging.ERROR, logger="corral.scheduler"):
+        async with Scheduler(coord_conn, clock=clock):
+            await asyncio.sleep(2)
+    assert clock.reads < 20, clock.reads  # a read or two, then a sleep of max_sleep
+    assert not [r.getMessage() for r in caplog.records]  # the next tick computed was in the future
+    assert await ticks(coord_conn, "nq") == []
+
+
+async def test_a_next_tick_not_after_now_is_logged_and_looked_at_again_after_a_pause_never_in_a_tight_loop(
+    coord_conn: coord.Coord, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    computed: list[datetime] = []
+
+    def stuck(expression: str, timezone: str, after: datetime) -> datetime:
+        computed.append(after)
+        return after - timedelta(minutes=30)  # a tick source gone wrong: always in the past
+
+    monkeypatch.setattr(dispatch.scheduler, "next_tick", stuck)
+    await coord_conn.schedules.add(Schedule(name="stuck", cron="0 0 1 1 *", task=TaskTemplate(queue="xq")))
+    with caplog.at_level(logging.ERROR, logger="corral.scheduler"):
+        async with Scheduler(coord_conn):
+            await asyncio.sleep(2.5)
+    assert 1 <= len(computed) <= 4, len(computed)  # once per RETRY_PAUSE (1 s)
+    assert any("is not after now" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_scheduler_started_in_the_repeated_hour_makes_up_that_nights_missed_tick_at_once(
+    coord_conn: coord.Coord,
+) -> None:
+    # issue 21: previous_tick missed the first pass's 02:30 from the second pass, so a scheduler started
+    # at 02:05 CET (01:05Z) made up the 02:30 CEST (00:30Z) tick only at 02:30 CET, an hour late.
+    yesterday = datetime(2025, 10, 25, 0, 30, tzinfo=UTC)  # 02:30 CEST the day before
+    stale = Schedule(
+        name="night",
+        cron="30 2 * * *",
+        timezone="Europe/Paris",
+        task=TaskTemplate(queue="nq"),
+        since=yesterday - timedelta(minutes=1),
+        last_tick=yesterday,
+        last_task=f"night-{int(yesterday.timestamp())}",
+    )
+    await coord_conn.schedules.store.write("night", stale, last=0)
+    clock = CountingClock(datetime(2025, 10, 26, 1, 5, tzinfo=UTC))
+    async with Scheduler(coord_conn, clock=clock) as scheduler:
+        made_up = await asyncio.wait_for(scheduler.events.get(), 5)
+    assert made_up.tick == datetime(2025, 10, 26, 0, 30, tzinfo=UTC)  # 02:30 CEST, the first pass
+    assert 35 * 60 <= made_up.late < 36 * 60
