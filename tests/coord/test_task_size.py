@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -16,6 +15,7 @@ from coord.tasks.journal import KEPT_FIRST, MAX_ENTRIES
 from coord.tasks.size import check_fits, record_limit, worst_case
 from coord.wire import Result, Spec
 from dispatch import Dispatcher
+from tests.helpers_loop import ticker  # noqa: F401 - a fixture
 from workers import Context, Worker
 
 
@@ -94,26 +94,10 @@ async def test_a_worker_sets_aside_a_task_that_cannot_be_claimed_and_it_ends_dea
     assert ran == []
 
 
-@pytest.fixture
-async def ticker() -> AsyncIterator[list[float]]:
-    """The longest gaps between ticks of the event loop while the test runs (a frozen loop shows here)."""
-    gaps: list[float] = []
-
-    async def tick() -> None:
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(0.01)
-            now = time.monotonic()
-            gaps.append(now - last)
-            last = now
-
-    task = asyncio.create_task(tick())
-    yield gaps
-    task.cancel()
-
-
 async def test_an_outcome_that_cannot_fit_ends_the_task_once_and_the_loop_keeps_ticking(
-    coord_conn: coord.Coord, store: TaskStore, ticker: list[float]
+    coord_conn: coord.Coord,
+    store: TaskStore,
+    ticker: list[float],  # noqa: F811 - the fixture
 ) -> None:
     """Old: _settle swapped result for failure and retried with no bound and no pause; the size check
     failed locally, so the event loop froze (50,886 fail() calls in 4 s), heartbeats stopped.
