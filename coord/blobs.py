@@ -9,7 +9,7 @@ digest); :class:`Blobs` writes and reads the bucket. Guarantees:
   object is an :class:`~coord.errors.InvalidRecord` naming the task and the object.
 * Every blob gets a fresh name, so a write never replaces (or purges) another one; a blob is
   referenced only by the compare-and-set that writes its record (a blob written under a claim that
-  is stale by then is deleted, or expires with the bucket's ``max_age``).
+  is stale by then is marked deleted at once, and its chunks expire with the bucket's ``max_age``).
 * Blobs expire: the bucket's ``max_age`` is twice the task retention (docs/tasks.md, "Large specs
   and results").
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
 import json
 import logging
 from typing import Any
@@ -36,6 +35,7 @@ from pydantic_core import to_json
 
 from coord.errors import InvalidRecord, PayloadTooLarge
 from coord.ids import new_id
+from coord.naming import object_stream_name, object_subject_prefix
 
 __all__ = ["CHUNK_SIZE", "BlobRef", "Blobs", "blob_digest", "blob_name", "value_bytes"]
 
@@ -136,17 +136,31 @@ class Blobs:
             raise InvalidRecord(f"{where} has unreadable metadata") from None
         if info.is_link() or info.size != ref.size or info.digest != ref.digest:
             raise InvalidRecord(f"{where} is not the one the record names (size {info.size}, {info.digest})")
-        out = io.BytesIO()
         try:
-            await asyncio.wait_for(store.get(ref.name, writeinto=out), self._within(ref.size))
-        except nats.js.errors.DigestMismatchError:
-            raise InvalidRecord(f"{where} is corrupt (its digest does not match)") from None
-        except nats.js.errors.NotFoundError:
-            raise InvalidRecord(f"{where} is missing (expired or deleted)") from None
-        data = out.getvalue()
-        if len(data) != ref.size or blob_digest(data) != ref.digest:
+            data = await asyncio.wait_for(self._chunks(info.nuid, ref.size), self._within(ref.size))
+        except TimeoutError:
+            raise InvalidRecord(f"{where} is incomplete (its chunks did not all arrive)") from None
+        # hashlib lets go of the GIL: hashing a large blob in a thread keeps the event loop ticking
+        if len(data) != ref.size or await asyncio.to_thread(blob_digest, data) != ref.digest:
             raise InvalidRecord(f"{where} is corrupt (read {len(data)} bytes, expected {ref.size} with {ref.digest})")
         return data
+
+    async def _chunks(self, nuid: str | None, size: int) -> bytes:
+        """The chunks of object ``nuid`` in order, read with an ordered consumer on the bucket's stream
+        (named, so no stream lookup, which roles may not do)."""
+        if size == 0:
+            return b""
+        subject = f"{object_subject_prefix(self.bucket)}C.{nuid}"
+        sub = await self._js.subscribe(subject, stream=object_stream_name(self.bucket), ordered_consumer=True)
+        data = bytearray()
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=self._patience)
+                data += msg.data
+                if msg.metadata.num_pending == 0 or len(data) >= size:
+                    return bytes(data)
+        finally:
+            await sub.unsubscribe()
 
     async def get_value(self, task_id: str, what: str, ref: BlobRef) -> Any:
         """The JSON value ``ref`` names (see :meth:`get`)."""
@@ -157,9 +171,16 @@ class Blobs:
             raise InvalidRecord(f"task {task_id!r}: its {what} blob {ref.name!r} is not JSON") from None
 
     async def discard(self, ref: BlobRef) -> None:
-        """Delete a blob no record references (best effort: what cannot be deleted expires)."""
+        """Mark a blob no record references deleted (best effort); its chunks expire with the bucket's
+        ``max_age``: purging them would need a right no role but the provisioner has."""
         try:
             store = await self._opened()
-            await store.delete(ref.name)
-        except Exception as err:  # e.g. no purge permission: the chunks expire with the bucket's max_age
-            log.debug("blob %s: not deleted (%s); it expires", ref.name, err or type(err).__name__)
+            info = await store.get_info(ref.name)
+            if info.digest != ref.digest:
+                return  # not the blob we wrote
+            info.deleted, info.size, info.chunks, info.digest, info.mtime = True, 0, 0, "", ""
+            # The deletion marker as NATS object stores write it: the object's metadata, rolled up.
+            subject = f"{object_subject_prefix(self.bucket)}M.{base64.urlsafe_b64encode(ref.name.encode()).decode()}"
+            await self._js.publish(subject, json.dumps(info.as_dict()).encode(), headers={"Nats-Rollup": "sub"})
+        except Exception as err:
+            log.debug("blob %s: not marked deleted (%s); it expires", ref.name, err or type(err).__name__)

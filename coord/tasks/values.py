@@ -8,6 +8,7 @@ namespace's blob bucket (:class:`coord.blobs.Blobs`) and the record carries its 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any
@@ -58,7 +59,8 @@ class TaskValues:
         data = value_bytes(result)
         if len(data) <= self.inline_limit:
             return result, None
-        return None, await self.blobs.put(task_id, "result", data)
+        ref = await asyncio.to_thread(BlobRef.of, blob_name(task_id, "result"), data)  # hashing lets go of the GIL
+        return None, await self.blobs.put_as(task_id, "result", ref, data)
 
     async def referencing(self, ref: BlobRef | None, write: Awaitable[TaskRecord]) -> TaskRecord:
         """Await ``write`` (a CAS whose record references blob ``ref``); the blob is deleted when the

@@ -93,9 +93,9 @@ async def test_a_blob_written_under_a_stale_claim_is_never_referenced_and_is_del
     assert record.status is TaskStatus.PENDING and record.result_blob is None and record.result is None
     store = await coord_conn.js.object_store(coord_conn.names.blobs_bucket)
     infos = await store.list(ignore_deletes=False)
-    assert infos and all(i.deleted for i in infos), "the late blob was deleted"
+    assert infos and all(i.deleted for i in infos), "the late blob was marked deleted"
     after = (await coord_conn.js.stream_info(f"OBJ_{coord_conn.names.blobs_bucket}")).state.messages
-    assert after <= before + 1, "its chunks were purged (only the deletion marker stays)"
+    assert after > before, "it had been written (its chunks expire with the bucket's max_age)"
 
 
 async def test_resubmitting_a_large_spec_is_idempotent_and_another_is_refused(coord_conn: coord.Coord) -> None:
