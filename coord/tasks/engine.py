@@ -158,8 +158,8 @@ class TransitionEngine:
 
     def unfit_record(self, current: TaskRecord, reason: str) -> tuple[TaskRecord, bytes]:
         """``current`` gone ``dead`` because ``reason`` (a transition's record would not fit), cut to fit:
-        the journal first (down to the newest entry, the dropped ones counted), then the reason.
-        :class:`PayloadTooLarge` if even that cannot fit (the spec or meta alone are too large)."""
+        the journal first (down to the newest entry, the dropped ones counted), then the reason, and
+        last the spec and meta (a definition too large for any record is a foreign writer's)."""
         limit = record_limit(self.bucket.nc.max_payload)
         reason = cut(f"the record cannot be written: {reason}")
         new = journaled(current, transitions.unfit(current, reason=reason, now=datetime.now(UTC)))
@@ -172,6 +172,8 @@ class TransitionEngine:
             if over <= 0 or not new.error:
                 break
             new = new.model_copy(update={"error": cut(new.error, max(0, len(new.error) - over - 1))})
+        if len(new.model_dump_json()) > limit:  # the definition alone is too large (a foreign writer's)
+            new = new.model_copy(update={"spec": None, "meta": {}, "error": "the record cannot be written: too large"})
         return new, self.encode(new)
 
     def _written(self, revision: int) -> None:

@@ -140,3 +140,27 @@ async def test_the_journal_keeps_the_first_and_the_latest_entries_and_counts_the
     assert journal[-1].revision == record.revision and journal[-1].transition.value == "released"
     check_fits(record, store.bucket.nc.max_payload)  # still within its worst case
     assert len(worst_case(record, store.bucket.nc.max_payload).model_dump_json()) > len(record.model_dump_json())
+
+
+async def test_a_reclaim_that_cannot_fit_makes_the_task_dead_and_so_does_a_record_too_large_for_anything(
+    store: TaskStore, coord_conn: coord.Coord
+) -> None:
+    """Old: the journal grew the record on every attempt, so a reclaim could hit the same wall for ever."""
+    max_payload = coord_conn.nc.max_payload
+    await store.schedule("t1", queue="q", spec=None)
+    claim = await store.claim("t1", "w1")
+    grown = _padded(await store.get("t1"), 50, max_payload)
+    await store.bucket.update("t1", grown.model_dump_json().encode(), last=claim.revision)
+    dead = await store.reclaim("t1", claim.claim_id, reason="lease ran out " * 100)
+    assert dead.status is TaskStatus.DEAD and dead.error is not None and dead.error.startswith("the record cannot")
+    assert len(dead.model_dump_json()) <= record_limit(max_payload)
+    # A pending record whose definition alone is over the limit (but under the server's max payload):
+    base = await store.schedule("t2", queue="q", spec=None)
+    huge = _padded(base.model_copy(update={"task_id": "t3"}), -500, max_payload)
+    await _plant(store, huge)
+    with pytest.raises(InvalidTransition, match="it is dead now"):
+        await store.claim("t3", "w1")
+    gone = await store.get("t3")
+    assert (
+        gone.status is TaskStatus.DEAD and gone.meta == {} and gone.error == "the record cannot be written: too large"
+    )
