@@ -151,7 +151,7 @@ def stream_configs(names: Names, settings: Settings) -> list[js_api.StreamConfig
             subjects=[f"{object_subject_prefix(names.blobs_bucket)}{part}.>" for part in ("C", "M")],
             # Blobs outlive the finished record referencing them (kept task_retention) by up to another one.
             max_age=2 * settings.task_retention,
-            duplicate_window=120.0,
+            duplicate_window=min(120.0, 2 * settings.task_retention),  # the server wants it within max_age
             max_bytes=settings.max_bytes,
             discard=js_api.DiscardPolicy.NEW,
             allow_rollup_hdrs=True,
