@@ -28,6 +28,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from coord import provision as provisioning
 from coord.acks import AckedPublisher
+from coord.blobs import Blobs
 from coord.deadletter import DeadLetters
 from coord.dial import dial, wants_tls
 from coord.errors import InvalidInput, ServerUnsupported, TLSFailed, Unavailable
@@ -45,7 +46,7 @@ from coord.registry import Registry
 from coord.schedules import Schedules
 from coord.settings import Settings
 from coord.streams import Stream
-from coord.tasks import Observer, TaskEffects, TaskStore
+from coord.tasks import Observer, TaskEffects, TaskStore, TaskValues
 from coord.telemetry.observer import OtelObserver
 
 __all__ = ["DEFAULT_NAMESPACE", "DEFAULT_URL", "Auth", "Coord", "Provision", "compose", "connect"]
@@ -251,8 +252,10 @@ def compose(nc: NATS, js: JetStreamContext, names: Names, settings: Settings, ob
     # Reply subjects corral hands out all live under the first token of the inbox prefix
     # (``_INBOX``): per-credential prefixes (``_INBOX.{ns}.{id}``) differ between sender and recipient.
     reply_prefix = bytes(getattr(nc, "_inbox_prefix", b"_INBOX")).decode().split(".", 1)[0] + "."
-    effects = TaskEffects(nc, stream(names.dispatch_stream), names, inline_limit=settings.inline_limit)
-    tasks = TaskStore(bucket(names.tasks_bucket), effects, settings=settings, observer=observer)
+    effects = TaskEffects(nc, stream(names.dispatch_stream), names)
+    blobs = Blobs(js, names.blobs_bucket, max_size=settings.max_blob_bytes, patience=settings.io_patience)
+    values = TaskValues(blobs, nc.max_payload, retention=settings.task_retention)
+    tasks = TaskStore(bucket(names.tasks_bucket), effects, values, settings=settings, observer=observer)
     return Coord(
         nc=nc,
         js=js,

@@ -22,6 +22,8 @@ __all__ = [
     "is_reply_subject",
     "kv_stream_name",
     "kv_subject_prefix",
+    "object_stream_name",
+    "object_subject_prefix",
     "stream_api_subject",
 ]
 
@@ -69,6 +71,16 @@ def kv_subject_prefix(bucket: str) -> str:
     return f"$KV.{bucket}."
 
 
+def object_stream_name(bucket: str) -> str:
+    """The stream behind Object Store bucket ``bucket``."""
+    return f"OBJ_{bucket}"
+
+
+def object_subject_prefix(bucket: str) -> str:
+    """Prefix of the subjects of ``bucket``'s chunks and metadata (``$O.{bucket}.``)."""
+    return f"$O.{bucket}."
+
+
 def stream_api_subject(operation: str, stream: str) -> str:
     """The JetStream API subject of ``operation`` (``CREATE``, ``INFO``, ``UPDATE``…) on ``stream``."""
     return f"{JS_API_PREFIX}.STREAM.{operation}.{stream}"
@@ -114,6 +126,11 @@ class Names:
     def limits_bucket(self) -> str:
         """KV bucket of per-queue fleet-wide limits: each queue's limit, its concurrency slots, its rate state."""
         return f"{self.namespace}_limits"
+
+    @property
+    def blobs_bucket(self) -> str:
+        """Object Store bucket of task specs and results too large for their record (docs/tasks.md)."""
+        return f"{self.namespace}_blobs"
 
     @property
     def dispatch_stream(self) -> str:

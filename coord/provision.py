@@ -40,7 +40,14 @@ from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 
 from coord.errors import ConfigConflict, NotProvisioned, PermissionDenied
-from coord.naming import Names, kv_stream_name, kv_subject_prefix, stream_api_subject
+from coord.naming import (
+    Names,
+    kv_stream_name,
+    kv_subject_prefix,
+    object_stream_name,
+    object_subject_prefix,
+    stream_api_subject,
+)
 from coord.permissions import PermissionLog, Refusal
 from coord.priority import LEVELS, Priority
 from coord.settings import Settings
@@ -150,6 +157,20 @@ def stream_configs(names: Names, settings: Settings) -> list[js_api.StreamConfig
         _kv(names.registry_bucket, settings, description="corral sessions, thread reservations, tag bindings"),
         _kv(names.schedules_bucket, settings, description="corral recurring schedules and their last submitted tick"),
         _kv(names.limits_bucket, settings, description="corral per-queue limits, concurrency slots, rate state"),
+        js_api.StreamConfig(  # what nats-py's create_object_store makes, with corral's limits
+            name=object_stream_name(names.blobs_bucket),
+            description="corral task specs and results too large for their record",
+            subjects=[f"{object_subject_prefix(names.blobs_bucket)}{part}.>" for part in ("C", "M")],
+            # Blobs outlive the finished record referencing them (kept task_retention) by up to another one.
+            max_age=2 * settings.task_retention,
+            duplicate_window=min(120.0, 2 * settings.task_retention),  # the server wants it within max_age
+            max_bytes=settings.max_bytes,
+            discard=js_api.DiscardPolicy.NEW,
+            allow_rollup_hdrs=True,
+            allow_direct=True,
+            num_replicas=r,
+            storage=js_api.StorageType.FILE,
+        ),
         js_api.StreamConfig(
             name=names.dispatch_stream,
             description="corral task-ready notifications",

@@ -64,7 +64,13 @@ class _Closed(stop_base):
 
 
 async def retry_transient(
-    call: Callable[[], Awaitable[T]], *, nc: NATS, within: float, what: str, subject: str | None = None
+    call: Callable[[], Awaitable[T]],
+    *,
+    nc: NATS,
+    within: float,
+    what: str,
+    subject: str | None = None,
+    retry_on: Callable[[BaseException], bool] = is_transient,
 ) -> T:
     """Await ``call()``, retrying transient failures (:func:`is_transient`) for up to ``within`` seconds.
 
@@ -73,18 +79,22 @@ async def retry_transient(
     closed; any other error is raised at once. ``call`` must be idempotent. With ``subject`` (what
     ``call`` publishes to), the server refusing this connection that subject ends the call at once
     with :class:`coord.errors.PermissionDenied` instead of a wait for an answer that never comes.
+    ``retry_on`` widens (or narrows) what is worth trying again (e.g. a whole write that already
+    retried its own requests and gave up with :class:`Unavailable`).
     """
     if subject is None:
-        return await _retry(call, nc=nc, within=within, what=what)
+        return await _retry(call, nc=nc, within=within, what=what, retry_on=retry_on)
     with permission_log(nc).guard(subject):
-        return await _retry(call, nc=nc, within=within, what=what)
+        return await _retry(call, nc=nc, within=within, what=what, retry_on=retry_on)
 
 
-async def _retry(call: Callable[[], Awaitable[T]], *, nc: NATS, within: float, what: str) -> T:
+async def _retry(
+    call: Callable[[], Awaitable[T]], *, nc: NATS, within: float, what: str, retry_on: Callable[[BaseException], bool]
+) -> T:
     try:
         return await call()
     except Exception as err:
-        if not is_transient(err):
+        if not retry_on(err):
             raise
         if nc.is_closed or within <= 0:
             raise _unavailable(what, err) from err
@@ -98,14 +108,14 @@ async def _retry(call: Callable[[], Awaitable[T]], *, nc: NATS, within: float, w
         async for attempt in AsyncRetrying(
             stop=stop_any(stop_before_delay(within), _Closed(nc)),
             wait=wait_exponential_jitter(multiplier=0.05, max=1.0),
-            retry=retry_if_exception(is_transient),
+            retry=retry_if_exception(retry_on),
             before_sleep=note,
             reraise=True,
         ):
             with attempt:
                 return await call()
     except Exception as err:
-        if is_transient(err):
+        if retry_on(err) and not isinstance(err, Unavailable):
             raise _unavailable(what, err) from err
         raise
     raise AssertionError("unreachable: tenacity re-raises the last failure")

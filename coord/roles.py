@@ -31,7 +31,7 @@ from enum import StrEnum
 
 from coord.ids import validate_id
 from coord.limits.models import RATE_PREFIX, SLOT_PREFIX
-from coord.naming import Names, kv_stream_name, kv_subject_prefix
+from coord.naming import Names, kv_stream_name, kv_subject_prefix, object_stream_name, object_subject_prefix
 
 __all__ = ["INBOX_ROOT", "Permissions", "Role", "inbox_prefix", "permissions_for"]
 
@@ -98,6 +98,7 @@ def _kv_buckets(names: Names) -> list[str]:
 def _streams(names: Names) -> list[str]:
     return [
         *(kv_stream_name(b) for b in _kv_buckets(names)),
+        object_stream_name(names.blobs_bucket),
         names.dispatch_stream,
         names.events_stream,
         names.inbox_stream,
@@ -107,7 +108,7 @@ def _streams(names: Names) -> list[str]:
 def _reader(names: Names, identity: str) -> Permissions:
     """What every role needs to read the namespace: stream info, gets, watches and its own replies."""
     streams = _streams(names)
-    kv_streams = [kv_stream_name(b) for b in _kv_buckets(names)]
+    kv_streams = [kv_stream_name(b) for b in _kv_buckets(names)] + [object_stream_name(names.blobs_bucket)]
     publish = ["$JS.API.INFO"]
     for stream in streams:
         publish += [
@@ -120,7 +121,7 @@ def _reader(names: Names, identity: str) -> Permissions:
             f"$JS.API.CONSUMER.CREATE.{stream}.>",
             f"$JS.API.CONSUMER.INFO.{stream}.*",
         ]
-    # Snapshots delete their ephemeral consumer when done; KV streams hold no durable consumer.
+    # Snapshots and blob reads delete their ephemeral consumer when done; these streams hold no durable one.
     publish += [f"$JS.API.CONSUMER.DELETE.{stream}.*" for stream in kv_streams]
     publish += ["$JS.FC.>"]  # flow-control answers of push consumers
     prefix = inbox_prefix(names, identity)
@@ -132,6 +133,8 @@ def _task_writer(names: Names) -> Permissions:
     return Permissions(
         publish_allow=[
             f"{kv_subject_prefix(names.tasks_bucket)}>",
+            # large specs and results (a blob is only used once a record's CAS references it)
+            f"{object_subject_prefix(names.blobs_bucket)}>",
             f"{ns}.dispatch.>",
             f"{ns}.deadletter.*",
             f"$JS.API.STREAM.MSG.DELETE.{names.dispatch_stream}",

@@ -72,11 +72,9 @@ class Settings(BaseSettings):
     """Seconds before ``visible_at`` from which a claim is accepted (clock skew between hosts)."""
     max_cas_attempts: int = Field(default=10, ge=1, le=1000)
     """Writes a transition attempts against a changing record before giving up with ``Conflict``."""
-    inline_limit: int = Field(default=0, ge=0, le=1 << 20)
-    """Records up to this many bytes also travel inside their notification and result push (0: none).
-
-    Nothing of corral reads them (a worker claims from the store, a parent resolves from it); set
-    32768 only while workers or parents of corral 0.1 still run, which did."""
+    max_blob_bytes: int = Field(default=1 << 30, ge=1 << 20, le=1 << 40)
+    """Largest spec or result (bytes of JSON) a task may have; one over the record's inline limit is
+    kept in the blob bucket (docs/tasks.md, "Large specs and results")."""
 
     # --- presence --------------------------------------------------------------------------------
     presence_ttl: float = Field(default=PRESENCE_TTL_SINGLE, ge=1, le=3600)

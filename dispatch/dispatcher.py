@@ -302,7 +302,9 @@ class Dispatcher:
 
     # --- collecting ----------------------------------------------------------------------------
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskRecord:
-        """The finished task record of ``task_id``.
+        """The finished task record of ``task_id``, its spec and result read back from their blobs if
+        they were too large for the record (:class:`~coord.errors.InvalidRecord` naming the task if a
+        blob is missing or corrupt).
 
         Tasks this dispatcher submitted resolve from the result push (or the periodic reconcile); any
         other task id (e.g. one submitted before a restart) is read first, so a restarted parent
@@ -317,7 +319,8 @@ class Dispatcher:
                 record = await self.coord.tasks.get(task_id)
                 if record.status in TERMINAL:
                     self._resolve(record)
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            record = await asyncio.wait_for(asyncio.shield(future), timeout)
+        return await self.coord.tasks.resolved(record)
 
     @contextlib.contextmanager
     def _waiting_for(self, task_ids: list[str]) -> Iterator[None]:

@@ -8,9 +8,13 @@ An :class:`Execution` guarantees:
   extending, and the reclaimer gives the task to someone else);
 * a claim is written to (settled or released) only after its handler has really stopped, so no
   two runs of a task overlap through this worker;
-* every outcome ends in the record: a result the store refuses (too large, not JSON) fails the task
-  with that reason instead; a write that keeps failing (server away) is retried while the lease is
-  kept, and only then left to the reclaimer, with an error in the log saying so.
+* every outcome ends in the record: a result the store refuses (too large, not JSON) is replaced,
+  once, by a failure with that reason (cut to fit; the store makes the task ``dead`` rather than
+  refuse it); a write that keeps failing (server away) is retried (:func:`coord.retry.retry_transient`)
+  while the lease is kept, and only then left to the reclaimer, with an error in the log saying so;
+  never a loop without a pause or a bound;
+* a spec kept in a blob is read before the handler runs; one that cannot be read (missing,
+  corrupt) fails the task for good with the reason.
 """
 
 from __future__ import annotations
@@ -21,14 +25,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Literal
 
 from pydantic import ValidationError
 
 from coord.connection import Coord
 from coord.deadletter import LATE_RESULT
-from coord.errors import InvalidInput, StaleClaim
+from coord.errors import Conflict, InvalidInput, InvalidRecord, StaleClaim, Unavailable
+from coord.retry import is_transient, retry_transient
 from coord.tasks import Claim, TaskRecord
+from coord.tasks.size import cut
 from coord.validation import describe
 from coord.wire import Result, Spec
 from workers.context import Context
@@ -146,11 +153,17 @@ class Execution:
         )
         try:
             try:
-                spec = Spec.model_validate(self.claim.record.spec)
+                value = await self._coord.tasks.values.spec_of(self.claim.record)
+            except InvalidRecord as err:
+                reason = f"the spec could not be read: {err}"
+                await self._settle(Result.failure(reason, substrate_fault=True), retry=False)
+                return
+            try:
+                spec = Spec.model_validate(value)
             except ValidationError as err:
                 reason = f"spec failed validation: {describe(err)}"
                 await self._coord.dead_letters.record(
-                    "spec", reason, task_id=self.claim.task_id, body=json.dumps(self.claim.record.spec, default=str)
+                    "spec", reason, task_id=self.claim.task_id, body=json.dumps(value, default=str)[:65536]
                 )
                 self._stats.dead_lettered += 1
                 await self._settle(Result.failure(reason, substrate_fault=True), retry=False)
@@ -224,53 +237,53 @@ class Execution:
 
     # --- the outcome ---------------------------------------------------------------------------
     async def _settle(self, result: Result, *, retry: bool) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(SETTLE_PATIENCE_MIN, self.claim.lease)
-        pause = 0.2
-        while True:
+        """Record ``result``; a result the store refuses is replaced once by a failure saying why."""
+        task = self.claim.task_id
+        for replaced in (False, True):
             try:
-                await self._write_outcome(result, retry=retry)
+                await retry_transient(
+                    partial(self._write_outcome, result, retry=retry),
+                    nc=self._coord.nc,
+                    within=max(SETTLE_PATIENCE_MIN, self.claim.lease),
+                    what=f"recording the outcome of {task}",
+                    retry_on=self._worth_retrying,
+                )
                 return
             except StaleClaim as err:
                 self._stats.stale_rejected += 1
-                log.warning(
-                    "worker %s: late result for %s rejected (StaleClaim: %s)",
-                    self.claim.worker_id,
-                    self.claim.task_id,
-                    err,
-                )
+                log.warning("worker %s: late result for %s rejected (StaleClaim: %s)", self.claim.worker_id, task, err)
                 # On the record (NATS), not only in this process's log: dashboards show it.
                 await self._coord.dead_letters.record(
                     LATE_RESULT,
                     f"result from {self.claim.worker_id} (epoch {self.claim.epoch}) refused: {err}",
-                    body=result.model_dump_json(),
-                    task_id=self.claim.task_id,
+                    body=result.model_dump_json()[:65536],
+                    task_id=task,
                 )
                 return
-            except InvalidInput as err:  # the store refuses this result (too large, not JSON): record why
-                log.warning(
-                    "worker %s: the result of %s was refused: %s", self.claim.worker_id, self.claim.task_id, err
-                )
-                result, retry = Result.failure(f"the result could not be recorded: {err}", substrate_fault=True), False
-            except Exception as err:
-                if not self.keeps_lease or loop.time() + pause > deadline:
-                    self._stats.unrecorded += 1
-                    log.error(
-                        "worker %s: could not record the outcome of %s (%s: %s); it is re-run after its lease",
-                        self.claim.worker_id,
-                        self.claim.task_id,
-                        type(err).__name__,
-                        err,
-                    )
+            except InvalidInput as err:  # the store refuses this outcome (too large, not JSON)
+                if replaced:  # even the failure saying so: nothing more to try (the store never refuses one)
+                    self._unrecorded(err)
                     return
-                log.warning(
-                    "worker %s: recording the outcome of %s failed (%s); retrying",
-                    self.claim.worker_id,
-                    self.claim.task_id,
-                    err,
-                )
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 5.0)
+                log.warning("worker %s: the result of %s was refused: %s", self.claim.worker_id, task, err)
+                reason = cut(f"the result could not be recorded: {err}")
+                result, retry = Result.failure(reason, substrate_fault=True), False
+            except Exception as err:
+                self._unrecorded(err)
+                return
+
+    def _worth_retrying(self, err: BaseException) -> bool:
+        """A write worth trying again: the server was away (or a race was lost) and the lease is still kept."""
+        return self.keeps_lease and (is_transient(err) or isinstance(err, Unavailable | Conflict | OSError))
+
+    def _unrecorded(self, err: BaseException) -> None:
+        self._stats.unrecorded += 1
+        log.error(
+            "worker %s: could not record the outcome of %s (%s: %s); it is re-run after its lease",
+            self.claim.worker_id,
+            self.claim.task_id,
+            type(err).__name__,
+            err,
+        )
 
     async def _write_outcome(self, result: Result, *, retry: bool) -> None:
         async with self._lock:

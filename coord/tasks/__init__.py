@@ -23,11 +23,11 @@ from coord.tasks.models import (
     Transition,
 )
 from coord.tasks.observer import Observer, Scope, Submission
-from coord.tasks.store import DEFAULT_LEASE, TaskStore
+from coord.tasks.store import TaskStore
+from coord.tasks.values import TaskValues
 from coord.tasks.watch import TaskWatch
 
 __all__ = [
-    "DEFAULT_LEASE",
     "TERMINAL",
     "Backoff",
     "Claim",
@@ -45,6 +45,7 @@ __all__ = [
     "TaskRecord",
     "TaskStatus",
     "TaskStore",
+    "TaskValues",
     "TaskWatch",
     "Transition",
     "journal_of",

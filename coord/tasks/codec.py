@@ -6,22 +6,19 @@ from pydantic import ValidationError
 
 from coord.errors import InvalidRecord, PayloadTooLarge
 from coord.tasks.models import TaskRecord
+from coord.tasks.size import HEADER_ROOM, record_limit
 
-__all__ = ["HEADER_ROOM", "decode_record", "encode_record"]
-
-HEADER_ROOM = 1024
-"""Bytes kept free below the server's max payload for the headers of a record's messages."""
+__all__ = ["decode_record", "encode_record"]
 
 
 def encode_record(record: TaskRecord, max_payload: int) -> bytes:
     """The bytes stored for ``record``; :class:`PayloadTooLarge` when they would not fit a message."""
     data = record.model_dump_json().encode()
-    limit = max_payload - HEADER_ROOM
+    limit = record_limit(max_payload)
     if len(data) > limit:
         raise PayloadTooLarge(
             f"task {record.task_id!r}: the record would be {len(data)} bytes; the server accepts at most "
-            f"{limit} (max_payload {max_payload} minus header room). Keep spec and result small and put "
-            f"large data elsewhere (e.g. an object store) with a reference."
+            f"{limit} (max_payload {max_payload} minus {HEADER_ROOM} for headers)"
         )
     return data
 

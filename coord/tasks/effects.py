@@ -35,41 +35,31 @@ _TAKEN_AWAY = frozenset({Transition.CANCELLED, Transition.RECLAIMED})
 
 
 class TaskEffects:
-    """Publishes what a transition implies (see the module docstring).
+    """Publishes what a transition implies (see the module docstring). Messages carry ids and
+    revisions only: whoever acts on one reads the stored record."""
 
-    ``inline_limit`` is the largest record (bytes) copied into its notification and result push.
-    """
-
-    def __init__(self, nc: NATS, dispatch: Stream, names: Names, *, inline_limit: int) -> None:
-        self.inline_limit = inline_limit
-        """Records up to this many bytes travel inside their notification and result push."""
+    def __init__(self, nc: NATS, dispatch: Stream, names: Names) -> None:
         self._nc = nc
         self._dispatch = dispatch
         self._names = names
 
-    def with_inline_limit(self, inline_limit: int) -> TaskEffects:
-        """The same publisher, inlining records up to ``inline_limit`` bytes."""
-        return TaskEffects(self._nc, self._dispatch, self._names, inline_limit=inline_limit)
-
-    async def after(self, before: TaskRecord | None, record: TaskRecord, data: bytes) -> None:
-        """Side effects of the transition ``before`` → ``record`` (``data``: its stored bytes)."""
+    async def after(self, before: TaskRecord | None, record: TaskRecord) -> None:
+        """Side effects of the transition ``before`` → ``record``."""
         if before is not None and before.claim is not None and record.transition in _TAKEN_AWAY:
             await self._tell_holder(before, record)
         if record.status is TaskStatus.PENDING:
             try:
-                await self.notify(record, data)
+                await self.notify(record)
             except Exception as err:  # the transition happened; a sweep re-notifies pending tasks
                 log.warning("task %s: notification after %s failed: %s", record.task_id, record.transition, err)
         elif record.terminal and record.parent and (before is None or not before.terminal):
-            await self._push_result(record, data)
+            await self._push_result(record)
 
     async def queued(self) -> set[str]:
         """Subjects of the notifications the dispatch stream holds now (one per task with one queued)."""
         return await self._dispatch.subjects(self._names.dispatch_subjects)
 
-    async def notify(
-        self, record: TaskRecord, data: bytes | None, *, force: bool = False, again: int | None = None
-    ) -> None:
+    async def notify(self, record: TaskRecord, *, force: bool = False, again: int | None = None) -> None:
         """Publish "``record`` is pending at its revision" on its queue's subject for the record's priority
         (deduped by :func:`notification_id`).
 
@@ -84,10 +74,6 @@ class TaskEffects:
             "visible_at": record.visible_at.isoformat() if record.visible_at else None,
         }
         body = json.dumps(head, separators=(",", ":")).encode()
-        if data is None:
-            data = record.model_dump_json().encode()
-        if len(data) <= self.inline_limit:
-            body = body[:-1] + b',"record":' + data + b"}"
         msg_id = notification_id(record)
         if again is not None:
             msg_id += f":r{again}"
@@ -112,12 +98,10 @@ class TaskEffects:
         except Exception as err:
             log.debug("task %s: could not tell %s its claim ended: %s", record.task_id, before.claim.worker_id, err)
 
-    async def _push_result(self, record: TaskRecord, data: bytes) -> None:
+    async def _push_result(self, record: TaskRecord) -> None:
         assert record.parent is not None
         notice = ResultNotice(task_id=record.task_id, status=record.status, revision=record.revision)
-        body = notice.model_dump_json(exclude={"record"}).encode()
-        if len(data) <= self.inline_limit:
-            body = body[:-1] + b',"record":' + data + b"}"
+        body = notice.model_dump_json().encode()
         try:
             await self._nc.publish(
                 self._names.results_subject(record.parent), body, headers=tracing.task_headers(record.meta) or None

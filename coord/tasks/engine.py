@@ -3,22 +3,28 @@
 :class:`TransitionEngine` reads records and applies one pure step from
 :mod:`coord.tasks.transitions` as one compare-and-set on the revision it started from. A lost race
 is retried against the fresh record only while the step still accepts it (bounded, with the
-:func:`coord.kv.conflicts` rhythm); side effects follow a successful write only.
+:func:`coord.kv.conflicts` rhythm); side effects follow a successful write only. A step whose record
+would not fit a message is, where the caller says so (claims, reclaims, failures), replaced by
+:func:`coord.tasks.transitions.unfit` in the same compare-and-set: the task goes ``dead`` with the
+reason, cut to fit.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 
-from coord.errors import Conflict, InvalidRecord, KeyExists, NotFound
+from coord.errors import Conflict, InvalidRecord, KeyExists, NotFound, PayloadTooLarge
 from coord.kv import Bucket, Entry, conflicts
+from coord.tasks import transitions
 from coord.tasks.codec import decode_record, encode_record
 from coord.tasks.effects import TaskEffects
 from coord.tasks.index import INDEX_HEADER, index_header
 from coord.tasks.journal import journaled
 from coord.tasks.models import TaskRecord
 from coord.tasks.observer import Observer
+from coord.tasks.size import cut, record_limit
 
 __all__ = ["Step", "TransitionEngine"]
 
@@ -110,14 +116,16 @@ class TransitionEngine:
             return None
         created = record.model_copy(update={"revision": revision})
         self._written(revision)
-        await self.effects.after(None, created, data)
+        await self.effects.after(None, created)
         return created
 
-    async def apply(self, task_id: str, step: Step, first: TaskRecord | None) -> TaskRecord:
+    async def apply(self, task_id: str, step: Step, first: TaskRecord | None, *, unfit: bool = False) -> TaskRecord:
         """Apply ``step`` to the current record (``first``, or a fresh read) and write it with one CAS.
 
         On a lost race the record is read again and ``step`` re-validates it (it raises when the
-        transition became invalid); :class:`Conflict` after ``max_cas_attempts`` losses.
+        transition became invalid); :class:`Conflict` after ``max_cas_attempts`` losses. A record
+        too large for a message raises :class:`PayloadTooLarge` (nothing written), or with ``unfit``
+        is replaced by the task going ``dead`` with that reason (:meth:`unfit_record`).
         """
         current = first if first is not None else await self.read(task_id)
         async for attempt in conflicts(f"task {task_id!r}", self._attempts):
@@ -127,7 +135,12 @@ class TransitionEngine:
             if new is None:
                 return current
             new = journaled(current, new)
-            data = self.encode(new)
+            try:
+                data = self.encode(new)
+            except PayloadTooLarge as err:
+                if not unfit:
+                    raise
+                new, data = self.unfit_record(current, str(err))
             # A finished record expires after the retention (a retry before then rewrites it without).
             ttl = self._retention if new.terminal else None
             try:
@@ -139,9 +152,29 @@ class TransitionEngine:
                 continue
             written = new.model_copy(update={"revision": revision})
             self._written(revision)
-            await self.effects.after(current, written, data)
+            await self.effects.after(current, written)
             return written
         raise AssertionError("unreachable: conflicts() raises when the attempts are spent")
+
+    def unfit_record(self, current: TaskRecord, reason: str) -> tuple[TaskRecord, bytes]:
+        """``current`` gone ``dead`` because ``reason`` (a transition's record would not fit), cut to fit:
+        the journal first (down to the newest entry, the dropped ones counted), then the reason, and
+        last the spec and meta (a definition too large for any record is a foreign writer's)."""
+        limit = record_limit(self.bucket.nc.max_payload)
+        reason = cut(f"the record cannot be written: {reason}")
+        new = journaled(current, transitions.unfit(current, reason=reason, now=datetime.now(UTC)))
+        if len(new.model_dump_json()) > limit:
+            newest = new.journal[-1].model_copy(update={"error": None})  # the record's error says it
+            dropped = new.journal_dropped + len(new.journal) - 1
+            new = new.model_copy(update={"journal": (newest,), "journal_dropped": dropped})
+        for _ in range(3):  # every character cut removes at least one byte of the record
+            over = len(new.model_dump_json()) - limit
+            if over <= 0 or not new.error:
+                break
+            new = new.model_copy(update={"error": cut(new.error, max(0, len(new.error) - over - 1))})
+        if len(new.model_dump_json()) > limit:  # the definition alone is too large (a foreign writer's)
+            new = new.model_copy(update={"spec": None, "meta": {}, "error": "the record cannot be written: too large"})
+        return new, self.encode(new)
 
     def _written(self, revision: int) -> None:
         if revision > self.last_revision:

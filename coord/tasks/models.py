@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from coord.blobs import BlobRef
 from coord.errors import InvalidInput
 from coord.ids import Token
 from coord.priority import Priority
@@ -150,7 +151,7 @@ class TaskRecord(BaseModel):
     claim: ClaimInfo | None = None
     """The current claim (only while ``claimed``)."""
     result: Any = None
-    """The result recorded by ``complete``."""
+    """The result recorded by ``complete`` (None when it is in ``result_blob``)."""
     error: str | None = None
     """Why the latest attempt failed, was reclaimed or died."""
     progress: Any = None
@@ -176,8 +177,14 @@ class TaskRecord(BaseModel):
     last_worker: str | None = None
     """The worker of the latest claim (kept after the claim ends, for humans)."""
     journal: tuple[JournalEntry, ...] = ()
-    """Every successful transition so far, oldest first (see :mod:`coord.tasks.journal`; heartbeats
-    beyond the newest few are dropped)."""
+    """The first and the latest successful transitions, oldest first (see :mod:`coord.tasks.journal`:
+    bounded; heartbeats beyond the newest few and entries beyond the bound are dropped and counted)."""
+    journal_dropped: int = 0
+    """Journal entries dropped so far to keep the journal within its bound."""
+    spec_blob: BlobRef | None = None
+    """Where the spec is when it was too large for the record (``spec`` is None then; :mod:`coord.blobs`)."""
+    result_blob: BlobRef | None = None
+    """Where the result is when it was too large for the record (``result`` is None then)."""
     revision: int = Field(default=0, exclude=True)
     """KV revision this record was read at or written as (not stored; 0 if unknown)."""
 
@@ -216,7 +223,7 @@ class ScheduleRequest(BaseModel):
     """The task's id (idempotency key)."""
     queue: Token
     """Queue whose workers may run it."""
-    spec: JsonValue = Field(default=None, validation_alias=AliasChoices("spec", "payload"))
+    spec: JsonValue = None
     """What the task is: any JSON value (a parent stores a :class:`coord.wire.Spec` here)."""
     max_attempts: int = Field(default=3, ge=1, le=1000, strict=True)
     """Claims allowed before the task goes ``dead`` (1..1000)."""
@@ -273,9 +280,8 @@ class Notification(BaseModel):
 
     A wake-up hint only: anyone who can publish on the subject can forge one, so a worker claims
     from the record stored in the tasks bucket (``TaskStore.read_many``), never from this message.
-    ``record`` (the record at ``revision``, sent only when ``Settings.inline_limit`` is raised for
-    workers of corral 0.1) is ignored. Unknown fields are refused: a notification is
-    checked as strictly as the wire allows, and anything else is dead-lettered.
+    Unknown fields are refused: a notification is checked as strictly as the wire allows, and
+    anything else is dead-lettered.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -288,14 +294,6 @@ class Notification(BaseModel):
     """Its epoch then (the next claim gets ``epoch + 1``)."""
     visible_at: AwareDatetime | None = None
     """Not claimable before this (retry backoff): NAK with the remaining delay."""
-    record: TaskRecord | None = None
-    """The record at ``revision`` as the sender claims it, when small enough to inline: never trusted."""
-
-    @model_validator(mode="after")
-    def _record_revision(self) -> Notification:
-        if self.record is not None and self.record.revision != self.revision:
-            object.__setattr__(self, "record", self.record.model_copy(update={"revision": self.revision}))
-        return self
 
 
 class ResultNotice(BaseModel):
@@ -309,12 +307,3 @@ class ResultNotice(BaseModel):
     """Its terminal status."""
     revision: int
     """KV revision of the terminal record."""
-    record: TaskRecord | None = None
-    """The terminal record as the sender claims it, when small enough to inline: never trusted (the
-    Dispatcher reads the stored record)."""
-
-    @model_validator(mode="after")
-    def _record_revision(self) -> ResultNotice:
-        if self.record is not None and self.record.revision != self.revision:
-            object.__setattr__(self, "record", self.record.model_copy(update={"revision": self.revision}))
-        return self

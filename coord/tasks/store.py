@@ -12,6 +12,9 @@ Guarantees:
 * Every write appends its transition to the record's journal (:mod:`coord.tasks.journal`) in the same CAS.
   Side effects follow a successful CAS only (:class:`coord.tasks.effects.TaskEffects`): a notification for
   every transition into pending (on its priority's subject), a result push for every terminal one.
+* One size rule (:mod:`coord.tasks.size`): a task is accepted only if its record fits at its worst case;
+  a large spec or result lives in a blob referenced by the record (:mod:`coord.tasks.values`), written
+  by the CAS that checks the claim; a claim, reclaim or failure that cannot fit makes the task ``dead``.
 * Every step is reported to the :class:`coord.observer.Observer` (spans and metrics live there).
 """
 
@@ -20,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import builtins
 import secrets
-import warnings
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
+from coord.blobs import value_bytes
 from coord.errors import InvalidInput, InvalidTransition, TaskExists
 from coord.ids import new_id, validate_id
 from coord.kv import Bucket
@@ -38,19 +42,15 @@ from coord.tasks.index import TaskIndex
 from coord.tasks.journal import journal_of, journaled
 from coord.tasks.models import Claim, JournalEntry, ScheduleRequest, TaskRecord, TaskStatus
 from coord.tasks.observer import Observer
+from coord.tasks.size import MAX_ERROR_CHARS, MAX_PROGRESS_BYTES, check_fits, cut
+from coord.tasks.values import TaskValues
 from coord.tasks.watch import TaskWatch
 
-__all__ = ["DEFAULT_LEASE", "MAX_ERROR_CHARS", "TaskStore"]
-
-DEFAULT_LEASE = Settings.model_fields["lease"].default
-"""Lease length (seconds) of a claim when neither the claim, the task nor the settings name one."""
+__all__ = ["MAX_ERROR_CHARS", "TaskStore"]
 
 SCHEDULE_CONCURRENCY = 512
 """Tasks of one ``schedule_many`` written at once (a burst of thousands would swamp the server's
 answers and turn into timeouts)."""
-
-MAX_ERROR_CHARS = 16_384
-"""``error`` texts are cut to this many characters (the record must stay small)."""
 
 
 def _now() -> datetime:
@@ -61,14 +61,16 @@ class TaskStore:
     """Tasks and claims in one namespace (``coord.tasks``). See the module docstring for guarantees.
 
     Built by :func:`coord.connect` from the tasks ``bucket``, the ``effects`` publisher, the
-    :class:`~coord.settings.Settings` (lease, backoff, visibility tolerance, CAS budget, patience)
-    and the ``observer``. :meth:`tuned` gives a store with other settings on the same collaborators.
+    ``values`` (where large specs and results go), the :class:`~coord.settings.Settings` (lease,
+    backoff, visibility tolerance, CAS budget, patience) and the ``observer``. :meth:`tuned` gives a
+    store with other settings on the same collaborators.
     """
 
     def __init__(
         self,
         bucket: Bucket,
         effects: TaskEffects,
+        values: TaskValues,
         *,
         settings: Settings | None = None,
         observer: Observer | None = None,
@@ -77,6 +79,8 @@ class TaskStore:
         """The tasks bucket."""
         self.effects = effects
         """What follows a transition (notifications, result pushes)."""
+        self.values = values
+        """Specs and results, inline or in blobs (:meth:`resolved` reads them back)."""
         self.settings = settings or Settings.load()
         """The tunables this store applies."""
         self.observer = observer or Observer()
@@ -98,23 +102,13 @@ class TaskStore:
         return self._engine.last_revision
 
     def tuned(self, **changes: Any) -> TaskStore:
-        """A store on the same bucket and publishers with ``changes`` applied to its settings.
-
-        E.g. ``coord.tasks.tuned(backoff=Backoff(base=0.1), lease=5)``; names are :class:`Settings` fields.
-        """
+        """A store on the same bucket and publishers with ``changes`` applied to its settings, e.g.
+        ``coord.tasks.tuned(backoff=Backoff(base=0.1), lease=5)``; names are :class:`Settings` fields."""
         settings = self.settings.but(**changes)
         bucket = self.bucket
         if (settings.io_patience, settings.request_timeout) != (bucket.patience, bucket.request_timeout):
             bucket = bucket.tuned(patience=settings.io_patience, request_timeout=settings.request_timeout)
-        effects = self.effects
-        if settings.inline_limit != effects.inline_limit:
-            effects = effects.with_inline_limit(settings.inline_limit)
-        return TaskStore(bucket, effects, settings=settings, observer=self.observer)
-
-    @property
-    def default_lease(self) -> float:
-        """Lease (seconds) used when neither the claim nor the task names one."""
-        return self.settings.lease
+        return TaskStore(bucket, self.effects, self.values, settings=settings, observer=self.observer)
 
     # --- reading ---------------------------------------------------------------------------------
     async def get(self, task_id: str) -> TaskRecord:
@@ -162,19 +156,15 @@ class TaskStore:
         return [record async for record in self.iter(queue=queue, status=status)]
 
     def watch(self) -> TaskWatch:
-        """Updates of every task: the current records first, then ``None`` once, then live changes.
-
-        Use ``async with store.watch() as updates: async for record in updates: ...``.
-        """
+        """Updates of every task: the current records first, then ``None`` once, then live changes
+        (``async with store.watch() as updates: async for record in updates: ...``)."""
         return TaskWatch(self.bucket)
 
     def index(self, *, finished: bool = True) -> TaskIndex:
-        """A live in-memory index of all tasks by queue, status and worker (``async with``).
-
-        While it runs, :meth:`list` and :meth:`iter` of this store use it instead of scanning. With
-        ``finished=False`` it keeps only pending and claimed tasks (what a reclaimer needs; its size
-        follows the work in progress) and the store does not use it for listings.
-        """
+        """A live in-memory index of all tasks by queue, status and worker (``async with``). While it
+        runs, :meth:`list` and :meth:`iter` of this store use it instead of scanning. With
+        ``finished=False`` it keeps only pending and claimed tasks (what a reclaimer needs) and the store
+        does not use it for listings."""
         if not finished:
             return TaskIndex(self.bucket, self.get, finished=False)
         return TaskIndex(self.bucket, self.get, on_start=self._attach_index, on_stop=self._detach_index)
@@ -186,11 +176,14 @@ class TaskStore:
         if self._index is index:
             self._index = None
 
-    async def journal(self, task_id: str) -> builtins.list[JournalEntry]:
-        """The task's successful transitions in revision order (:class:`NotFound` if the task is unknown).
+    async def resolved(self, record: TaskRecord) -> TaskRecord:
+        """``record`` with its spec and result read back from their blobs, if any (a missing or corrupt
+        blob is an :class:`~coord.errors.InvalidRecord` naming the task)."""
+        return await self.values.resolved(record)
 
-        They come from the record itself (``TaskRecord.journal``): one read, never a hole.
-        """
+    async def journal(self, task_id: str) -> builtins.list[JournalEntry]:
+        """The task's successful transitions in revision order (:class:`NotFound` if the task is unknown),
+        from the record itself (``TaskRecord.journal``, bounded): one read, never a hole."""
         validate_id(task_id, "task_id")
         return journal_of(await self._engine.read(task_id))
 
@@ -205,7 +198,6 @@ class TaskStore:
         timeout: float | None = None,  # the task's lease length, not a deadline for this call
         parent: str | None = None,
         meta: Mapping[str, str] | None = None,
-        payload: Any = None,
         priority: Priority | str = Priority.NORMAL,
         not_before: datetime | None = None,
         delay: float | None = None,
@@ -215,11 +207,10 @@ class TaskStore:
         The same definition and start again returns the existing record (re-notified if pending); another
         raises :class:`TaskExists`. Not claimable before ``not_before`` or ``delay`` seconds from now. Bad
         arguments raise :class:`~coord.errors.InvalidId`, a pydantic ``ValidationError`` or
-        :class:`~coord.errors.PayloadTooLarge` before anything is written. ``payload=``: deprecated ``spec=``.
+        :class:`~coord.errors.PayloadTooLarge` (the record would not fit at its worst case:
+        :mod:`coord.tasks.size`) before anything is written. A spec too large for the record is
+        written to a blob first (:mod:`coord.tasks.values`).
         """
-        if payload is not None:
-            warnings.warn("schedule(payload=...) is deprecated; use spec=", DeprecationWarning, stacklevel=2)
-            spec = payload if spec is None else spec
         validate_id(task_id, "task_id")
         validate_id(queue, "queue")
         request = ScheduleRequest(
@@ -239,29 +230,36 @@ class TaskStore:
     async def schedule_many(self, requests: Sequence[ScheduleRequest]) -> builtins.list[TaskRecord]:
         """:meth:`schedule` for many tasks with pipelined writes; records in the order of ``requests``.
 
-        Every request is validated (and every record sized) before any is written.
+        Every request is validated (and every record sized at its worst case) before any is written.
         """
         checked = [r if isinstance(r, ScheduleRequest) else ScheduleRequest.model_validate(r) for r in requests]
         with self.observer.submitting(checked) as submission:
             now = _now()
-            records = [journaled(None, transitions.schedule(r, now=now)) for r in submission.requests]
-            encoded = [self._engine.encode(record) for record in records]
+            new = [journaled(None, transitions.schedule(r, now=now)) for r in submission.requests]
+            placed = [self.values.place_spec(record, now) for record in new]
+            for record, _ in placed:
+                check_fits(record, self.bucket.nc.max_payload)
+            encoded = [self._engine.encode(record) for record, _ in placed]
             room = asyncio.Semaphore(SCHEDULE_CONCURRENCY)
             outcomes = await asyncio.gather(
                 *(
-                    self._schedule(r, rec, data, room)
-                    for r, rec, data in zip(submission.requests, records, encoded, strict=True)
+                    self._schedule(r, rec, blob, data, room)
+                    for r, (rec, blob), data in zip(submission.requests, placed, encoded, strict=True)
                 )
             )
             submission.created([record for record, _ in outcomes], [new for _, new in outcomes])
         return [record for record, _ in outcomes]
 
     async def _schedule(
-        self, request: ScheduleRequest, record: TaskRecord, data: bytes, room: asyncio.Semaphore
+        self, request: ScheduleRequest, record: TaskRecord, blob: bytes | None, data: bytes, room: asyncio.Semaphore
     ) -> tuple[TaskRecord, bool]:
         async with room:
+            if blob is not None:
+                await self.values.write(record, blob)
             created = await self._engine.create(record, data)
         if created is None:
+            if record.spec_blob is not None:
+                await self.values.blobs.discard(record.spec_blob)  # the existing task has its own
             return await self._existing(request), False
         return created, True
 
@@ -273,7 +271,7 @@ class TaskStore:
                 f"task {request.task_id!r} already exists with a different definition ({'; '.join(differences)})"
             )
         if existing.status is TaskStatus.PENDING:
-            await self.effects.notify(existing, None)  # heals a notification lost by an earlier attempt (deduped)
+            await self.effects.notify(existing)  # heals a notification lost by an earlier attempt (deduped)
         return existing
 
     # --- claims ----------------------------------------------------------------------------------
@@ -321,8 +319,9 @@ class TaskStore:
             )
 
         with self.observer.claiming(task_id, worker_id, first, headers) as scope:
-            claimed = await self._engine.apply(task_id, step, first)
-            assert claimed.claim is not None
+            claimed = await self._engine.apply(task_id, step, first, unfit=True)
+            if claimed.claim is None:  # its claimed record could not fit: it went dead instead
+                raise InvalidTransition(f"task {task_id!r} cannot be claimed, it is dead now: {claimed.error}")
             claim = Claim(
                 task_id=task_id,
                 worker_id=worker_id,
@@ -345,6 +344,9 @@ class TaskStore:
         """
         if progress is not None:
             check_json(progress, "progress")
+            size = len(value_bytes(progress))
+            if size > MAX_PROGRESS_BYTES:
+                raise InvalidInput(f"progress is {size} bytes of JSON; at most {MAX_PROGRESS_BYTES} are recorded")
 
         def step(current: TaskRecord) -> TaskRecord:
             return transitions.heartbeat(
@@ -361,17 +363,17 @@ class TaskStore:
     async def complete(self, claim: Claim, result: Any) -> TaskRecord:
         """Record ``result`` and mark the task succeeded, if ``claim`` is still current (else :class:`StaleClaim`).
 
-        A result too large for the record raises :class:`~coord.errors.PayloadTooLarge` and writes
-        nothing (the claim stays current, so the worker can still ``fail`` the task).
+        A result too large for the record goes to a blob first; its reference is written by the same
+        CAS that checks the claim (the blob of a refused write is deleted, or expires). A result over
+        ``Settings.max_blob_bytes`` raises :class:`~coord.errors.PayloadTooLarge` and writes nothing
+        (the claim stays current, so the worker can still ``fail`` the task).
         """
         check_json(result, "result")
         with self.observer.settling(claim, ok=True) as scope:
-            record = await self._engine.apply(
-                claim.task_id,
-                lambda current: transitions.complete(
-                    current, claim_id=claim.claim_id, token=claim.token, result=result, now=_now()
-                ),
-                claim.record,
+            inline, ref = await self.values.place_result(claim.task_id, result)
+            step = partial(transitions.complete, claim_id=claim.claim_id, token=claim.token, result=inline)
+            record = await self.values.referencing(
+                ref, self._engine.apply(claim.task_id, lambda r: step(r, result_blob=ref, now=_now()), claim.record)
             )
             scope.done(record)
         self._advance(claim, record)
@@ -383,27 +385,26 @@ class TaskStore:
         With ``retry`` the task goes back to pending after a jittered exponential backoff
         (``visible_at``), or ``dead`` when ``max_attempts`` claims are spent; without, it is
         ``failed`` for good (until a manual :meth:`retry`). ``result`` (any JSON, e.g. a structured
-        failure report) is stored as the attempt's result; the next claim clears it.
+        failure report; a large one goes to a blob as in :meth:`complete`) is stored as the attempt's
+        result; the next claim clears it. ``error`` is cut to ``MAX_ERROR_CHARS``; a failure whose
+        record still cannot fit makes the task ``dead`` with the reason cut to fit (never an error).
         """
         if not isinstance(error, str):
             raise InvalidInput(f"error must be a string, got {type(error).__name__}")
         if result is not None:
             check_json(result, "result")
-        error = error[:MAX_ERROR_CHARS]
+        error = cut(error)
         with self.observer.settling(claim, ok=False, error=error) as scope:
-            record = await self._engine.apply(
-                claim.task_id,
-                lambda current: transitions.fail(
-                    current,
-                    claim_id=claim.claim_id,
-                    token=claim.token,
-                    error=error,
-                    retry=retry,
-                    backoff=self.backoff,
-                    now=_now(),
-                    result=result,
+            inline, ref = await self.values.place_result(claim.task_id, result)
+            step = partial(transitions.fail, claim_id=claim.claim_id, token=claim.token, error=error, retry=retry)
+            record = await self.values.referencing(
+                ref,
+                self._engine.apply(
+                    claim.task_id,
+                    lambda r: step(r, backoff=self.backoff, now=_now(), result=inline, result_blob=ref),
+                    claim.record,
+                    unfit=True,
                 ),
-                claim.record,
             )
             scope.done(record)
         self._advance(claim, record)
@@ -431,19 +432,16 @@ class TaskStore:
         meta: Mapping[str, str] | None = None,
     ) -> TaskRecord:
         """Take the task away from claim ``expected_claim_id``: pending again (the attempt counts), or
-        ``dead`` when its attempts are spent. :class:`StaleClaim` if that claim is not current any more
-        (completed, failed, reclaimed by someone else).
-
-        Decided on the record read now, inside the compare-and-set: with ``overdue_only`` (a lapsed
-        lease) it is :class:`StaleClaim` unless that record's deadline has passed. ``departure``
-        (``graceful`` or ``expired``) says a presence departure caused it; ``meta`` entries are merged
-        into the record's meta by the same write (as are the observer's, e.g. the reclaim span's
-        context).
+        ``dead`` when its attempts are spent (or its record cannot fit). :class:`StaleClaim` if that claim
+        is not current any more. Decided on the record read now, inside the CAS: with ``overdue_only``
+        (a lapsed lease) it is :class:`StaleClaim` unless that record's deadline has passed.
+        ``departure`` (``graceful`` or ``expired``) says a presence departure caused it; ``meta``
+        entries (and the observer's, e.g. the reclaim span's context) are merged by the same write.
         """
         validate_id(task_id, "task_id")
         if not isinstance(expected_claim_id, str) or not isinstance(reason, str):
             raise InvalidInput("expected_claim_id and reason must be strings")
-        reason = reason[:MAX_ERROR_CHARS]
+        reason = cut(reason)
         extra = dict(meta or {})
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
             raise InvalidInput("meta must map strings to strings")
@@ -457,7 +455,7 @@ class TaskStore:
                 )
                 return new.model_copy(update={"meta": {**new.meta, **added}}) if added else new
 
-            record = await self._engine.apply(task_id, step, current)
+            record = await self._engine.apply(task_id, step, current, unfit=True)
             scope.done(record)
         return record
 
@@ -485,7 +483,7 @@ class TaskStore:
             raise InvalidTransition(
                 f"task {record.task_id!r} is {record.status.value}; only pending tasks are notified"
             )
-        await self.effects.notify(record, None, force=force, again=again)
+        await self.effects.notify(record, force=force, again=again)
 
     async def queued_notifications(self) -> set[str]:
         """The notification subjects (``Names.notification_subject``) the dispatch stream holds now."""

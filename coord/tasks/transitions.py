@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from coord.backoff import Backoff
+from coord.blobs import BlobRef, blob_digest, value_bytes
 from coord.errors import Conflict, InvalidTransition, NotYetVisible, StaleClaim
 from coord.tasks.models import ClaimInfo, ScheduleRequest, TaskRecord, TaskStatus, Transition
 
@@ -30,6 +31,7 @@ __all__ = [
     "retry",
     "schedule",
     "token_digest",
+    "unfit",
 ]
 
 
@@ -77,8 +79,18 @@ def redefinition(existing: TaskRecord, request: ScheduleRequest) -> list[str]:
     differences = [
         f"{name}: existing {getattr(existing, name)!r}, requested {getattr(request, name)!r}"
         for name in IDENTITY
-        if getattr(existing, name) != getattr(request, name)
+        if name != "spec" and getattr(existing, name) != getattr(request, name)
     ]
+    if existing.spec_blob is not None:
+        data = value_bytes(request.spec)
+        if (len(data), blob_digest(data)) != (existing.spec_blob.size, existing.spec_blob.digest):
+            differences.insert(
+                0,
+                f"spec: existing {existing.spec_blob.size} bytes ({existing.spec_blob.digest}), "
+                f"requested {len(data)} bytes ({blob_digest(data)})",
+            )
+    elif existing.spec != request.spec:
+        differences.insert(0, f"spec: existing {existing.spec!r}, requested {request.spec!r}")
     if _start(existing) != _start(request):
         differences.append(f"start: existing {_start(existing)}, requested {_start(request)}")
     return differences
@@ -153,6 +165,7 @@ def claim(
             "claim": info,
             "progress": None,
             "result": None,
+            "result_blob": None,
             "visible_at": None,
             "updated_at": now,
             "transition": Transition.CLAIMED,
@@ -181,11 +194,27 @@ def _end_claim(record: TaskRecord, now: datetime, transition: Transition, **upda
     return record.model_copy(update={"claim": None, "updated_at": now, "transition": transition, **update})
 
 
-def complete(record: TaskRecord, *, claim_id: str, token: str, result: Any, now: datetime) -> TaskRecord:
-    """claimed → succeeded, recording ``result`` (once: the claim ends with it)."""
+def complete(
+    record: TaskRecord,
+    *,
+    claim_id: str,
+    token: str,
+    result: Any,
+    now: datetime,
+    result_blob: BlobRef | None = None,
+) -> TaskRecord:
+    """claimed → succeeded, recording ``result`` (or the blob holding it: ``result_blob``; once: the
+    claim ends with it)."""
     check_claim(record, claim_id, token)
     return _end_claim(
-        record, now, Transition.COMPLETED, status=TaskStatus.SUCCEEDED, result=result, error=None, visible_at=None
+        record,
+        now,
+        Transition.COMPLETED,
+        status=TaskStatus.SUCCEEDED,
+        result=result,
+        result_blob=result_blob,
+        error=None,
+        visible_at=None,
     )
 
 
@@ -199,10 +228,11 @@ def fail(
     backoff: Backoff,
     now: datetime,
     result: Any = None,
+    result_blob: BlobRef | None = None,
 ) -> TaskRecord:
     """claimed → pending after a backoff (``visible_at``), or ``dead`` when attempts are spent, or
-    ``failed`` (no retry) when ``retry`` is False. ``result`` (e.g. a structured failure report) is
-    recorded as the attempt's result."""
+    ``failed`` (no retry) when ``retry`` is False. ``result`` (e.g. a structured failure report, or
+    the blob holding it: ``result_blob``) is recorded as the attempt's result."""
     check_claim(record, claim_id, token)
     if not retry:
         status, visible = TaskStatus.FAILED, None
@@ -210,7 +240,16 @@ def fail(
         status, visible = TaskStatus.DEAD, None
     else:
         status, visible = TaskStatus.PENDING, now + timedelta(seconds=backoff.delay(record.attempt))
-    return _end_claim(record, now, Transition.FAILED, status=status, error=error, result=result, visible_at=visible)
+    return _end_claim(
+        record,
+        now,
+        Transition.FAILED,
+        status=status,
+        error=error,
+        result=result,
+        result_blob=result_blob,
+        visible_at=visible,
+    )
 
 
 def release(record: TaskRecord, *, claim_id: str, token: str, now: datetime) -> TaskRecord:
@@ -268,6 +307,24 @@ def retry(record: TaskRecord, *, now: datetime) -> TaskRecord:
         status=TaskStatus.PENDING,
         attempt=0,
         result=None,
+        result_blob=None,
+        progress=None,
+        visible_at=None,
+    )
+
+
+def unfit(record: TaskRecord, *, reason: str, now: datetime) -> TaskRecord:
+    """Any status → ``dead`` with ``reason``, for a transition whose record would not fit a message
+    (permanent: a claim or reclaim of that record can never fit). The claim, the result and the
+    progress are dropped; the error is the reason (the caller cuts it to fit)."""
+    return _end_claim(
+        record,
+        now,
+        Transition.FAILED,
+        status=TaskStatus.DEAD,
+        error=reason,
+        result=None,
+        result_blob=None,
         progress=None,
         visible_at=None,
     )

@@ -9,6 +9,7 @@ import re
 import socket
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -63,7 +64,9 @@ def register(app: typer.Typer) -> None:
     app.command("submit")(submit)
 
 
-async def _submit(opts: Options, item: TaskInput, parent: str | None, wait: bool, timeout: float, as_json: bool) -> int:
+async def _submit(
+    opts: Options, item: TaskInput, parent: str | None, wait: bool, timeout: float, as_json: bool, output: Path | None
+) -> int:
     parent_id = parent or default_parent()
     async with opts.connect() as coord, Dispatcher(coord, parent_id=parent_id, reclaimer=False) as dispatcher:
         task_id = await dispatcher.submit(item)
@@ -84,6 +87,8 @@ async def _submit(opts: Options, item: TaskInput, parent: str | None, wait: bool
                 progress.cancel()
                 await asyncio.gather(progress, return_exceptions=True)
         result = result_of(record)
+        if output is not None:  # written as it is stored, without a second copy in memory for printing
+            await asyncio.to_thread(output.write_text, result.model_dump_json())
         if as_json:
             print_json(
                 {
@@ -91,7 +96,7 @@ async def _submit(opts: Options, item: TaskInput, parent: str | None, wait: bool
                     "status": str(record.status),
                     "attempt": record.attempt,
                     "epoch": record.epoch,
-                    "result": result.model_dump(mode="json"),
+                    "result": str(output) if output is not None else result.model_dump(mode="json"),
                 }
             )
         else:
@@ -148,7 +153,9 @@ def submit(
     task_id: Annotated[str | None, typer.Option("--id", help="Task id (default: random). Idempotent.")] = None,
     title: Annotated[str, typer.Option(help="Short human title.")] = "",
     file: Annotated[list[str], typer.Option("--file", help="Absolute path the task works on (repeatable).")] = [],  # noqa: B006
-    payload: Annotated[str | None, typer.Option(help="JSON payload for the handler.")] = None,
+    payload: Annotated[
+        str | None, typer.Option(help="JSON payload for the handler, or @FILE to read it from FILE (any size).")
+    ] = None,
     max_attempts: Annotated[
         int, typer.Option(help="Claims allowed before dead-lettering.", callback=bounded(ATTEMPTS))
     ] = 3,
@@ -177,6 +184,14 @@ def submit(
         typer.Option(help="Give up waiting after S seconds (exit 2); the task goes on.", callback=bounded(TIMEOUT)),
     ] = DEFAULT_WAIT_TIMEOUT,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="With --wait: write the task's result (its Result JSON) to FILE instead of printing it with --json.",
+        ),
+    ] = None,
 ) -> None:
     """Submit one task; with --wait, print its result."""
     check_tokens({"--parent": parent})
@@ -184,7 +199,7 @@ def submit(
         fail("give --delay or --at, not both", EXIT_USAGE, "--delay")
     if priority not in LEVELS:
         fail(f"{priority!r} is not a priority (one of: {', '.join(LEVELS)})", EXIT_USAGE, "--priority")
-    data = parse_json("--payload", payload)
+    data = parse_json("--payload", _payload_text(payload))
     fields = {
         "queue": queue,
         "title": title,
@@ -203,4 +218,17 @@ def submit(
         Spec.model_validate(item.model_dump())  # the Spec's rules (ranges, lengths) too, before connecting
     except ValidationError as err:
         invalid(err, _FLAGS)
-    raise typer.Exit(run(_submit(options(ctx), item, parent, wait, wait_timeout, json_out), _FLAGS))
+    if output is not None and not wait:
+        fail("--output needs --wait", EXIT_USAGE, "--output")
+    raise typer.Exit(run(_submit(options(ctx), item, parent, wait, wait_timeout, json_out, output), _FLAGS))
+
+
+def _payload_text(payload: str | None) -> str | None:
+    """``--payload``: the JSON given, or (``@FILE``) the contents of FILE."""
+    if payload is None or not payload.startswith("@"):
+        return payload
+    try:
+        return Path(payload[1:]).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) else err
+        fail(f"cannot read {payload[1:]!r}: {why}", EXIT_USAGE, "--payload")

@@ -205,7 +205,7 @@ def _journal_row(entry: JournalEntry, record: TaskRecord) -> tuple[str, ...]:
 
 async def _show(opts: Options, task_id: str, as_json: bool) -> None:
     async with opts.connect() as coord:
-        record = await coord.tasks.get(task_id)
+        record = await coord.tasks.resolved(await coord.tasks.get(task_id))  # spec and result from blobs too
     journal = journal_of(record)
     outcome = record.outcome()
     if as_json:
@@ -250,7 +250,11 @@ async def _show(opts: Options, task_id: str, as_json: bool) -> None:
             lines.append(("output", _short(outcome.output, 200)))
     if record.error:
         lines.append(("error", _short(record.error, 200)))
-    table = Table(title="journal")
+    for what, ref in (("spec", record.spec_blob), ("result", record.result_blob)):
+        if ref is not None:
+            lines.append((f"{what} blob", f"{ref.name} ({ref.size} bytes, {ref.digest})"))
+    dropped = f", {record.journal_dropped} earlier entries dropped" if record.journal_dropped else ""
+    table = Table(title=f"journal (first and latest transitions{dropped})")
     for column in ("rev", "at (UTC)", "transition", "status", "attempt", "epoch", "worker", "detail"):
         table.add_column(column, no_wrap=column != "detail", min_width=len(column))
     for entry in journal:
@@ -272,7 +276,7 @@ def show(
     task_id: Annotated[str, typer.Argument(help="Task id.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the record and its journal as JSON.")] = False,
 ) -> None:
-    """Print a task's record and its journal (every successful transition)."""
+    """Print a task's record and its journal (its first and latest transitions; the count of dropped ones)."""
     check_tokens({"TASK_ID": task_id})
     run(_show(options(ctx), task_id, json_out))
 

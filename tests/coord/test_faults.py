@@ -43,6 +43,7 @@ def namespace_streams(names: Names) -> list[str]:
         f"KV_{names.registry_bucket}",
         f"KV_{names.schedules_bucket}",
         f"KV_{names.limits_bucket}",
+        f"OBJ_{names.blobs_bucket}",
         names.dispatch_stream,
         names.events_stream,
         names.inbox_stream,

@@ -143,6 +143,39 @@ async def test_a_worker_a_parent_and_an_observer_do_their_jobs_with_their_own_cr
             assert permission_log(conn.nc).refusals == [], f"{conn.nc.options['name']} was refused something"
 
 
+async def test_large_specs_and_results_go_through_the_blob_bucket_with_each_roles_own_credentials(
+    provisioned: Secured,
+) -> None:
+    big = "b" * (1 << 20)
+
+    async def echo(spec: Spec, ctx: object) -> Result:
+        return Result.success(summary=f"{len(str(spec.payload))}", output=spec.payload)
+
+    async with (
+        provisioned.connect("w2") as wconn,
+        provisioned.connect("p2") as pconn,
+        provisioned.connect("o1") as oconn,
+    ):
+        worker = Worker(wconn, ["blobs"], echo, worker_id="w2")
+        running = asyncio.create_task(worker.run())
+        try:
+            async with Dispatcher(pconn, parent_id="p2") as dispatcher:
+                result = await asyncio.wait_for(dispatcher.result(await dispatcher.submit(Spec(
+                    task_id="big1", queue="blobs", payload=big))), 30)  # fmt: skip
+            assert result.output == big
+            stored = await oconn.tasks.get("big1")
+            assert stored.spec_blob is not None and stored.result_blob is not None
+            assert (await oconn.tasks.resolved(stored)).result["output"] == big  # the observer reads blobs
+        finally:
+            worker.stop()
+            await running
+        for conn in (wconn, pconn, oconn):
+            assert permission_log(conn.nc).refusals == [], f"{conn.nc.options['name']} was refused something"
+    names = Names(NAMESPACE)
+    observer = permissions_for(names, "o1", {Role.observer})
+    assert observer is not None and not any(s.startswith("$O.") for s in observer.publish_allow)
+
+
 async def test_a_worker_cannot_purge_or_delete_streams_or_consumers(provisioned: Secured) -> None:
     async with provisioned.connect("w1") as conn:
         names = conn.names

@@ -74,7 +74,6 @@ async def test_schedule_creates_a_pending_record_and_notifies_its_queue(
     assert await store.get("t1") == record
     [(msg_id, note)] = await notifications(coord_conn, "q")
     assert (note.task_id, note.revision, note.epoch) == ("t1", record.revision, 0)
-    assert note.record is None  # the record travels only in the store (inline_limit 0 by default)
     assert msg_id == f"t1:0:{record.revision}"
 
 
@@ -159,34 +158,15 @@ async def test_epoch_strictly_increases_with_every_claim(store: TaskStore) -> No
     assert epochs == [1, 2, 3, 4]
 
 
-async def test_claim_with_the_inlined_record_of_a_notification(store: TaskStore, coord_conn: coord.Coord) -> None:
-    store = store.tuned(inline_limit=32 * 1024)  # as for workers of corral 0.1
-    await store.schedule("t1", queue="q", spec={"big": "no"})
-    [(_, note)] = await notifications(coord_conn, "q")
-    assert note.record is not None
-    claim = await store.claim(note.task_id, "w1", revision=note.revision, record=note.record)
-    assert claim.record.spec == {"big": "no"} and claim.epoch == 1
-
-
-async def test_claim_from_a_stale_notification_falls_back_to_the_current_record(
+async def test_claim_from_a_stale_notification_uses_the_current_record(
     store: TaskStore, coord_conn: coord.Coord
 ) -> None:
-    store = store.tuned(inline_limit=32 * 1024)
     await store.schedule("t1", queue="q", spec=None)
     [(_, stale)] = await notifications(coord_conn, "q")
     first = await store.claim("t1", "w1")
     await store.release(first)  # pending again, at a newer revision
-    claim = await store.claim("t1", "w2", revision=stale.revision, record=stale.record)
+    claim = await store.claim("t1", "w2", revision=stale.revision)
     assert claim.worker_id == "w2" and claim.epoch == 2 and claim.record.attempt == 1
-
-
-async def test_large_records_are_not_inlined_in_notifications(coord_conn: coord.Coord) -> None:
-    store = coord_conn.tasks.tuned(inline_limit=100)
-    await store.schedule("t1", queue="q", spec="x" * 500)
-    [(_, note)] = await notifications(coord_conn, "q")
-    assert note.record is None and note.task_id == "t1"
-    claim = await store.claim("t1", "w1", revision=note.revision)
-    assert claim.record.spec == "x" * 500
 
 
 # --- heartbeat, complete, fail, release ------------------------------------------------------------
@@ -407,14 +387,12 @@ async def test_a_terminal_transition_pushes_a_result_notice_to_the_parent(
         received.put_nowait(ResultNotice.model_validate_json(msg.data))
 
     sub = await coord_conn.nc.subscribe(coord_conn.names.results_subject("parent-1"), cb=on_result)
-    store = store.tuned(inline_limit=32 * 1024)  # as for parents of corral 0.1
     await store.schedule("t1", queue="q", spec=None, parent="parent-1")
     claim = await store.claim("t1", "w1")
     await store.heartbeat(claim)
     done = await store.complete(claim, "ok")
     notice = await asyncio.wait_for(received.get(), 5)
     assert (notice.task_id, notice.status, notice.revision) == ("t1", TaskStatus.SUCCEEDED, done.revision)
-    assert notice.record == done, "a small terminal record travels inline with the push when asked"
     await asyncio.sleep(0.1)
     assert received.empty()  # only the terminal transition pushes
     await sub.unsubscribe()
@@ -552,17 +530,17 @@ async def _nothing_written(store: TaskStore, coord_conn: coord.Coord, task_id: s
     assert await events_stream_messages(coord_conn) == 0
 
 
-async def test_an_oversized_payload_is_refused_before_anything_is_written(
+async def test_an_oversized_record_is_refused_before_anything_is_written(
     store: TaskStore, coord_conn: coord.Coord
 ) -> None:
-    too_big = "x" * coord_conn.nc.max_payload
-    with pytest.raises(PayloadTooLarge, match=r"task 't1': the record would be \d+ bytes; the server accepts"):
-        await store.schedule("t1", queue="q", spec=too_big)
+    too_big = {"k": "x" * coord_conn.nc.max_payload}  # meta stays in the record (a large spec goes to a blob)
+    with pytest.raises(PayloadTooLarge, match=r"task 't1': meta is \d+ bytes, which makes the record \d+ bytes"):
+        await store.schedule("t1", queue="q", meta=too_big)
     with pytest.raises(PayloadTooLarge):
         await store.schedule_many(
             [
                 ScheduleRequest(task_id="t0", queue="q", spec=1),
-                ScheduleRequest(task_id="t1", queue="q", spec=too_big),
+                ScheduleRequest(task_id="t1", queue="q", meta=too_big),
             ]
         )
     await _nothing_written(store, coord_conn, "t1")
@@ -620,8 +598,8 @@ async def test_bad_results_and_leases_are_refused_and_leave_the_claim_current(
         await store.heartbeat(claim, progress={1, 2})
     with pytest.raises(InvalidInput, match="error must be a string"):
         await store.fail(claim, 42)  # type: ignore[arg-type]
-    with pytest.raises(PayloadTooLarge):
-        await store.complete(claim, "y" * coord_conn.nc.max_payload)
+    with pytest.raises(InvalidInput, match="progress is 5002 bytes of JSON; at most 4096"):
+        await store.heartbeat(claim, progress="p" * 5000)
     record = await store.get("t1")
     assert record.revision == revision and record.status is TaskStatus.CLAIMED
     assert (await store.fail(claim, "result too large")).status is TaskStatus.PENDING

@@ -83,3 +83,22 @@ def test_wait_shows_progress_on_a_terminal_and_nothing_off_one(
     )
     assert quiet.returncode == 2
     assert "waiting for" not in quiet.stderr and "did not finish within 1.0s" in quiet.stderr
+
+
+async def test_payload_from_a_file_and_output_flags_are_checked_before_connecting(
+    nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str], tmp_path: object
+) -> None:
+    missing = await corral(nats_server.url, namespace, subprocess_env, "submit", "--payload", "@/nonexistent/p.json")
+    assert missing.code == 2 and "--payload" in missing.err and "cannot read '/nonexistent/p.json'" in missing.err
+    assert "Traceback" not in missing.err
+    alone = await corral(nats_server.url, namespace, subprocess_env, "submit", "--output", "/tmp/x.json")
+    assert alone.code == 2 and "--output needs --wait" in alone.err
+    payload = os.path.join(str(tmp_path), "p.json")
+    with open(payload, "w") as f:
+        json.dump({"n": 7}, f)
+    ok = await corral(
+        nats_server.url, namespace, subprocess_env, "submit", "-q", "idle", "--id", "f1", "--payload", f"@{payload}"
+    )
+    assert ok.code == 0, ok
+    shown = await corral(nats_server.url, namespace, subprocess_env, "tasks", "show", "f1", "--json")
+    assert json.loads(shown.out)["payload"] == {"n": 7}

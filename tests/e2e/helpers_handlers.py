@@ -43,3 +43,13 @@ async def timed(spec: Spec, ctx: Context) -> Result:
     Path(str(payload["marks"]), f"{spec.task_id}.start").write_text(repr(started))
     await asyncio.sleep(float(payload.get("seconds", 0)))
     return Result.success(summary=f"done by {ctx.worker_id}")
+
+
+async def large(spec: Spec, ctx: Context) -> Result:
+    """Sleep ``payload.seconds``, then return a result with ``payload.mib`` MiB of output, summarising how
+    many characters of ``payload.data`` it was given."""
+    payload = spec.payload if isinstance(spec.payload, dict) else {}
+    data = payload.get("data", "")
+    await asyncio.sleep(float(payload.get("seconds", 0)))
+    output = "o" * (int(payload.get("mib", 0)) << 20)
+    return Result.success(summary=f"given {len(data) if isinstance(data, str) else 0} characters", output=output)

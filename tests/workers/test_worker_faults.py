@@ -22,6 +22,7 @@ import pytest
 import coord
 from coord.presence import AgentInfo
 from coord.server import NatsServer
+from coord.settings import Settings
 from coord.tasks import Backoff, TaskRecord, TaskStatus, Transition
 from coord.wire import Result, Spec, format_result
 from dispatch import Dispatcher, result_of
@@ -298,21 +299,24 @@ async def run_to_the_end(
     return record, worker
 
 
-async def test_a_result_too_large_for_the_record_fails_the_task_with_the_reason(
-    coord_conn: coord.Coord, dispatcher: Dispatcher
+async def test_a_result_too_large_for_a_blob_fails_the_task_with_the_reason(
+    nats_server: NatsServer, namespace: str, dispatcher: Dispatcher
 ) -> None:
-    """Old: the claim stayed; the handler re-ran after every lease until its attempts were spent."""
-    size = 2 * coord_conn.nc.max_payload
+    """Old: the claim stayed; the handler re-ran after every lease until its attempts were spent.
+    (A result too large for the record goes to a blob now: tests/coord/test_blobs.py.)"""
+    size = 2 << 20
     calls: list[int] = []
 
     async def huge(spec: Spec, ctx: Context) -> Result:
         calls.append(ctx.attempt)
         return Result.success(output="x" * size)
 
-    record, worker = await run_to_the_end(coord_conn, dispatcher, huge, Spec(task_id="t1", queue="q"))
+    settings = Settings.load(max_blob_bytes=1 << 20)
+    async with coord.connect(nats_server.url, namespace=namespace, settings=settings) as small:
+        record, worker = await run_to_the_end(small, dispatcher, huge, Spec(task_id="t1", queue="q"))
     assert record.status is TaskStatus.FAILED, record
     assert record.error is not None and "could not be recorded" in record.error
-    assert "bytes" in record.error, record.error  # says what was wrong: the size
+    assert "bytes" in record.error and "max_blob_bytes" in record.error, record.error  # says what was wrong
     result = result_of(record)
     assert result.error is not None and result.error.substrate_fault
     assert calls == [1], "the handler runs once"
