@@ -67,13 +67,14 @@ class TaskEffects:
         return await self._dispatch.subjects(self._names.dispatch_subjects)
 
     async def notify(
-        self, record: TaskRecord, data: bytes | None, *, force: bool = False, again: int | None = None
+        self, record: TaskRecord, data: bytes | None, *, force: bool = False, again: int | str | None = None
     ) -> None:
         """Publish "``record`` is pending at its revision" on its queue's subject for the record's priority
         (deduped by :func:`notification_id`).
 
-        ``again=n`` is the n-th renotification of the same revision (its own id, the same for every
-        publisher); ``force`` makes the id unique.
+        ``again=n`` is the n-th renotification of the same revision (its own id ``...:r{n}``, the same
+        for every publisher; a string such as ``"s42"`` names another kind, e.g. the one replacing message 42);
+        ``force`` makes the id unique.
         """
         head: dict[str, Any] = {
             "task_id": record.task_id,
