@@ -3,11 +3,14 @@
 The dispatch stream is a work queue: a notification leaves it when a consumer acknowledges it. So a
 notification still stored is either waiting for a worker, or one no consumer will deliver again:
 
-- **given up**: its level's consumer reached ``max_deliver`` for it (or terminated it). The
-  consumer's ack floor then moves past it while the message stays stored, so a message stored at a
-  sequence at or below its consumer's ack floor is one the consumer gave up on (checked against
-  nats-server 2.15: a message NAKed ``max_deliver`` times stays at its sequence, the ack floor passes
-  it, and nothing is delivered again; ``tests/dispatch/test_reclaimer_notifications.py``);
+- **given up**: its level's consumer reached ``max_deliver`` for it (or terminated it). The message
+  stays stored and is never delivered again, and it leaves the consumer's ack-pending set. So a
+  stored message is given up when its sequence is at or below the consumer's ack floor, or when the
+  consumer has nothing ack-pending and its sequence is at or below the last one delivered. Checked
+  against nats-server 2.15.1: the ack floor passes a given-up message only once a later one is
+  acknowledged (on an idle queue it stays below it), while a message NAKed with a delay or whose ack
+  wait ran out stays ack-pending until it is redelivered
+  (``tests/dispatch/test_reclaimer_notifications.py`` pins both);
 - **unreadable**: its subject is no notification subject (``Names.notification_subject`` of a valid
   queue, task and level), so no consumer corral creates filters it.
 
@@ -100,12 +103,14 @@ async def _stored(stream: Stream, subject: str, most: int) -> list[Undeliverable
 
 
 async def _given_up(coord: Coord, stream: Stream, queue: str, level: Priority, most: int) -> list[Undeliverable]:
-    """The messages of ``queue``'s ``level`` stored at or below its consumer's ack floor."""
+    """The messages of ``queue``'s ``level`` its consumer gave up on (see the module docstring)."""
     try:
         info = await stream.js.consumer_info(stream.name, coord.names.queue_consumer(queue, level))
     except nats.js.errors.NotFoundError:
         return []  # no worker has served this level yet: its messages wait for the first
     floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+    if not info.num_ack_pending and info.delivered is not None:
+        floor = max(floor, info.delivered.stream_seq)  # nothing in flight or waiting to be redelivered
     out: list[Undeliverable] = []
     seq = 1
     while floor and len(out) < most:
