@@ -8,10 +8,17 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import nats.js.errors
+import pytest
 
 import coord
+from coord.authconfig import parse_grant, write_auth
+from coord.errors import PermissionDenied
+from coord.naming import Names
+from coord.roles import Role, inbox_prefix, permissions_for
+from coord.server import NatsServer
 from coord.streams import Stream
 from coord.tasks import TaskStatus
 from coord.wire import Result, Spec
@@ -145,3 +152,37 @@ async def test_messages_no_consumer_reads_are_removed_and_waiting_ones_are_kept(
                 await asyncio.sleep(0.1)
         assert reclaimer.removed == len(unread) and reclaimer.renotified == 0
     assert await _stored(coord_conn, names.notification_subject("unserved", "w")) == waiting
+
+
+def test_only_the_sweeping_roles_may_delete_notifications() -> None:
+    names = Names("perm")
+    delete = f"$JS.API.STREAM.MSG.DELETE.{names.dispatch_stream}"
+    for role, allowed in ((Role.reclaimer, True), (Role.parent, True), (Role.worker, False), (Role.scheduler, False)):
+        granted = permissions_for(names, "x1", {role})
+        assert granted is not None and (delete in granted.publish_allow) is allowed, role
+
+
+async def test_a_reclaimer_credential_removes_what_a_worker_credential_may_not(tmp_path: Path) -> None:
+    names = Names("perm")
+    creds = tmp_path / "creds"
+    write_auth(creds, names, [parse_grant(g) for g in ("provisioner:admin", "worker:w1", "reclaimer:r1")])
+
+    def auth(identity: str) -> coord.Auth:
+        return coord.Auth(nkeys_seed=str(creds / f"{identity}.nk"), inbox_prefix=inbox_prefix(names, identity))
+
+    with NatsServer(store_dir=tmp_path / "store", config_extra=(creds / "auth.conf").read_text()) as server:
+        async with coord.connect(server.url, namespace="perm", auth=auth("admin"), provision="apply"):
+            pass
+        async with (
+            coord.connect(server.url, namespace="perm", auth=auth("w1")) as worker,
+            coord.connect(server.url, namespace="perm", auth=auth("r1")) as reclaimer,
+        ):
+            stray = Stream(worker.js, worker.nc, names.dispatch_stream)
+            seq = await stray.publish("perm.dispatch.q", b"{}")  # a worker may publish notifications ...
+            with pytest.raises(PermissionDenied):
+                await asyncio.wait_for(stray.delete(seq), 5)  # ... but never delete one
+            async with Reclaimer(reclaimer, sweep_interval=SWEEP, renotify_after=RENOTIFY_AFTER) as sweeping:
+                async with asyncio.timeout(BOUND):
+                    while await _subjects(reclaimer):
+                        await asyncio.sleep(0.1)
+                assert sweeping.removed == 1
