@@ -38,7 +38,7 @@ from coord.presence import Joined, Left, LeftReason
 from coord.presence.watcher import PresenceWatcher
 from coord.streams import Stream
 from coord.tasks import IndexEntry, TaskIndex, TaskStatus
-from dispatch.undeliverable import find_undeliverable
+from dispatch.undeliverable import find_undeliverable, parse_notification_subject
 
 __all__ = ["ReclaimEvent", "ReclaimReason", "Reclaimer"]
 
@@ -315,12 +315,13 @@ class Reclaimer:
         is deleted, and the task it names, if pending, notified again under an id naming the deleted
         message's sequence (fresh: no duplicate window drops it; the same for every reclaimer, and only
         the one whose delete succeeded publishes). Then every task pending for ``renotify_after``
-        seconds whose notification is no longer in the stream (one stream-info request tells) is
-        notified again under an id derived from the record and the time it has been waiting.
+        seconds whose notification is no longer in the stream (the one stream-info request of the pass
+        tells) is notified again under an id derived from the record and the time it has been waiting.
         """
         assert self._index is not None
         done = 0
-        for lost in await find_undeliverable(self.coord, self._dispatch):
+        subjects = await self._dispatch.subjects(self.coord.names.dispatch_subjects)
+        for lost in await find_undeliverable(self.coord, self._dispatch, subjects):
             if self._stopping:
                 return done
             try:
@@ -341,8 +342,8 @@ class Reclaimer:
             and (e.visible_at is None or e.visible_at <= now)
         ]
         if waiting:
-            # The task id has the same token position on every priority level's subject.
-            queued = {self.coord.names.notified_task(s) for s in await self.coord.tasks.queued_notifications()}
+            # A task renotified above counts as queued: its subject was listed before the removal.
+            queued = {parsed[1] for s in subjects if (parsed := parse_notification_subject(self.coord, s))}
             for entry in waiting:
                 if self._stopping:
                     break

@@ -21,6 +21,7 @@ it is delivered once a worker creates the consumer.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Set
 from dataclasses import dataclass
 
 import nats.js.errors
@@ -59,14 +60,16 @@ def parse_notification_subject(coord: Coord, subject: str) -> tuple[str, str, Pr
     return tokens[2], tokens[3], level
 
 
-async def find_undeliverable(coord: Coord, stream: Stream, *, most: int = 1000) -> list[Undeliverable]:
+async def find_undeliverable(
+    coord: Coord, stream: Stream, subjects: Set[str], *, most: int = 1000
+) -> list[Undeliverable]:
     """Up to ``most`` notifications of ``stream`` (the namespace's dispatch stream) that no worker will
-    be given, oldest first per consumer (see the module docstring).
+    be given, oldest first per consumer (see the module docstring). ``subjects``: the subjects the
+    stream holds messages on (``Stream.subjects``, read once by the caller).
 
-    Costs one stream-info request, one consumer-info request per queue level holding notifications,
-    and one message read per notification found plus one per level.
+    Costs one consumer-info request per queue level holding notifications, and one message read per
+    notification found plus one per level.
     """
-    subjects = await stream.subjects(coord.names.dispatch_subjects)
     found: list[Undeliverable] = []
     levels: set[tuple[str, Priority]] = set()
     for subject in sorted(subjects):

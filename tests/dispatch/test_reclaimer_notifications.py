@@ -76,10 +76,12 @@ async def _subjects(conn: coord.Coord) -> set[str]:
     return await Stream(conn.js, conn.nc, conn.names.dispatch_stream).subjects(conn.names.dispatch_subjects)
 
 
-async def test_a_notification_naked_until_max_deliver_is_removed_and_its_task_renotified_and_run(
-    coord_conn: coord.Coord,
+@pytest.mark.parametrize("reclaimers", [1, 2])
+async def test_a_notification_naked_until_max_deliver_is_removed_and_its_task_renotified_once_and_run(
+    nats_server: NatsServer, coord_conn: coord.Coord, reclaimers: int
 ) -> None:
     names = coord_conn.names
+    subject = names.notification_subject("q", "t")
     await _schedule(coord_conn, "t", "q")
     durable = await ensure_consumer(coord_conn, "q")
     pull = await coord_conn.js.pull_subscribe_bind(durable, stream=names.dispatch_stream)
@@ -89,7 +91,7 @@ async def test_a_notification_naked_until_max_deliver_is_removed_and_its_task_re
             for msg in await pull.fetch(1, timeout=5):
                 await msg.nak()
                 naks += 1
-    (stranded,) = await _stored(coord_conn, names.notification_subject("q", "t"))
+    (stranded,) = await _stored(coord_conn, subject)
     async with asyncio.timeout(10):  # the server gives up on it: nothing ack-pending, its ack floor below it
         while (info := await coord_conn.js.consumer_info(names.dispatch_stream, durable)).num_ack_pending:
             with contextlib.suppress(TimeoutError):
@@ -97,15 +99,24 @@ async def test_a_notification_naked_until_max_deliver_is_removed_and_its_task_re
     assert info.delivered.stream_seq == stranded and info.ack_floor.stream_seq < stranded
     with contextlib.suppress(TimeoutError):
         assert not await pull.fetch(1, timeout=1.0)
-    assert await _stored(coord_conn, names.notification_subject("q", "t")) == [stranded]
+    assert await _stored(coord_conn, subject) == [stranded]
     await pull.unsubscribe()
-    async with Reclaimer(coord_conn, sweep_interval=SWEEP, renotify_after=RENOTIFY_AFTER) as reclaimer:
+    async with contextlib.AsyncExitStack() as stack:
+        conns = [coord_conn] + [
+            await stack.enter_async_context(coord.connect(nats_server.url, namespace=coord_conn.namespace))
+            for _ in range(reclaimers - 1)
+        ]
+        sweepers = [
+            await stack.enter_async_context(Reclaimer(c, sweep_interval=SWEEP, renotify_after=RENOTIFY_AFTER))
+            for c in conns
+        ]
         async with asyncio.timeout(BOUND):
-            while stranded in await _stored(coord_conn, names.notification_subject("q", "t")):
+            while await _stored(coord_conn, subject) in ([stranded], []):
                 await asyncio.sleep(0.1)
-        assert reclaimer.removed == 1 and reclaimer.renotified == 1
-        renewed = await _stored(coord_conn, names.notification_subject("q", "t"))
-        assert len(renewed) == 1 and renewed[0] > stranded
+        await asyncio.sleep(2 * RENOTIFY_AFTER)  # every reclaimer has made passes over it since
+        renewed = await _stored(coord_conn, subject)
+        assert len(renewed) == 1 and renewed[0] > stranded  # one fresh notification, whatever the reclaimers
+        assert sum(s.removed for s in sweepers) == 1 and sum(s.renotified for s in sweepers) == 1
         async with worker(coord_conn):
             await _status(coord_conn, "t", TaskStatus.SUCCEEDED, 10)
 
