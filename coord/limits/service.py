@@ -64,6 +64,10 @@ milliseconds). They count from the server's time of the slot's write or from whe
 it, whichever is earlier by the healer's clock; the time the holder wrote in the slot is never used."""
 
 
+SIGHTINGS_KEPT = 600.0
+"""Seconds :meth:`Limits.heal` remembers when it first saw a slot revision whose claim was not written."""
+
+
 class Keep(Enum):
     """Type of :data:`KEEP`."""
 
@@ -237,7 +241,8 @@ class Limits:
         clock nor a future time written in the slot can keep it longer. ``known`` (a live task index's
         lookup) spares the read of tasks it shows still claimed by their holder. Each release is a CAS
         at the slot's revision, so several healers, and the holder releasing at the same time, are safe.
-        Pass every held slot each time: first sightings of slots not passed are forgotten.
+        First sightings are kept per slot revision until the slot is judged otherwise or for
+        :data:`SIGHTINGS_KEPT` seconds.
         """
         suspects: list[Slot] = []
         for slot in slots:
@@ -254,8 +259,8 @@ class Limits:
         ids = [s.holder.task_id for s in suspects if s.holder is not None]
         records = await self._tasks.read_many(ids) if ids else {}
         now, clock = datetime.now(UTC), time.monotonic()
-        first_seen = self._unsure_since
-        self._unsure_since = {}
+        sighted = self._unsure_since
+        unsure: set[tuple[str, int, int]] = set()
         over: list[Slot] = []
         claims: set[tuple[str, int]] = set()
         for slot in sorted(suspects, key=lambda s: s.revision):
@@ -272,12 +277,16 @@ class Limits:
                     continue
                 if judged is Verdict.UNSURE:
                     where = (slot.queue, slot.index, slot.revision)
-                    since = first_seen.get(where, clock)
-                    self._unsure_since[where] = since
+                    since = sighted.setdefault(where, clock)
+                    unsure.add(where)
                     stored = (now - slot.written_at).total_seconds() if slot.written_at is not None else 0.0
                     if max(clock - since, stored) < grace:
                         continue
             over.append(slot)
+        judged_now = {(s.queue, s.index, s.revision) for s in slots}
+        for where, since in list(sighted.items()):
+            if (where in judged_now and where not in unsure) or clock - since > SIGHTINGS_KEPT:
+                del sighted[where]
         released = await asyncio.gather(*(self.release(s) for s in over))
         freed = [s for s, done in zip(over, released, strict=True) if done is not None]
         for slot in freed:
