@@ -323,7 +323,7 @@ class Reclaimer:
         subjects = await self._dispatch.subjects(self.coord.names.dispatch_subjects)
         for lost in await find_undeliverable(self.coord, self._dispatch, subjects):
             if self._stopping:
-                return done
+                break
             try:
                 if not await self._dispatch.delete(lost.seq):
                     continue  # acknowledged, or another reclaimer removed it
