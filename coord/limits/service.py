@@ -245,8 +245,16 @@ class Limits:
         :data:`SIGHTINGS_KEPT` seconds.
         """
         suspects: list[Slot] = []
-        for slot in slots:
+        over: list[Slot] = []
+        claims: set[tuple[str, str, int]] = set()
+        for slot in sorted(slots, key=lambda s: s.revision):
             holder = slot.holder
+            claim = (slot.queue, holder.task_id, holder.epoch) if holder is not None else None
+            if claim in claims:
+                over.append(slot)  # one slot of a queue per claim: the first written keeps it
+                continue
+            if claim is not None:
+                claims.add(claim)
             if holder is not None and known is not None:
                 seen = known(holder.task_id)
                 if (
@@ -261,9 +269,7 @@ class Limits:
         now, clock = datetime.now(UTC), time.monotonic()
         sighted = self._unsure_since
         unsure: set[tuple[str, int, int]] = set()
-        over: list[Slot] = []
-        claims: set[tuple[str, int]] = set()
-        for slot in sorted(suspects, key=lambda s: s.revision):
+        for slot in suspects:
             holder = slot.holder
             if holder is not None:
                 record = records.get(holder.task_id)
@@ -272,8 +278,7 @@ class Limits:
                     continue
                 worker = record.claim.worker_id if record is not None and record.claim is not None else None
                 judged = verdict(holder, record.status if record else None, record.epoch if record else 0, worker)
-                if judged is Verdict.CURRENT and (holder.task_id, holder.epoch) not in claims:
-                    claims.add((holder.task_id, holder.epoch))
+                if judged is Verdict.CURRENT:
                     continue
                 if judged is Verdict.UNSURE:
                     where = (slot.queue, slot.index, slot.revision)
@@ -287,6 +292,7 @@ class Limits:
         for where, since in list(sighted.items()):
             if (where in judged_now and where not in unsure) or clock - since > SIGHTINGS_KEPT:
                 del sighted[where]
+        over.sort(key=lambda s: s.revision)
         released = await asyncio.gather(*(self.release(s) for s in over))
         freed = [s for s, done in zip(over, released, strict=True) if done is not None]
         for slot in freed:
