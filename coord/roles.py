@@ -7,12 +7,13 @@ tests against a real server. The roles (docs/security.md says why each needs wha
 - ``parent``: submits tasks and reads their results (a :class:`dispatch.Dispatcher`, with its
   embedded reclaimer): writes task records and notifications, hears its own results
   subject, tells workers that a claim was taken away, gives back the concurrency slots of the claims
-  its reclaimer takes back.
+  its reclaimer takes back, deletes notifications no worker will be given.
 - ``worker``: takes work from its queues and reports: writes task records (claims, heartbeats,
   outcomes), retry notifications and result pushes; its own presence key only; takes
   concurrency slots and reserves start times under its queues' limits (never sets a limit).
 - ``reclaimer``: gives up on departed workers' claims: writes task records and
-  notifications, publishes on workers' control subjects, gives back their concurrency slots.
+  notifications, publishes on workers' control subjects, gives back their concurrency slots,
+  deletes notifications no worker will be given (only these two roles delete dispatch messages).
 - ``scheduler``: runs recurring schedules: writes the schedules bucket (definitions and the last
   submitted tick), task records and notifications; hears no results (its tasks have no parent).
 - ``observer``: reads everything of the namespace, writes nothing.
@@ -137,9 +138,14 @@ def _task_writer(names: Names) -> Permissions:
             f"{object_subject_prefix(names.blobs_bucket)}>",
             f"{ns}.dispatch.>",
             f"{ns}.deadletter.*",
-            f"$JS.API.STREAM.MSG.DELETE.{names.dispatch_stream}",
         ]
     )
+
+
+def _notification_sweeper(names: Names) -> Permissions:
+    """Deletes dispatch messages no worker will be given (the reclaimer's sweep, also inside a parent's
+    dispatcher); workers and schedulers never delete a notification."""
+    return Permissions(publish_allow=[f"$JS.API.STREAM.MSG.DELETE.{names.dispatch_stream}"])
 
 
 def _slot_keeper(names: Names) -> Permissions:
@@ -175,6 +181,7 @@ def _worker(names: Names, identity: str) -> Permissions:
 def _parent(names: Names, identity: str) -> Permissions:
     granted = _task_writer(names)
     granted.add(_slot_keeper(names))
+    granted.add(_notification_sweeper(names))
     granted.add(
         Permissions(
             publish_allow=[f"{names.namespace}.control.*"],
@@ -187,6 +194,7 @@ def _parent(names: Names, identity: str) -> Permissions:
 def _reclaimer(names: Names) -> Permissions:
     granted = _task_writer(names)
     granted.add(_slot_keeper(names))
+    granted.add(_notification_sweeper(names))
     granted.add(Permissions(publish_allow=[f"{names.namespace}.control.*"]))
     return granted
 

@@ -6,10 +6,14 @@ attempts are spent) by a compare-and-set that also checks the claim is still the
 task store then publishes a fresh notification. A periodic sweep covers what watches can miss:
 claims past their deadline (reclaimed only if the record read inside the CAS is still overdue),
 claims of workers absent at start (the full rebuild), concurrency slots whose claims are over
-(see :mod:`coord.limits`; a reclaim gives its claim's slot back at once), and pending tasks whose
-notification is no longer in the dispatch stream (renotified in the background, never delaying a reclaim). Any
-number of reclaimers may run at once: the CAS makes them safe, and the renotify ids they derive
-are the same, so the stream keeps one notification for all of them.
+(see :mod:`coord.limits`; a reclaim gives its claim's slot back at once, and keys under ``slot.`` that
+are no slot are removed), and pending tasks without a deliverable notification: a notification no
+worker will be given (its consumer gave up on it, or its subject is no notification subject, see
+:mod:`dispatch.undeliverable`) is deleted and its task, if pending, notified again; a pending task
+whose notification is no longer in the stream (purged, lost) is notified again after
+``renotify_after``. Both run in the background, never delaying a reclaim. Any number of reclaimers may
+run at once: the CAS makes them safe, only the one whose delete removed a message renotifies its task,
+and the renotify ids they derive are the same, so the stream keeps one notification for all of them.
 
 Telemetry: every reclaim is ``TaskStore.reclaim``, which reports to the connection's observer (the
 ``reclaim`` span, the reclaim counters and the detection latency); the reclaimer also reports the
@@ -24,17 +28,20 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from coord.aio import stop_tasks
 from coord.connection import Coord
 from coord.errors import Conflict, InvalidTransition, NotFound, StaleClaim
 from coord.limits import LimitsView
-from coord.presence import Joined, Left
+from coord.presence import Joined, Left, LeftReason
 from coord.presence.watcher import PresenceWatcher
+from coord.streams import Stream
 from coord.tasks import IndexEntry, TaskIndex, TaskStatus
 from coord.validation import TIMEOUT, check_number
+from dispatch.undeliverable import find_undeliverable, parse_notification_subject
 
-__all__ = ["ReclaimEvent", "Reclaimer"]
+__all__ = ["ReclaimEvent", "ReclaimReason", "Reclaimer"]
 
 log = logging.getLogger("corral.reclaimer")
 
@@ -42,6 +49,35 @@ _LOST_RACE = (StaleClaim, Conflict, InvalidTransition, NotFound)
 EVENTS_KEPT = 1024
 """Reclaim events kept for :attr:`Reclaimer.events` readers; older ones are dropped when nobody reads."""
 STOP_WITHIN = 5.0
+RENOTIFY_EVERY = 10.0
+"""Longest pause between two passes over the dispatch stream for undeliverable or lost notifications."""
+
+
+class ReclaimReason(StrEnum):
+    """Why a claim was taken back; its value is the task's stored ``error`` text."""
+
+    WORKER_LEFT_EXPIRED = "worker-left:expired"
+    """Its worker's presence expired (dead, hung or cut off)."""
+    WORKER_LEFT_GRACEFUL = "worker-left:graceful"
+    """Its worker left on purpose without giving the claim back."""
+    DEADLINE = "deadline"
+    """Its lease ran out without a heartbeat."""
+    WORKER_ABSENT = "worker-absent"
+    """Its worker was not present when the reclaimer (re)built its view."""
+
+    @classmethod
+    def left(cls, reason: LeftReason) -> ReclaimReason:
+        """The reason for a worker that left for ``reason``."""
+        return cls.WORKER_LEFT_GRACEFUL if reason == "graceful" else cls.WORKER_LEFT_EXPIRED
+
+    @property
+    def departure(self) -> LeftReason | None:
+        """How the worker left, for a presence departure; None otherwise."""
+        if self is ReclaimReason.WORKER_LEFT_GRACEFUL:
+            return "graceful"
+        if self is ReclaimReason.WORKER_LEFT_EXPIRED:
+            return "expired"
+        return None
 
 
 @dataclass(frozen=True)
@@ -51,8 +87,8 @@ class ReclaimEvent:
     task_id: str
     worker_id: str
     claim_id: str
-    reason: str
-    """Why: ``worker-left:expired``, ``worker-left:graceful``, ``deadline`` or ``worker-absent``."""
+    reason: ReclaimReason
+    """Why (a string enum: ``worker-left:expired``, ``worker-left:graceful``, ``deadline`` or ``worker-absent``)."""
     status: str
     """The task's status after the reclaim (pending, or dead when its attempts were spent)."""
     detected_after: float | None
@@ -91,7 +127,10 @@ class Reclaimer:
         self.reclaimed = 0
         """How many claims it gave back."""
         self.renotified = 0
-        """How many lost notifications it published again."""
+        """How many lost or undeliverable notifications it published again."""
+        self.removed = 0
+        """How many undeliverable notifications it deleted from the dispatch stream."""
+        self._dispatch = Stream(coord.js, coord.nc, coord.names.dispatch_stream, patience=5.0)
         self._index: TaskIndex | None = None
         self._watcher: PresenceWatcher | None = None
         self._slots: LimitsView | None = None
@@ -150,7 +189,9 @@ class Reclaimer:
                 elif isinstance(change, Left):
                     self._present.discard(change.agent_id)
                     self._observe_presence()
-                    await self.reclaim_worker(change.agent_id, f"worker-left:{change.reason}", departed_at=change.at)
+                    await self.reclaim_worker(
+                        change.agent_id, ReclaimReason.left(change.reason), departed_at=change.at
+                    )
             except Exception:  # one departure must not end the watch
                 log.exception("reclaimer: handling %r failed", change)
 
@@ -164,7 +205,9 @@ class Reclaimer:
         self.coord.observer.queue_depths({queue: n for (queue, status), n in counts if status is TaskStatus.PENDING})
 
     # --- reclaiming ----------------------------------------------------------------------------
-    async def reclaim_worker(self, worker_id: str, reason: str, *, departed_at: datetime | None = None) -> int:
+    async def reclaim_worker(
+        self, worker_id: str, reason: ReclaimReason, *, departed_at: datetime | None = None
+    ) -> int:
         """Reclaim every claim ``worker_id`` holds now (one CAS each, concurrently); return how many."""
         claims = self.claims_of(worker_id)
         if not claims:
@@ -177,17 +220,16 @@ class Reclaimer:
         return sum(results)
 
     async def _reclaim(
-        self, task_id: str, worker_id: str, claim_id: str, reason: str, departed_at: datetime | None
+        self, task_id: str, worker_id: str, claim_id: str, reason: ReclaimReason, departed_at: datetime | None
     ) -> bool:
         assert self._index is not None
-        kind, _, departure = reason.partition(":")
         try:
             record = await self.coord.tasks.reclaim(
                 task_id,
                 claim_id,
-                reason=reason,
-                departure=departure if kind == "worker-left" and departure else None,
-                overdue_only=reason == "deadline",
+                reason=reason.value,
+                departure=reason.departure,
+                overdue_only=reason is ReclaimReason.DEADLINE,
             )
         except _LOST_RACE:
             return False  # completed, extended, or another reclaimer got there first: nothing to do
@@ -203,13 +245,16 @@ class Reclaimer:
 
     async def heal_slots(self) -> int:
         """Take back every concurrency slot whose claim is over (ended, reclaimed, or never written by
-        a holder that died); return how many. Never raises: the next sweep tries again."""
+        a holder that died) and remove keys under ``slot.`` that are no slot; return how many slots.
+        Never raises: the next sweep tries again."""
         if self._slots is None or self._index is None:
             return 0
-        held = self._slots.held_slots()
-        if not held:
+        held, foreign = self._slots.held_slots(), self._slots.foreign_keys()
+        if not held and not foreign:
             return 0
         try:
+            if foreign:
+                await self.coord.limits.remove_keys(foreign)
             return len(await self.coord.limits.heal(held, known=self._index.entry))
         except Exception as err:
             log.warning("reclaimer: taking back concurrency slots failed (%s); the next sweep retries", err)
@@ -234,7 +279,7 @@ class Reclaimer:
                 self._present.add(worker_id)
             else:
                 absent.append(worker_id)
-        await asyncio.gather(*(self.reclaim_worker(w, "worker-absent") for w in absent))
+        await asyncio.gather(*(self.reclaim_worker(w, ReclaimReason.WORKER_ABSENT) for w in absent))
 
     async def _sweep_loop(self) -> None:
         while not self._stopping:
@@ -253,7 +298,7 @@ class Reclaimer:
         overdue = [e for e in self._index.overdue(now) if e.worker_id and e.claim_id]
         await asyncio.gather(
             *(
-                self._reclaim(e.task_id, e.worker_id, e.claim_id, "deadline", None)  # type: ignore[arg-type]
+                self._reclaim(e.task_id, e.worker_id, e.claim_id, ReclaimReason.DEADLINE, None)  # type: ignore[arg-type]
                 for e in overdue
             )
         )
@@ -262,19 +307,36 @@ class Reclaimer:
         self._observe_depth()
         loop = asyncio.get_running_loop()
         idle = self._renotifier is None or self._renotifier.done()
-        if idle and loop.time() - self._last_renotify >= min(self.renotify_after / 2, 10.0):
+        if idle and loop.time() - self._last_renotify >= min(self.renotify_after / 2, RENOTIFY_EVERY):
             self._last_renotify = loop.time()
             self._renotifier = asyncio.create_task(self.renotify_lost(), name="reclaimer-renotify")
 
     async def renotify_lost(self) -> int:
-        """Publish again the notification of every task pending for ``renotify_after`` seconds whose
-        notification is no longer in the dispatch stream; return how many.
+        """Give every pending task a deliverable notification again; return how many were published.
 
-        One stream-info request tells which tasks still have a notification queued. The id of a
-        renotification is derived from the record and the time it has been waiting, so reclaimers
-        running side by side publish it once between them.
+        First every notification no worker will be given (:func:`~dispatch.undeliverable.find_undeliverable`)
+        is deleted, and the task it names, if pending, notified again under an id naming the deleted
+        message's sequence (fresh: no duplicate window drops it; the same for every reclaimer, and only
+        the one whose delete succeeded publishes). Then every task pending for ``renotify_after``
+        seconds whose notification is no longer in the stream (the one stream-info request of the pass
+        tells) is notified again under an id derived from the record and the time it has been waiting.
         """
         assert self._index is not None
+        done = 0
+        subjects = await self._dispatch.subjects(self.coord.names.dispatch_subjects)
+        for lost in await find_undeliverable(self.coord, self._dispatch, subjects):
+            if self._stopping:
+                break
+            try:
+                if not await self._dispatch.delete(lost.seq):
+                    continue  # acknowledged, or another reclaimer removed it
+            except Exception as err:
+                log.warning("reclaimer: removing undeliverable notification %d failed: %s", lost.seq, err)
+                continue
+            self.removed += 1
+            log.info("reclaimer: removed notification %d on %s (no worker would be given it)", lost.seq, lost.subject)
+            if lost.task_id is not None and await self._renotify(lost.task_id, f"s{lost.seq}", None):
+                done += 1
         now = datetime.now(UTC)
         waiting: list[IndexEntry] = [
             e
@@ -282,26 +344,32 @@ class Reclaimer:
             if (now - e.updated_at).total_seconds() >= self.renotify_after
             and (e.visible_at is None or e.visible_at <= now)
         ]
-        if not waiting:
-            return 0
-        # The task id has the same token position on every priority level's subject.
-        queued = {self.coord.names.notified_task(s) for s in await self.coord.tasks.queued_notifications()}
-        lost = [e for e in waiting if e.task_id not in queued]
-        done = 0
-        for entry in lost:
-            if self._stopping:
-                break
-            round_ = int((now - entry.updated_at).total_seconds() // self.renotify_after)
-            try:
-                record = await self.coord.tasks.get(entry.task_id)
-                if record.status is not TaskStatus.PENDING or record.revision != entry.revision:
+        if waiting:
+            # A task renotified above counts as queued: its subject was listed before the removal.
+            queued = {parsed[1] for s in subjects if (parsed := parse_notification_subject(self.coord, s))}
+            for entry in waiting:
+                if self._stopping:
+                    break
+                if entry.task_id in queued:
                     continue
-                await self.coord.tasks.notify(record, again=round_)
-            except Exception as err:
-                log.warning("reclaimer: renotify of %s failed: %s", entry.task_id, err)
-                continue
-            done += 1
+                round_ = int((now - entry.updated_at).total_seconds() // self.renotify_after)
+                if await self._renotify(entry.task_id, round_, entry.revision):
+                    done += 1
         if done:
-            log.info("reclaimer: renotified %d task(s) whose notification was lost", done)
+            log.info("reclaimer: renotified %d task(s) whose notification was lost or undeliverable", done)
         self.renotified += done
         return done
+
+    async def _renotify(self, task_id: str, again: int | str, revision: int | None) -> bool:
+        """Notify ``task_id`` again if it is pending (at ``revision`` when given); never raises."""
+        try:
+            record = await self.coord.tasks.get(task_id)
+            if record.status is not TaskStatus.PENDING or revision not in (None, record.revision):
+                return False
+            await self.coord.tasks.notify(record, again=again)
+        except NotFound:
+            return False
+        except Exception as err:
+            log.warning("reclaimer: renotify of %s failed: %s", task_id, err)
+            return False
+        return True

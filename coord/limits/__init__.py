@@ -6,8 +6,10 @@ rate, and takes back the slots of claims that are over. :class:`LimitsView` foll
 """
 
 from coord.limits.models import (
+    CLOCK_TOLERANCE,
     MAX_CONCURRENCY,
     MAX_RATE,
+    MIN_RATE,
     QueueLimits,
     Rate,
     RateState,
@@ -15,6 +17,7 @@ from coord.limits.models import (
     SlotHolder,
     Verdict,
     parse_rate,
+    plausible,
     recent_rate,
     reserve,
     verdict,
@@ -23,9 +26,11 @@ from coord.limits.service import KEEP, SLOT_GRACE, Keep, Limits, Slot
 from coord.limits.view import LimitsView
 
 __all__ = [
+    "CLOCK_TOLERANCE",
     "KEEP",
     "MAX_CONCURRENCY",
     "MAX_RATE",
+    "MIN_RATE",
     "SLOT_GRACE",
     "Keep",
     "Limits",
@@ -38,6 +43,7 @@ __all__ = [
     "SlotHolder",
     "Verdict",
     "parse_rate",
+    "plausible",
     "recent_rate",
     "reserve",
     "verdict",

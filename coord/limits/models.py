@@ -9,6 +9,11 @@ Keys of ``{ns}_limits`` (one bucket per namespace, history 1):
 
 Nothing here touches NATS: :func:`reserve` (the rate rule) and :func:`verdict` (is a slot's holder
 still running?) are plain functions, so the service and its tests share one definition of each.
+
+Every value is read as untrusted (workers may write slot and rate keys): numbers must be finite and
+within bounds (:data:`MIN_RATE`, :data:`MAX_RATE`, :data:`MAX_RECENT`), slot keys must be canonical
+(:func:`split_slot_key`), and a rate state further ahead than one reservation could put it is not
+believed (:func:`plausible`). What is done with a value that fails is in docs/limits.md.
 """
 
 from __future__ import annotations
@@ -19,16 +24,19 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from coord.errors import InvalidInput
 from coord.ids import Token, validate_id
 from coord.tasks import TaskStatus
 
 __all__ = [
+    "CLOCK_TOLERANCE",
     "LIMIT_PREFIX",
     "MAX_CONCURRENCY",
     "MAX_RATE",
+    "MAX_RECENT",
+    "MIN_RATE",
     "RATE_PREFIX",
     "RECENT_WINDOW",
     "SLOT_PREFIX",
@@ -40,6 +48,7 @@ __all__ = [
     "Verdict",
     "limit_key",
     "parse_rate",
+    "plausible",
     "rate_key",
     "recent_rate",
     "reserve",
@@ -59,6 +68,13 @@ MAX_CONCURRENCY = 1000
 """Largest concurrency limit (one key per slot; every worker of the queue follows them)."""
 MAX_RATE = 10_000.0
 """Largest rate limit, in starts per second."""
+MIN_RATE = 1 / 86_400
+"""Smallest rate limit, in starts per second (one a day): a slower "rate" is a paused queue in disguise."""
+MAX_RECENT = 1e9
+"""Largest recent-start count a rate state may hold (a larger one is not corral's)."""
+CLOCK_TOLERANCE = 5.0
+"""Seconds by which the clocks of two hosts sharing a rate may differ and spacing still holds; a rate
+state further ahead than a reservation plus this is not believed (written over, see :func:`plausible`)."""
 RECENT_WINDOW = 10.0
 """Seconds over which the recent rate shown by ``corral queues ls`` is averaged (exponentially)."""
 
@@ -78,12 +94,19 @@ def slot_filter(queue: str | None = None) -> str:
     return f"{SLOT_PREFIX}.>" if queue is None else f"{SLOT_PREFIX}.{validate_id(queue, 'queue')}.*"
 
 
+_SLOT_KEY = re.compile(rf"{SLOT_PREFIX}\.(?P<queue>[A-Za-z0-9_-]{{1,128}})\.(?P<index>0|[1-9][0-9]{{0,8}})")
+
+
 def split_slot_key(key: str) -> tuple[str, int] | None:
-    """``(queue, index)`` of a slot key; None for any other key."""
-    parts = key.split(".")
-    if len(parts) != 3 or parts[0] != SLOT_PREFIX or not parts[2].isdigit():
+    """``(queue, index)`` of a canonical slot key (``slot.{queue}.{i}``, ``i`` in canonical decimal
+    below :data:`MAX_CONCURRENCY`); None for any other key, so that ``slot.q.00`` is never slot 0.
+
+    ``slot_key(*split_slot_key(k)) == k`` for every key it accepts: a slot is released at its own key.
+    """
+    match = _SLOT_KEY.fullmatch(key)
+    if match is None or int(match["index"]) >= MAX_CONCURRENCY:
         return None
-    return parts[1], int(parts[2])
+    return match["queue"], int(match["index"])
 
 
 def rate_key(queue: str) -> str:
@@ -96,9 +119,10 @@ _PER_SECONDS = {"s": 1.0, "m": 60.0}
 
 
 class Rate(BaseModel):
-    """A rate limit: at most ``count`` task starts per second (``per="s"``) or per minute (``per="m"``)."""
+    """A rate limit: at most ``count`` task starts per second (``per="s"``) or per minute (``per="m"``);
+    finite, between :data:`MIN_RATE` and :data:`MAX_RATE` starts per second."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     count: float = Field(gt=0)
     """Starts allowed per period."""
@@ -118,6 +142,12 @@ class Rate(BaseModel):
     def __str__(self) -> str:
         return f"{self.count:g}/{self.per}"
 
+    @model_validator(mode="after")
+    def _bounded(self) -> Rate:
+        if not MIN_RATE <= self.per_second <= MAX_RATE:
+            raise ValueError(f"must be between one a day and {MAX_RATE:g}/s (got {self})")
+        return self
+
 
 def parse_rate(text: str) -> Rate | None:
     """``"20/s"`` or ``"90/m"`` as a :class:`Rate`; ``"none"`` or a count of 0 as None (no rate limit).
@@ -133,16 +163,18 @@ def parse_rate(text: str) -> Rate | None:
     count = float(match["count"])
     if count == 0:
         return None
-    rate = Rate(count=count, per="m" if match["per"] == "m" else "s")
-    if rate.per_second > MAX_RATE:
+    per: Literal["s", "m"] = "m" if match["per"] == "m" else "s"
+    if count / _PER_SECONDS[per] > MAX_RATE:
         raise InvalidInput(f"must be at most {MAX_RATE:g}/s (got {text!r})")
-    return rate
+    if count / _PER_SECONDS[per] < MIN_RATE:
+        raise InvalidInput(f"must be at least one start a day, e.g. 1/m (got {text!r})")
+    return Rate(count=count, per=per)
 
 
 class QueueLimits(BaseModel):
     """The fleet-wide limits of one queue (the value of ``limit.{queue}``); None fields are no limit."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     queue: Token
     """The queue limited."""
@@ -175,15 +207,16 @@ class SlotHolder(BaseModel):
 
 
 class RateState(BaseModel):
-    """A queue's rate state (the value of ``rate.{queue}``): GCRA's theoretical arrival time and a recent count."""
+    """A queue's rate state (the value of ``rate.{queue}``): GCRA's theoretical arrival time and a recent
+    count, every number finite and not negative (how far ahead ``tat`` may be is :func:`plausible`)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
-    tat: float
+    tat: float = Field(ge=0)
     """Unix time from which the next start is allowed."""
-    recent: float = 0.0
+    recent: float = Field(default=0.0, ge=0, le=MAX_RECENT)
     """Starts reserved, exponentially decayed over :data:`RECENT_WINDOW` up to ``at``."""
-    at: float = 0.0
+    at: float = Field(default=0.0, ge=0)
     """Unix time ``recent`` was last brought up to date."""
 
 
@@ -197,6 +230,13 @@ class Reservation:
     """When none fit: the unix time from which one would fit within the horizon."""
     state: RateState | None
     """The state to write for this reservation (None when nothing was reserved)."""
+
+
+def plausible(state: RateState, rate: Rate, *, now: float, horizon: float) -> bool:
+    """Whether ``state`` is one a reservation under ``rate`` could have written: its ``tat`` no further
+    ahead of ``now`` than ``horizon`` plus one interval plus :data:`CLOCK_TOLERANCE` (a reservation
+    never reserves past its horizon). A state that is not plausible holds no start anyone owns."""
+    return state.tat <= now + horizon + rate.interval + CLOCK_TOLERANCE
 
 
 def _decayed(state: RateState | None, now: float) -> float:

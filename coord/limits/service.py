@@ -10,6 +10,11 @@ each limit without a coordinator:
   when its claim is reclaimed, even though it never released it.
 - **Rate** R is one GCRA key: a worker reserves start times with a CAS that advances the key's
   theoretical arrival time, then waits exactly until its time (:func:`coord.limits.models.reserve`).
+
+Workers may write slot and rate keys, so nothing read is trusted (docs/limits.md, "Trust"): a value
+that is not corral's, or not finite and bounded, is written over or taken back at its own revision;
+a slot is kept only while the task store shows its claim current, and the grace of a slot whose claim
+is not written yet is counted by the server's clock and this process's own, never by the holder's.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 
@@ -39,6 +44,7 @@ from coord.limits.models import (
     SlotHolder,
     Verdict,
     limit_key,
+    plausible,
     rate_key,
     reserve,
     slot_key,
@@ -57,7 +63,12 @@ SLOT_INDEX = Bound(0, MAX_CONCURRENCY - 1, integer=True)
 
 SLOT_GRACE = 5.0
 """Seconds a slot whose claim is not written yet is left to its holder (a claim follows its slot within
-milliseconds; this also absorbs clock skew between hosts, as the holder's time is its own)."""
+milliseconds). They count from the server's time of the slot's write or from when the healer first saw
+it, whichever is earlier by the healer's clock; the time the holder wrote in the slot is never used."""
+
+
+SIGHTINGS_KEPT = 600.0
+"""Seconds :meth:`Limits.heal` remembers when it first saw a slot revision whose claim was not written."""
 
 
 class Keep(Enum):
@@ -82,14 +93,19 @@ class Slot:
     """The revision of the holder's write (what a release or a take-over names)."""
     holder: SlotHolder | None
     """Who holds it; None for a value corral did not write (taken back by the next :meth:`Limits.heal`)."""
+    written_at: datetime | None = field(default=None, compare=False)
+    """When the server stored it (None: not known, e.g. a slot this process just wrote)."""
 
 
 def decode_limits(entry: Entry) -> QueueLimits:
     """The :class:`QueueLimits` a ``limit.{queue}`` entry holds; :class:`InvalidRecord` if it holds something else."""
     try:
-        return QueueLimits.model_validate_json(entry.value or b"")
+        limits = QueueLimits.model_validate_json(entry.value or b"")
     except ValidationError as err:
         raise InvalidRecord(f"limits of key {entry.key!r} are not corral's: {err.error_count()} problem(s)") from None
+    if limit_key(limits.queue) != entry.key:
+        raise InvalidRecord(f"limits of key {entry.key!r} name another queue ({limits.queue!r})")
+    return limits
 
 
 def decode_slot(entry: Entry) -> Slot | None:
@@ -101,7 +117,7 @@ def decode_slot(entry: Entry) -> Slot | None:
         holder: SlotHolder | None = SlotHolder.model_validate_json(entry.value or b"")
     except ValidationError:
         holder = None
-    return Slot(where[0], where[1], entry.revision, holder)
+    return Slot(where[0], where[1], entry.revision, holder, entry.time)
 
 
 class Limits:
@@ -116,6 +132,7 @@ class Limits:
         self._tasks = tasks
         self._cas_attempts = cas_attempts
         self._rates: dict[str, tuple[int, RateState | None]] = {}
+        self._unsure_since: dict[tuple[str, int, int], float] = {}
 
     # --- the limits ------------------------------------------------------------------------------
     async def get(self, queue: str) -> QueueLimits | None:
@@ -220,44 +237,85 @@ class Limits:
     ) -> list[Slot]:
         """Take back every slot of ``slots`` whose claim is over; return those released.
 
-        A slot is over when its task's record (read from the store) is past the slot's epoch and not
-        claimed by the holder (the claim ended or went to another worker), or when no claim was
-        written ``grace`` seconds after the slot was taken (its holder died before claiming, or lost
-        the claim and died before releasing). ``known`` (a live task index's lookup) spares the read
-        of tasks it shows still claimed by their holder. Each release is a CAS at the slot's revision,
-        so several healers, and the holder releasing at the same time, are safe.
+        The take-back rule: a slot is kept only while the task store shows the claim it names current
+        (its task, of the slot's queue, claimed by the holder at the slot's epoch or later; one slot per
+        claim). It is over when the task's record is past the slot's epoch and not claimed by the
+        holder, when its value is not corral's, or when no claim was written ``grace`` seconds after the
+        slot was stored (its holder died before claiming): counted from the server's time of the write
+        or from this healer's first sight of that revision, whichever is earlier, so neither a holder's
+        clock nor a future time written in the slot can keep it longer. ``known`` (a live task index's
+        lookup) spares the read of tasks it shows still claimed by their holder. Each release is a CAS
+        at the slot's revision, so several healers, and the holder releasing at the same time, are safe.
+        First sightings are kept per slot revision until the slot is judged otherwise or for
+        :data:`SIGHTINGS_KEPT` seconds.
         """
         check_number("grace", grace, WAIT)
         suspects: list[Slot] = []
-        for slot in slots:
+        over: list[Slot] = []
+        claims: set[tuple[str, str, int]] = set()
+        for slot in sorted(slots, key=lambda s: s.revision):
             holder = slot.holder
+            claim = (slot.queue, holder.task_id, holder.epoch) if holder is not None else None
+            if claim in claims:
+                over.append(slot)  # one slot of a queue per claim: the first written keeps it
+                continue
+            if claim is not None:
+                claims.add(claim)
             if holder is not None and known is not None:
                 seen = known(holder.task_id)
-                if seen is not None and verdict(holder, seen.status, seen.epoch, seen.worker_id) is Verdict.CURRENT:
+                if (
+                    seen is not None
+                    and seen.queue == slot.queue
+                    and verdict(holder, seen.status, seen.epoch, seen.worker_id) is Verdict.CURRENT
+                ):
                     continue
             suspects.append(slot)
-        if not suspects:
-            return []
         ids = [s.holder.task_id for s in suspects if s.holder is not None]
         records = await self._tasks.read_many(ids) if ids else {}
-        now = datetime.now(UTC)
-        over: list[Slot] = []
+        now, clock = datetime.now(UTC), time.monotonic()
+        sighted = self._unsure_since
+        unsure: set[tuple[str, int, int]] = set()
         for slot in suspects:
             holder = slot.holder
             if holder is not None:
                 record = records.get(holder.task_id)
+                if record is not None and record.queue != slot.queue:
+                    over.append(slot)  # a claim of another queue holds none of this one's slots
+                    continue
                 worker = record.claim.worker_id if record is not None and record.claim is not None else None
                 judged = verdict(holder, record.status if record else None, record.epoch if record else 0, worker)
                 if judged is Verdict.CURRENT:
                     continue
-                if judged is Verdict.UNSURE and (now - holder.at).total_seconds() < grace:
-                    continue
+                if judged is Verdict.UNSURE:
+                    where = (slot.queue, slot.index, slot.revision)
+                    since = sighted.setdefault(where, clock)
+                    unsure.add(where)
+                    stored = (now - slot.written_at).total_seconds() if slot.written_at is not None else 0.0
+                    if max(clock - since, stored) < grace:
+                        continue
             over.append(slot)
+        judged_now = {(s.queue, s.index, s.revision) for s in slots}
+        for where, since in list(sighted.items()):
+            if (where in judged_now and where not in unsure) or clock - since > SIGHTINGS_KEPT:
+                del sighted[where]
+        over.sort(key=lambda s: s.revision)
         released = await asyncio.gather(*(self.release(s) for s in over))
         freed = [s for s, done in zip(over, released, strict=True) if done is not None]
         for slot in freed:
             log.info("limits: took back slot %d of %s from %s", slot.index, slot.queue, _who(slot))
         return freed
+
+    async def remove_keys(self, keys: Mapping[str, int]) -> list[str]:
+        """Delete each key of ``keys`` (a slot key that is not canonical, see
+        :func:`~coord.limits.models.split_slot_key`) at the revision given, a CAS each; return those
+        deleted (a key written again meanwhile is left for the next call). Never raises for one key."""
+        done = await asyncio.gather(
+            *(self.bucket.delete(key, last=revision) for key, revision in keys.items()), return_exceptions=True
+        )
+        removed = [key for key, result in zip(keys, done, strict=True) if not isinstance(result, BaseException)]
+        for key in removed:
+            log.info("limits: removed %s (not a slot key corral writes)", key)
+        return removed
 
     # --- rate ------------------------------------------------------------------------------------
     def known_rate(self, queue: str) -> RateState | None:
@@ -269,8 +327,10 @@ class Limits:
         """Reserve up to ``want`` starts of ``queue`` no later than ``horizon`` seconds from now.
 
         One CAS on ``rate.{queue}`` (first over the state this process saw last, then over a fresh
-        read after each lost race). The reservation's ``times`` are owned once it returns; with none,
-        ``retry_at`` says when to ask again. Raises :class:`~coord.errors.Conflict` when the key keeps
+        read after each lost race). A state that is not corral's, or further ahead than a reservation
+        could put it (:func:`~coord.limits.models.plausible`), is written over at its revision.
+        The reservation's ``times`` are owned once it returns; with none, ``retry_at`` says when to
+        ask again. Raises :class:`~coord.errors.Conflict` when the key keeps
         changing for ``cas_attempts`` tries.
         """
         check_number("want", want, COUNT)
@@ -281,7 +341,12 @@ class Limits:
             if known is None or attempt:
                 known = _rate_of(await self.bucket.get(key, leader=attempt > 0))
             revision, state = known
-            plan = reserve(state, rate, want=want, now=time.time(), horizon=horizon)
+            now = time.time()
+            if state is not None and not plausible(state, rate, now=now, horizon=horizon):
+                log.warning("limits: %s is further ahead than any reservation; it is written over", key)
+                known = revision, None
+                state = None
+            plan = reserve(state, rate, want=want, now=now, horizon=horizon)
             if plan.state is None:
                 self._rates[queue] = known
                 return plan

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from coord.errors import InvalidRecord
@@ -29,13 +30,16 @@ class _Seen:
     revision: int
     live: bool
     holder: SlotHolder | None
+    written_at: datetime | None = None
 
 
 class LimitsView:
     """The limits and slots of ``queues`` (of every queue when None), followed live.
 
     :meth:`start` returns once the current state is in. :meth:`changed` wakes on every change of a
-    limit or a slot, so a waiter learns at once that a slot freed.
+    limit or a slot, so a waiter learns at once that a slot freed. A limits key that holds something
+    not corral's reads as no limit until it is repaired (then the repair takes effect at once); a key
+    under ``slot.`` that is not canonical is never a slot, only listed by :meth:`foreign_keys`.
     """
 
     def __init__(self, limits: Limits, queues: Sequence[str] | None = None) -> None:
@@ -43,6 +47,7 @@ class LimitsView:
         self._queues = None if queues is None else frozenset(queues)
         self._limits: dict[str, QueueLimits] = {}
         self._slots: dict[str, dict[int, _Seen]] = {}
+        self._foreign: dict[str, int] = {}
         self._changed = asyncio.Event()
         bucket = limits.bucket
         patterns = [slot_filter()] if queues is None else [slot_filter(q) for q in sorted(self._queues or ())]
@@ -87,10 +92,15 @@ class LimitsView:
         """Every followed queue that has a limit, with its limits as last seen."""
         return {queue: limits for queue, limits in self._limits.items() if not limits.empty}
 
+    def foreign_keys(self) -> dict[str, int]:
+        """Keys seen under ``slot.`` that are no canonical slot key (e.g. ``slot.q.00``), by the revision
+        to remove them at (:meth:`Limits.remove_keys`)."""
+        return dict(self._foreign)
+
     def held_slots(self) -> list[Slot]:
         """Every slot held now, of every queue followed."""
         return [
-            Slot(queue, index, seen.revision, seen.holder)
+            Slot(queue, index, seen.revision, seen.holder, seen.written_at)
             for queue, slots in sorted(self._slots.items())
             for index, seen in sorted(slots.items())
             if seen.live
@@ -133,16 +143,23 @@ class LimitsView:
             try:
                 self._limits[queue] = decode_limits(entry)
             except InvalidRecord as err:
-                log.warning("%s; the limits of %s stay as they were", err, queue)
-                return
+                log.warning("%s; %s has no limit until it is set again", err, queue)
+                self._limits.pop(queue, None)
         self._bump()
 
     def _on_slot(self, entry: Entry) -> None:
         where = split_slot_key(entry.key)
-        if where is None or not self._wanted(where[0]):
+        if where is None:
+            if entry.deleted:
+                self._foreign.pop(entry.key, None)
+            else:
+                self._foreign[entry.key] = entry.revision
+            return
+        if not self._wanted(where[0]):
             return
         slot = decode_slot(entry)
-        self._see(where[0], where[1], _Seen(entry.revision, slot is not None, slot.holder if slot else None))
+        seen = _Seen(entry.revision, slot is not None, slot.holder if slot else None, entry.time)
+        self._see(where[0], where[1], seen)
 
     def _see(self, queue: str, index: int, seen: _Seen) -> None:
         slots = self._slots.setdefault(queue, {})

@@ -59,14 +59,16 @@ class TaskEffects:
         """Subjects of the notifications the dispatch stream holds now (one per task with one queued)."""
         return await self._dispatch.subjects(self._names.dispatch_subjects)
 
-    async def notify(self, record: TaskRecord, *, force: bool = False, again: int | None = None) -> None:
+    async def notify(self, record: TaskRecord, *, force: bool = False, again: int | str | None = None) -> None:
         """Publish "``record`` is pending at its revision" on its queue's subject for the record's priority
         (deduped by :func:`notification_id`).
 
-        ``again=n`` is the n-th renotification of the same revision (its own id, the same for every
-        publisher); ``force`` makes the id unique.
+        ``again=n`` is the n-th renotification of the same revision (its own id ``...:r{n}``, the same
+        for every publisher; a string such as ``"s42"`` names another kind, e.g. the one replacing message 42);
+        ``force`` makes the id unique.
         """
-        check_number("again", again, COUNT, optional=True)
+        if isinstance(again, int):
+            check_number("again", again, COUNT)
         head: dict[str, Any] = {
             "task_id": record.task_id,
             "revision": record.revision,

@@ -471,12 +471,12 @@ class TaskStore:
         validate_id(task_id, "task_id")
         return await self._engine.apply(task_id, lambda current: transitions.retry(current, now=_now()), None)
 
-    async def notify(self, record: TaskRecord, *, force: bool = False, again: int | None = None) -> None:
+    async def notify(self, record: TaskRecord, *, force: bool = False, again: int | str | None = None) -> None:
         """(Re)publish the notification of pending ``record`` (e.g. from a sweep).
 
         Deduplicated against the original notification of the same revision within the dispatch stream's
         duplicate window, so calling it again is harmless; ``again=n`` publishes the n-th renotification
-        (deduplicated among everyone publishing that one); ``force`` publishes anyway.
+        (deduped among all publishing it; a str is another kind, e.g. ``"s42"``); ``force`` publishes anyway.
         :class:`InvalidTransition` if ``record`` is not pending.
         """
         if record.status is not TaskStatus.PENDING:

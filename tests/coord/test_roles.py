@@ -340,7 +340,7 @@ async def test_a_worker_takes_slots_and_start_times_but_only_the_provisioner_set
         slot = await worker.limits.take_slot("limited", 0, over=0, holder=holder)
         assert (await worker.limits.reserve("limited", Rate(count=10, per="s"), want=1, horizon=1.0)).times
         assert (await observer.limits.all()).keys() == {"limited"}
-        assert await reclaimer.limits.heal([slot]) == [slot]  # its task does not exist: given back
+        assert await reclaimer.limits.heal([slot], grace=0.0) == [slot]  # no such task: given back
         error = await refused_at_once(worker.limits.set("limited", concurrency=5))
         assert "$kv.perm_limits.limit.limited" in str(error)
         await refused_at_once(reclaimer.limits.set("limited", rate=None))

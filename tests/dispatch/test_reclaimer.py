@@ -8,6 +8,7 @@ import coord
 from coord.presence import AgentInfo
 from coord.tasks import TaskStatus
 from dispatch import Reclaimer
+from dispatch.reclaimer import ReclaimReason
 
 
 async def _status(conn: coord.Coord, task_id: str, want: TaskStatus, within: float) -> None:
@@ -59,3 +60,15 @@ async def test_an_overdue_claim_is_reclaimed_by_the_sweep_and_a_heartbeated_one_
             assert (event.task_id, event.reason) == ("late", "deadline")
             assert reclaimer.events.empty()
     assert (await tasks.get("alive")).status is TaskStatus.CLAIMED
+
+
+def test_reclaim_reasons_are_an_enum_whose_values_are_the_stored_error_text() -> None:
+    assert [r.value for r in ReclaimReason] == [
+        "worker-left:expired",
+        "worker-left:graceful",
+        "deadline",
+        "worker-absent",
+    ]
+    assert ReclaimReason.left("expired") is ReclaimReason.WORKER_LEFT_EXPIRED
+    assert ReclaimReason.left("graceful").departure == "graceful"
+    assert ReclaimReason.DEADLINE.departure is None and ReclaimReason.WORKER_ABSENT.departure is None
