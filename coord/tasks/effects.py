@@ -67,8 +67,8 @@ class TaskEffects:
         for every publisher; a string such as ``"s42"`` names another kind, e.g. the one replacing message 42);
         ``force`` makes the id unique.
         """
-        if isinstance(again, int):
-            check_number("again", again, COUNT)
+        if not isinstance(again, str):
+            check_number("again", again, COUNT, optional=True)
         head: dict[str, Any] = {
             "task_id": record.task_id,
             "revision": record.revision,

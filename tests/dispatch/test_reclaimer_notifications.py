@@ -155,8 +155,16 @@ async def test_messages_no_consumer_reads_are_removed_and_waiting_ones_are_kept(
     await _schedule(coord_conn, "w", "unserved")  # no worker yet: it waits, untouched
     waiting = await _stored(coord_conn, names.notification_subject("unserved", "w"))
     unread = [f"{ns}.dispatch.q", f"{ns}.dispatch.q.t.bogus", f"{ns}.dispatch.q.t.normal", f"{ns}.dispatch.a.b.c.d"]
+    # A stream provisioned before its subjects were narrowed still takes them (a narrowed one refuses
+    # them: tests/coord/test_dispatch_subjects.py); what they left behind is removed by the sweep.
+    info = await coord_conn.js.stream_info(names.dispatch_stream)
+    narrowed = info.config.subjects
+    info.config.subjects = [f"{ns}.dispatch.>"]
+    await coord_conn.js.update_stream(info.config)
     for subject in unread:
         await coord_conn.js.publish(subject, b"{}")
+    info.config.subjects = narrowed
+    await coord_conn.js.update_stream(info.config)
     async with Reclaimer(coord_conn, sweep_interval=SWEEP, renotify_after=RENOTIFY_AFTER) as reclaimer:
         async with asyncio.timeout(BOUND):
             while await _subjects(coord_conn) != {names.notification_subject("unserved", "w")}:
@@ -182,14 +190,19 @@ async def test_a_reclaimer_credential_removes_what_a_worker_credential_may_not(t
         return coord.Auth(nkeys_seed=str(creds / f"{identity}.nk"), inbox_prefix=inbox_prefix(names, identity))
 
     with NatsServer(store_dir=tmp_path / "store", config_extra=(creds / "auth.conf").read_text()) as server:
-        async with coord.connect(server.url, namespace="perm", auth=auth("admin"), provision="apply"):
-            pass
         async with (
+            coord.connect(server.url, namespace="perm", auth=auth("admin"), provision="apply") as admin,
             coord.connect(server.url, namespace="perm", auth=auth("w1")) as worker,
             coord.connect(server.url, namespace="perm", auth=auth("r1")) as reclaimer,
         ):
+            # a stream provisioned before its subjects were narrowed (a narrowed one refuses the subject)
+            info = await admin.js.stream_info(names.dispatch_stream)
+            narrowed, info.config.subjects = info.config.subjects, ["perm.dispatch.>"]
+            await admin.js.update_stream(info.config)
             stray = Stream(worker.js, worker.nc, names.dispatch_stream)
             seq = await stray.publish("perm.dispatch.q", b"{}")  # a worker may publish notifications ...
+            info.config.subjects = narrowed
+            await admin.js.update_stream(info.config)
             with pytest.raises(PermissionDenied):
                 await asyncio.wait_for(stray.delete(seq), 5)  # ... but never delete one
             async with Reclaimer(reclaimer, sweep_interval=SWEEP, renotify_after=RENOTIFY_AFTER) as sweeping:
