@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -43,6 +45,9 @@ def mcp(
             envvar="CORRAL_MCP_TOKEN", help="Bearer token for --http (default: generated, printed to stderr)."
         ),
     ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Announce the agent (and a generated token) as one JSON line on stderr.")
+    ] = False,
 ) -> None:
     """Serve the substrate as MCP tools to one agent: its presence lives as long as this process."""
     check_tokens({"--agent-id": agent_id, "--parent": parent, "--tag": tag})
@@ -52,14 +57,28 @@ def mcp(
         fail(str(err), EXIT_USAGE)
     session_args = {"agent_id": agent_id, "role": role, "tags": list(tag or []), "harness": harness, "parent": parent}
     served: tuple[str, int, str] | None = None
+    generated: str | None = None
     if http:
         if token is None:
-            token = secrets.token_urlsafe(24)
-            print(f"corral mcp: bearer token {token}", file=sys.stderr, flush=True)
+            token = generated = secrets.token_urlsafe(24)
         served = (host, port, token)
-    run(_serve(options(ctx), session_args, served), rename=_FLAGS)
+
+    def announce(agent: str, where: str) -> None:
+        # stdout is the protocol's (stdio): everything a human reads goes to stderr.
+        if json_out:
+            line = json.dumps({"agent_id": agent, "transport": where, **({"token": generated} if generated else {})})
+        else:
+            line = f"corral mcp: agent {agent} on {where}" + (f" (bearer token {generated})" if generated else "")
+        print(line, file=sys.stderr, flush=True)
+
+    run(_serve(options(ctx), session_args, served, announce), rename=_FLAGS)
 
 
-async def _serve(opts: Options, session_args: dict[str, Any], http: tuple[str, int, str] | None) -> None:
+async def _serve(
+    opts: Options,
+    session_args: dict[str, Any],
+    http: tuple[str, int, str] | None,
+    announce: Callable[[str, str], None],
+) -> None:
     async with opts.connect(name=f"corral-mcp-{session_args.get('agent_id') or 'agent'}") as coord:
-        await serve(coord, dict(session_args), http=http)
+        await serve(coord, dict(session_args), http=http, announce=announce)

@@ -62,27 +62,27 @@ async def serve(
     session_args: dict[str, Any],
     *,
     http: tuple[str, int, str] | None = None,
-    announce: Callable[[str], None] | None = None,
+    announce: Callable[[str, str], None] | None = None,
 ) -> None:
     """Be the agent ``session_args`` describe (see :class:`AgentSession`) until the client goes away.
 
     Over stdio by default; with ``http=(host, port, token)`` over streamable HTTP at ``/mcp`` on a
-    loopback ``host``, every request authenticated with the bearer ``token``. ``announce`` gets the
-    line saying who the agent is (stderr by default: stdout is the protocol's).
+    loopback ``host``, every request authenticated with the bearer ``token``. ``announce`` is told
+    the agent's id and where it serves (default: a line on stderr; stdout is the protocol's).
     """
     if http is not None:
         check_loopback(http[0])
     notifier = Notifier()
     async with AgentSession(coord, changed=notifier.updated, **session_args) as session:
         server = build_server(session, notifier)
-        say = announce or (lambda line: print(line, file=sys.stderr, flush=True))
+        say = announce or (lambda agent, where: print(f"corral mcp: agent {agent} on {where}", file=sys.stderr))
         if http is None:
-            say(f"corral mcp: agent {session.agent_id} on stdio")
+            say(session.agent_id, "stdio")
             await server.run_stdio_async()
             return
         host, port, token = http
         app = BearerGuard(server.streamable_http_app(host=host), token)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
         web = uvicorn.Server(config)
-        say(f"corral mcp: agent {session.agent_id} on http://{host}:{port}/mcp")
+        say(session.agent_id, f"http://{host}:{port}/mcp")
         await web.serve()

@@ -10,17 +10,22 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import statistics
 import time
 from collections.abc import AsyncIterator
 
+import aiohttp
+import httpx2
 import pytest
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 import coord
 from coord.server import NatsServer
 from coord.settings import Settings
 from coord.tasks import TaskStatus
+from tests.corral.helpers_cli import corral, start_corral
 from tests.corral.helpers_mcp import call, stdio_agent
 
 pytestmark = pytest.mark.timeout(120)
@@ -144,3 +149,46 @@ async def test_thread_refused_while_its_holder_lives_and_granted_after_it_is_kil
             await asyncio.sleep(0.05)
         assert answer["state"] == "reserved" and answer["owner"] == "other"
         assert time.monotonic() - killed <= ttl + 1.0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_http_serves_on_loopback_only_with_the_bearer_token(
+    nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str], coord_conn: coord.Coord
+) -> None:
+    refused = await corral(nats_server.url, namespace, subprocess_env, "mcp", "--http", "--host", "0.0.0.0")
+    assert refused.code == 2 and "loopback" in refused.err and "Traceback" not in refused.err
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    server = await start_corral(
+        nats_server.url, namespace, subprocess_env,
+        "mcp", "--agent-id", "web", "--http", "--port", str(port), "--token", "s3cret", "--harness", "http-test",
+    )  # fmt: skip
+    try:
+        assert await coord_conn.presence.wait_present("web", 20) is not None
+        async with aiohttp.ClientSession() as web:
+            for _ in range(100):  # the presence is up before the HTTP listener: wait for the port
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with web.post(url, json={}) as answer:
+                        assert answer.status == 401
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("corral mcp --http never listened")
+            async with web.post(url, json={}, headers={"Authorization": "Bearer wrong"}) as answer:
+                assert answer.status == 401
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": "Bearer s3cret"}) as http,
+            Client(streamable_http_client(url, http_client=http)) as client,
+        ):
+            me = await call(client, "fleet_agent", agent_id="web")
+            assert me["info"]["harness"] == "http-test"
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), 15)
+    assert await coord_conn.presence.wait_absent("web", 5)
