@@ -192,3 +192,29 @@ async def test_http_serves_on_loopback_only_with_the_bearer_token(
         server.terminate()
         await asyncio.wait_for(server.wait(), 15)
     assert await coord_conn.presence.wait_absent("web", 5)
+
+
+async def test_a_second_process_with_a_live_agents_id_is_refused_in_one_line(
+    nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]
+) -> None:
+    async with fleet(nats_server, namespace, subprocess_env) as agents:
+        await agents.start("only-one")
+        second = await corral(nats_server.url, namespace, subprocess_env, "mcp", "--agent-id", "only-one")
+        assert second.code == 1 and "only-one" in second.err and "Traceback" not in second.err, second
+
+
+async def test_when_the_harness_goes_away_the_agent_gives_its_claims_back_at_once(
+    nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str], coord_conn: coord.Coord
+) -> None:
+    ttl = Settings.load().presence_ttl
+    async with fleet(nats_server, namespace, subprocess_env) as agents:
+        parent = await agents.start("lead")
+        task_id = (await call(parent, "task_submit", queue="build"))["task_id"]
+        async with stdio_agent(nats_server.url, namespace, subprocess_env, "leaving") as leaving:
+            assert (await call(leaving, "task_claim", queue="build", wait=10))["task"]["task_id"] == task_id
+            closed = time.monotonic()
+        record = await coord_conn.tasks.get(task_id)
+        gone = time.monotonic() - closed
+        assert record.status is TaskStatus.PENDING and record.attempt == 0, record  # released, not reclaimed
+        assert gone < ttl
+        assert await coord_conn.presence.get("leaving") is None
