@@ -53,6 +53,7 @@ def register(server: MCPServer, session: AgentSession) -> None:
         delay: Annotated[float | None, Field(ge=0, le=MAX_DELAY, description="seconds before it may start")] = None,
         task_id: Token | None = None,
         max_attempts: Annotated[int, Field(ge=1, le=1000)] = 3,
+        lease: Annotated[float | None, Field(gt=0, le=86_400, description="seconds a claim lasts unextended")] = None,
     ) -> TaskView:
         """Submit a task to a queue (idempotent by task_id); its result comes back to this agent."""
         item = TaskInput.model_validate(
@@ -64,6 +65,7 @@ def register(server: MCPServer, session: AgentSession) -> None:
                 "priority": priority,
                 "delay": delay,
                 "max_attempts": max_attempts,
+                "timeout": lease,
                 **({"task_id": task_id} if task_id else {}),
             }
         )

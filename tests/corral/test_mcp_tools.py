@@ -6,9 +6,11 @@ import asyncio
 import time
 
 import pytest
+from mcp import Client
 
 import coord
 from coord.tasks import TaskStatus
+from corral.mcp import AgentSession, Notifier, build_server
 from tests.corral.helpers_mcp import agent, call, refused
 
 pytestmark = pytest.mark.timeout(60)
@@ -187,3 +189,37 @@ async def test_resources_push_updates_when_mail_arrives_and_a_watched_task_ends(
         assert "psst" in str(inbox.contents[0])
         tasks = await boss.read_resource("corral://tasks")
         assert "succeeded" in str(tasks.contents[0])
+
+
+async def test_the_server_keeps_a_held_claims_lease_while_the_agent_lives(coord_conn: coord.Coord) -> None:
+    async with agent(coord_conn, "boss") as boss, agent(coord_conn, "hand") as hand:
+        task = await call(boss, "task_submit", queue="slow", lease=1.5)
+        claim = await call(hand, "task_claim", queue="slow", wait=5)
+        await asyncio.sleep(4.5)  # three leases: the sweep would take an unextended claim back
+        record = await coord_conn.tasks.get(task["task_id"])
+        assert record.status is TaskStatus.CLAIMED and record.epoch == claim["epoch"] == 1
+        assert record.claim is not None and record.claim.worker_id == "hand"
+        assert record.claim.deadline.isoformat() > claim["deadline"].replace("Z", "+00:00")
+        done = await call(hand, "task_complete", task_id=task["task_id"])
+        assert done["status"] == "succeeded"
+
+
+async def test_legacy_resources_subscribe_gets_resource_updated_notifications(coord_conn: coord.Coord) -> None:
+    notified: list[str] = []
+
+    async def on_message(message: object) -> None:
+        notified.append(repr(message))
+
+    notifier = Notifier()
+    session = AgentSession(coord_conn, agent_id="old", changed=notifier.updated)
+    async with (
+        session,
+        agent(coord_conn, "sender") as sender,
+        Client(build_server(session, notifier), mode="legacy", message_handler=on_message) as old,
+    ):
+        assert old.server_capabilities.resources is not None and old.server_capabilities.resources.subscribe
+        await old.session.subscribe_resource("corral://inbox")
+        await call(sender, "mail_send", to_agent="old", body="news", wait=0)
+        async with asyncio.timeout(10):
+            while not any("corral://inbox" in n for n in notified):
+                await asyncio.sleep(0.02)
