@@ -155,6 +155,18 @@ async def test_events_reach_the_parent_and_form_its_tree(coord_conn: coord.Coord
                 break
             await asyncio.sleep(0.05)
         assert tree[0]["agent"] == "helper" and tree[0]["last_turn"] == 1 and tree[0]["last_error"] == "tests fail"
+        delegated = await call(helper, "event_report", kind="sub_delegated", sub_agent="grandchild", scope=["/src"])
+        assert delegated is True
+        assert await call(helper, "event_report", kind="shut_down", text="finished") is True
+        below: dict[str, dict[str, object]] = {}
+        for _ in range(100):
+            below = {d["agent"]: d for d in (await call(lead, "event_tree"))["descendants"]}
+            if "grandchild" in below and below["helper"]["status"] == "shut_down":
+                break
+            await asyncio.sleep(0.05)
+        assert below["grandchild"]["delegated_by"] == "helper" and below["grandchild"]["scope"] == ["/src"]
+        assert below["helper"]["status"] == "shut_down"
+        assert "sub_agent" in await refused(helper, "event_report", kind="sub_delegated")
         assert "no parent" in await refused(lead, "event_report", kind="shut_down")
 
 
@@ -175,16 +187,18 @@ async def test_resources_push_updates_when_mail_arrives_and_a_watched_task_ends(
         listed = {str(r.uri) for r in (await boss.list_resources()).resources}
         assert {"corral://inbox", "corral://tasks", "corral://fleet"} <= listed
         task = await call(boss, "task_submit", queue="q")
-        async with boss.listen(resource_subscriptions=["corral://inbox", "corral://tasks"]) as events:
+        wanted = {"corral://inbox", "corral://tasks", f"corral://task/{task['task_id']}", "corral://fleet"}
+        async with boss.listen(resource_subscriptions=sorted(wanted)) as events:
             await call(hand, "mail_send", to_agent="boss", body="psst", wait=0)
             await call(hand, "task_claim", queue="q", wait=5)
             await call(hand, "task_complete", task_id=task["task_id"])
-            seen: set[str] = set()
-            async with asyncio.timeout(10):
-                async for event in events:
-                    seen.add(str(getattr(event, "uri", "")))
-                    if {"corral://inbox", "corral://tasks"} <= seen:
-                        break
+            async with agent(coord_conn, "newcomer"):
+                seen: set[str] = set()
+                async with asyncio.timeout(10):
+                    async for event in events:
+                        seen.add(str(getattr(event, "uri", "")))
+                        if wanted <= seen:
+                            break
         inbox = await boss.read_resource("corral://inbox")
         assert "psst" in str(inbox.contents[0])
         tasks = await boss.read_resource("corral://tasks")
