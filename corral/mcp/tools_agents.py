@@ -21,10 +21,13 @@ from coord.tasks import TaskStatus
 from corral.mcp.models import AgentView, Fleet, Inbox, MailItem, Sent, ThreadAnswer, Tree
 from corral.mcp.session import INBOX_URI, AgentSession
 
-__all__ = ["MAX_WAIT", "register"]
+__all__ = ["MAX_WAIT", "Wait", "register"]
 
 MAX_WAIT = 300.0
 """Longest any tool waits (seconds); a longer wait is refused, not shortened."""
+
+KEEP_READ = 1000
+"""How many read, unacknowledged messages a session remembers for mail_ack."""
 
 Wait = Annotated[float, Field(ge=0, le=MAX_WAIT, description="seconds to wait (0..300)")]
 
@@ -105,6 +108,8 @@ def register(server: MCPServer, session: AgentSession) -> None:
             found = await coord.mailbox.read_pending(session.agent_id, limit=limit)
         for message in found:
             read[message.id] = message
+        while len(read) > KEEP_READ:  # never acknowledged (expired, or read by another process): forget the oldest
+            read.pop(next(iter(read)))
         return Inbox(
             messages=[
                 MailItem(id=m.id, sender=m.sender, tag=m.tag, key=m.key, sent_at=m.sent_at, body=m.text) for m in found

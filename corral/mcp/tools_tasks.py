@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from mcp.server.mcpserver import MCPServer
 from pydantic import Field, JsonValue
 
-from coord.errors import InvalidInput, StaleClaim
+from coord.errors import InvalidInput, NotFound, StaleClaim
 from coord.ids import Token
 from coord.priority import Priority
 from coord.tasks import TaskRecord, TaskStatus
@@ -82,6 +82,9 @@ def register(server: MCPServer, session: AgentSession) -> None:
     @server.tool()
     async def task_wait(task_ids: Ids, mode: Literal["any", "all"] = "all", timeout: Wait = 30.0) -> Waited:
         """Wait for any or all of the tasks to end (at most ``timeout`` s); returns what finished and what did not."""
+        unknown = sorted(set(task_ids) - set(await coord.tasks.read_many(task_ids)))
+        if unknown:
+            raise NotFound(f"no task {', '.join(repr(t) for t in unknown)} (check the ids task_submit returned)")
         dispatcher = await session.dispatcher()
         finished: list[TaskView] = []
         try:

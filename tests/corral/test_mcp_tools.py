@@ -132,6 +132,7 @@ async def test_bad_input_gets_one_clear_error_and_changes_nothing(coord_conn: co
         assert "bytes" in await refused(boss, "task_submit", queue="q", payload=huge)
         assert await coord_conn.tasks.list() == []
         assert "300" in await refused(boss, "task_wait", task_ids=["t-1"], timeout=365 * 86_400)
+        assert "no task 't-1'" in await refused(boss, "task_wait", task_ids=["t-1"], timeout=1)
         assert "300" in await refused(hand, "task_claim", queue="q", wait=365 * 86_400)
         assert "300" in await refused(hand, "mail_read", wait=365 * 86_400)
         task = await call(boss, "task_submit", queue="q")
