@@ -202,7 +202,7 @@ class AgentSession:
                     log.info("mcp: claim on %s is no longer current; dropped", claim.task_id)
                     self.drop(claim.task_id)
                     await self.tell(TASKS_URI)
-                except CorralError as err:
+                except Exception as err:  # transient (server away): the next beat tries again
                     log.warning("mcp: could not extend the claim on %s: %s", claim.task_id, err)
 
     async def _watch_fleet(self) -> None:
@@ -211,6 +211,6 @@ class AgentSession:
                 async with self.coord.presence.watch(include_existing=False, updates=True) as watcher:
                     async for _ in watcher:
                         await self.tell(FLEET_URI)
-            except CorralError as err:
+            except Exception as err:  # the fleet resource's updates must outlive a server restart
                 log.debug("mcp: fleet watch ended (%s); again", err)
                 await asyncio.sleep(1.0)
