@@ -16,7 +16,7 @@ from pydantic import Field, JsonValue
 from coord.errors import InvalidInput, NotFound, StaleClaim
 from coord.ids import Token
 from coord.priority import Priority
-from coord.tasks import TaskRecord, TaskStatus
+from coord.tasks import TaskStatus
 from coord.wire import MAX_DELAY, Result, ResultError, ResultKind, TaskInput
 from corral.mcp.models import ClaimView, TaskList, TaskView, Waited
 from corral.mcp.session import TASKS_URI, AgentSession
@@ -38,7 +38,7 @@ def register(server: MCPServer, session: AgentSession) -> None:
             raise InvalidInput(f"this agent holds no claim on task {task_id!r} (claim it with task_claim first)")
         return ClaimView(task=TaskView.of(claim.record), epoch=claim.epoch, deadline=claim.deadline)
 
-    async def settled(task_id: str, write: asyncio.Future[TaskRecord] | None = None) -> None:
+    async def settled(task_id: str) -> None:
         session.drop(task_id)
         await session.tell(TASKS_URI)
 
