@@ -84,6 +84,8 @@ class AgentInfo(BaseModel):
     """How many tasks it is running now."""
     version: str = Field(default_factory=_corral_version, max_length=64)
     """corral version of the agent."""
+    harness: str | None = Field(default=None, max_length=64)
+    """What the agent runs in (an MCP client such as ``claude-code``), for agents joined by ``corral mcp``."""
 
 
 class _Record(AgentInfo):
