@@ -31,6 +31,7 @@ __all__ = [
     "COUNT",
     "DELAY",
     "FRACTION",
+    "LISTEN_PORT",
     "MAX_BYTES",
     "PORT",
     "PRESENCE_INTERVAL",
@@ -51,6 +52,8 @@ __all__ = [
 
 PORT = Bound(0, 65_535, integer=True)
 """A TCP port (0: any free one)."""
+LISTEN_PORT = Bound(1, 65_535, integer=True)
+"""A TCP port given explicitly (no free-port choice)."""
 ATTEMPTS = Bound(1, 1000, integer=True)
 """Claims allowed per task (the task store's rule)."""
 

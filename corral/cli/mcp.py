@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from coord.errors import InvalidInput
+from corral.cli._bounds import LISTEN_PORT, bounded
 from corral.cli._common import Options, fail, options, run
 from corral.cli._errors import EXIT_USAGE, check_tokens
 from corral.mcp.run import check_loopback, serve
@@ -38,7 +39,7 @@ def mcp(
     ] = None,
     http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP at /mcp instead of stdio.")] = False,
     host: Annotated[str, typer.Option(help="Loopback address for --http.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port for --http.")] = 8765,
+    port: Annotated[int, typer.Option(callback=bounded(LISTEN_PORT), help="Port for --http.")] = 8765,
     token: Annotated[
         str | None,
         typer.Option(
