@@ -25,6 +25,7 @@ from coord.mailbox import Agent
 from coord.naming import Names
 from coord.permissions import permission_log
 from coord.presence import AgentInfo
+from coord.provision import queue_consumers
 from coord.roles import Role, inbox_prefix, permissions_for
 from coord.schedules import Schedule, TaskTemplate
 from coord.server import NatsServer
@@ -77,8 +78,11 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
 
 @pytest.fixture
 async def provisioned(secured: Secured) -> AsyncIterator[Secured]:
-    async with coord.connect(secured.server.url, namespace=NAMESPACE, auth=secured.auth("admin"), provision="apply"):
-        pass
+    """The namespace provisioned, and queue ``jobs`` with it (``corral provision --queue jobs``)."""
+    async with coord.connect(
+        secured.server.url, namespace=NAMESPACE, auth=secured.auth("admin"), provision="apply"
+    ) as admin:
+        await queue_consumers(admin.nc, admin.js, admin.names, "jobs", apply=True)
     yield secured
 
 
@@ -262,7 +266,11 @@ async def run_corral(env: dict[str, str], *args: str, timeout: float = 60) -> tu
 async def test_the_cli_roles_run_with_the_env_files_corral_auth_wrote(
     provisioned: Secured, subprocess_env: dict[str, str]
 ) -> None:
-    """What compose and the k8s manifests run: a worker, a reclaimer, a parent's submit, an observer's ls."""
+    """What compose and the k8s manifests run: the operator's provision of the queue, a worker, a reclaimer,
+    a parent's submit, an observer's ls."""
+    code, out, err = await run_corral(role_env(provisioned, "admin", subprocess_env), "provision", "--queue", "cli")
+    assert code == 0, err
+    assert "q-cli" in out
     worker_env = role_env(provisioned, "w2", subprocess_env)
     worker = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "corral", "worker", "--id", "w2", "-q", "cli", "--handler", "corral.cli.demo:work",
@@ -314,3 +322,109 @@ async def test_a_worker_takes_slots_and_start_times_but_only_the_provisioner_set
         await refused_at_once(observer.limits.take_slot("limited", 0, over=0, holder=holder))
         assert (await admin.limits.get("limited")).concurrency == 1  # type: ignore[union-attr]
         await admin.limits.clear("limited")
+
+
+# --- the queues' durable consumers: only trusted roles make them -------------------------------
+
+
+async def _raw(secured: Secured, identity: str) -> tuple[nats.NATS, object]:
+    raw = await nats.connect(secured.server.url, nkeys_seed=str(secured.creds / f"{identity}.nk"))
+    log = permission_log(raw)
+
+    async def remember(err: Exception) -> None:
+        log.record(str(err))
+
+    raw._error_cb = remember
+    return raw, log
+
+
+async def test_a_worker_credential_cannot_create_or_repoint_a_queue_consumer(provisioned: Secured) -> None:
+    names = Names(NAMESPACE)
+    stream, durable = names.dispatch_stream, names.queue_consumer("jobs")
+    hostile = {"durable_name": durable, "name": durable, "filter_subject": f"{NAMESPACE}.dispatch.nothing.*"}
+    raw, _ = await _raw(provisioned, "w1")
+    try:
+        body = json.dumps({"stream_name": stream, "config": {**hostile, "ack_policy": "explicit"}}).encode()
+        for subject in (
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.{hostile['filter_subject']}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.{durable}",
+            f"$JS.API.CONSUMER.CREATE.{stream}",  # allowed (ephemeral consumers), but never a durable one
+        ):
+            try:
+                answer = await raw.request(subject, body, timeout=1)
+            except nats.errors.TimeoutError:
+                continue  # refused by the server: no answer
+            assert "error" in json.loads(answer.data), f"{subject} was accepted"
+    finally:
+        await raw.close()
+    async with provisioned.connect("admin") as admin:
+        info = await admin.js.consumer_info(stream, durable)
+        assert info.config.filter_subject == names.queue_filter("jobs")
+
+
+async def test_a_worker_waits_for_a_new_queues_consumers_saying_so_once_and_works_once_a_parent_submits(
+    provisioned: Secured, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", "corral.consumer")
+    async with provisioned.connect("w1") as wconn, provisioned.connect("p1") as pconn:
+        worker = Worker(wconn, ["fresh"], ok, worker_id="w1")
+        running = asyncio.create_task(worker.run())
+        try:
+            started = asyncio.create_task(worker.wait_started())
+            await asyncio.sleep(1.5)
+            assert not started.done(), "wait_started returned before the queue's consumers existed"
+            waiting = [r.getMessage() for r in caplog.records if "may not create" in r.getMessage()]
+            assert len(waiting) == 3  # once per consumer (one per priority level), not once per check
+            assert all("corral provision --queue fresh" in line for line in waiting)
+            async with Dispatcher(pconn, parent_id="p1") as dispatcher:  # the parent makes them on first submit
+                task_id = await dispatcher.submit(Spec(task_id="fresh1", queue="fresh"))
+                record = await asyncio.wait_for(dispatcher.result(task_id), 20)
+            assert record.summary == "ran fresh1"
+            await asyncio.wait_for(started, 5)
+        finally:
+            worker.stop()
+            await running
+        assert permission_log(pconn.nc).refusals == []
+
+
+# --- what a hostile worker can still do (docs/security.md), each shown ----------------------------
+
+
+async def test_a_hostile_worker_can_take_and_drop_the_notifications_of_any_queue_but_not_the_task(
+    provisioned: Secured,
+) -> None:
+    """It may pull from every queue's consumer and acknowledge: a notification it drops is gone from the
+    stream, the task stays pending in its record (the reclaimer's sweep notifies it again)."""
+    names = Names(NAMESPACE)
+    async with provisioned.connect("admin") as admin:
+        await queue_consumers(admin.nc, admin.js, admin.names, "others", apply=True)
+    async with provisioned.connect("p1") as pconn, provisioned.connect("w1") as wconn:
+        await pconn.tasks.schedule(task_id="stolen", queue="others", spec=None)
+        sub = await wconn.js.pull_subscribe_bind(names.queue_consumer("others"), stream=names.dispatch_stream)
+        msgs = await sub.fetch(1, timeout=5)
+        assert json.loads(msgs[0].data)["task_id"] == "stolen"
+        await msgs[0].ack_sync()
+        assert (await pconn.tasks.get("stolen")).status.value == "pending"
+        assert names.notification_subject("others", "stolen") not in await pconn.tasks.queued_notifications()
+
+
+async def test_a_hostile_worker_can_forge_notifications_that_only_make_workers_look(provisioned: Secured) -> None:
+    """It may publish on any queue's notification subjects; a worker reads the stored record and claims
+    nothing the record does not say (a malformed one is dead-lettered, one for no task dropped)."""
+    names = Names(NAMESPACE)
+    async with provisioned.connect("w1") as hostile, provisioned.connect("w2") as honest:
+        for forged in (b"{not json", json.dumps({"task_id": "ghost", "revision": 1, "epoch": 0}).encode()):
+            await hostile.js.publish(f"{NAMESPACE}.dispatch.jobs.ghost", forged)
+        worker = Worker(honest, ["jobs"], ok, worker_id="w2")
+        running = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(worker.wait_started(), 10)
+            async with asyncio.timeout(10):
+                while worker.stats.dead_lettered + worker.stats.dropped_notifications < 2:
+                    await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+            await running
+        assert worker.stats.claimed == 0
+        assert names.notification_subject("jobs", "ghost") not in await honest.tasks.queued_notifications()
