@@ -114,7 +114,7 @@ class Intake:
         self.queue = queue
         """The queue this intake serves."""
         self.fetching = asyncio.Event()
-        """Set once the queue's consumers were found as configured and pulls can be made."""
+        """Set once the queue's consumers were found as configured and pulled from (cleared while they are not)."""
         self._coord = coord
         self._worker_id = worker_id
         self._lease = lease
@@ -152,8 +152,8 @@ class Intake:
                         await first_of(asyncio.sleep(min(1.0, self.check.interval)), self._stopping.wait())
                         continue
                     if self._levels is None:
-                        self._levels = await Levels(self._coord, self.queue, idle_wait=FETCH_WAIT).open()
-                    self.fetching.set()
+                        levels = Levels(self._coord, self.queue, idle_wait=FETCH_WAIT, asked=self.fetching)
+                        self._levels = await levels.open()
                     await self._fetch_once(self._levels)
                     pauses.reset()
                 except asyncio.CancelledError:

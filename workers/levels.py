@@ -71,9 +71,11 @@ class Levels:
     before fetching, :meth:`close` after.
     """
 
-    def __init__(self, coord: Coord, queue: str, *, idle_wait: float) -> None:
+    def __init__(self, coord: Coord, queue: str, *, idle_wait: float, asked: asyncio.Event | None = None) -> None:
         self.queue = queue
         """The queue served."""
+        self.asked = asked or asyncio.Event()
+        """Set once a fetch has work, or is waiting on every level for some (the worker is fetching)."""
         self._idle_wait = idle_wait
         self._arrived = asyncio.Event()
         """Set when a notification, or the end of an idle pull, arrives on any level."""
@@ -128,6 +130,7 @@ class Levels:
         for level in self._levels:  # what arrived for requests nobody waits for any more comes first
             kept += level.puller.take(n - len(kept))
         if kept:
+            self.asked.set()
             return kept
         now = asyncio.get_running_loop().time()
         asked = [lv for lv in self._levels if lv.warm_until > now or now - lv.probed_at >= PROBE_INTERVAL]
@@ -151,6 +154,7 @@ class Levels:
                 got[i] = [*got.get(i, []), *extra]
         msgs = [m for i in sorted(got, key=lambda i: LEVELS.index(asked[i].priority)) for m in got[i]]
         if msgs:
+            self.asked.set()
             return msgs
         return await self._wait_all(n, now)
 
@@ -172,6 +176,7 @@ class Levels:
         self._arrived.clear()
         for level in self._levels:
             await level.puller.idle(n, self._idle_wait)
+        self.asked.set()
         if not any(level.puller.received for level in self._levels):
             try:
                 async with asyncio.timeout(self._idle_wait):

@@ -18,6 +18,7 @@ import pytest
 
 import coord
 from coord.authconfig import parse_grant, write_auth
+from coord.consumer import queue_consumer_config
 from coord.errors import InvalidInput, PermissionDenied
 from coord.events import Progress
 from coord.limits import Rate, SlotHolder
@@ -328,7 +329,11 @@ async def test_a_worker_takes_slots_and_start_times_but_only_the_provisioner_set
 
 
 async def _raw(secured: Secured, identity: str) -> tuple[nats.NATS, object]:
-    raw = await nats.connect(secured.server.url, nkeys_seed=str(secured.creds / f"{identity}.nk"))
+    raw = await nats.connect(
+        secured.server.url,
+        nkeys_seed=str(secured.creds / f"{identity}.nk"),
+        inbox_prefix=inbox_prefix(Names(NAMESPACE), identity),  # answers could reach it
+    )
     log = permission_log(raw)
 
     async def remember(err: Exception) -> None:
@@ -341,13 +346,14 @@ async def _raw(secured: Secured, identity: str) -> tuple[nats.NATS, object]:
 async def test_a_worker_credential_cannot_create_or_repoint_a_queue_consumer(provisioned: Secured) -> None:
     names = Names(NAMESPACE)
     stream, durable = names.dispatch_stream, names.queue_consumer("jobs")
-    hostile = {"durable_name": durable, "name": durable, "filter_subject": f"{NAMESPACE}.dispatch.nothing.*"}
+    hostile = queue_consumer_config(names, "jobs")
+    hostile.filter_subject = f"{NAMESPACE}.dispatch.nothing.*"  # all else as configured: an update NATS accepts
     raw, _ = await _raw(provisioned, "w1")
     try:
-        body = json.dumps({"stream_name": stream, "config": {**hostile, "ack_policy": "explicit"}}).encode()
+        body = json.dumps({"stream_name": stream, "config": hostile.as_dict()}).encode()
         for subject in (
             f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
-            f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.{hostile['filter_subject']}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.{hostile.filter_subject}",
             f"$JS.API.CONSUMER.CREATE.{stream}.{durable}",
             f"$JS.API.CONSUMER.CREATE.{stream}",  # allowed (ephemeral consumers), but never a durable one
         ):
