@@ -50,13 +50,14 @@ class Puller:
     """Pulls from durable ``consumer`` of ``stream`` over ``nc``; ``on_arrival`` is called when a message
     (or the end of an idle pull) arrives. :meth:`open` before use, :meth:`close` after."""
 
-    def __init__(self, nc: NATS, stream: str, consumer: str, *, on_arrival: Callable[[], None]) -> None:
+    def __init__(self, nc: NATS, stream: str, consumer: str, *, on_arrival: Callable[[], None] | None = None) -> None:
         self.consumer = consumer
         """The durable consumer pulled from."""
         self._nc = nc
         self._subject = consumer_next_subject(stream, consumer)
         self._inbox = nc.new_inbox()
         self._on_arrival = on_arrival
+        self._arrived = asyncio.Event()
         self._tokens = itertools.count()
         self._sub: Subscription | None = None
         self._waiting: _Pull | None = None
@@ -87,12 +88,17 @@ class Puller:
             except Exception as err:
                 log.info("could not put back a held message on %s: %s", msg.subject, err)
 
+    def _arrival(self) -> None:
+        self._arrived.set()
+        if self._on_arrival is not None:
+            self._on_arrival()
+
     async def _receive(self, msg: Msg) -> None:
         waiting = self._waiting
         status = msg.headers.get("Status") if msg.headers and not msg.data else None
         if status is None:
             self.received.append(msg)
-            self._on_arrival()
+            self._arrival()
             if self._idle is not None:  # a delivery ends a no-wait pull (the server sends no status)
                 self._idle.done.set()
             if waiting is not None and len(self.received) >= waiting.want:
@@ -106,7 +112,7 @@ class Puller:
                 if status not in _END:
                     pull.refused = f"{status} {msg.headers.get('Description', '') if msg.headers else ''}".strip()
                 pull.done.set()
-                self._on_arrival()
+                self._arrival()
         # any other status ends a request nobody waits for any more
 
     async def _request(self, want: int, wait: float | None) -> _Pull:
@@ -137,6 +143,23 @@ class Puller:
         if idle is None or idle.done.is_set() or loop.time() >= self._idle_until:
             self._idle = await self._request(want, wait)
             self._idle_until = loop.time() + 0.9 * wait  # the server's clock started later
+
+    async def fetch(self, most: int, *, wait: float) -> list[Msg]:
+        """Up to ``most`` messages: what the consumer has now, or else the first that arrive within
+        ``wait`` seconds (an idle pull); [] when none came. :class:`PullRefused` when the server refused."""
+        got = self.take(most) or await self.pull(most, patience=wait)
+        if got:
+            return got
+        self._arrived.clear()
+        await self.idle(most, wait)
+        if not self.received:
+            try:
+                async with asyncio.timeout(wait):
+                    await self._arrived.wait()
+            except TimeoutError:
+                pass
+        self.check_idle()
+        return self.take(most)
 
     def check_idle(self) -> None:
         """Raise :class:`PullRefused` if the server refused the idle pull (and nothing was received)."""
