@@ -139,5 +139,5 @@ class ConsumerCheck:
             return False
         self.created += 1
         self._said_missing.discard(durable)
-        log.warning("%s: consumer %s was missing; created it", self._who, durable)
+        log.info("%s: consumer %s was missing; created it", self._who, durable)
         return True
