@@ -3,12 +3,14 @@
 - :mod:`~coord.consumer.policy`: deliveries -> back-off -> dead letter, one policy for every path (pure);
 - :class:`Settler`: ack, put back, terminate, dead-letter, each failure logged;
 - :class:`Puller`: raw no-wait and idle pulls from one durable consumer;
+- :class:`OrderedReader`: a subject read in order without a durable position (mailbox readers);
 - :class:`ConsumerCheck`: notices a deleted or re-pointed consumer (re-creates a lost one when permitted);
 - :class:`Slots` / :class:`Reservation`: capacity reserved per batch, given back on every exit path;
 - :func:`queue_consumer_config`: the one configuration of a queue's consumers.
 """
 
 from coord.consumer.check import CHECK_INTERVAL, ConsumerCheck
+from coord.consumer.ordered import OrderedReader
 from coord.consumer.policy import (
     EVENTS,
     FAILING,
@@ -40,6 +42,7 @@ __all__ = [
     "WAIT_CAP",
     "Backoff",
     "ConsumerCheck",
+    "OrderedReader",
     "PullRefused",
     "Puller",
     "Reservation",
