@@ -195,8 +195,10 @@ class Dispatcher:
     async def _make_queues(self, queues: set[str]) -> None:
         """Create (or set back to their configuration) the consumers of each queue first submitted to by
         this process: a worker credential may not, so a new queue's consumers come from its parent (or
-        ``corral provision --queue``). A failure is logged and tried again on the next submit."""
+        ``corral provision --queue``). Once per queue per process; a failure (e.g. credentials minted
+        before parents could) is logged once and left to ``corral provision --queue``."""
         for queue in sorted(queues - self._queues_made):
+            self._queues_made.add(queue)
             try:
                 await create_queue_consumers(self.coord.nc, self.coord.js, self.coord.names, queue)
             except Exception as err:
@@ -208,8 +210,6 @@ class Dispatcher:
                     err,
                     queue,
                 )
-                continue
-            self._queues_made.add(queue)
 
     def _future(self, task_id: str) -> asyncio.Future[TaskRecord]:
         """The future that resolves with ``task_id``'s finished record (created on first use)."""
