@@ -177,13 +177,22 @@ class EventListener:
         await self.stop()
 
     async def catch_up(self, timeout: float = 10.0) -> None:
-        """Wait until every event stored so far for this agent is processed; ``TimeoutError`` if not."""
+        """Wait until every event stored so far for this agent is processed; ``TimeoutError`` if not.
+
+        "Stored so far" is the last sequence on the agent's subjects when called: the consumer must have
+        delivered up to it with nothing unacknowledged (its pending counts alone can lag a store that
+        was just acknowledged on a loaded server)."""
         js = self._stream.js
         stream = self._stream.name
         async with asyncio.timeout(timeout):
+            try:
+                last = (await js.get_last_msg(stream, self._filter)).seq or 0
+            except nats.js.errors.NotFoundError:
+                last = 0
             while True:
                 info = await js.consumer_info(stream, self.durable)
-                if info.num_pending == 0 and info.num_ack_pending == 0:
+                delivered = (info.delivered.stream_seq or 0) if info.delivered else 0
+                if info.num_pending == 0 and info.num_ack_pending == 0 and delivered >= last:
                     return
                 if self._task is not None and self._task.done():
                     self._task.result()  # surface a crash of the loop
