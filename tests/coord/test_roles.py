@@ -419,10 +419,12 @@ async def test_a_hostile_worker_can_forge_notifications_that_only_make_workers_l
     """It may publish on any queue's notification subjects; a worker reads the stored record and claims
     nothing the record does not say (a malformed one is dead-lettered, one for no task dropped)."""
     names = Names(NAMESPACE)
+    async with provisioned.connect("admin") as admin:
+        await queue_consumers(admin.nc, admin.js, admin.names, "forged", apply=True)
     async with provisioned.connect("w1") as hostile, provisioned.connect("w2") as honest:
         for forged in (b"{not json", json.dumps({"task_id": "ghost", "revision": 1, "epoch": 0}).encode()):
-            await hostile.js.publish(f"{NAMESPACE}.dispatch.jobs.ghost", forged)
-        worker = Worker(honest, ["jobs"], ok, worker_id="w2")
+            await hostile.js.publish(f"{NAMESPACE}.dispatch.forged.ghost", forged)
+        worker = Worker(honest, ["forged"], ok, worker_id="w2")
         running = asyncio.create_task(worker.run())
         try:
             await asyncio.wait_for(worker.wait_started(), 10)
@@ -433,4 +435,4 @@ async def test_a_hostile_worker_can_forge_notifications_that_only_make_workers_l
             worker.stop()
             await running
         assert worker.stats.claimed == 0
-        assert names.notification_subject("jobs", "ghost") not in await honest.tasks.queued_notifications()
+        assert names.notification_subject("forged", "ghost") not in await honest.tasks.queued_notifications()
