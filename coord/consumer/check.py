@@ -64,6 +64,8 @@ class ConsumerCheck:
         self._checked_at = float("-inf")
         self._ready = False
         self._said_missing: set[str] = set()
+        self._may_create = True
+        """False once the server refused this credential a create: not asked again (no refusal every check)."""
         self._wrong: dict[str, list[str]] = {}
         self.created = 0
         """Consumers this check created."""
@@ -122,9 +124,12 @@ class ConsumerCheck:
         durable = config.durable_name or ""
         subject = create_subject(self._stream, durable)
         try:
+            if not self._may_create:
+                raise PermissionDenied(f"this credential may not publish to {subject}")
             with permission_log(self._nc).guard(subject):
                 await self._js.add_consumer(self._stream, config)
         except PermissionDenied:
+            self._may_create = False
             if durable not in self._said_missing:
                 self._said_missing.add(durable)
                 log.warning(

@@ -18,7 +18,7 @@ import pytest
 
 import coord
 from coord.authconfig import parse_grant, write_auth
-from coord.consumer import queue_consumer_config
+from coord.consumer import CHECK_INTERVAL, queue_consumer_config
 from coord.errors import InvalidInput, PermissionDenied
 from coord.events import Progress
 from coord.limits import Rate, SlotHolder
@@ -378,8 +378,9 @@ async def test_a_worker_waits_for_a_new_queues_consumers_saying_so_once_and_work
         running = asyncio.create_task(worker.run())
         try:
             started = asyncio.create_task(worker.wait_started())
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(CHECK_INTERVAL + 1.5)  # at least two checks
             assert not started.done(), "wait_started returned before the queue's consumers existed"
+            assert len(permission_log(wconn.nc).refusals) == 1, "the worker asked again after being refused"
             waiting = [r.getMessage() for r in caplog.records if "may not create" in r.getMessage()]
             assert len(waiting) == 3  # once per consumer (one per priority level), not once per check
             assert all("corral provision --queue fresh" in line for line in waiting)
