@@ -169,9 +169,14 @@ async def test_wait_started_returns_once_the_consumers_exist_and_are_pulled_from
     running = asyncio.create_task(worker.run())
     try:
         await asyncio.wait_for(worker.wait_started(), 10)
+        # at once: the consumer exists, as configured (before, it might not exist yet)
         info = await conn.js.consumer_info(conn.names.dispatch_stream, conn.names.queue_consumer("ws"))
         assert info.config.filter_subject == conn.names.queue_filter("ws")
-        assert info.num_waiting >= 1  # the worker's idle pull is waiting on it
+        # the worker's idle pull was sent before wait_started returned; the server registers it on its own time
+        async with asyncio.timeout(1.0):
+            while info.num_waiting < 1:
+                await asyncio.sleep(0.02)
+                info = await conn.js.consumer_info(conn.names.dispatch_stream, conn.names.queue_consumer("ws"))
     finally:
         worker.stop()
         await running
