@@ -14,6 +14,8 @@ import re
 
 from nats.aio.client import Client as NATS
 
+from coord.natscompat import install_header_parser
+
 __all__ = ["CorralClient", "parse_header_lines"]
 
 _CRLF = b"\r\n"
@@ -45,4 +47,5 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
 class CorralClient(NATS):
     """nats-py's client with :func:`parse_header_lines` as its header parser (same results, less CPU)."""
 
-    _parse_header_lines = staticmethod(parse_header_lines)
+
+install_header_parser(CorralClient, parse_header_lines)

@@ -38,6 +38,7 @@ from coord.kv import Bucket
 from coord.limits import Limits
 from coord.mailbox import Mailbox
 from coord.naming import Names
+from coord.natscompat import inbox_prefix as natscompat_inbox_prefix
 from coord.permissions import permission_log
 from coord.presence import Presence
 from coord.provision import Provision, StreamStatus
@@ -251,7 +252,7 @@ def compose(nc: NATS, js: JetStreamContext, names: Names, settings: Settings, ob
     registry = Registry(records, presence, terminal_ttl=settings.session_retention)
     # Reply subjects corral hands out all live under the first token of the inbox prefix
     # (``_INBOX``): per-credential prefixes (``_INBOX.{ns}.{id}``) differ between sender and recipient.
-    reply_prefix = bytes(getattr(nc, "_inbox_prefix", b"_INBOX")).decode().split(".", 1)[0] + "."
+    reply_prefix = natscompat_inbox_prefix(nc).split(".", 1)[0] + "."
     effects = TaskEffects(nc, stream(names.dispatch_stream), names)
     blobs = Blobs(js, names.blobs_bucket, max_size=settings.max_blob_bytes, patience=settings.io_patience)
     values = TaskValues(blobs, nc.max_payload, retention=settings.task_retention)

@@ -35,10 +35,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 
+from coord.consumer import create_queue_consumers, differences, queue_consumer_config
 from coord.errors import ConfigConflict, NotProvisioned, PermissionDenied
 from coord.naming import (
     Names,
@@ -63,6 +65,7 @@ __all__ = [
     "kv_stream_name",
     "provision",
     "provision_command",
+    "queue_consumers",
     "stream_configs",
     "survey",
 ]
@@ -449,3 +452,30 @@ async def _update(
             f"stream {config.name!r} of namespace {names.namespace!r} cannot be updated "
             f"({'; '.join(status.differences)}): {err.description}"
         ) from None
+
+
+async def queue_consumers(
+    nc: NATS, js: JetStreamContext, names: Names, queue: str, *, apply: bool
+) -> list[StreamStatus]:
+    """The durable consumers of every priority level of ``queue`` (:func:`coord.consumer.queue_consumer_config`,
+    the one configuration): each ``unchanged``, or ``missing``/``outdated`` (with the differing fields);
+    with ``apply`` the missing ones are created and the outdated set back (``created``/``updated``).
+    A credential that may not create them raises :class:`~coord.errors.PermissionDenied` at once."""
+    found: list[StreamStatus] = []
+    for priority in LEVELS:
+        want = queue_consumer_config(names, queue, priority)
+        assert want.durable_name is not None
+        try:
+            info = await js.consumer_info(names.dispatch_stream, want.durable_name)
+        except NotFoundError:
+            found.append(StreamStatus(want.durable_name, StreamState.MISSING))
+            continue
+        wrong = differences(want, info.config)
+        found.append(
+            StreamStatus(want.durable_name, StreamState.OUTDATED if wrong else StreamState.UNCHANGED, tuple(wrong))
+        )
+    if not apply or all(s.state is StreamState.UNCHANGED for s in found):
+        return found
+    await create_queue_consumers(nc, js, names, queue)
+    done = {StreamState.MISSING: StreamState.CREATED, StreamState.OUTDATED: StreamState.UPDATED}
+    return [StreamStatus(s.name, done.get(s.state, s.state), s.differences) for s in found]

@@ -5,10 +5,14 @@ responders" or a 503 from JetStream. Calls that are safe to repeat (reads, CAS w
 is checked, publishes carrying a ``Nats-Msg-Id``) are retried with jittered exponential backoff
 until a deadline, and not at all once the connection is closed for good. The first attempt runs
 without any retry machinery, so the common case costs one await.
+
+Loops that wait out trouble for as long as they run (a consumer's fetch loop, a write that checks
+between attempts) take their pauses from :class:`Pauses`: the same doubling rhythm, one place.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -26,10 +30,11 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from coord.backoff import Backoff
 from coord.errors import Unavailable
 from coord.permissions import permission_log
 
-__all__ = ["TRANSIENT", "is_transient", "retry_transient", "retry_until_stopped"]
+__all__ = ["TRANSIENT", "Pauses", "is_transient", "retry_transient", "retry_until_stopped"]
 
 log = logging.getLogger("corral.retry")
 
@@ -156,3 +161,36 @@ async def retry_until_stopped(
 def _unavailable(what: str, err: BaseException) -> Unavailable:
     reason = str(err) or type(err).__name__
     return Unavailable(f"{what}: the NATS server did not answer ({reason})")
+
+
+class Pauses:
+    """The pauses of a loop that waits out trouble for as long as it runs: ``first`` seconds after the
+    first failure, doubling up to ``cap`` (``jitter`` of each is random), back to ``first`` after
+    :meth:`reset` (a success)."""
+
+    def __init__(self, first: float, cap: float, *, jitter: float = 0.0) -> None:
+        self._backoff = Backoff(base=first, factor=2.0, max=cap, jitter=jitter)
+        self._failures = 0
+
+    def next(self) -> float:
+        """The pause to take after one more failure."""
+        self._failures += 1
+        return self._backoff.delay(self._failures)
+
+    def reset(self) -> None:
+        """The loop succeeded: the next failure pauses ``first`` again."""
+        self._failures = 0
+
+    async def sleep(self, stopping: asyncio.Event | None = None) -> float:
+        """Take the next pause, ending early when ``stopping`` is set; returns the pause planned."""
+        pause = self.next()
+        if stopping is None:
+            await asyncio.sleep(pause)
+            return pause
+        if not stopping.is_set():
+            try:
+                async with asyncio.timeout(pause):
+                    await stopping.wait()
+            except TimeoutError:
+                pass
+        return pause

@@ -5,10 +5,12 @@ tests against a real server. The roles (docs/security.md says why each needs wha
 
 - ``provisioner``: the operator; everything (creates, updates and deletes streams; sets queue limits).
 - ``parent``: submits tasks and reads their results (a :class:`dispatch.Dispatcher`, with its
-  embedded reclaimer): writes task records and notifications, hears its own results
-  subject, tells workers that a claim was taken away, gives back the concurrency slots of the claims
-  its reclaimer takes back, deletes notifications no worker will be given.
-- ``worker``: takes work from its queues and reports: writes task records (claims, heartbeats,
+  embedded reclaimer): writes task records and notifications, creates the consumers of a queue it
+  submits to, hears its own results subject, tells workers that a claim was taken away, gives back
+  the concurrency slots of the claims its reclaimer takes back, deletes notifications no worker
+  will be given.
+- ``worker``: takes work from its queues and reports: pulls from and acknowledges the queues'
+  consumers (never creates or updates one), writes task records (claims, heartbeats,
   outcomes), retry notifications and result pushes; its own presence key only; takes
   concurrency slots and reserves start times under its queues' limits (never sets a limit).
 - ``reclaimer``: gives up on departed workers' claims: writes task records and
@@ -117,11 +119,15 @@ def _reader(names: Names, identity: str) -> Permissions:
             f"$JS.API.STREAM.MSG.GET.{stream}",
             f"$JS.API.DIRECT.GET.{stream}",
             f"$JS.API.DIRECT.GET.{stream}.>",
-            # ephemeral (ordered) consumers for watches and snapshots
+            # ephemeral (ordered) consumers for watches and snapshots (the unnamed form: the server
+            # refuses a durable name on it)
             f"$JS.API.CONSUMER.CREATE.{stream}",
-            f"$JS.API.CONSUMER.CREATE.{stream}.>",
             f"$JS.API.CONSUMER.INFO.{stream}.*",
         ]
+        if stream != names.dispatch_stream:
+            # the named form creates and UPDATES durables too: never on the dispatch stream, whose
+            # durable consumers are the queues' (a worker could re-point one and starve its queue)
+            publish.append(f"$JS.API.CONSUMER.CREATE.{stream}.>")
     # Snapshots and blob reads delete their ephemeral consumer when done; these streams hold no durable one.
     publish += [f"$JS.API.CONSUMER.DELETE.{stream}.*" for stream in kv_streams]
     publish += ["$JS.FC.>"]  # flow-control answers of push consumers
@@ -165,10 +171,9 @@ def _worker(names: Names, identity: str) -> Permissions:
             publish_allow=[
                 f"{kv_subject_prefix(names.presence_bucket)}{identity}",
                 f"{ns}.results.*",
-                # the shared per-queue durable consumers: create (idempotent), fetch, acknowledge
-                # (subject wildcards match whole tokens, so not "q-*": any consumer of the stream)
-                f"$JS.API.CONSUMER.DURABLE.CREATE.{dispatch}.*",
-                f"$JS.API.CONSUMER.CREATE.{dispatch}.*.>",
+                # the shared per-queue durable consumers: fetch, acknowledge (never create: in NATS a
+                # create is also an update, so a worker could re-point a queue's consumer; parents and
+                # the provisioner create them). Subject wildcards match whole tokens, so not "q-*".
                 f"$JS.API.CONSUMER.MSG.NEXT.{dispatch}.*",
                 f"$JS.ACK.{dispatch}.>",
             ],
@@ -184,7 +189,11 @@ def _parent(names: Names, identity: str) -> Permissions:
     granted.add(_notification_sweeper(names))
     granted.add(
         Permissions(
-            publish_allow=[f"{names.namespace}.control.*"],
+            publish_allow=[
+                f"{names.namespace}.control.*",
+                # the consumers of a queue it submits to first (coord.consumer.create_queue_consumers)
+                f"$JS.API.CONSUMER.DURABLE.CREATE.{names.dispatch_stream}.*",
+            ],
             subscribe_allow=[names.results_subject(identity)],
         )
     )

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from coord.aio import stop_tasks
 from coord.connection import Coord
+from coord.consumer import create_queue_consumers
 from coord.errors import InvalidInput
 from coord.ids import new_id, validate_id
 from coord.tasks import TERMINAL, ResultNotice, ScheduleRequest, TaskRecord, TaskStatus
@@ -95,6 +96,8 @@ class Dispatcher:
         self._room = asyncio.Semaphore(max_in_flight)
         self._waiting: dict[str, asyncio.Future[TaskRecord]] = {}
         self._holding: set[str] = set()
+        self._queues_made: set[str] = set()
+        """Queues whose consumers this dispatcher made sure of (once per queue per process)."""
         self._since: dict[str, float] = {}
         self._waiters: dict[str, int] = {}
         self._sub: Subscription | None = None
@@ -172,6 +175,7 @@ class Dispatcher:
         if len(set(ids)) != len(ids):
             twice = sorted({t for t in ids if ids.count(t) > 1})
             raise InvalidInput(f"task_id {twice[0]!r} appears more than once in the batch (ids must be unique)")
+        await self._make_queues({spec.queue for spec, _ in prepared})
         # A resubmit of a task this dispatcher already awaits takes no second slot.
         fresh = [t for t in ids if t not in self._holding]
         for _ in fresh:
@@ -188,6 +192,25 @@ class Dispatcher:
             if record.status in TERMINAL:  # an idempotent resubmit of a finished task
                 self._resolve(record)
         return ids
+
+    async def _make_queues(self, queues: set[str]) -> None:
+        """Create (or set back to their configuration) the consumers of each queue first submitted to by
+        this process: a worker credential may not, so a new queue's consumers come from its parent (or
+        ``corral provision --queue``). Once per queue per process; a failure (e.g. credentials minted
+        before parents could) is logged once and left to ``corral provision --queue``."""
+        for queue in sorted(queues - self._queues_made):
+            self._queues_made.add(queue)
+            try:
+                await create_queue_consumers(self.coord.nc, self.coord.js, self.coord.names, queue)
+            except Exception as err:
+                log.warning(
+                    "dispatcher %s: could not create the consumers of queue %s (%s); its workers wait for "
+                    "`corral provision --queue %s`",
+                    self.parent_id,
+                    queue,
+                    err,
+                    queue,
+                )
 
     def _future(self, task_id: str) -> asyncio.Future[TaskRecord]:
         """The future that resolves with ``task_id``'s finished record (created on first use)."""

@@ -23,7 +23,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Literal
@@ -40,6 +39,7 @@ from coord.validation import describe
 from coord.wire import Result, Spec
 from workers.context import Context
 from workers.handlers import Handler
+from workers.stats import WorkerStats
 
 __all__ = ["Execution", "ExecutionStats", "StopReason"]
 
@@ -52,23 +52,8 @@ SETTLE_PATIENCE_MIN = 60.0
 """Seconds an outcome keeps being retried at least (more for longer leases)."""
 
 
-@dataclass
-class ExecutionStats:
-    """What a worker's runs did with their claims."""
-
-    claimed: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    stale_rejected: int = 0
-    """Outcomes refused because the claim was no longer current (reclaimed or cancelled meanwhile)."""
-    released: int = 0
-    """Claims handed back unfinished (graceful stop)."""
-    dead_lettered: int = 0
-    """Specs that failed validation (the task failed, the spec was dead-lettered)."""
-    unrecorded: int = 0
-    """Outcomes that could not be written before giving up (the task is re-run after its lease)."""
-    taken_away: int = 0
-    """Handlers stopped because their claim ended elsewhere (cancelled or reclaimed) first."""
+ExecutionStats = WorkerStats
+"""What a worker's runs count (the worker's one stats model)."""
 
 
 class Execution:

@@ -37,11 +37,12 @@ HORIZON = 2.0
 """Seconds ahead a start may be reserved: a fetched notification waits at most this long for its time
 (well inside its 5 s ack wait); a queue whose next start is further away is not fetched from until then."""
 NO_SLOT_DELAY = 0.25
-"""NAK delay of a notification fetched when a slot looked free but none could be taken."""
+"""Least NAK delay of a notification fetched when a slot looked free but none could be taken (the intake
+puts a waiting notification back for longer as its deliveries grow, see :mod:`coord.consumer.policy`)."""
 SPARE_HOLD = 0.2
 """Seconds a slot whose claim ended is kept for this worker's next claim of the queue before it is given back."""
 DUPLICATE_DELAY = 1.0
-"""NAK delay of a notification whose task this worker is already claiming or running, or whose record was
+"""Least NAK delay of a notification whose task this worker is already claiming or running, or whose record was
 not read (it comes back and is then claimed or dropped as stale)."""
 
 
@@ -50,7 +51,8 @@ class Refusal:
     """Why a notification was not let through now, and what to do with it."""
 
     delay: float | None
-    """Put it back for this many seconds; None: the stored task is not pending (drop it as stale)."""
+    """Put it back for at least this many seconds (it only waits: counted, never dead-lettered, renewed
+    when delivered too often; see :mod:`workers.intake`); None: the stored task is not pending (drop it)."""
     reason: str
     """What stopped it."""
 

@@ -36,22 +36,23 @@ import contextlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from coord.aio import stop_tasks
+from coord.aio import first_of, stop_tasks
 from coord.connection import Coord
 from coord.errors import CorralError, InvalidInput, PresenceLost
 from coord.ids import new_id, validate_id
 from coord.presence import AgentInfo, Membership, MembershipLost
 from coord.tasks import Claim, TaskRecord, TaskStatus
 from coord.validation import IN_FLIGHT, TIMEOUT, TTL, WAIT, WORKERS, check_number
-from workers.execution import Execution, ExecutionStats
+from workers.execution import Execution
 from workers.gate import Gate
 from workers.handlers import Handler
-from workers.intake import FETCH_WAIT, Intake, IntakeStats, Slots, queue_consumer
+from workers.intake import FETCH_WAIT, Intake, Slots, queue_consumer
+from workers.stats import WorkerStats
 from workers.watchdog import LoopWatchdog
 
 __all__ = ["Worker", "WorkerStats", "queue_consumer"]
@@ -62,31 +63,6 @@ INFLIGHT_COALESCE = 0.05
 """Seconds within which task starts and ends are published as one inflight update (presence writes
 it at most four times a second anyway; validating a new AgentInfo per start and end cost ~3% of a
 busy worker's CPU)."""
-
-
-@dataclass
-class WorkerStats:
-    """Counters of what one worker did."""
-
-    claimed: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    stale_rejected: int = 0
-    """Outcomes refused because the claim was no longer current (reclaimed or cancelled meanwhile)."""
-    dropped_notifications: int = 0
-    """Stale or duplicate notifications acked and dropped."""
-    dead_lettered: int = 0
-    """Notifications and specs dead-lettered."""
-    released: int = 0
-    """Claims handed back unfinished on a graceful stop."""
-    unrecorded: int = 0
-    """Outcomes that could not be written in time (the task is re-run after its lease)."""
-    taken_away: int = 0
-    """Handlers stopped because their claim ended elsewhere (cancelled, or reclaimed) before they did."""
-    presence_losses: int = 0
-    """Times the worker failed closed (and joined again unless told to exit)."""
-    loop_blocks: int = 0
-    """Times its event loop was blocked for longer than a second."""
 
 
 class Worker:
@@ -134,37 +110,22 @@ class Worker:
         self.role = role
         self.exit_on_loss = exit_on_loss
         """Exit (raise :class:`PresenceLost`) when presence is lost instead of joining again."""
-        self._runs = ExecutionStats()
-        self._intake = IntakeStats()
-        self._losses = 0
-        self._blocks = 0
+        self._stats = WorkerStats()
         self._slots = Slots(concurrency)
         self._gate = Gate(coord, self.queues, self.worker_id)
         self._running: dict[str, Execution] = {}
         self._stopping = asyncio.Event()
         self._fatal: CorralError | None = None
         self._started = asyncio.Event()
+        self._intakes: list[Intake] = []
         self._membership: Membership | None = None
         self._inflight_due: asyncio.TimerHandle | None = None
         self._watchdog = LoopWatchdog(self._describe_running, on_block=self._blocked)
 
     @property
     def stats(self) -> WorkerStats:
-        """What this worker did so far."""
-        runs, intake = self._runs, self._intake
-        return WorkerStats(
-            claimed=runs.claimed,
-            succeeded=runs.succeeded,
-            failed=runs.failed,
-            stale_rejected=runs.stale_rejected,
-            dropped_notifications=intake.dropped_notifications,
-            dead_lettered=intake.dead_lettered + runs.dead_lettered,
-            released=runs.released,
-            unrecorded=runs.unrecorded,
-            taken_away=runs.taken_away,
-            presence_losses=self._losses,
-            loop_blocks=self._blocks,
-        )
+        """What this worker did so far (a copy: later counts do not change it)."""
+        return replace(self._stats)
 
     @property
     def inflight(self) -> int:
@@ -172,8 +133,12 @@ class Worker:
         return len(self._running)
 
     async def wait_started(self) -> None:
-        """Wait until the worker is present and fetching."""
-        await self._started.wait()
+        """Wait until the worker is present and fetching: joined, and every queue's consumers found as
+        configured (or created, where this credential may) with pulls ready to be made. A queue whose
+        consumers are missing or re-pointed keeps this waiting until they are set right."""
+        await first_of(self._started.wait(), self._stopping.wait())
+        if not self._stopping.is_set():
+            await first_of(asyncio.gather(*(intake.fetching.wait() for intake in self._intakes)), self._stopping.wait())
 
     def stop(self) -> None:
         """Ask for a graceful stop (returns at once; :meth:`run` finishes the shutdown)."""
@@ -189,7 +154,7 @@ class Worker:
         return membership
 
     def _on_lost(self, err: PresenceLost) -> None:
-        self._losses += 1
+        self._stats.presence_losses += 1
         rejoining = isinstance(err, MembershipLost) and err.rejoining
         if not rejoining or self.exit_on_loss:
             log.error("worker %s: presence lost (%s); failing closed and stopping", self.worker_id, err)
@@ -225,7 +190,7 @@ class Worker:
 
     # --- running -------------------------------------------------------------------------------
     def _start(self, claim: Claim, pending: TaskRecord | None) -> None:
-        execution = Execution(self.coord, claim, self.handler, stats=self._runs, on_done=self._finished)
+        execution = Execution(self.coord, claim, self.handler, stats=self._stats, on_done=self._finished)
         self._running[claim.task_id] = execution
         self._watchdog.refresh()
         execution.start(pending)
@@ -234,7 +199,7 @@ class Worker:
     def _finished(self, execution: Execution) -> None:
         if self._running.get(execution.claim.task_id) is execution:
             del self._running[execution.claim.task_id]
-        self._slots.give_back(1)
+        self._slots.returned(1)
         self._gate.release(execution.claim.task_id)
         self._watchdog.refresh()
         self._publish_inflight()
@@ -263,7 +228,7 @@ class Worker:
         return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
 
     def _blocked(self, seconds: float) -> None:
-        self._blocks += 1
+        self._stats.loop_blocks += 1
 
     async def run_one(self, task_id: str) -> TaskRecord:
         """Join presence, claim ``task_id`` directly (no notification), run it, report, leave.
@@ -296,7 +261,7 @@ class Worker:
                 self.coord.names.control_subject(self.worker_id), cb=self._on_control
             )
             await self._gate.start()
-            intakes = [
+            self._intakes = intakes = [
                 Intake(
                     self.coord,
                     queue,
@@ -307,7 +272,7 @@ class Worker:
                     on_claim=self._start,
                     present=membership.present,
                     stopping=self._stopping,
-                    stats=self._intake,
+                    stats=self._stats,
                     gate=self._gate,
                 )
                 for queue in self.queues

@@ -8,13 +8,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from coord.aio import stop_tasks
+from coord.aio import first_of, stop_tasks
+from coord.consumer import EVENTS, SERVER_MAX_DELIVER, Backoff, ConsumerCheck, Puller, Settler, deliveries
 from coord.deadletter import DeadLetters
 from coord.errors import Unavailable
 from coord.events.codec import decode_event
@@ -24,17 +23,20 @@ from coord.events.tree import Change, event_changes, upward_id
 from coord.ids import validate_id
 from coord.naming import Names
 from coord.records import RecordStore
+from coord.retry import Pauses
 from coord.streams import Stream
 
-__all__ = ["ACK_WAIT", "DEFER_DELIVERIES", "EventListener", "ListenerHost"]
+__all__ = ["ACK_WAIT", "DEFERRED", "DEFER_DELIVERIES", "FETCH_WAIT", "EventListener", "ListenerHost"]
 
 log = logging.getLogger("corral.events")
 
-MAX_DELIVERIES = 10
-"""Deliveries of an event whose side effects keep failing before it is dead-lettered."""
 DEFER_DELIVERIES = 6
 """Deliveries of an event whose sender's ancestry is not known yet before it is dead-lettered (the
 waits between them grow from 0.25 s to 4 s: about 8 s for a delegation still on its way to land)."""
+DEFERRED = Backoff(limit=DEFER_DELIVERIES, base=0.25, cap=4.0)
+"""The policy of events whose sender's ancestry is not known yet."""
+FETCH_WAIT = 2.0
+"""Longest one pull waits for events (also the longest a graceful stop waits for the loop to end)."""
 ACK_WAIT = 5.0
 """Seconds before an unacknowledged event is redelivered (handling in progress keeps extending it)."""
 
@@ -105,10 +107,24 @@ class EventListener:
         """Name of the durable consumer holding this listener's position."""
         self.processed = 0
         """Events handled by this instance (duplicates excluded)."""
+        self._stopping = asyncio.Event()
+        self._settler = Settler(events.dead_letters, "events", log)
 
     @property
     def _filter(self) -> str:
         return self._events.names.events_filter(self.agent)
+
+    def _config(self) -> js_api.ConsumerConfig:
+        return js_api.ConsumerConfig(
+            durable_name=self.durable,
+            filter_subject=self._filter,
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            ack_wait=ACK_WAIT,
+            max_ack_pending=1024,
+            max_deliver=SERVER_MAX_DELIVER,
+            inactive_threshold=self._events.retention,
+        )
 
     async def _consumer(self) -> None:
         js = self._stream.js
@@ -118,34 +134,40 @@ class EventListener:
             return
         except nats.js.errors.NotFoundError:
             pass
-        config = js_api.ConsumerConfig(
-            durable_name=self.durable,
-            filter_subject=self._filter,
-            ack_policy=js_api.AckPolicy.EXPLICIT,
-            deliver_policy=js_api.DeliverPolicy.ALL,
-            ack_wait=ACK_WAIT,
-            max_ack_pending=1024,
-            max_deliver=2 * MAX_DELIVERIES,
-            inactive_threshold=self._events.retention,
-        )
-        await js.add_consumer(stream, config)
-
-    async def _bind(self) -> JetStreamContext.PullSubscription:
-        await self._consumer()
-        return await self._stream.js.pull_subscribe_bind(durable=self.durable, stream=self._stream.name)
+        await js.add_consumer(stream, self._config())
 
     async def start(self) -> None:
         """Create (or find) the durable consumer and start processing in the background."""
         if self._task is not None:
             return
-        sub = await self._bind()
-        self._task = asyncio.create_task(self._run(sub), name=f"events-listener-{self.agent}")
+        await self._consumer()
+        puller = Puller(self._stream.nc, self._stream.name, self.durable)
+        await puller.open()
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(puller), name=f"events-listener-{self.agent}")
 
     async def stop(self) -> None:
-        """Stop processing (the position is kept on the server); returns within a few seconds."""
+        """Stop processing (the position is kept on the server); returns within a few seconds.
+
+        The event being handled is finished first (its callback, seen-marker and acknowledgement), so
+        a graceful stop never replays a callback; the pull subscription is closed, so a listener
+        started again gets what arrives at once (nothing waits out an ack timeout on the old one).
+        """
         task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping.set()
+        _, late = await asyncio.wait({task}, timeout=FETCH_WAIT + ACK_WAIT)
+        await stop_tasks(late, within=5.0, what=f"events listener {self.agent}")
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.debug("events listener %s ended with %r", self.agent, task.exception())
+
+    async def wait(self) -> None:
+        """Wait until the listener ends; raises what ended it (e.g. :class:`Unavailable` when its
+        connection was closed for good). Returns at once when it is not running."""
+        task = self._task
         if task is not None:
-            await stop_tasks([task], within=5.0, what=f"events listener {self.agent}")
+            await task
 
     async def __aenter__(self) -> EventListener:
         await self.start()
@@ -155,98 +177,111 @@ class EventListener:
         await self.stop()
 
     async def catch_up(self, timeout: float = 10.0) -> None:
-        """Wait until every event stored so far for this agent is processed; ``TimeoutError`` if not."""
+        """Wait until every event stored so far for this agent is processed; ``TimeoutError`` if not.
+
+        "Stored so far" is the last sequence on the agent's subjects when called: the consumer must have
+        delivered up to it with nothing unacknowledged (its pending counts alone can lag a store that
+        was just acknowledged on a loaded server)."""
         js = self._stream.js
         stream = self._stream.name
         async with asyncio.timeout(timeout):
+            try:
+                last = (await js.get_last_msg(stream, self._filter)).seq or 0
+            except nats.js.errors.NotFoundError:
+                last = 0
             while True:
                 info = await js.consumer_info(stream, self.durable)
-                if info.num_pending == 0 and info.num_ack_pending == 0:
+                delivered = (info.delivered.stream_seq or 0) if info.delivered else 0
+                if info.num_pending == 0 and info.num_ack_pending == 0 and delivered >= last:
                     return
                 if self._task is not None and self._task.done():
                     self._task.result()  # surface a crash of the loop
                 await asyncio.sleep(0.05)
 
-    async def _run(self, sub: JetStreamContext.PullSubscription | None) -> None:
-        delay = 0.1
-        while True:
-            try:
-                if sub is None:
-                    sub = await self._bind()
-                msgs = await sub.fetch(batch=self._batch, timeout=2.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                log.warning("events listener %s: fetch failed (%s); retrying", self.agent, err or type(err).__name__)
-                if await self._consumer_gone():
-                    sub = None  # deleted under us: make it again (its position is lost, seen-markers dedupe)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            delay = 0.1
-            for msg in msgs:
+    async def _run(self, puller: Puller) -> None:
+        nc = self._stream.nc
+        check = ConsumerCheck(
+            nc,
+            self._stream.js,
+            self._stream.name,
+            [self._config()],
+            who=f"events listener {self.agent}",
+            fix=f"delete consumer {self.durable}: the listener makes it again",
+        )
+        pauses = Pauses(0.1, 2.0)
+        try:
+            while not self._stopping.is_set():
                 try:
-                    await self._handle(msg)
+                    msgs = await puller.fetch(self._batch, wait=FETCH_WAIT)
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # one message must never end the listener
-                    log.exception("events listener %s: could not handle a message on %s", self.agent, msg.subject)
-
-    async def _consumer_gone(self) -> bool:
-        try:
-            await self._stream.js.consumer_info(self._stream.name, self.durable)
-        except nats.js.errors.NotFoundError:
-            log.warning("events listener %s: its consumer is gone; re-creating it", self.agent)
-            return True
-        except Exception:
-            return False
-        return False
+                except Exception as err:
+                    if nc.is_closed:
+                        log.error("events listener %s: its connection is closed for good; ending", self.agent)
+                        raise Unavailable(
+                            f"events listener {self.agent}: the connection is closed for good ({err})"
+                        ) from err
+                    log.warning("events listener %s: fetch failed (%s); retrying", self.agent, err or type(err))
+                    await check.check(now=True)  # deleted under us: made again (seen-markers dedupe)
+                    await first_of(asyncio.sleep(pauses.next()), self._stopping.wait())
+                    continue
+                pauses.reset()
+                for msg in msgs:
+                    if self._stopping.is_set():  # put back at once: a restart gets it without a wait
+                        await self._settler.nak(msg)
+                        continue
+                    try:
+                        await self._handle(msg)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # one message must never end the listener
+                        log.exception("events listener %s: could not handle a message on %s", self.agent, msg.subject)
+                if not msgs and nc.is_closed:
+                    log.error("events listener %s: its connection is closed for good; ending", self.agent)
+                    raise Unavailable(f"events listener {self.agent}: the connection is closed for good")
+        finally:
+            await puller.close()
 
     async def _handle(self, msg: Msg) -> None:
         received = decode_event(msg)
         if isinstance(received, str):
-            await self._events.dead_letters.record(
-                "events", received, subject=msg.subject, body=msg.data, headers=dict(msg.headers or {})
-            )
-            await _settle(msg.term())
+            await self._settler.dead_letter(msg, received)
             return
-        ticker = asyncio.create_task(_keep_in_progress(msg))
+        ticker = asyncio.create_task(self._keep_in_progress(msg))
         try:
             if await self._seen(received.event.id):
-                await _settle(msg.ack())
+                await self._settler.ack(msg)
                 return
             verdict = await sender_verdict(self.agent, received, self._descendant)
             if verdict != ACCEPT:
                 await self._refuse(msg, received, verdict)
                 return
             await self.apply(received)
-            await self._notify(received)
-            await self._mark_seen(received.event.id)
-            await msg.ack_sync()
-            self.processed += 1
+            # Once the callback has run, its seen-marker and ack are written even if a stop cancels
+            # this task meanwhile: a graceful stop never replays a callback (a crash may: at least once).
+            await asyncio.shield(self._notify_and_mark(msg, received))
         except asyncio.CancelledError:
             raise
         except Exception as err:
-            deliveries = _deliveries(msg)
-            if deliveries >= MAX_DELIVERIES:
-                reason = f"{received.event.kind} {received.event.id} not applied after {deliveries} deliveries: {err}"
-                await self._dead_letter(msg, reason)
-                return
-            # Left unacknowledged: redelivered after a growing pause; side effects are idempotent.
-            delay = min(30.0, 0.5 * 2 ** (deliveries - 1))
-            log.warning(
-                "events listener %s: %s %s not applied yet (%s); retrying in %.1fs",
-                self.agent,
-                received.event.kind,
-                received.event.id,
-                err,
-                delay,
-            )
-            await _settle(msg.nak(delay=delay))
+            # Put back after a growing pause (side effects are idempotent), dead-lettered at the limit.
+            what = f"{received.event.kind} {received.event.id} not applied: {err}"
+            delay = await self._settler.failed(msg, what, policy=EVENTS)
+            if delay is not None:
+                log.warning("events listener %s: %s; retrying in %.1fs", self.agent, what, delay)
         finally:
             ticker.cancel()
+
+    async def _notify_and_mark(self, msg: Msg, received: ReceivedEvent) -> None:
+        await self._notify(received)
+        await self._mark_seen(received.event.id)
+        await msg.ack_sync()
+        self.processed += 1
+
+    async def _keep_in_progress(self, msg: Msg) -> None:
+        """Tell the server a slow handler is still working, so the event is not redelivered meanwhile."""
+        while True:
+            await asyncio.sleep(ACK_WAIT / 2)
+            await self._settler.in_progress(msg)
 
     async def _descendant(self, agent: str) -> Descendant | None:
         record, _ = await self._store.get(f"tree.{self.agent}.{agent}", Descendant)
@@ -255,9 +290,10 @@ class EventListener:
     async def _refuse(self, msg: Msg, received: ReceivedEvent, verdict: str) -> None:
         """An event its sender may not send (or may not yet be known to send): retried or dead-lettered."""
         event = received.event
-        deliveries = _deliveries(msg)
-        if verdict == DEFER and deliveries < DEFER_DELIVERIES:
-            delay = 0.25 * 2 ** (deliveries - 1)
+        n = deliveries(msg)
+        if verdict == DEFER and not DEFERRED.exhausted(n):
+            assert n is not None
+            delay = DEFERRED.delay(n)
             log.info(
                 "events listener %s: %s %s from %s about %s: ancestry not known yet; retrying in %.1fs",
                 self.agent,
@@ -267,18 +303,12 @@ class EventListener:
                 event.agent,
                 delay,
             )
-            await _settle(msg.nak(delay=delay))
+            await self._settler.nak(msg, delay)
             return
         if verdict == DEFER:
             verdict = f"{received.sender!r} is not known as an ancestor of {event.agent!r}"
         log.warning("events listener %s: rejecting %s %s: %s", self.agent, event.kind, event.id, verdict)
-        await self._dead_letter(msg, f"{event.kind} {event.id} rejected: {verdict}")
-
-    async def _dead_letter(self, msg: Msg, reason: str) -> None:
-        """Record ``msg`` as a dead letter of the events listener with ``reason``, then end its deliveries."""
-        body, headers = msg.data, dict(msg.headers or {})
-        await self._events.dead_letters.record("events", reason, subject=msg.subject, body=body, headers=headers)
-        await _settle(msg.term())
+        await self._settler.dead_letter(msg, f"{event.kind} {event.id} rejected: {verdict}")
 
     async def _notify(self, received: ReceivedEvent) -> None:
         if self._on_event is None:
@@ -326,24 +356,3 @@ class EventListener:
     async def descendants(self) -> dict[str, Descendant]:
         """This agent's descendant registry."""
         return await self._events.descendants(self.agent)
-
-
-def _deliveries(msg: Msg) -> int:
-    try:
-        return int(msg.metadata.num_delivered)
-    except Exception:
-        return 1
-
-
-async def _keep_in_progress(msg: Msg) -> None:
-    """Tell the server a slow handler is still working, so the event is not redelivered meanwhile."""
-    while True:
-        await asyncio.sleep(ACK_WAIT / 2)
-        await _settle(msg.in_progress())
-
-
-async def _settle(ack: Awaitable[None]) -> None:
-    try:
-        await ack
-    except Exception as err:  # the server redelivers what we could not settle
-        log.debug("could not settle event message: %s", err)

@@ -31,7 +31,7 @@ from coord.kv.entry import (
 )
 from coord.naming import JS_API_PREFIX, direct_get_subject, kv_stream_name, kv_subject_prefix
 from coord.permissions import permission_log
-from coord.retry import TRANSIENT, is_transient, retry_transient
+from coord.retry import TRANSIENT, Pauses, is_transient, retry_transient
 from coord.streams import stream_snapshot
 
 __all__ = ["GET_MANY_CHUNK", "Bucket", "conflicts"]
@@ -310,7 +310,7 @@ class Bucket:
             headers[MSG_TTL] = ttl_header(ttl)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._patience(patience)
-        pause = 0.05
+        pauses = Pauses(0.05, 1.0)
         uncertain = False  # an earlier attempt may have landed without us hearing back
         while True:
             timeout = max(0.05, min(self.request_timeout, deadline - loop.time()))
@@ -332,13 +332,13 @@ class Bucket:
             except TRANSIENT as err:
                 failure = err
             uncertain = True
+            pause = pauses.next()
             if self.nc.is_closed or loop.time() + pause > deadline:
                 raise Unavailable(
                     f"write {self.name}/{key}: the NATS server did not answer ({failure or type(failure).__name__})"
                 ) from failure
             log.debug("write %s/%s: %s; retrying in %.2fs", self.name, key, failure, pause)
             await asyncio.sleep(pause)
-            pause = min(1.0, pause * 2)
             if last is None:
                 continue  # unconditional: writing again is harmless
             try:

@@ -14,6 +14,7 @@ from nats.js import api as js_api
 
 from coord.kv.bucket import Bucket
 from coord.kv.entry import Entry
+from coord.natscompat import set_restart_sequence
 from coord.retry import retry_transient
 
 __all__ = ["KeyWatch"]
@@ -134,7 +135,7 @@ class KeyWatch:
             return
         # nats-py re-creates a lost ordered consumer from the last stream sequence it delivered,
         # which is 0 until the first write arrives: tell it where this one started.
-        sub._sub._jsi._sseq = start  # type: ignore[union-attr]
+        set_restart_sequence(sub, start)
         if self._stopped:
             await _unsubscribe(sub)
             return

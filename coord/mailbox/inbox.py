@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 
-import nats.errors
 from nats.aio.msg import Msg
-from nats.js import api as js_api
-from nats.js.client import JetStreamContext
 
+from coord.consumer import OrderedReader
 from coord.deadletter import DeadLetters
 from coord.ids import validate_id
 from coord.mailbox.message import InboxMessage, parse
@@ -62,18 +60,13 @@ class Inbox:
         self._dead_letters = dead_letters
         self.agent = validate_id(agent, "agent")
         """Whose inbox this is."""
-        self._sub: JetStreamContext.PushSubscription | None = None
+        self._reader: OrderedReader | None = None
         self._current: InboxMessage | None = None
 
     async def _start(self) -> None:
-        if self._sub is None:
-            self._sub = await self._stream.js.subscribe(
-                self._names.inbox_filter(self.agent),
-                stream=self._stream.name,
-                ordered_consumer=True,
-                deliver_policy=js_api.DeliverPolicy.ALL,
-                idle_heartbeat=2.0,
-            )
+        if self._reader is None:
+            reader = OrderedReader(self._stream.js, self._stream.name, self._names.inbox_filter(self.agent))
+            self._reader = await reader.open()
 
     async def __aenter__(self) -> Inbox:
         await self._start()
@@ -92,10 +85,9 @@ class Inbox:
 
     async def close(self) -> None:
         """Stop reading (unacknowledged messages stay queued). Idempotent."""
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.close()
 
     def __aiter__(self) -> Inbox:
         return self
@@ -105,12 +97,11 @@ class Inbox:
             await self._current.ack()
         self._current = None
         await self._start()
-        assert self._sub is not None
+        assert self._reader is not None
         while True:
-            try:
-                msg = await self._sub.next_msg(timeout=None)
-            except nats.errors.ConnectionClosedError:
-                raise StopAsyncIteration from None
+            msg = await self._reader.next()
+            if msg is None:
+                raise StopAsyncIteration
             parsed = await parse_or_dead_letter(msg, self._stream, self._dead_letters, self._reply_prefix)
             if parsed is not None:
                 self._current = parsed

@@ -13,7 +13,8 @@ import typer
 
 from coord.connection import connect
 from coord.errors import InvalidInput
-from coord.provision import Provision, StreamState, StreamStatus
+from coord.ids import validate_id
+from coord.provision import Provision, StreamState, StreamStatus, queue_consumers
 from coord.settings import Settings
 from corral.cli._bounds import MAX_BYTES, REPLICAS, bounded
 from corral.cli._common import Options, console, fail, options, print_json, run, setting_help
@@ -24,7 +25,9 @@ def register(app: typer.Typer) -> None:
     app.command("provision")(provision)
 
 
-async def _provision(opts: Options, namespace: str, settings: Settings, mode: Provision) -> list[StreamStatus]:
+async def _provision(
+    opts: Options, namespace: str, settings: Settings, mode: Provision, queues: list[str]
+) -> list[StreamStatus]:
     async with connect(
         opts.server,
         namespace=namespace,
@@ -34,7 +37,11 @@ async def _provision(opts: Options, namespace: str, settings: Settings, mode: Pr
         name="corral-provision",
         connect_timeout=opts.connect_timeout,
     ) as coord:
-        return list(coord.streams)
+        statuses = list(coord.streams)
+        for queue in queues:
+            apply = mode is Provision.APPLY
+            statuses += await queue_consumers(coord.nc, coord.js, coord.names, queue, apply=apply)
+        return statuses
 
 
 def provision(
@@ -63,6 +70,16 @@ def provision(
     json_out: Annotated[
         bool, typer.Option("--json", help='Print {"namespace", "streams": [{"stream", "state", "differences"}]}.')
     ] = False,
+    queue: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--queue",
+            "-q",
+            help="Also create the durable consumers of this queue's priority levels, or set them back to "
+            "corral's configuration (repeatable). Workers may not create them; a parent creates them on its "
+            "first submit to the queue.",
+        ),
+    ] = None,
 ) -> None:
     """Create the namespace's buckets and streams, or bring existing ones to corral's configuration.
 
@@ -77,14 +94,20 @@ def provision(
     except InvalidInput as err:
         fail(str(err), code=2)
     mode = Provision.CHECK if check else Provision.APPLY
+    queues = list(queue or [])
+    for name in queues:
+        try:
+            validate_id(name, "queue")
+        except InvalidInput as err:
+            fail(str(err), code=2, field="--queue")
     logging.getLogger("corral.provision").setLevel(logging.ERROR)  # this command reports each stream itself
-    statuses = run(_provision(opts, ns, settings, mode))
+    statuses = run(_provision(opts, ns, settings, mode, queues))
     if json_out:
         print_json({"namespace": ns, "streams": [s.as_dict() for s in statuses]})
     else:
         for status in statuses:
             detail = f" ({'; '.join(status.differences)})" if status.differences else ""
             console.print(f"{status.state.value:<9} {status.name}{detail}", highlight=False, soft_wrap=True)
-    outdated = [s.name for s in statuses if s.state is StreamState.OUTDATED]
+    outdated = [s.name for s in statuses if s.state in (StreamState.OUTDATED, StreamState.MISSING)]
     if outdated:
         fail(f"{', '.join(outdated)} of namespace {ns!r} differ from corral's configuration; run corral provision")

@@ -18,6 +18,7 @@ import pytest
 
 import coord
 from coord.authconfig import parse_grant, write_auth
+from coord.consumer import CHECK_INTERVAL, queue_consumer_config
 from coord.errors import InvalidInput, PermissionDenied
 from coord.events import Progress
 from coord.limits import Rate, SlotHolder
@@ -25,6 +26,7 @@ from coord.mailbox import Agent
 from coord.naming import Names
 from coord.permissions import permission_log
 from coord.presence import AgentInfo
+from coord.provision import queue_consumers
 from coord.roles import Role, inbox_prefix, permissions_for
 from coord.schedules import Schedule, TaskTemplate
 from coord.server import NatsServer
@@ -77,8 +79,11 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
 
 @pytest.fixture
 async def provisioned(secured: Secured) -> AsyncIterator[Secured]:
-    async with coord.connect(secured.server.url, namespace=NAMESPACE, auth=secured.auth("admin"), provision="apply"):
-        pass
+    """The namespace provisioned, and queue ``jobs`` with it (``corral provision --queue jobs``)."""
+    async with coord.connect(
+        secured.server.url, namespace=NAMESPACE, auth=secured.auth("admin"), provision="apply"
+    ) as admin:
+        await queue_consumers(admin.nc, admin.js, admin.names, "jobs", apply=True)
     yield secured
 
 
@@ -156,12 +161,12 @@ async def test_large_specs_and_results_go_through_the_blob_bucket_with_each_role
         provisioned.connect("p2") as pconn,
         provisioned.connect("o1") as oconn,
     ):
-        worker = Worker(wconn, ["blobs"], echo, worker_id="w2")
+        worker = Worker(wconn, ["jobs"], echo, worker_id="w2")  # a provisioned queue: its consumers exist
         running = asyncio.create_task(worker.run())
         try:
             async with Dispatcher(pconn, parent_id="p2") as dispatcher:
                 result = await asyncio.wait_for(dispatcher.result(await dispatcher.submit(Spec(
-                    task_id="big1", queue="blobs", payload=big))), 30)  # fmt: skip
+                    task_id="big1", queue="jobs", payload=big))), 30)  # fmt: skip
             assert result.output == big
             stored = await oconn.tasks.get("big1")
             assert stored.spec_blob is not None and stored.result_blob is not None
@@ -295,7 +300,11 @@ async def run_corral(env: dict[str, str], *args: str, timeout: float = 60) -> tu
 async def test_the_cli_roles_run_with_the_env_files_corral_auth_wrote(
     provisioned: Secured, subprocess_env: dict[str, str]
 ) -> None:
-    """What compose and the k8s manifests run: a worker, a reclaimer, a parent's submit, an observer's ls."""
+    """What compose and the k8s manifests run: the operator's provision of the queue, a worker, a reclaimer,
+    a parent's submit, an observer's ls."""
+    code, out, err = await run_corral(role_env(provisioned, "admin", subprocess_env), "provision", "--queue", "cli")
+    assert code == 0, err
+    assert "q-cli" in out
     worker_env = role_env(provisioned, "w2", subprocess_env)
     worker = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "corral", "worker", "--id", "w2", "-q", "cli", "--handler", "corral.cli.demo:work",
@@ -347,3 +356,117 @@ async def test_a_worker_takes_slots_and_start_times_but_only_the_provisioner_set
         await refused_at_once(observer.limits.take_slot("limited", 0, over=0, holder=holder))
         assert (await admin.limits.get("limited")).concurrency == 1  # type: ignore[union-attr]
         await admin.limits.clear("limited")
+
+
+# --- the queues' durable consumers: only trusted roles make them -------------------------------
+
+
+async def _raw(secured: Secured, identity: str) -> tuple[nats.NATS, object]:
+    raw = await nats.connect(
+        secured.server.url,
+        nkeys_seed=str(secured.creds / f"{identity}.nk"),
+        inbox_prefix=inbox_prefix(Names(NAMESPACE), identity),  # answers could reach it
+    )
+    log = permission_log(raw)
+
+    async def remember(err: Exception) -> None:
+        log.record(str(err))
+
+    raw._error_cb = remember
+    return raw, log
+
+
+async def test_a_worker_credential_cannot_create_or_repoint_a_queue_consumer(provisioned: Secured) -> None:
+    names = Names(NAMESPACE)
+    stream, durable = names.dispatch_stream, names.queue_consumer("jobs")
+    hostile = queue_consumer_config(names, "jobs")
+    hostile.filter_subject = f"{NAMESPACE}.dispatch.nothing.*"  # all else as configured: an update NATS accepts
+    raw, _ = await _raw(provisioned, "w1")
+    try:
+        body = json.dumps({"stream_name": stream, "config": hostile.as_dict()}).encode()
+        for subject in (
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.{hostile.filter_subject}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.{durable}",
+            f"$JS.API.CONSUMER.CREATE.{stream}",  # allowed (ephemeral consumers), but never a durable one
+        ):
+            try:
+                answer = await raw.request(subject, body, timeout=1)
+            except nats.errors.TimeoutError:
+                continue  # refused by the server: no answer
+            assert "error" in json.loads(answer.data), f"{subject} was accepted"
+    finally:
+        await raw.close()
+    async with provisioned.connect("admin") as admin:
+        info = await admin.js.consumer_info(stream, durable)
+        assert info.config.filter_subject == names.queue_filter("jobs")
+
+
+async def test_a_worker_waits_for_a_new_queues_consumers_saying_so_once_and_works_once_a_parent_submits(
+    provisioned: Secured, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", "corral.consumer")
+    async with provisioned.connect("w1") as wconn, provisioned.connect("p1") as pconn:
+        worker = Worker(wconn, ["fresh"], ok, worker_id="w1")
+        running = asyncio.create_task(worker.run())
+        try:
+            started = asyncio.create_task(worker.wait_started())
+            await asyncio.sleep(CHECK_INTERVAL + 1.5)  # at least two checks
+            assert not started.done(), "wait_started returned before the queue's consumers existed"
+            assert len(permission_log(wconn.nc).refusals) == 1, "the worker asked again after being refused"
+            waiting = [r.getMessage() for r in caplog.records if "may not create" in r.getMessage()]
+            assert len(waiting) == 3  # once per consumer (one per priority level), not once per check
+            assert all("corral provision --queue fresh" in line for line in waiting)
+            async with Dispatcher(pconn, parent_id="p1") as dispatcher:  # the parent makes them on first submit
+                task_id = await dispatcher.submit(Spec(task_id="fresh1", queue="fresh"))
+                record = await asyncio.wait_for(dispatcher.result(task_id), 20)
+            assert record.summary == "ran fresh1"
+            await asyncio.wait_for(started, 5)
+        finally:
+            worker.stop()
+            await running
+        assert permission_log(pconn.nc).refusals == []
+
+
+# --- what a hostile worker can still do (docs/security.md), each shown ----------------------------
+
+
+async def test_a_hostile_worker_can_take_and_drop_the_notifications_of_any_queue_but_not_the_task(
+    provisioned: Secured,
+) -> None:
+    """It may pull from every queue's consumer and acknowledge: a notification it drops is gone from the
+    stream, the task stays pending in its record (the reclaimer's sweep notifies it again)."""
+    names = Names(NAMESPACE)
+    async with provisioned.connect("admin") as admin:
+        await queue_consumers(admin.nc, admin.js, admin.names, "others", apply=True)
+    async with provisioned.connect("p1") as pconn, provisioned.connect("w1") as wconn:
+        await pconn.tasks.schedule(task_id="stolen", queue="others", spec=None)
+        sub = await wconn.js.pull_subscribe_bind(names.queue_consumer("others"), stream=names.dispatch_stream)
+        msgs = await sub.fetch(1, timeout=5)
+        assert json.loads(msgs[0].data)["task_id"] == "stolen"
+        await msgs[0].ack_sync()
+        assert (await pconn.tasks.get("stolen")).status.value == "pending"
+        assert names.notification_subject("others", "stolen") not in await pconn.tasks.queued_notifications()
+
+
+async def test_a_hostile_worker_can_forge_notifications_that_only_make_workers_look(provisioned: Secured) -> None:
+    """It may publish on any queue's notification subjects; a worker reads the stored record and claims
+    nothing the record does not say (a malformed one is dead-lettered, one for no task dropped)."""
+    names = Names(NAMESPACE)
+    async with provisioned.connect("admin") as admin:
+        await queue_consumers(admin.nc, admin.js, admin.names, "forged", apply=True)
+    async with provisioned.connect("w1") as hostile, provisioned.connect("w2") as honest:
+        for forged in (b"{not json", json.dumps({"task_id": "ghost", "revision": 1, "epoch": 0}).encode()):
+            await hostile.js.publish(f"{NAMESPACE}.dispatch.forged.ghost", forged)
+        worker = Worker(honest, ["forged"], ok, worker_id="w2")
+        running = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(worker.wait_started(), 10)
+            async with asyncio.timeout(10):
+                while worker.stats.dead_lettered + worker.stats.dropped_notifications < 2:
+                    await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+            await running
+        assert worker.stats.claimed == 0
+        assert names.notification_subject("forged", "ghost") not in await honest.tasks.queued_notifications()

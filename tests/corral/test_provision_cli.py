@@ -132,3 +132,25 @@ async def test_provision_usage_errors_exit_2_naming_the_flag_or_variable(
     assert bad_flag.code == 2 and "--replicas" in bad_flag.err
     bad_env = await corral(nats_server.url, namespace, {**subprocess_env, "CORRAL_MAX_BYTES": "lots"}, "provision")
     assert bad_env.code == 2 and "CORRAL_MAX_BYTES" in _one_line_error(bad_env)
+
+
+async def test_provision_queue_creates_checks_and_sets_back_the_queues_consumers(
+    nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]
+) -> None:
+    url = nats_server.url
+    consumers = ["qhigh-jobs", "q-jobs", "qlow-jobs"]
+    await corral(url, namespace, subprocess_env, "provision")
+    missing = await corral(url, namespace, subprocess_env, "provision", "--check", "--queue", "jobs", "--json")
+    assert missing.code == 1
+    assert {k: v for k, v in _states_any(missing).items() if k in consumers} == dict.fromkeys(consumers, "missing")
+    made = await corral(url, namespace, subprocess_env, "provision", "--queue", "jobs", "--json")
+    assert {k: v for k, v in _states(made).items() if k in consumers} == dict.fromkeys(consumers, "created")
+    same = await corral(url, namespace, subprocess_env, "provision", "--queue", "jobs", "--check", "--json")
+    assert {k: v for k, v in _states(same).items() if k in consumers} == dict.fromkeys(consumers, "unchanged")
+    bad = await corral(url, namespace, subprocess_env, "provision", "--queue", "no good")
+    assert bad.code == 2 and "--queue" in _one_line_error(bad)
+
+
+def _states_any(done: CliResult) -> dict[str, str]:
+    data = json.loads(done.out)
+    return {s["stream"]: s["state"] for s in data["streams"]}
