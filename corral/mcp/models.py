@@ -48,9 +48,10 @@ class Fleet(BaseModel):
 
 
 class Sent(BaseModel):
-    """How a send ended: ``delivered`` (the recipient acknowledged) or ``enqueued`` (waiting in its inbox)."""
+    """How a send ended: ``delivered`` (the recipient acknowledged), ``enqueued`` (waiting in its inbox) or
+    ``expired`` (sent with a ``ttl`` that ran out before anyone acknowledged it)."""
 
-    outcome: Literal["delivered", "enqueued"]
+    outcome: Literal["delivered", "enqueued", "expired"]
     id: str
     queue: str | None = None
     """Where an enqueued message waits (``agent:{id}`` or ``tag:{name}``)."""

@@ -15,7 +15,7 @@ from coord.errors import InvalidInput, NotFound
 from coord.events.models import Errored, ScopeSubDelegated, ShutDown, TurnEnded
 from coord.ids import Token
 from coord.mailbox import InboxMessage
-from coord.mailbox.models import Agent, Delivered, Tag
+from coord.mailbox.models import Agent, Delivered, Expired, Tag
 from coord.registry.models import LiveOwner
 from coord.tasks import TaskStatus
 from corral.mcp.models import AgentView, Fleet, Inbox, MailItem, Sent, ThreadAnswer, Tree
@@ -84,11 +84,13 @@ def register(server: MCPServer, session: AgentSession) -> None:
             key=key,
             sender=session.agent_id,
             ttl=ttl,
-            timeout=wait,
             mode="enqueue" if wait == 0 else "auto",
+            timeout=wait or 1.0,  # with mode="enqueue" nothing waits
         )
         if isinstance(outcome, Delivered):
             return Sent(outcome="delivered", id=outcome.id)
+        if isinstance(outcome, Expired):
+            return Sent(outcome="expired", id=outcome.id)
         return Sent(outcome="enqueued", id=outcome.id, queue=getattr(outcome, "queue", None))
 
     @server.tool()

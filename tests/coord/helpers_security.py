@@ -1,13 +1,22 @@
-"""Test material for the trust boundary: a throwaway CA and server certificate, nkey seeds, auth configs."""
+"""Test material for the trust boundary: a throwaway CA and server certificate, nkey seeds, auth configs,
+and a server enforcing the permissions of per-role credentials."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import nkeys
+
+import coord
+from coord.authconfig import parse_grant, write_auth
+from coord.naming import Names
+from coord.roles import inbox_prefix
+from coord.server import NatsServer
 
 
 @dataclass(frozen=True)
@@ -65,3 +74,37 @@ def public_key(seed: bytes) -> str:
 def users_block(*entries: str) -> str:
     """An ``authorization { users = [...] }`` block from literal user entries."""
     return "authorization {\n  users = [\n" + "".join(f"    {e}\n" for e in entries) + "  ]\n}\n"
+
+
+@dataclass(frozen=True)
+class Secured:
+    """A real nats-server enforcing the permissions `corral auth` wrote for ``grants`` in ``namespace``."""
+
+    server: NatsServer
+    creds: Path
+    namespace: str
+
+    def auth(self, identity: str) -> coord.Auth:
+        """The credential of ``identity`` (its nkey seed and reply-subject prefix)."""
+        return coord.Auth(
+            nkeys_seed=str(self.creds / f"{identity}.nk"), inbox_prefix=inbox_prefix(Names(self.namespace), identity)
+        )
+
+    def connect(self, identity: str, *, provision: str = "missing") -> coord.connection._Connecting:
+        """``coord.connect`` as ``identity``."""
+        return coord.connect(
+            self.server.url, namespace=self.namespace, auth=self.auth(identity), name=identity, provision=provision
+        )
+
+
+@contextmanager
+def secured_server(root: Path, namespace: str, grants: list[str]) -> Iterator[Secured]:
+    """Mint ``grants`` (``role+role:identity``) under ``root`` and run a server enforcing them."""
+    creds = root / "creds"
+    write_auth(creds, Names(namespace), [parse_grant(g) for g in grants])
+    server = NatsServer(store_dir=root / "store", config_extra=(creds / "auth.conf").read_text())
+    server.start()
+    try:
+        yield Secured(server, creds, namespace)
+    finally:
+        server.stop(remove_store=True)

@@ -8,16 +8,13 @@ import json
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from subprocess import DEVNULL, PIPE
 
 import nats
 import pytest
 
-import coord
-from coord.authconfig import parse_grant, write_auth
+from coord.authconfig import parse_grant
 from coord.consumer import CHECK_INTERVAL, queue_consumer_config
 from coord.errors import InvalidInput, PermissionDenied
 from coord.events import Progress
@@ -29,10 +26,10 @@ from coord.presence import AgentInfo
 from coord.provision import queue_consumers
 from coord.roles import Role, inbox_prefix, permissions_for
 from coord.schedules import Schedule, TaskTemplate
-from coord.server import NatsServer
 from coord.wire import Result, Spec
 from dispatch import Dispatcher
 from dispatch.scheduler import Scheduler
+from tests.coord.helpers_security import Secured, secured_server
 from workers import Worker
 
 NAMESPACE = "perm"
@@ -50,39 +47,16 @@ GRANTS = [
 ]
 
 
-@dataclass
-class Secured:
-    server: NatsServer
-    creds: Path
-
-    def auth(self, identity: str) -> coord.Auth:
-        return coord.Auth(
-            nkeys_seed=str(self.creds / f"{identity}.nk"), inbox_prefix=inbox_prefix(Names(NAMESPACE), identity)
-        )
-
-    def connect(self, identity: str) -> coord.connection._Connecting:
-        return coord.connect(self.server.url, namespace=NAMESPACE, auth=self.auth(identity), name=identity)
-
-
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    root = tmp_path_factory.mktemp("secured")
-    creds = root / "creds"
-    write_auth(creds, Names(NAMESPACE), [parse_grant(g) for g in GRANTS])
-    server = NatsServer(store_dir=root / "store", config_extra=(creds / "auth.conf").read_text())
-    server.start()
-    try:
-        yield Secured(server, creds)
-    finally:
-        server.stop(remove_store=True)
+    with secured_server(tmp_path_factory.mktemp("secured"), NAMESPACE, GRANTS) as server:
+        yield server
 
 
 @pytest.fixture
 async def provisioned(secured: Secured) -> AsyncIterator[Secured]:
     """The namespace provisioned, and queue ``jobs`` with it (``corral provision --queue jobs``)."""
-    async with coord.connect(
-        secured.server.url, namespace=NAMESPACE, auth=secured.auth("admin"), provision="apply"
-    ) as admin:
+    async with secured.connect("admin", provision="apply") as admin:
         await queue_consumers(admin.nc, admin.js, admin.names, "jobs", apply=True)
     yield secured
 

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-import coord
-from coord.authconfig import parse_grant, write_auth
-from coord.naming import Names
-from coord.roles import inbox_prefix
-from coord.server import NatsServer
+from tests.coord.helpers_security import Secured, secured_server
 from tests.corral.helpers_mcp import agent, call, refused
 
 pytestmark = pytest.mark.timeout(90)
@@ -26,29 +20,10 @@ NAMESPACE = "mcpperm"
 GRANTS = ["provisioner:admin", "agent+parent+worker:lead", "agent+parent+worker:hand", "agent:chat"]
 
 
-@dataclass
-class Secured:
-    server: NatsServer
-    creds: Path
-
-    def connect(self, identity: str, *, provision: str = "missing") -> coord.connection._Connecting:
-        auth = coord.Auth(
-            nkeys_seed=str(self.creds / f"{identity}.nk"), inbox_prefix=inbox_prefix(Names(NAMESPACE), identity)
-        )
-        return coord.connect(self.server.url, namespace=NAMESPACE, auth=auth, name=identity, provision=provision)
-
-
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    root = tmp_path_factory.mktemp("mcp-secured")
-    creds = root / "creds"
-    write_auth(creds, Names(NAMESPACE), [parse_grant(g) for g in GRANTS])
-    server = NatsServer(store_dir=root / "store", config_extra=(creds / "auth.conf").read_text())
-    server.start()
-    try:
-        yield Secured(server, creds)
-    finally:
-        server.stop(remove_store=True)
+    with secured_server(tmp_path_factory.mktemp("mcp-secured"), NAMESPACE, GRANTS) as server:
+        yield server
 
 
 @pytest.fixture

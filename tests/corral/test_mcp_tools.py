@@ -9,6 +9,8 @@ import pytest
 from mcp import Client
 
 import coord
+from coord.server import NatsServer
+from coord.settings import Settings
 from coord.tasks import TaskStatus
 from corral.mcp import AgentSession, Notifier, build_server
 from tests.corral.helpers_mcp import agent, call, refused
@@ -124,8 +126,14 @@ async def test_worker_fails_a_task_for_good(coord_conn: coord.Coord) -> None:
         assert "holds no claim" in await refused(hand, "task_complete", task_id=task["task_id"])
 
 
-async def test_bad_input_gets_one_clear_error_and_changes_nothing(coord_conn: coord.Coord) -> None:
-    async with agent(coord_conn, "boss") as boss, agent(coord_conn, "hand") as hand:
+async def test_bad_input_gets_one_clear_error_and_changes_nothing(nats_server: NatsServer, namespace: str) -> None:
+    # The one size rule at its least: specs up to 1 MiB (larger ones than a record holds go to blobs).
+    small = Settings(max_blob_bytes=1 << 20)
+    async with (
+        coord.connect(nats_server.url, namespace=namespace, settings=small) as coord_conn,
+        agent(coord_conn, "boss") as boss,
+        agent(coord_conn, "hand") as hand,
+    ):
         assert "queue" in await refused(boss, "task_submit", queue="no/such queue")
         assert "queue" in await refused(hand, "task_claim", queue="a.b")
         huge = "x" * 2_000_000

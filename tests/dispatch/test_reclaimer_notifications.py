@@ -15,6 +15,7 @@ import pytest
 
 import coord
 from coord.authconfig import parse_grant, write_auth
+from coord.consumer import SERVER_MAX_DELIVER, create_queue_consumers, queue_consumer_config
 from coord.errors import PermissionDenied
 from coord.naming import Names
 from coord.roles import Role, inbox_prefix, permissions_for
@@ -24,7 +25,6 @@ from coord.tasks import TaskStatus
 from coord.wire import Result, Spec
 from dispatch import Reclaimer
 from workers import Context, Worker
-from workers.levels import SERVER_MAX_DELIVERIES, ensure_consumer
 
 SWEEP = 0.2
 RENOTIFY_AFTER = 2.0
@@ -47,6 +47,14 @@ async def worker(conn: coord.Coord) -> AsyncIterator[Worker]:
     finally:
         running.stop()
         await task
+
+
+async def _normal_consumer(conn: coord.Coord, queue: str) -> str:
+    """Create ``queue``'s consumers (as its first parent does) and name the one of the normal level."""
+    await create_queue_consumers(conn.nc, conn.js, conn.names, queue)
+    durable = queue_consumer_config(conn.names, queue).durable_name
+    assert durable is not None
+    return durable
 
 
 async def _schedule(conn: coord.Coord, task_id: str, queue: str) -> None:
@@ -83,11 +91,11 @@ async def test_a_notification_naked_until_max_deliver_is_removed_and_its_task_re
     names = coord_conn.names
     subject = names.notification_subject("q", "t")
     await _schedule(coord_conn, "t", "q")
-    durable = await ensure_consumer(coord_conn, "q")
+    durable = await _normal_consumer(coord_conn, "q")
     pull = await coord_conn.js.pull_subscribe_bind(durable, stream=names.dispatch_stream)
     naks = 0
     async with asyncio.timeout(30):  # a gate forced to refuse: NAK at once, every time
-        while naks < SERVER_MAX_DELIVERIES:
+        while naks < SERVER_MAX_DELIVER:
             for msg in await pull.fetch(1, timeout=5):
                 await msg.nak()
                 naks += 1
@@ -124,7 +132,7 @@ async def test_a_notification_naked_until_max_deliver_is_removed_and_its_task_re
 async def test_a_notification_naked_with_a_delay_is_not_taken_for_given_up(coord_conn: coord.Coord) -> None:
     names = coord_conn.names
     await _schedule(coord_conn, "d", "q")
-    durable = await ensure_consumer(coord_conn, "q")
+    durable = await _normal_consumer(coord_conn, "q")
     pull = await coord_conn.js.pull_subscribe_bind(durable, stream=names.dispatch_stream)
     (msg,) = await pull.fetch(1, timeout=5)
     await msg.nak(delay=30)  # e.g. a gate waiting for a slot, or a task not visible yet
