@@ -1,0 +1,403 @@
+"""A small real fleet, run in an event loop of its own so hypothesis can drive examples against it.
+
+On a real nats-server, in its own namespace: two in-process workers (each on its own connection) on a
+queue with a concurrency and a rate limit, a Dispatcher (with its embedded Reclaimer) submitting a
+steady trickle of honest tasks, a Scheduler ticking every second, an events listener and a mailbox
+reader, and the adversary's own connection. :meth:`Fleet.write` makes hostile writes; :meth:`probe`
+and :meth:`check` assert the invariants, each failure an :class:`InvariantBroken` subclass naming
+the invariant (so a known failure can be marked precisely).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+import psutil
+
+import coord
+from coord.events import Progress
+from coord.events.models import ReceivedEvent
+from coord.limits import Rate
+from coord.limits.models import split_slot_key
+from coord.limits.service import SLOT_GRACE, decode_slot
+from coord.mailbox import Agent
+from coord.naming import kv_subject_prefix
+from coord.schedules import Schedule, TaskTemplate
+from coord.tasks import TaskStatus
+from coord.wire import Result, Spec
+from dispatch import Dispatcher
+from dispatch.scheduler import Scheduler
+from tests.adversary.hostile import CHILD, HONEST, LISTENER, NS, PARENT, QUEUE, READER, WORKERS, Write
+from tests.helpers_wait import Check, eventually
+from workers import Context, Worker
+
+T = TypeVar("T")
+
+SWEEP_INTERVAL = 0.5
+"""The fleet's reclaimer sweeps this often."""
+RENOTIFY_AFTER = 2.0
+"""…and renotifies a pending task whose notification is gone after this long."""
+PRESENCE_TTL = 2.0
+"""Presence TTL of the fleet's agents."""
+TOLERANCE = 3.0
+"""Slack for a loaded 2-core machine on every bound below."""
+
+PROBE_BOUND = RENOTIFY_AFTER + SWEEP_INTERVAL + 2 * TOLERANCE
+"""An honest task submitted now finishes within this (a lost notification included), and an honest
+event and mail message are delivered within it."""
+SLOT_BOUND = SLOT_GRACE + SWEEP_INTERVAL + TOLERANCE
+"""No slot is held by anything but a current claim for longer than this (docs/limits.md: 5 s)."""
+RECLAIM_BOUND = PRESENCE_TTL + SWEEP_INTERVAL + PROBE_BOUND
+"""A claim whose worker is absent is back in the queue and finished within this."""
+TICK_BOUND = 2.0 + TOLERANCE
+"""The every-second schedule submits a tick within this."""
+RSS_GROWTH = 300 * 1024 * 1024
+"""The test process (fleet and adversary) grows by less than this over one target's run."""
+
+
+class InvariantBroken(AssertionError):
+    """An invariant of the fleet under attack does not hold."""
+
+
+class LoopStalled(InvariantBroken):
+    """A loop stopped: workers no longer claim, the reclaimer no longer reclaims, the listener no longer
+    delivers, the mailbox reader no longer reads, or the scheduler no longer ticks."""
+
+
+class NotExactlyOnce(InvariantBroken):
+    """An honest task did not finish exactly once (it ran twice, or did not succeed)."""
+
+
+class Stranded(InvariantBroken):
+    """An honest task stayed pending past the sweep bound: it had no deliverable notification."""
+
+
+class SlotHeld(InvariantBroken):
+    """A concurrency slot was held past its bound by something other than a current claim."""
+
+
+class Undeliverable(InvariantBroken):
+    """The dispatch stream holds a message on a subject no queue consumer can ever deliver."""
+
+
+class MemoryGrew(InvariantBroken):
+    """The fleet's memory grew past the bound."""
+
+
+class Fleet:
+    """The fleet, its adversary and the invariants (see the module docstring)."""
+
+    def __init__(self, url: str, namespace: str) -> None:
+        self.url = url
+        self.namespace = namespace
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="adversary-fleet", daemon=True)
+        self.runs: Counter[str] = Counter()
+        """Handler runs per honest task id."""
+        self.honest: dict[str, float] = {}
+        """Honest task id → when it was submitted (monotonic)."""
+        self.events_seen: set[str] = set()
+        self.mail_seen: set[bytes] = set()
+        self.refused: Counter[str] = Counter()
+        """Hostile writes the server or client refused, by error type (a refusal is no finding)."""
+        self.written = 0
+        self._ids = itertools.count()
+        self._background: list[asyncio.Task[None]] = []
+        self._worker_runs: list[asyncio.Task[None]] = []
+        self._conns: list[coord.Coord] = []
+        self._rss_start = 0
+
+    # --- running ---------------------------------------------------------------------------------------
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
+        """Run ``coro`` in the fleet's loop and wait for its outcome."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __enter__(self) -> Fleet:
+        self._thread.start()
+        try:
+            self.run(self._start(), 60)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self.run(self._stop(), 60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+    async def _connect(self) -> coord.Coord:
+        settings = coord.Settings(
+            sweep_interval=SWEEP_INTERVAL,
+            renotify_after=RENOTIFY_AFTER,
+            presence_ttl=PRESENCE_TTL,
+            presence_interval=0.5,
+        )
+        conn = await coord.connect(self.url, namespace=self.namespace, settings=settings)
+        self._conns.append(conn)
+        return conn
+
+    async def _start(self) -> None:
+        self._rss_start = psutil.Process().memory_info().rss
+        self.conn = await self._connect()
+        self.adversary = await self._connect()
+        self.names = self.conn.names
+        await self.conn.limits.set(QUEUE, concurrency=2, rate=Rate(count=200, per="s"))
+        self.workers = [
+            Worker(await self._connect(), [QUEUE], self._handle, concurrency=2, worker_id=worker_id)
+            for worker_id in WORKERS
+        ]
+        self._worker_runs = [asyncio.create_task(w.run(), name=f"run-{w.worker_id}") for w in self.workers]
+        await asyncio.gather(*(asyncio.wait_for(w.wait_started(), 20) for w in self.workers))
+        self.dispatcher = await Dispatcher(self.conn, parent_id=PARENT, reconcile_interval=1.0).start()
+        self.scheduler = await Scheduler(self.conn).start()
+        await self.conn.schedules.add(Schedule(name="tick", cron="* * * * * *", task=TaskTemplate(queue=QUEUE)))
+        self.listener = self.conn.events.listener(LISTENER, on_event=self._on_event)
+        await self.listener.start()
+        self._trickler = asyncio.create_task(self._trickle(), name="trickle")
+        self._background = [asyncio.create_task(self._read_mail(), name="mail-reader"), self._trickler]
+
+    async def _stop(self) -> None:
+        for task in self._background:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self.listener.stop()
+        with contextlib.suppress(Exception):
+            await self.scheduler.stop()
+        with contextlib.suppress(Exception):
+            await self.dispatcher.stop()
+        for worker in self.workers:
+            worker.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*self._worker_runs, return_exceptions=True), 20)
+        for conn in self._conns:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    # --- the honest side -------------------------------------------------------------------------------
+    async def _handle(self, spec: Spec, ctx: Context) -> Result:
+        self.runs[spec.task_id] += 1
+        return Result.success(summary=spec.task_id)
+
+    def _on_event(self, received: ReceivedEvent) -> None:
+        if isinstance(received.event, Progress):
+            self.events_seen.add(received.event.message)
+
+    async def _read_mail(self) -> None:
+        async for message in self.conn.mailbox.inbox(READER):
+            self.mail_seen.add(message.body)
+
+    async def _submit(self, prefix: str) -> str:
+        task_id = f"ok-{prefix}{next(self._ids)}"
+        self.honest[task_id] = time.monotonic()
+        await self.dispatcher.submit(Spec(task_id=task_id, queue=QUEUE))
+        return task_id
+
+    async def _trickle(self) -> None:
+        while True:
+            with contextlib.suppress(coord.CorralError):
+                await self._submit("t")
+            await asyncio.sleep(0.25)
+
+    def _recent_honest(self) -> str:
+        recent = list(self.honest)[-5:]
+        return random.choice(recent) if recent else "ok-none"
+
+    # --- the adversary ---------------------------------------------------------------------------------
+    async def write(self, writes: Sequence[Write]) -> None:
+        """Make ``writes`` on the adversary's connection (refusals are counted, not raised)."""
+        honest = self._recent_honest()
+        for write in writes:
+            body = write.body.replace(HONEST.encode(), honest.encode())
+            headers = dict(write.headers) or None
+            try:
+                if write.kind == "kv":
+                    subject = kv_subject_prefix(getattr(self.names, write.bucket)) + write.subject
+                    await self.adversary.js.publish(subject, body, headers=headers, timeout=2)
+                else:
+                    tokens = write.subject.split(".")
+                    tokens = [
+                        self.namespace if i == 0 and t == NS else honest if t == HONEST else t
+                        for i, t in enumerate(tokens)
+                    ]
+                    subject = ".".join(tokens)
+                    if write.kind == "stream":
+                        await self.adversary.js.publish(subject, body, headers=headers, timeout=2)
+                    else:
+                        await self.adversary.nc.publish(subject, body, headers=headers)
+                self.written += 1
+            except Exception as err:
+                self.refused[type(err).__name__] += 1
+        with contextlib.suppress(Exception):
+            await self.adversary.nc.flush(timeout=2)
+
+    # --- invariants ------------------------------------------------------------------------------------
+    def loops_alive(self) -> None:
+        """Every long-lived loop is still running."""
+        for worker, running in zip(self.workers, self._worker_runs, strict=True):
+            if running.done():
+                raise LoopStalled(f"worker {worker.worker_id} stopped: {_outcome(running)}")
+        for task in self._background:
+            if task.done():
+                raise LoopStalled(f"{task.get_name()} stopped: {_outcome(task)}")
+
+    async def _finished(self, task_id: str, bound: float) -> None:
+        try:
+            record = await self.dispatcher.wait(task_id, bound)
+        except TimeoutError:
+            record = await self.conn.tasks.get(task_id)
+            if record.status is TaskStatus.PENDING:
+                raise Stranded(
+                    f"honest task {task_id} still pending {bound:.1f}s after it was submitted "
+                    f"(attempt {record.attempt}, visible_at {record.visible_at}): no deliverable notification"
+                ) from None
+            raise LoopStalled(f"honest task {task_id} is {record.status} after {bound:.1f}s: {record.error}") from None
+        if record.status is not TaskStatus.SUCCEEDED:
+            raise NotExactlyOnce(f"honest task {task_id} ended {record.status}: {record.error}")
+
+    async def probe(self) -> None:
+        """One honest task, one event and one mail message each get through within :data:`PROBE_BOUND`."""
+        self.loops_alive()
+        n = next(self._ids)
+        message = f"probe-{n}"
+
+        async def event() -> None:
+            await self.conn.events.emit(LISTENER, Progress(agent=CHILD, message=message))
+            await _until(
+                lambda: message in self.events_seen, PROBE_BOUND, LoopStalled, "the events listener to deliver"
+            )
+
+        async def mail() -> None:
+            await self.conn.mailbox.send(Agent(id=READER), message, mode="enqueue", sender=CHILD)
+            body = message.encode()
+            await _until(lambda: body in self.mail_seen, PROBE_BOUND, LoopStalled, "the mailbox reader to read")
+
+        async def task() -> None:
+            await self._finished(await self._submit("p"), PROBE_BOUND)
+
+        await asyncio.gather(event(), mail(), task())
+
+    async def check(self) -> None:
+        """The invariants at the end of an attack (each raises its :class:`InvariantBroken`)."""
+        self.loops_alive()
+        self._trickler.cancel()
+        self._background.remove(self._trickler)
+        await self.probe()
+        await asyncio.gather(self._scheduler_ticks(), self._reclaimer_reclaims())
+        await self._every_honest_task_once()
+        await self._no_slot_held()
+        await self._dispatch_deliverable()
+        self.loops_alive()
+        grown = psutil.Process().memory_info().rss - self._rss_start
+        if grown > RSS_GROWTH:
+            raise MemoryGrew(f"the fleet's process grew by {grown / 2**20:.0f} MiB")
+
+    async def _scheduler_ticks(self) -> None:
+        before = self.scheduler.submitted
+        await _until(lambda: self.scheduler.submitted > before, TICK_BOUND, LoopStalled, "the scheduler to tick")
+
+    async def _reclaimer_reclaims(self) -> None:
+        task_id = f"ok-g{next(self._ids)}"
+        await self.conn.tasks.schedule(
+            task_id, queue="ghostq", spec=Spec(task_id=task_id, queue=QUEUE).model_dump(mode="json")
+        )
+        await self.conn.tasks.claim(task_id, "ghost-worker")  # a worker that is not present
+
+        async def back() -> bool:
+            record = await self.conn.tasks.get(task_id)
+            return record.status is TaskStatus.PENDING and record.claim is None
+
+        await _until(back, RECLAIM_BOUND, LoopStalled, "the reclaimer to take back a claim of an absent worker")
+
+    async def _every_honest_task_once(self) -> None:
+        deadline = time.monotonic() + PROBE_BOUND
+        for task_id, submitted in list(self.honest.items()):
+            bound = max(0.1, min(PROBE_BOUND, deadline - time.monotonic()))
+            if time.monotonic() - submitted > PROBE_BOUND:
+                bound = 0.1  # already past its bound: it must be finished now
+            await self._finished(task_id, bound)
+        twice = {task_id: n for task_id, n in self.runs.items() if task_id in self.honest and n != 1}
+        if twice:
+            raise NotExactlyOnce(f"honest tasks run more than once: {twice}")
+
+    async def _dispatch_deliverable(self) -> None:
+        info = await self.conn.js.stream_info(self.names.dispatch_stream, subjects_filter=">")
+        stuck = []
+        for subject in info.state.subjects or {}:
+            tokens = subject.split(".")
+            if self.names.notified_task(subject) is None or (len(tokens) == 5 and tokens[4] not in LEVEL_TOKENS):
+                stuck.append(subject)
+        if stuck:
+            raise Undeliverable(f"the dispatch stream holds messages no consumer filters: {sorted(stuck)[:5]}")
+
+    async def _no_slot_held(self) -> None:
+        async def held() -> list[str]:
+            bad = []
+            for entry in await self.conn.limits.bucket.scan("slot."):
+                if entry.deleted:
+                    continue
+                where, slot = split_slot_key(entry.key), decode_slot(entry)
+                if where is None or slot is None or slot.holder is None or f"{where[0]}.{where[1]}" != entry.key[5:]:
+                    bad.append(f"{entry.key}={(entry.value or b'')[:80]!r}")
+                    continue
+                record = None
+                with contextlib.suppress(coord.NotFound, coord.InvalidRecord):
+                    record = await self.conn.tasks.get(slot.holder.task_id)
+                current = (
+                    record is not None
+                    and record.status is TaskStatus.CLAIMED
+                    and record.claim is not None
+                    and record.claim.worker_id == slot.holder.worker_id
+                    and record.epoch == slot.holder.epoch
+                )
+                if not current:
+                    bad.append(f"{entry.key}={(entry.value or b'')[:80]!r}")
+            return bad
+
+        last: list[str] = []
+
+        async def none_held() -> bool:
+            nonlocal last
+            last = await held()
+            return not last
+
+        await _until(none_held, SLOT_BOUND, SlotHeld, "every slot to be free or held by a current claim", lambda: last)
+
+
+LEVEL_TOKENS = {"high", "low"}
+"""The level token a notification subject of a non-normal priority ends with."""
+
+
+def _filled(subject: str, namespace: str, honest: str) -> str:
+    """``subject`` with the placeholder namespace and honest task id filled in."""
+    tokens = subject.split(".")
+    filled = [namespace if i == 0 and t == NS else honest if t == HONEST else t for i, t in enumerate(tokens)]
+    return ".".join(filled)
+
+
+def _outcome(task: asyncio.Task[Any]) -> str:
+    if task.cancelled():
+        return "cancelled"
+    err = task.exception()
+    return "returned" if err is None else f"{type(err).__name__}: {err}"
+
+
+async def _until(
+    check: Check, bound: float, error: type[InvariantBroken], what: str, detail: Callable[[], object] | None = None
+) -> None:
+    """:func:`tests.helpers_wait.eventually`, failing with ``error`` (the invariant) instead."""
+    try:
+        await eventually(check, bound, what, interval=0.05)
+    except AssertionError as err:
+        raise error(f"{err}{f': {detail()}' if detail is not None else ''}") from None
