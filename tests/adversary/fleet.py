@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import psutil
@@ -31,7 +32,7 @@ from coord.limits.service import SLOT_GRACE, decode_slot
 from coord.mailbox import Agent
 from coord.naming import kv_subject_prefix
 from coord.schedules import Schedule, TaskTemplate
-from coord.tasks import TaskStatus
+from coord.tasks import TaskRecord, TaskStatus
 from coord.wire import Result, Spec
 from dispatch import Dispatcher
 from dispatch.scheduler import Scheduler
@@ -296,6 +297,7 @@ class Fleet:
         await self.probe()
         await asyncio.gather(self._scheduler_ticks(), self._reclaimer_reclaims())
         await self._every_honest_task_once()
+        await self._no_claimable_task_left()
         await self._no_slot_held()
         await self._dispatch_deliverable()
         self.loops_alive()
@@ -330,6 +332,41 @@ class Fleet:
         twice = {task_id: n for task_id, n in self.runs.items() if task_id in self.honest and n != 1}
         if twice:
             raise NotExactlyOnce(f"honest tasks run more than once: {twice}")
+
+    async def _no_claimable_task_left(self) -> None:
+        """Every task of the served queue that can be claimed (the adversary's valid records too) is
+        claimed or finished within the sweep bound after the attack."""
+
+        async def left() -> list[str]:
+            now = datetime.now(UTC)
+            found = []
+            for entry in await self.conn.tasks.bucket.scan():
+                try:
+                    record = TaskRecord.model_validate_json(entry.value or b"")
+                except ValueError:
+                    continue
+                claimable = (
+                    record.task_id == entry.key
+                    and record.queue == QUEUE
+                    and record.status is TaskStatus.PENDING
+                    and record.claim is None
+                    and record.attempt < record.max_attempts
+                    and (record.visible_at is None or record.visible_at <= now)
+                )
+                if claimable:
+                    found.append(f"{entry.key} (attempt {record.attempt}, {len(entry.value or b'')} bytes)")
+            return found
+
+        last: list[str] = []
+
+        async def none_left() -> bool:
+            nonlocal last
+            last = await left()
+            return not last
+
+        await _until(
+            none_left, PROBE_BOUND, Stranded, "every claimable task of the queue to be taken", lambda: last[:5]
+        )
 
     async def _dispatch_deliverable(self) -> None:
         info = await self.conn.js.stream_info(self.names.dispatch_stream, subjects_filter=">")

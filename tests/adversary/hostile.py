@@ -159,8 +159,8 @@ def bodies(draw: st.DrawFn, templates: list[dict[str, Any]]) -> bytes:
         return whole[: draw(st.integers(0, max(0, len(whole) - 1)))]
     if how == "oversize":
         name = draw(st.sampled_from(sorted(template)))
-        template[name] = "x" * draw(st.sampled_from([64 * 1024, 900 * 1024, 2 * 1024 * 1024]))
-        return dumps(template)
+        size = draw(st.sampled_from([64 * 1024, 900 * 1024, 2 * 1024 * 1024, -50, -400]))
+        return padded(template, name, size)
     if how == "raw":
         return draw(raw_bodies)
     if how == "deep":
@@ -175,6 +175,20 @@ def record_bodies(draw: st.DrawFn, templates: list[dict[str, Any]], consistent_o
     if consistent_ok and draw(st.integers(0, 4)) == 0:
         return dumps(draw(st.sampled_from(templates)))
     return draw(bodies(templates))
+
+
+RECORD_LIMIT = 1024 * 1024 - 1024
+"""The largest record corral stores on a server of the default max payload (1 MiB less header room)."""
+
+
+def padded(template: dict[str, Any], name: str, size: int) -> bytes:
+    """``template`` with field ``name`` a string of ``size`` characters, or, for a negative ``size``,
+    long enough that the whole record is ``-size`` bytes short of :data:`RECORD_LIMIT` (it fits; a
+    claim or a journal entry more does not)."""
+    if size < 0:
+        bare = len(dumps({**template, name: ""}))
+        size = max(0, RECORD_LIMIT + size - bare)
+    return dumps({**template, name: "x" * size})
 
 
 tokens = st.from_regex(r"[A-Za-z0-9_-]{1,16}", fullmatch=True)

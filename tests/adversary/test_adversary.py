@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 
 from coord.server import NatsServer
 from tests.adversary.fleet import Fleet, InvariantBroken, SlotHeld, Stranded, Undeliverable
-from tests.adversary.hostile import FAR_FUTURE, FAR_PAST, HONEST, PLACEHOLDER, QUEUE, Write, dumps
+from tests.adversary.hostile import FAR_FUTURE, FAR_PAST, HONEST, PLACEHOLDER, QUEUE, Write, dumps, padded
 from tests.adversary.table import TARGETS, Target
 
 pytestmark = [
@@ -42,6 +42,9 @@ PHASES = [Phase.explicit, Phase.reuse, Phase.generate, *([Phase.shrink] if SHRIN
 # target → the invariants that break under it, each with the defect of issue 20 whose fix it waits for.
 # Strict: the test fails the moment every listed defect is fixed; then the line is to be removed.
 KNOWN_FAILURES: dict[str, list[tuple[type[InvariantBroken], str]]] = {
+    "tasks": [
+        (Stranded, "a pending task whose claim does not fit its record is retried for ever, never dead (size rule)"),
+    ],
     "limits": [
         (
             Stranded,
@@ -67,7 +70,25 @@ def _kv(bucket: str, key: str, body: bytes) -> list[Write]:
 NOT_A_TASK = "hx"
 """A task id no record has."""
 
+NEAR_LIMIT_TASK = {
+    "task_id": "hbig",
+    "queue": QUEUE,
+    "status": "pending",
+    "spec": "",
+    "created_at": "2026-01-01T00:00:00+00:00",
+    "updated_at": "2026-01-01T00:00:00+00:00",
+}
+"""A pending task whose record fits, 100 bytes short of the limit, once its spec is padded."""
+
 EXPLICIT: dict[str, list[list[Write]]] = {
+    "tasks": [
+        [
+            Write("kv", "hbig", padded(NEAR_LIMIT_TASK, "spec", -100), bucket="tasks_bucket"),
+            Write(
+                "stream", PLACEHOLDER.notification_subject(QUEUE, "hbig"), b'{"task_id":"hbig","revision":0,"epoch":0}'
+            ),
+        ]
+    ],
     "limits": [
         _kv("limits_bucket", f"rate.{QUEUE}", b'{"tat": NaN, "recent": 0.0, "at": 0.0}'),
         _kv(
