@@ -11,6 +11,7 @@ the invariant (so a known failure can be marked precisely).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import random
@@ -119,9 +120,16 @@ class Fleet:
         self._rss_start = 0
 
     # --- running ---------------------------------------------------------------------------------------
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
-        """Run ``coro`` in the fleet's loop and wait for its outcome."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        """Run ``coro`` in the fleet's loop and wait for its outcome; :class:`LoopStalled` if it has none
+        within ``timeout`` (every bound inside is far shorter: the loop itself is blocked)."""
+        name = getattr(coro, "__qualname__", "a step")
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise LoopStalled(f"the fleet's event loop did not finish {name} within {timeout}s: blocked") from None
 
     def __enter__(self) -> Fleet:
         self._thread.start()
@@ -174,19 +182,20 @@ class Fleet:
     async def _stop(self) -> None:
         for task in self._background:
             task.cancel()
-        with contextlib.suppress(Exception):
-            await self.listener.stop()
-        with contextlib.suppress(Exception):
-            await self.scheduler.stop()
-        with contextlib.suppress(Exception):
-            await self.dispatcher.stop()
-        for worker in self.workers:
+        for part in ("listener", "scheduler", "dispatcher"):
+            with contextlib.suppress(Exception):
+                await getattr(self, part).stop()
+        for worker in getattr(self, "workers", []):
             worker.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*self._worker_runs, return_exceptions=True), 20)
         for conn in self._conns:
             with contextlib.suppress(Exception):
                 await conn.close()
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
 
     # --- the honest side -------------------------------------------------------------------------------
     async def _handle(self, spec: Spec, ctx: Context) -> Result:
