@@ -32,6 +32,7 @@ from coord.limits.models import split_slot_key
 from coord.limits.service import SLOT_GRACE, decode_slot
 from coord.mailbox import Agent
 from coord.naming import kv_subject_prefix
+from coord.priority import Priority
 from coord.schedules import Schedule, TaskTemplate
 from coord.tasks import TaskRecord, TaskStatus
 from coord.wire import Result, Spec
@@ -49,6 +50,8 @@ RENOTIFY_AFTER = 2.0
 """…and renotifies a pending task whose notification is gone after this long."""
 PRESENCE_TTL = 2.0
 """Presence TTL of the fleet's agents."""
+DELAY = 1.5
+"""Every other honest task is submitted with this delay, so some are pending when the adversary names one."""
 TOLERANCE = 3.0
 """Slack for a loaded 2-core machine on every bound below."""
 
@@ -108,6 +111,7 @@ class Fleet:
         self.honest: dict[str, float] = {}
         """Honest task id → when it was submitted (monotonic)."""
         self.submitted_at: dict[str, datetime] = {}
+        self.delays: dict[str, float] = {}
         self.events_seen: set[str] = set()
         self.mail_seen: set[bytes] = set()
         self.refused: Counter[str] = Counter()
@@ -210,21 +214,25 @@ class Fleet:
         async for message in self.conn.mailbox.inbox(READER):
             self.mail_seen.add(message.body)
 
-    async def _submit(self, prefix: str) -> str:
+    async def _submit(self, prefix: str, *, delay: float = 0.0, priority: Priority = Priority.NORMAL) -> str:
         task_id = f"ok-{prefix}{next(self._ids)}"
         self.honest[task_id] = time.monotonic()
         self.submitted_at[task_id] = datetime.now(UTC)
-        await self.dispatcher.submit(Spec(task_id=task_id, queue=QUEUE))
+        self.delays[task_id] = delay
+        await self.dispatcher.submit(Spec(task_id=task_id, queue=QUEUE, delay=delay or None, priority=priority))
         return task_id
 
     async def _trickle(self) -> None:
-        while True:
+        for n in itertools.count():
             with contextlib.suppress(coord.CorralError):
-                await self._submit("t")
+                await self._submit("t", delay=DELAY if n % 2 else 0.0, priority=list(Priority)[n % 3])
             await asyncio.sleep(0.25)
 
     def _recent_honest(self) -> str:
-        recent = list(self.honest)[-5:]
+        """An honest task the adversary names: one still waiting for its delay when there is one."""
+        now = time.monotonic()
+        waiting = [t for t, at in self.honest.items() if self.delays.get(t) and now - at < DELAY]
+        recent = waiting or list(self.honest)[-5:]
         return random.choice(recent) if recent else "ok-none"
 
     # --- the adversary ---------------------------------------------------------------------------------
@@ -346,18 +354,20 @@ class Fleet:
             return all(r.terminal for r in records.values()) and len(records) == len(ids)
 
         with contextlib.suppress(AssertionError):
-            await eventually(all_ended, PROBE_BOUND, "every honest task to end", interval=0.1)
+            await eventually(all_ended, PROBE_BOUND + DELAY, "every honest task to end", interval=0.1)
         for task_id in ids:
             record = records.get(task_id)
             if record is None or not record.terminal:
                 status = record.status if record else "missing"
                 error = Stranded if record is not None and record.status is TaskStatus.PENDING else LoopStalled
-                raise error(f"honest task {task_id} still {status} {PROBE_BOUND:.1f}s after the attack ended")
+                raise error(f"honest task {task_id} still {status} {PROBE_BOUND + DELAY:.1f}s after the attack ended")
             if record.status is not TaskStatus.SUCCEEDED:
                 raise NotExactlyOnce(f"honest task {task_id} ended {record.status}: {record.error}")
-            took = (record.updated_at - self.submitted_at[task_id]).total_seconds()
+            took = (record.updated_at - self.submitted_at[task_id]).total_seconds() - self.delays[task_id]
             if took > PROBE_BOUND:
-                raise NotExactlyOnce(f"honest task {task_id} took {took:.1f}s (bound {PROBE_BOUND:.1f}s)")
+                raise NotExactlyOnce(
+                    f"honest task {task_id} took {took:.1f}s after it was due (bound {PROBE_BOUND:.1f}s)"
+                )
         twice = {task_id: n for task_id, n in self.runs.items() if task_id in self.honest and n != 1}
         if twice:
             raise NotExactlyOnce(f"honest tasks whose handler ran more than once: {twice}")
