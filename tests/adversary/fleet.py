@@ -1,7 +1,8 @@
 """A small real fleet, run in an event loop of its own so hypothesis can drive examples against it.
 
-On a real nats-server, in its own namespace: two in-process workers (each on its own connection) on a
-queue with a concurrency and a rate limit, a Dispatcher (with its embedded Reclaimer) submitting a
+On a real nats-server, in its own namespace: two `corral worker` processes (handler
+``tests.e2e.helpers_handlers:sleepy``, which marks each run in a directory) on a queue with a
+concurrency and a rate limit, a Dispatcher (with its embedded Reclaimer) submitting a
 steady trickle of honest tasks, a Scheduler ticking every second, an events listener and a mailbox
 reader, and the adversary's own connection. :meth:`Fleet.write` makes hostile writes; :meth:`probe`
 and :meth:`check` assert the invariants, each failure an :class:`InvariantBroken` subclass naming
@@ -15,11 +16,16 @@ import concurrent.futures
 import contextlib
 import itertools
 import random
+import shutil
+import signal
+import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
@@ -35,12 +41,12 @@ from coord.naming import kv_subject_prefix
 from coord.priority import Priority
 from coord.schedules import Schedule, TaskTemplate
 from coord.tasks import TaskRecord, TaskStatus
-from coord.wire import Result, Spec
+from coord.wire import Spec
 from dispatch import Dispatcher
 from dispatch.scheduler import Scheduler
 from tests.adversary.hostile import CHILD, HONEST, LISTENER, NS, PARENT, QUEUE, READER, WORKERS, Write
+from tests.conftest import PYTHON
 from tests.helpers_wait import Check, eventually
-from workers import Context, Worker
 
 T = TypeVar("T")
 
@@ -66,6 +72,10 @@ TICK_BOUND = 2.0 + TOLERANCE
 """The every-second schedule submits a tick within this."""
 RSS_GROWTH = 300 * 1024 * 1024
 """The test process (fleet and adversary) grows by less than this over one target's run."""
+WORKER_RSS_GROWTH = 200 * 1024 * 1024
+"""Each worker process grows by less than this over one target's run."""
+HANDLER = "tests.e2e.helpers_handlers:sleepy"
+"""The workers' handler: runs at once, marking each run as a file."""
 
 
 class InvariantBroken(AssertionError):
@@ -101,13 +111,15 @@ class MemoryGrew(InvariantBroken):
 class Fleet:
     """The fleet, its adversary and the invariants (see the module docstring)."""
 
-    def __init__(self, url: str, namespace: str) -> None:
+    def __init__(self, url: str, namespace: str, env: dict[str, str]) -> None:
         self.url = url
         self.namespace = namespace
+        self.env = env
+        """Environment of the worker processes (``subprocess_env``: this checkout's code)."""
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="adversary-fleet", daemon=True)
-        self.runs: Counter[str] = Counter()
-        """Handler runs per honest task id."""
+        self.marks = Path(tempfile.mkdtemp(prefix="adversary-"))
+        """Where the workers' handler marks its runs and the workers log."""
         self.honest: dict[str, float] = {}
         """Honest task id → when it was submitted (monotonic)."""
         self.submitted_at: dict[str, datetime] = {}
@@ -119,7 +131,7 @@ class Fleet:
         self.written = 0
         self._ids = itertools.count()
         self._background: list[asyncio.Task[None]] = []
-        self._worker_runs: list[asyncio.Task[None]] = []
+        self._rss_workers: dict[str, int] = {}
         self._conns: list[coord.Coord] = []
         self._rss_start = 0
 
@@ -151,6 +163,7 @@ class Fleet:
         self._thread.join(10)
         if not self._thread.is_alive():
             self.loop.close()
+        shutil.rmtree(self.marks, ignore_errors=True)
 
     async def _connect(self) -> coord.Coord:
         settings = coord.Settings(
@@ -169,12 +182,11 @@ class Fleet:
         self.adversary = await self._connect()
         self.names = self.conn.names
         await self.conn.limits.set(QUEUE, concurrency=2, rate=Rate(count=200, per="s"))
-        self.workers = [
-            Worker(await self._connect(), [QUEUE], self._handle, concurrency=2, worker_id=worker_id)
-            for worker_id in WORKERS
-        ]
-        self._worker_runs = [asyncio.create_task(w.run(), name=f"run-{w.worker_id}") for w in self.workers]
-        await asyncio.gather(*(asyncio.wait_for(w.wait_started(), 20) for w in self.workers))
+        self.workers = {worker_id: self._spawn(worker_id) for worker_id in WORKERS}
+        for worker_id in WORKERS:
+            if await self.conn.presence.wait_present(worker_id, 30) is None:
+                raise LoopStalled(f"worker {worker_id} did not start: {self.log(worker_id)[-2000:]}")
+        self._rss_workers = {w: psutil.Process(proc.pid).memory_info().rss for w, proc in self.workers.items()}
         self.dispatcher = await Dispatcher(self.conn, parent_id=PARENT, reconcile_interval=1.0).start()
         self.scheduler = await Scheduler(self.conn).start()
         await self.conn.schedules.add(Schedule(name="tick", cron="* * * * * *", task=TaskTemplate(queue=QUEUE)))
@@ -189,10 +201,11 @@ class Fleet:
         for part in ("listener", "scheduler", "dispatcher"):
             with contextlib.suppress(Exception):
                 await getattr(self, part).stop()
-        for worker in getattr(self, "workers", []):
-            worker.stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.gather(*self._worker_runs, return_exceptions=True), 20)
+        for proc in getattr(self, "workers", {}).values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+            await asyncio.to_thread(proc.wait)
         for conn in self._conns:
             with contextlib.suppress(Exception):
                 await conn.close()
@@ -201,10 +214,20 @@ class Fleet:
             task.cancel()
         await asyncio.gather(*left, return_exceptions=True)
 
+    def _spawn(self, worker_id: str) -> subprocess.Popen[bytes]:
+        argv = [PYTHON, "-m", "corral", "--server", self.url, "--namespace", self.namespace, "worker", "-q", QUEUE]
+        argv += ["--handler", HANDLER, "-c", "2", "--id", worker_id, "--ttl", f"{PRESENCE_TTL:g}", "--interval", "0.5"]
+        with open(self.marks / f"{worker_id}.log", "wb") as log:
+            return subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self, worker_id: str) -> str:
+        """What worker ``worker_id`` printed so far."""
+        return (self.marks / f"{worker_id}.log").read_text(errors="replace")
+
     # --- the honest side -------------------------------------------------------------------------------
-    async def _handle(self, spec: Spec, ctx: Context) -> Result:
-        self.runs[spec.task_id] += 1
-        return Result.success(summary=spec.task_id)
+    def runs(self) -> Counter[str]:
+        """Handler runs per task id, from the handler's marks (``{task}.{epoch}.{worker}.start``)."""
+        return Counter(path.name.split(".", 1)[0] for path in self.marks.glob("*.start"))
 
     def _on_event(self, received: ReceivedEvent) -> None:
         if isinstance(received.event, Progress):
@@ -219,7 +242,10 @@ class Fleet:
         self.honest[task_id] = time.monotonic()
         self.submitted_at[task_id] = datetime.now(UTC)
         self.delays[task_id] = delay
-        await self.dispatcher.submit(Spec(task_id=task_id, queue=QUEUE, delay=delay or None, priority=priority))
+        spec = Spec(
+            task_id=task_id, queue=QUEUE, payload={"marks": str(self.marks)}, delay=delay or None, priority=priority
+        )
+        await self.dispatcher.submit(spec)
         return task_id
 
     async def _trickle(self) -> None:
@@ -266,9 +292,9 @@ class Fleet:
     # --- invariants ------------------------------------------------------------------------------------
     def loops_alive(self) -> None:
         """Every long-lived loop is still running."""
-        for worker, running in zip(self.workers, self._worker_runs, strict=True):
-            if running.done():
-                raise LoopStalled(f"worker {worker.worker_id} stopped: {_outcome(running)}")
+        for worker_id, proc in self.workers.items():
+            if proc.poll() is not None:
+                raise LoopStalled(f"worker {worker_id} exited ({proc.returncode}): {self.log(worker_id)[-2000:]}")
         for task in self._background:
             if task.done():
                 raise LoopStalled(f"{task.get_name()} stopped: {_outcome(task)}")
@@ -288,8 +314,12 @@ class Fleet:
             raise NotExactlyOnce(f"honest task {task_id} ended {record.status}: {record.error}")
 
     async def probe(self) -> None:
-        """One honest task, one event and one mail message each get through within :data:`PROBE_BOUND`."""
+        """Both workers present; one honest task, one event and one mail message each get through within
+        :data:`PROBE_BOUND`."""
         self.loops_alive()
+        for worker_id in WORKERS:
+            if await self.conn.presence.get(worker_id) is None:
+                raise LoopStalled(f"worker {worker_id} is not present (frozen?): {self.log(worker_id)[-2000:]}")
         n = next(self._ids)
         message = f"probe-{n}"
 
@@ -323,7 +353,11 @@ class Fleet:
         self.loops_alive()
         grown = psutil.Process().memory_info().rss - self._rss_start
         if grown > RSS_GROWTH:
-            raise MemoryGrew(f"the fleet's process grew by {grown / 2**20:.0f} MiB")
+            raise MemoryGrew(f"the test process (fleet and adversary) grew by {grown / 2**20:.0f} MiB")
+        for worker_id, proc in self.workers.items():
+            grown = psutil.Process(proc.pid).memory_info().rss - self._rss_workers[worker_id]
+            if grown > WORKER_RSS_GROWTH:
+                raise MemoryGrew(f"worker {worker_id} grew by {grown / 2**20:.0f} MiB")
 
     async def _scheduler_ticks(self) -> None:
         before = self.scheduler.submitted
@@ -368,7 +402,7 @@ class Fleet:
                 raise NotExactlyOnce(
                     f"honest task {task_id} took {took:.1f}s after it was due (bound {PROBE_BOUND:.1f}s)"
                 )
-        twice = {task_id: n for task_id, n in self.runs.items() if task_id in self.honest and n != 1}
+        twice = {task_id: n for task_id, n in self.runs().items() if task_id in self.honest and n != 1}
         if twice:
             raise NotExactlyOnce(f"honest tasks whose handler ran more than once: {twice}")
 

@@ -125,9 +125,9 @@ def _known(target: Target) -> list[pytest.MarkDecorator]:
 
 @pytest.mark.parametrize("target", [pytest.param(t, id=t.name, marks=_known(t)) for t in TARGETS])
 def test_the_fleet_keeps_its_invariants_under_hostile_writes(
-    target: Target, nats_server: NatsServer, namespace: str
+    target: Target, nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]
 ) -> None:
-    with Fleet(nats_server.url, namespace) as fleet:
+    with Fleet(nats_server.url, namespace, subprocess_env) as fleet:
         fleet.run(fleet.probe())  # healthy before the attack
 
         def attack(writes: list[Write]) -> None:
