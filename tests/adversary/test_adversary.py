@@ -71,24 +71,28 @@ NOT_A_TASK = "hx"
 """A task id no record has."""
 
 NEAR_LIMIT_TASK = {
-    "task_id": "hbig",
+    "task_id": "",
     "queue": QUEUE,
     "status": "pending",
     "spec": "",
     "created_at": "2026-01-01T00:00:00+00:00",
     "updated_at": "2026-01-01T00:00:00+00:00",
 }
-"""A pending task whose record fits, 100 bytes short of the limit, once its spec is padded."""
+"""A pending task whose record fits just below the size limit once its spec is padded (``short`` bytes
+short of it: at 100, its claim does not fit)."""
+
+
+def _near_limit(short: int) -> list[Write]:
+    key = f"hbig{short}"
+    notice = dumps({"task_id": key, "revision": 0, "epoch": 0})
+    return [
+        Write("kv", key, padded({**NEAR_LIMIT_TASK, "task_id": key}, "spec", -short), bucket="tasks_bucket"),
+        Write("stream", PLACEHOLDER.notification_subject(QUEUE, key), notice),
+    ]
+
 
 EXPLICIT: dict[str, list[list[Write]]] = {
-    "tasks": [
-        [
-            Write("kv", "hbig", padded(NEAR_LIMIT_TASK, "spec", -100), bucket="tasks_bucket"),
-            Write(
-                "stream", PLACEHOLDER.notification_subject(QUEUE, "hbig"), b'{"task_id":"hbig","revision":0,"epoch":0}'
-            ),
-        ]
-    ],
+    "tasks": [_near_limit(100)],
     "limits": [
         _kv("limits_bucket", f"rate.{QUEUE}", b'{"tat": NaN, "recent": 0.0, "at": 0.0}'),
         _kv(
