@@ -272,6 +272,9 @@ class Fleet:
                 if write.kind == "kv":
                     subject = kv_subject_prefix(getattr(self.names, write.bucket)) + write.subject
                     await self.adversary.js.publish(subject, body, headers=headers, timeout=2)
+                elif write.kind == "obj":  # an object store's stream: $O.{bucket}.M.* and $O.{bucket}.C.*
+                    subject = f"$O.{getattr(self.names, write.bucket)}.{write.subject}"
+                    await self.adversary.js.publish(subject, body, headers=headers, timeout=2)
                 else:
                     tokens = write.subject.split(".")
                     tokens = [

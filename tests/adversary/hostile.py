@@ -52,25 +52,27 @@ READER = "reader"
 TAG = "rt"
 """A tag bound to :data:`READER`."""
 
-Kind = Literal["kv", "stream", "core"]
+Kind = Literal["kv", "obj", "stream", "core"]
 
 
 @dataclass(frozen=True)
 class Write:
-    """One hostile write: ``kind`` kv (a key of the bucket named by ``bucket``), stream (an acked
+    """One hostile write: ``kind`` kv (a key of the KV bucket named by ``bucket``), obj (a subject of the
+    object store named by ``bucket``: ``M.{name}`` metadata, ``C.{nuid}`` chunks), stream (an acked
     JetStream publish on ``subject``) or core (a plain publish on ``subject``)."""
 
     kind: Kind
     subject: str
-    """The subject (for kv: the key) with :data:`NS` and :data:`HONEST` placeholders."""
+    """The subject (for kv: the key; for obj: the subject after the bucket's prefix) with :data:`NS`
+    and :data:`HONEST` placeholders."""
     body: bytes
     bucket: str = ""
-    """For kv: the ``Names`` member naming the bucket (e.g. ``tasks_bucket``)."""
+    """For kv and obj: the ``Names`` member naming the bucket (e.g. ``tasks_bucket``)."""
     headers: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # short enough to read in a falsifying example
         body = self.body if len(self.body) <= 160 else self.body[:160] + b"...(%d bytes)" % len(self.body)
-        where = f"{self.bucket}[{self.subject!r}]" if self.kind == "kv" else f"{self.kind} {self.subject!r}"
+        where = f"{self.bucket}[{self.subject!r}]" if self.bucket else f"{self.kind} {self.subject!r}"
         extra = f", headers={dict(self.headers)!r}" if self.headers else ""
         return f"Write({where}, {body!r}{extra})"
 

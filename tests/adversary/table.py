@@ -11,6 +11,7 @@ bucket or subject without fuzzing fails CI; docs/adversary.md holds :func:`markd
 
 from __future__ import annotations
 
+import base64
 import inspect
 import time
 from dataclasses import dataclass
@@ -227,6 +228,50 @@ def _registry(draw: st.DrawFn) -> list[Write]:
     return [Write("kv", key, draw(record_bodies(templates)), bucket="registry_bucket")]
 
 
+@st.composite
+def _blobs(draw: st.DrawFn) -> list[Write]:
+    """Objects of the blob store (metadata and chunks, raw) and a pending task whose spec is a blob
+    reference to one of them, to nothing, or with the wrong size or digest."""
+    name = f"{draw(hostile_ids)}.spec.b1"
+    nuid = draw(tokens)
+    coded = base64.urlsafe_b64encode(name.encode()).decode()
+    meta = {"name": name, "bucket": "B", "nuid": nuid, "size": 5, "chunks": 1, "digest": "SHA-256=" + "A" * 43 + "="}
+    writes = [
+        Write(
+            "obj",
+            f"M.{coded}",
+            draw(record_bodies([meta, {**meta, "size": 10**12}, {**meta, "chunks": -1}])),
+            bucket="blobs_bucket",
+        ),
+        Write("obj", f"C.{nuid}", draw(raw_bodies | st.just(b"hello")), bucket="blobs_bucket"),
+    ]
+    key = draw(hostile_ids)
+    ref = {"name": draw(st.sampled_from([name, "absent.spec.b0"])), "size": 5, "digest": meta["digest"]}
+    task = {
+        "task_id": key,
+        "queue": QUEUE,
+        "status": "pending",
+        "spec": None,
+        "spec_blob": ref,
+        "created_at": now_iso(),
+        "updated_at": now_iso(),
+    }
+    writes.append(
+        Write(
+            "kv",
+            key,
+            draw(record_bodies([task, {**task, "spec_blob": {**ref, "size": 10**12}}])),
+            bucket="tasks_bucket",
+        )
+    )
+    writes.append(
+        Write(
+            "stream", PLACEHOLDER.notification_subject(QUEUE, key), dumps({"task_id": key, "revision": 0, "epoch": 0})
+        )
+    )
+    return writes
+
+
 # --- subjects ---------------------------------------------------------------------------------------
 
 
@@ -402,6 +447,16 @@ TARGETS: list[Target] = [
         _inbox(),
     ),
 ]
+
+if hasattr(Names, "blobs_bucket"):  # the object store of large specs and results (issue 20, size rule)
+    TARGETS.append(
+        Target(
+            "blobs",
+            ("blobs_bucket",),
+            "raw object metadata and chunks, and pending tasks whose spec refers to them, to nothing, or wrongly",
+            _blobs(),
+        )
+    )
 
 COVERED: list[Covered] = [
     Covered("dispatch_stream", "dispatch", "its subjects are the dispatch target's"),
