@@ -276,12 +276,7 @@ class Fleet:
                     subject = f"$O.{getattr(self.names, write.bucket)}.{write.subject}"
                     await self.adversary.js.publish(subject, body, headers=headers, timeout=2)
                 else:
-                    tokens = write.subject.split(".")
-                    tokens = [
-                        self.namespace if i == 0 and t == NS else honest if t == HONEST else t
-                        for i, t in enumerate(tokens)
-                    ]
-                    subject = ".".join(tokens)
+                    subject = _filled(write.subject, self.namespace, honest)
                     if write.kind == "stream":
                         await self.adversary.js.publish(subject, body, headers=headers, timeout=2)
                     else:
@@ -488,7 +483,7 @@ class Fleet:
         await _until(none_held, SLOT_BOUND, SlotHeld, "every slot to be free or held by a current claim", lambda: last)
 
 
-LEVEL_TOKENS = {"high", "low"}
+LEVEL_TOKENS = {level.value for level in Priority if level is not Priority.NORMAL}
 """The level token a notification subject of a non-normal priority ends with."""
 
 
