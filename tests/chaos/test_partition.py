@@ -26,6 +26,7 @@ from coord.tasks import TaskStatus
 from coord.wire import Spec
 from dispatch import Dispatcher, result_of
 from tests.chaos.helpers_fleet import Fleet, completions, stop_within, wait_all
+from tests.helpers_wait import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -99,7 +100,9 @@ async def test_a_worker_cut_off_past_its_ttl_loses_its_claims_then_rejoins_and_w
             try:
                 slow = [Spec(task_id=f"s{i}", queue="q", payload={"seconds": 4, "marks": str(marks)}) for i in range(3)]
                 await dispatcher.submit_many(slow)
-                await _until(lambda: len(list(marks.glob("s*.start"))) == 3, 20, "the remote worker to start 3 tasks")
+                await eventually(
+                    lambda: len(list(marks.glob("s*.start"))) == 3, 20, "the remote worker to start 3 tasks"
+                )
                 cut = time.monotonic()
                 await asyncio.to_thread(link.down)
                 reclaimed = [await asyncio.wait_for(dispatcher.reclaimer.events.get(), TTL + 5) for _ in range(3)]  # type: ignore[union-attr]
@@ -111,7 +114,7 @@ async def test_a_worker_cut_off_past_its_ttl_loses_its_claims_then_rejoins_and_w
                 fleet.spawn("local", concurrency=3, extra=extra)  # someone to re-run them
                 await wait_all(dispatcher, [t.task_id for t in slow], 30)
                 await asyncio.to_thread(link.up)
-                await _until(
+                await eventually(
                     lambda: "presence of 'remote' lost" in fleet.log("remote") and " re-joined " in fleet.log("remote"),
                     30,
                     "the remote worker to fail closed and join again",
@@ -131,12 +134,3 @@ async def test_a_worker_cut_off_past_its_ttl_loses_its_claims_then_rejoins_and_w
             assert set(counts.values()) == {1}, counts
     finally:
         fleet.close()
-
-
-async def _until(check: object, within: float, what: str) -> None:
-    assert callable(check)
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.1)

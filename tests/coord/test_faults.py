@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,16 +19,7 @@ from coord.naming import Names
 from coord.presence import AgentInfo
 from coord.server import NatsServer
 from coord.tasks import ScheduleRequest, TaskStatus, TaskStore, Transition
-
-
-async def eventually(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Wait until ``check()`` holds; return how long it took (AssertionError after ``timeout`` s)."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
+from tests.helpers_wait import eventually
 
 
 async def sleep_until(when: datetime) -> None:

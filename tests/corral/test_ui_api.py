@@ -29,6 +29,7 @@ from coord.server import NatsServer
 from coord.tasks import ScheduleRequest
 from corral.ui import Dashboard
 from tests.corral.helpers_cli import corral
+from tests.helpers_wait import eventually
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -58,15 +59,6 @@ async def first_frame(stream: aiohttp.ClientResponse) -> bytes:
     """The event stream's first event (after its ``retry:`` line): the snapshot."""
     assert (await asyncio.wait_for(stream.content.readuntil(b"\n\n"), 10)).startswith(b"retry:")
     return await asyncio.wait_for(stream.content.readuntil(b"\n\n"), 10)
-
-
-async def eventually(check: object, within: float, what: str) -> None:
-    assert callable(check)
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_ten_thousand_tasks_are_paginated_server_side_and_streamed_as_aggregates(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import coord
@@ -14,15 +13,8 @@ from coord.server import NatsServer
 from coord.tasks import TaskRecord, TaskStatus, Transition
 from coord.wire import Result, Spec
 from dispatch import Dispatcher, result_of
+from tests.helpers_wait import eventually
 from workers import Context, Worker, as_handler
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def _ok(spec: Spec, ctx: Context) -> Result:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import coord
@@ -13,14 +12,7 @@ from coord.server import NatsServer
 from coord.tasks import ScheduleRequest, TaskStatus
 from dispatch import Reclaimer
 from dispatch.reclaimer import EVENTS_KEPT, ReclaimEvent
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
+from tests.helpers_wait import eventually
 
 
 async def notifications_stored(conn: coord.Coord) -> int:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import coord
@@ -19,16 +18,9 @@ from dispatch import Dispatcher, SpawnedWorker, build_worker_command, result_of
 from dispatch.spawn import corral_argv
 from tests.conftest import PYTHON
 from tests.e2e.conftest import WorkerFactory, log_of
+from tests.helpers_wait import eventually
 
 TTL = 1.5
-
-
-async def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def executions(marks: Path, task_id: str, phase: str = "done") -> list[str]:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from coord.wire import Result, Spec
 from dispatch import Dispatcher
 from tests.conftest import PYTHON
 from tests.helpers_telemetry import OtlpReceiver, ReceivedSpan
+from tests.helpers_wait import eventually
 from workers import Context, Worker, as_handler
 
 TTL = 1.5
@@ -79,14 +79,6 @@ def spawn(url: str, namespace: str, worker_id: str, env: dict[str, str], logs: P
     argv += ["--ttl", str(TTL), "--interval", "0.5", "-v"]
     with open(logs / f"{worker_id}.log", "wb") as log:
         return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-async def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def one(spans: list[ReceivedSpan], name: str, worker: str) -> ReceivedSpan:

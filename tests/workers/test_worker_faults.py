@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -27,31 +27,13 @@ from coord.tasks import Backoff, TaskRecord, TaskStatus, Transition
 from coord.wire import Result, Spec, format_result
 from dispatch import Dispatcher, result_of
 from tests.conftest import PYTHON
+from tests.helpers_wait import eventually
 from workers import CommandHandler, Context, Handler, Worker, as_handler
 
 CommandWorkerFactory = Callable[..., subprocess.Popen[bytes]]
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-async def eventually(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Wait until ``check()`` holds; return how long it took (AssertionError after ``timeout``)."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
-
-
-async def eventually_async(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Like :func:`eventually` for a check that has to talk to the server."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 @contextlib.asynccontextmanager
 async def working(worker: Worker) -> AsyncIterator[asyncio.Task[None]]:
     """Run ``worker`` until the block ends (then stop it gracefully and wait for it)."""
@@ -170,7 +152,7 @@ async def test_a_sync_handler_past_the_grace_is_waited_for_before_its_claim_is_r
     async def released() -> bool:
         return any(e.transition is Transition.RELEASED for e in await coord_conn.tasks.journal("t1"))
 
-    await eventually_async(released, 10, "the release to reach the journal")
+    await eventually(released, 10, "the release to reach the journal")
     release = [e for e in await coord_conn.tasks.journal("t1") if e.transition is Transition.RELEASED]
     assert len(release) == 1
     assert release[0].at.timestamp() > ended, (
