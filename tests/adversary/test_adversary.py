@@ -41,25 +41,7 @@ PHASES = [Phase.explicit, Phase.reuse, Phase.generate, *([Phase.shrink] if SHRIN
 # --- the invariants known to fail on this branch today -----------------------------------------------
 # target → the invariants that break under it, each with the defect of issue 20 whose fix it waits for.
 # Strict: the test fails the moment every listed defect is fixed; then the line is to be removed.
-KNOWN_FAILURES: dict[str, list[tuple[type[InvariantBroken], str]]] = {
-    "tasks": [
-        (Stranded, "a pending task whose claim does not fit its record is retried for ever, never dead (size rule)"),
-    ],
-    "limits": [
-        (
-            Stranded,
-            "a NaN, infinite or far-future rate state is trusted, never re-read: the queue stops (limits validation)",
-        ),
-        (SlotHeld, "a non-canonical slot key (slot.q.00, slot.q.-1) is never healed (limits: only canonical keys)"),
-        (SlotHeld, "a slot holder dated in the future never passes the 5 s grace (limits: holder times validated)"),
-    ],
-    "dispatch": [
-        (
-            Undeliverable,
-            "the dispatch stream accepts subjects no consumer filters (dispatch: only the subjects consumers read)",
-        ),
-    ],
-}
+KNOWN_FAILURES: dict[str, list[tuple[type[InvariantBroken], str]]] = {}
 
 
 # --- explicit examples: the hostile classes that broke something once ---------------------------------

@@ -49,7 +49,7 @@ REFUSED_BEFORE_CONNECTING = [
     (("submit", "--parent", "bad parent"), f"--parent: 'bad parent' {NOT_ALLOWED}"),
     (("submit", "--wait", "--wait-timeout", "-1"), "--wait-timeout: must be > 0 and <= 86400 s (got -1)"),
     (("submit", "--max-attempts", "x"), "--max-attempts: must be a whole number (got x)"),
-    (("submit", "--tmeout", "3"), "--tmeout: no such option (did you mean --timeout or --wait-timeout?)"),
+    (("submit", "--tmeout", "3"), "--tmeout: no such option (did you mean --output or --timeout or --wait-timeout?)"),
     (("submit", "--delay", "-1"), "--delay: must be between 0 and 31622400 s (got -1)"),
     (("submit", "--delay", "3", "--at", "2030-01-01T12:00:00Z"), "--delay: give --delay or --at, not both"),
     (
