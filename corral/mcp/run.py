@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import ipaddress
+import signal
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 import uvicorn
 
+from coord.aio import first_of
 from coord.connection import Coord
 from coord.errors import InvalidInput
 from corral.mcp.notify import Notifier
@@ -66,9 +70,11 @@ async def serve(
 ) -> None:
     """Be the agent ``session_args`` describe (see :class:`AgentSession`) until the client goes away.
 
-    Over stdio by default; with ``http=(host, port, token)`` over streamable HTTP at ``/mcp`` on a
-    loopback ``host``, every request authenticated with the bearer ``token``. ``announce`` is told
-    the agent's id and where it serves (default: a line on stderr; stdout is the protocol's).
+    Over stdio by default (until stdin ends, or SIGTERM/SIGINT: either way the session then leaves
+    gracefully — claims given back, presence deleted); with ``http=(host, port, token)`` over
+    streamable HTTP at ``/mcp`` on a loopback ``host``, every request authenticated with the bearer
+    ``token``. ``announce`` is told the agent's id and where it serves (default: a line on stderr;
+    stdout is the protocol's).
     """
     if http is not None:
         check_loopback(http[0])
@@ -78,7 +84,8 @@ async def serve(
         say = announce or (lambda agent, where: print(f"corral mcp: agent {agent} on {where}", file=sys.stderr))
         if http is None:
             say(session.agent_id, "stdio")
-            await server.run_stdio_async()
+            with _until_terminated() as terminated:
+                await first_of(server.run_stdio_async(), terminated.wait())
             return
         host, port, token = http
         app = BearerGuard(server.streamable_http_app(host=host), token)
@@ -86,3 +93,20 @@ async def serve(
         web = uvicorn.Server(config)
         say(session.agent_id, f"http://{host}:{port}/mcp")
         await web.serve()
+
+
+@contextlib.contextmanager
+def _until_terminated() -> Iterator[asyncio.Event]:
+    """An event set on SIGTERM or SIGINT while the block runs (the previous handlers come back after it)."""
+    terminated = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            loop.add_signal_handler(sig, terminated.set)
+            installed.append(sig)
+    try:
+        yield terminated
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
