@@ -115,14 +115,19 @@ async def test_a_claim_call_leaves_no_notification_unsettled(coord_conn: coord.C
                 await asyncio.sleep(0.05)
         for task_id in ids[1:]:
             assert (await call(other, "task_claim", queue="few", wait=5))["task"]["task_id"] == task_id
-        # An empty call, then a task right after it: the agent's last idle pull may get its notification;
-        # it is put back at once (not after the 5 s ack wait), so the next claimer has it at once.
-        assert await call(hand, "task_claim", queue="few", wait=1) is None
-        late = await call(boss, "task_submit", queue="few", title="late")
+        # A call waiting on an empty queue waits on every level at once (an idle pull each); a normal
+        # task ends it, while the other levels' idle pulls are still open on the server. An urgent task
+        # submitted right then may be delivered into one of them: it is put back at once (not left
+        # for its 5 s ack wait), so the next claimer has it at once.
+        waiting = asyncio.create_task(call(hand, "task_claim", queue="few", wait=10))
+        await asyncio.sleep(0.5)
+        normal = await call(boss, "task_submit", queue="few", title="normal")
+        assert (await waiting)["task"]["task_id"] == normal["task_id"]
+        urgent = await call(boss, "task_submit", queue="few", title="urgent", priority="high")
         began = time.monotonic()
         taken = await call(other, "task_claim", queue="few", wait=10)
         took = time.monotonic() - began
-        assert taken["task"]["task_id"] == late["task_id"]
+        assert taken["task"]["task_id"] == urgent["task_id"]
         assert took < 3.0, f"the notification waited {took:.2f}s (an unsettled fetch waits its 5 s ack wait)"
         async with asyncio.timeout(5):
             while await unacked():
