@@ -10,6 +10,7 @@ import pytest
 import coord
 from coord.priority import LEVELS
 from coord.wire import Result, Spec
+from corral.mcp import AgentSession
 from dispatch import Dispatcher
 from tests.corral.helpers_mcp import agent, call
 from workers import Context, Worker
@@ -132,3 +133,21 @@ async def test_a_claim_call_leaves_no_notification_unsettled(coord_conn: coord.C
         async with asyncio.timeout(5):
             while await unacked():
                 await asyncio.sleep(0.05)
+
+
+async def test_a_cancelled_claim_call_stops_fetching_and_holds_nothing(coord_conn: coord.Coord) -> None:
+    async with agent(coord_conn, "boss") as boss, AgentSession(coord_conn, agent_id="hand") as hand:
+        first = await call(boss, "task_submit", queue="gone")  # the queue's consumers, made by its parent
+        claim = await hand.claim("gone", 5)
+        assert claim is not None and claim.task_id == first["task_id"]
+        await coord_conn.tasks.complete(claim, {"kind": "success"})
+        hand.drop(claim.task_id)
+        calling = asyncio.create_task(hand.claim("gone", 30))
+        await asyncio.sleep(1.0)  # waiting on every level
+        calling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await calling
+        second = await call(boss, "task_submit", queue="gone")
+        taken = await call(boss, "task_claim", queue="gone", wait=10)
+        assert taken["task"]["task_id"] == second["task_id"] and taken["epoch"] == 1
+        assert hand.held == {}
