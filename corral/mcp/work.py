@@ -128,13 +128,12 @@ class Claims:
             finally:
                 timer.cancel()
                 q.settling = asyncio.ensure_future(q.intake.settle())
+            won = list(q.won)  # one at most: a capacity of one, a batch of one
         finally:
             q.turn.release()
-        if not q.won:
-            return None
-        claim = q.won[0]
-        self._gates[claim.task_id] = q.gate
-        return claim
+        for claim in won:
+            self._gates[claim.task_id] = q.gate
+        return won[0] if won else None
 
     def ended(self, task_id: str) -> None:
         """The claim on ``task_id`` ended here (completed, failed, released or lost): give back its limits slot."""
