@@ -21,6 +21,10 @@ a lost one only where this credential may, and reports a re-pointed one loudly u
 back). The queue's priority levels each have their own consumer; :mod:`workers.levels` fills each
 batch from them. Slots are reserved per batch (:class:`coord.consumer.Reservation`) and whatever is
 not handed to a run goes back on every exit path.
+
+A worker runs :meth:`Intake.run` for its life; a process that takes work only when asked (an agent's
+``task_claim`` in ``corral mcp``) calls :meth:`Intake.take` per request and :meth:`Intake.settle` after
+it: the same rounds, limits and outcomes, fetching nothing between requests.
 """
 
 from __future__ import annotations
@@ -143,28 +147,51 @@ class Intake:
         pauses = Pauses(0.1, 5.0)
         try:
             while not self._stopping.is_set():
-                if not self._present.is_set():
-                    await first_of(self._present.wait(), self._stopping.wait())
-                    continue
-                try:
-                    if not await self.check.check():
-                        self.fetching.clear()
-                        await first_of(asyncio.sleep(min(1.0, self.check.interval)), self._stopping.wait())
-                        continue
-                    if self._levels is None:
-                        levels = Levels(self._coord, self.queue, idle_wait=FETCH_WAIT, asked=self.fetching)
-                        self._levels = await levels.open()
-                    await self._fetch_once(self._levels)
-                    pauses.reset()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as err:
-                    log.warning("worker %s: intake of %s: %s; retrying", self._worker_id, self.queue, err)
-                    if not await self.check.check(now=True):
-                        await self.close()
-                    await pauses.sleep(self._stopping)
+                await self._round(self._stopping, pauses)
         finally:
             await self.close()
+
+    async def take(self, until: asyncio.Event) -> None:
+        """Fetch and claim on demand, round after round as :meth:`run` does, until ``until`` (or stopping)
+        is set: for a process that takes work only while it is asked for some (an agent's ``task_claim``
+        sets ``until`` from ``on_claim``, or at its deadline). Transient trouble is waited out.
+
+        The levels stay open for the next call: :meth:`settle` after it (what an idle pull still
+        delivers is then put back), :meth:`close` when no more calls come.
+        """
+        pauses = Pauses(0.1, 5.0)
+        while not until.is_set() and not self._stopping.is_set():
+            await self._round(until, pauses)
+
+    async def settle(self) -> None:
+        """Put back what was fetched and not handed out, once the levels' idle pulls have ended
+        (:meth:`workers.levels.Levels.settle`, within ~2 s); the levels stay open. After it, every
+        notification :meth:`take` fetched is settled: claimed, put back or dead-lettered."""
+        if self._levels is not None:
+            await self._levels.settle(FETCH_WAIT + 1.0)
+
+    async def _round(self, stop: asyncio.Event, pauses: Pauses) -> None:
+        """One fetch-and-claim round; its waits end when ``stop`` is set."""
+        if not self._present.is_set():
+            await first_of(self._present.wait(), stop.wait())
+            return
+        try:
+            if not await self.check.check():
+                self.fetching.clear()
+                await first_of(asyncio.sleep(min(1.0, self.check.interval)), stop.wait())
+                return
+            if self._levels is None:
+                levels = Levels(self._coord, self.queue, idle_wait=FETCH_WAIT, asked=self.fetching)
+                self._levels = await levels.open()
+            await self._fetch_once(self._levels, stop)
+            pauses.reset()
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.warning("worker %s: intake of %s: %s; retrying", self._worker_id, self.queue, err)
+            if not await self.check.check(now=True):
+                await self.close()
+            await pauses.sleep(stop)
 
     async def close(self) -> None:
         """Stop pulling (the durable consumers stay on the server)."""
@@ -172,13 +199,13 @@ class Intake:
         if levels is not None:
             await levels.close()
 
-    async def _fetch_once(self, levels: Levels) -> None:
+    async def _fetch_once(self, levels: Levels, stop: asyncio.Event) -> None:
         most = self._max_batch
         if self._gate is not None:  # the queue's fleet-wide limits: wait until they leave room
-            most = await self._gate.room(self.queue, most, self._stopping)
+            most = await self._gate.room(self.queue, most, stop)
             if most == 0:
                 return
-        with await self._slots.reserve(most, self._stopping) as held:
+        with await self._slots.reserve(most, stop) as held:
             if held.count == 0:
                 return
             if self._gate is not None and held.keep(self._gate.room_now(self.queue, held.count)) == 0:
@@ -188,14 +215,15 @@ class Intake:
             except (nats.errors.TimeoutError, TimeoutError):
                 return
             held.keep(len(msgs))
-            if self._stopping.is_set() or not self._present.is_set():
+            if stop.is_set() or self._stopping.is_set() or not self._present.is_set():
                 await asyncio.gather(*(self._settler.nak(m) for m in msgs))
                 return
-            await self.claim_batch(msgs, held)
+            await self.claim_batch(msgs, held, stop)
 
-    async def claim_batch(self, msgs: list[Msg], held: Reservation) -> None:
+    async def claim_batch(self, msgs: list[Msg], held: Reservation, stop: asyncio.Event | None = None) -> None:
         """Claim every notification of ``msgs`` and settle each message; each claim won takes one
-        slot of ``held`` (the rest go back when ``held`` is left).
+        slot of ``held`` (the rest go back when ``held`` is left). ``stop`` (default: stopping) ends
+        a wait for the queue's limits.
 
         A notification is only a wake-up: the records of the whole batch are read from the tasks
         bucket in one batched request, and each claim (one CAS each, pipelined) is built from the
@@ -228,7 +256,7 @@ class Intake:
                 await self._set_aside(msg, note, err)
             return
         if self._gate is not None:
-            notes = await self._admitted(notes, stored)
+            notes = await self._admitted(notes, stored, stop or self._stopping)
         claims = [
             self._coord.tasks.claim(
                 n.task_id,
@@ -255,13 +283,13 @@ class Intake:
             await self._set_aside(msg, note, outcome)
 
     async def _admitted(
-        self, notes: list[tuple[Msg, Notification]], stored: dict[str, TaskRecord]
+        self, notes: list[tuple[Msg, Notification]], stored: dict[str, TaskRecord], stop: asyncio.Event
     ) -> list[tuple[Msg, Notification]]:
         """The notes the queue's fleet-wide limits let through now, each holding its slot and start time;
         the others wait (put back, counted) or are dropped when their task is not pending."""
         assert self._gate is not None
         candidates = [(n.task_id, stored.get(n.task_id)) for _, n in notes]
-        refusals = await self._gate.admit(self.queue, candidates, self._stopping)
+        refusals = await self._gate.admit(self.queue, candidates, stop)
         admitted = []
         for (msg, note), refusal in zip(notes, refusals, strict=True):
             if refusal is None:

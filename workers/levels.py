@@ -105,6 +105,12 @@ class Levels:
         for level in self._levels:
             await level.puller.close()
 
+    async def settle(self, within: float) -> None:
+        """Once every level's idle pull has ended (waiting ``within`` s at most), put back (NAK) what was
+        received and not handed out; the levels stay open. A fetcher that fetches only when asked calls
+        it after its last fetch, so nothing waits unsettled until the next one."""
+        await asyncio.gather(*(level.puller.settle(within) for level in self._levels))
+
     async def _pull(self, level: _Level, want: int) -> list[Msg]:
         """One no-wait pull of up to ``want`` messages: what the level has now."""
         return await level.puller.pull(want, patience=self._idle_wait)

@@ -81,6 +81,22 @@ class Puller:
             except Exception as err:
                 log.debug("unsubscribing from %s: %s", self.consumer, err)
         self._idle = None
+        await self._put_back()
+
+    async def settle(self, within: float) -> None:
+        """Wait (at most ``within`` s) for the outstanding idle pull to end, then put back (NAK) what
+        was received and not handed out: for a caller that fetches now and then and keeps the puller
+        open, nothing it fetched waits unsettled (for its ack wait) between two fetches."""
+        idle = self._idle
+        if idle is not None and not idle.done.is_set():
+            try:
+                async with asyncio.timeout(within):
+                    await idle.done.wait()
+            except TimeoutError:
+                pass
+        await self._put_back()
+
+    async def _put_back(self) -> None:
         held, self.received = self.received, []
         for msg in held:
             try:

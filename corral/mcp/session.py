@@ -2,7 +2,8 @@
 
 For the life of the session it holds the agent's presence (role, tags, harness in the value), its
 tag bindings, its event listener (so the tree below it is kept), a wake-up on its inbox, the claims
-it took (tokens never leave this process; the leases are extended here at a third of their length)
+it took through the worker intake (:mod:`corral.mcp.work`; tokens never leave this process; the
+leases are extended here at a third of their length)
 and, once it acts as a parent, a :class:`dispatch.Dispatcher` with its embedded reclaimer. If the
 process dies, the presence key expires after the TTL and the substrate does the rest: claims are
 reclaimed, thread reservations become free, senders queue instead of waiting.
@@ -25,6 +26,7 @@ from coord.events import EventListener
 from coord.ids import new_id, validate_id
 from coord.presence import AgentInfo, Membership
 from coord.tasks import Claim
+from corral.mcp.work import Claims
 from dispatch import Dispatcher
 
 __all__ = ["AgentSession"]
@@ -76,11 +78,13 @@ class AgentSession:
         self._dispatcher_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._inbox_sub: object | None = None
+        self._claims: Claims | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> AgentSession:
         """Join presence (PresenceConflict while another live process is this agent), bind tags, listen."""
         self._membership = await self.coord.presence.join(self.info)
+        self._claims = Claims(self.coord, self.agent_id, self._membership.present)
         for tag in self.info.tags:
             try:
                 await self.coord.mailbox.bind_tag(tag, self.agent_id)
@@ -105,9 +109,11 @@ class AgentSession:
     async def stop(self) -> None:
         """Leave: give held claims back, stop listening, leave presence; never raises."""
         await stop_tasks(self._tasks, within=2.0, what=f"mcp session {self.agent_id}")
-        for claim in list(self.held.values()):
-            with contextlib.suppress(Exception):
-                await self.coord.tasks.release(claim)
+        claims, self._claims = self._claims, None
+        if claims is not None:
+            for claim in list(self.held.values()):
+                await claims.give_back(claim)
+            await claims.close()
         self.held.clear()
         if self._dispatcher is not None:
             await self._dispatcher.stop()
@@ -143,13 +149,25 @@ class AgentSession:
             self._tasks.append(asyncio.create_task(self._tell_end(task_id), name=f"mcp-watch-{task_id}"))
         self._tasks = [t for t in self._tasks if not t.done()]
 
+    async def claim(self, queue: str, wait: float) -> Claim | None:
+        """Claim the next task of ``queue`` through the worker intake (:class:`Claims`), waiting up to
+        ``wait`` s; the claim is held (its lease extended) until it is settled, lost or given back."""
+        if self._claims is None:
+            raise CorralError(f"agent {self.agent_id} is not started (or has left)")
+        claim = await self._claims.claim(queue, wait)
+        if claim is not None:
+            self.hold(claim)
+        return claim
+
     def hold(self, claim: Claim) -> None:
         """Keep ``claim`` (its lease extended from here on) and publish the new in-flight count."""
         self.held[claim.task_id] = claim
         self._inflight()
 
     def drop(self, task_id: str) -> None:
-        """Forget the claim on ``task_id`` (it was settled or lost)."""
+        """Forget the claim on ``task_id`` (it was settled or lost) and give back its limits slot."""
+        if self._claims is not None:
+            self._claims.ended(task_id)
         if self.held.pop(task_id, None) is not None:
             self._inflight()
 

@@ -1,8 +1,9 @@
 """The task tools: as a parent (submit, status, wait, cancel, list) and as a worker (claim, heartbeat, complete).
 
-Parent tools go through this agent's :class:`dispatch.Dispatcher`; worker tools through the task
-store's claim compare-and-sets. The claim token stays in this process: the agent names a task, and
-only a task this agent holds a current claim on can be heartbeated or completed.
+Parent tools go through this agent's :class:`dispatch.Dispatcher`; a claim through the worker intake
+(:mod:`corral.mcp.work`), heartbeats and outcomes through the task store's compare-and-sets. The
+claim token stays in this process: the agent names a task, and only a task this agent holds a
+current claim on can be heartbeated or completed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from coord.wire import MAX_DELAY, Result, ResultError, ResultKind, TaskInput
 from corral.mcp.models import ClaimView, TaskList, TaskView, Waited
 from corral.mcp.session import TASKS_URI, AgentSession
 from corral.mcp.tools_agents import MAX_WAIT, Wait
-from corral.mcp.work import claim_next
 
 __all__ = ["register"]
 
@@ -126,14 +126,14 @@ def register(server: MCPServer, session: AgentSession) -> None:
     # --- as a worker -----------------------------------------------------------------------------
     @server.tool()
     async def task_claim(queue: Token, wait: Wait = 0.0) -> ClaimView | None:
-        """Claim the next task of a queue (waiting up to ``wait`` s for one); null if none came.
+        """Claim the next task of a queue (most urgent level first, within the queue's limits), waiting
+        up to ``wait`` s for one; null if none came.
 
         The server keeps the claim (and extends its lease while this agent lives); report with
         task_heartbeat and finish with task_complete."""
-        claim = await claim_next(coord.tasks, queue, session.agent_id, wait=min(wait, MAX_WAIT))
+        claim = await session.claim(queue, min(wait, MAX_WAIT))
         if claim is None:
             return None
-        session.hold(claim)
         await session.tell(TASKS_URI)
         return held(claim.task_id)
 

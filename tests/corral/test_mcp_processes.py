@@ -151,6 +151,15 @@ async def test_thread_refused_while_its_holder_lives_and_granted_after_it_is_kil
         assert time.monotonic() - killed <= ttl + 1.0
 
 
+def _alive(pid: int) -> bool:
+    """True while process ``pid`` runs (an exited child not yet reaped is a zombie: not alive)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -218,3 +227,52 @@ async def test_when_the_harness_goes_away_the_agent_gives_its_claims_back_at_onc
         assert record.status is TaskStatus.PENDING and record.attempt == 0, record  # released, not reclaimed
         assert gone < ttl
         assert await coord_conn.presence.get("leaving") is None
+
+
+async def test_sigterm_makes_the_stdio_server_give_its_claims_back_and_leave(
+    nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str], coord_conn: coord.Coord
+) -> None:
+    ttl = Settings.load().presence_ttl
+    async with fleet(nats_server, namespace, subprocess_env) as agents:
+        parent = await agents.start("lead")
+        task_id = (await call(parent, "task_submit", queue="build"))["task_id"]
+        leaving = await agents.start("terminated")
+        assert (await call(leaving, "task_claim", queue="build", wait=10))["task"]["task_id"] == task_id
+        pid = (await call(parent, "fleet_agent", agent_id="terminated"))["info"]["pid"]
+        os.kill(pid, signal.SIGTERM)
+        sent = time.monotonic()
+        while (record := await coord_conn.tasks.get(task_id)).status is TaskStatus.CLAIMED:
+            assert time.monotonic() - sent < ttl + 5, "the claim was never given back"
+            await asyncio.sleep(0.02)
+        given_back = time.monotonic() - sent
+        # Released by the process itself (no attempt counted, no reclaim error), before its presence could expire.
+        assert record.status is TaskStatus.PENDING and record.attempt == 0 and record.error is None, record
+        assert given_back < ttl, f"given back after {given_back:.2f}s: the reclaimer's doing, not the process's"
+        assert await coord_conn.presence.wait_absent("terminated", ttl)
+        while _alive(pid):  # and the process exits
+            assert time.monotonic() - sent < 15, "corral mcp did not exit after SIGTERM"
+            await asyncio.sleep(0.05)
+
+
+async def test_a_killed_agent_gives_its_limits_slot_back_through_the_reclaimer(
+    nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str], coord_conn: coord.Coord
+) -> None:
+    ttl = Settings.load().presence_ttl
+    await coord_conn.limits.set("one", concurrency=1)
+    async with fleet(nats_server, namespace, subprocess_env) as agents:
+        parent = await agents.start("lead")  # its dispatcher's reclaimer heals claims and slots
+        first = (await call(parent, "task_submit", queue="one", title="first"))["task_id"]
+        second = (await call(parent, "task_submit", queue="one", title="second"))["task_id"]
+        doomed = await agents.start("doomed")
+        assert (await call(doomed, "task_claim", queue="one", wait=10))["task"]["task_id"] == first
+        holders = [s.holder.worker_id for s in await coord_conn.limits.slots("one") if s.holder]
+        assert holders == ["doomed"]
+        rescuer = await agents.start("rescuer")
+        assert await call(rescuer, "task_claim", queue="one", wait=1) is None  # the queue's one slot is taken
+        killed = await agents.kill(parent, "doomed")
+        again = await call(rescuer, "task_claim", queue="one", wait=ttl + 10)
+        took = time.monotonic() - killed
+        assert again is not None and again["task"]["task_id"] in (first, second)
+        assert took <= ttl + 3.0, f"the slot came back {took:.2f}s after the kill"
+        holders = [s.holder.worker_id for s in await coord_conn.limits.slots("one") if s.holder]
+        assert holders == ["rescuer"]
