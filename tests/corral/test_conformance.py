@@ -1,0 +1,48 @@
+"""The conformance kit in CI: the Python worker passes it; a worker that breaks a rule fails the rows
+that check that rule (the TypeScript worker: test_conformance_typescript.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from corral.conformance import KitConfig, Outcome, run_kit
+from tests.conftest import PYTHON, ROOT
+from tests.corral.helpers_conformance import PYTHON_WORKER, table
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+WRONG_WORKER = [PYTHON, str(Path(__file__).with_name("helpers_wrong_worker.py"))]
+
+
+@pytest.fixture(autouse=True)
+def _children_run_this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+
+
+async def test_the_python_worker_passes_every_scenario(tmp_path: Path) -> None:
+    rows = await run_kit(KitConfig(PYTHON_WORKER, log_dir=tmp_path))
+    sys.stderr.write("conformance of corral worker (Python):\n" + table(rows) + "\n")
+    assert [r.scenario for r in rows] == [
+        "presence", "claim-complete", "lease-extended", "poison-ignored", "cancel", "limits", "late-result",
+        "sigkill-reclaimed",
+    ]  # fmt: skip
+    assert all(r.outcome is Outcome.PASS for r in rows), table(rows)
+
+
+async def test_a_worker_that_completes_without_presenting_its_claim_fails_the_rows_of_that_rule(
+    tmp_path: Path,
+) -> None:
+    only = ("presence", "claim-complete", "late-result")
+    rows = await run_kit(KitConfig(WRONG_WORKER, only=only, log_dir=tmp_path))
+    sys.stderr.write("conformance of a wrong worker:\n" + table(rows) + "\n")
+    outcomes = {r.scenario: r.outcome for r in rows}
+    assert outcomes == {"presence": Outcome.PASS, "claim-complete": Outcome.FAIL, "late-result": Outcome.FAIL}, table(
+        rows
+    )
+    details = {r.scenario: r.detail for r in rows}
+    assert "Corral-Index" in details["claim-complete"]
+    assert "late-result dead letter" in details["late-result"]
