@@ -3,6 +3,7 @@ that check that rule (the TypeScript worker: test_conformance_typescript.py)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from corral.conformance import KitConfig, Outcome, run_kit
 from tests.conftest import PYTHON, ROOT
+from tests.corral.helpers_cli import CliResult, corral
 from tests.corral.helpers_conformance import PYTHON_WORKER, table
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -46,3 +48,29 @@ async def test_a_worker_that_completes_without_presenting_its_claim_fails_the_ro
     details = {r.scenario: r.detail for r in rows}
     assert "Corral-Index" in details["claim-complete"]
     assert "late-result dead letter" in details["late-result"]
+
+
+async def test_the_cli_prints_json_rows_exits_1_on_a_failed_row_and_2_on_bad_input(
+    subprocess_env: dict[str, str],
+) -> None:
+    url, ns = "nats://127.0.0.1:1", "unused"  # the kit runs its own server: the global options are not used
+
+    async def kit(*args: str) -> CliResult:
+        return await corral(url, ns, subprocess_env, "conformance", *args, within=90)
+
+    passing = await kit("--only", "presence", "--json", "--", *PYTHON_WORKER)
+    assert passing.code == 0, passing
+    report = json.loads(passing.out)
+    assert report["ok"] is True and [r["scenario"] for r in report["rows"]] == ["presence"]
+    assert report["rows"][0]["outcome"] == "pass"
+    crashing = await kit("--only", "presence", "--json", "--", PYTHON, "-c", "raise SystemExit(3)")
+    assert crashing.code == 1, crashing
+    row = json.loads(crashing.out)["rows"][0]
+    assert row["outcome"] == "fail" and "exited with 3" in row["detail"]
+    for args, says in (
+        ((), "give the worker command after --"),
+        (("--only", "nope", "--", "true"), "--only 'nope': one of presence, claim-complete"),
+        (("--unsupported", "priorities", "--", "true"), "--unsupported 'priorities': one of limits"),
+    ):
+        bad = await kit(*args)
+        assert bad.code == 2 and says in bad.err, (args, bad)
