@@ -105,6 +105,11 @@ class WorkerProcess:
             return False
         return True
 
+    async def exited(self) -> None:
+        """Return once the process has exited (whenever that is)."""
+        if self._proc is not None:
+            await self._proc.wait()
+
     async def stop(self, grace: float = 5.0) -> None:
         """SIGTERM (after a SIGCONT, in case it is stopped), then SIGKILL after ``grace`` seconds."""
         self.signal(signal.SIGCONT)

@@ -2,6 +2,7 @@
 // Losing it (a renewal refused, or none reaching the server within the TTL) is final for this process.
 
 import { hostname } from "node:os";
+import { performance } from "node:perf_hooks";
 import { randomBytes } from "node:crypto";
 import { headers } from "@nats-io/transport-node";
 import { JetStreamApiError, type JetStreamClient } from "@nats-io/jetstream";
@@ -10,7 +11,8 @@ import type { Config } from "./config.js";
 
 export class Presence {
   private revision = 0;
-  private lastOk = Date.now();
+  private lastOk = performance.now(); // monotonic: a paused process notices the lost TTL on resume
+  private renewing = false;
   private timer: NodeJS.Timeout | undefined;
   private inflight = 0;
   lost = false;
@@ -65,7 +67,7 @@ export class Presence {
       }
       await new Promise((r) => setTimeout(r, 500)); // someone holds the id: wait for its TTL
     }
-    this.lastOk = Date.now();
+    this.lastOk = performance.now();
     this.timer = setInterval(() => void this.renew(), this.cfg.presenceInterval * 1000);
   }
 
@@ -74,14 +76,20 @@ export class Presence {
   }
 
   private async renew(): Promise<void> {
-    if (this.lost) return;
-    if (Date.now() - this.lastOk > this.cfg.presenceTtl * 1000) return this.lose("no renewal reached the server within the TTL");
+    if (this.lost || this.renewing) return; // one renewal at a time: two would race on one revision
+    if (performance.now() - this.lastOk > this.cfg.presenceTtl * 1000) {
+      return this.lose("no renewal reached the server within the TTL");
+    }
+    this.renewing = true;
+    const started = performance.now();
     try {
       this.revision = await this.put(this.revision);
-      this.lastOk = Date.now();
+      this.lastOk = started;
     } catch (err) {
-      if (err instanceof JetStreamApiError) return this.lose(`renewal refused: ${err.message}`);
-      // unreachable server: a pause, until the TTL says otherwise
+      if (err instanceof JetStreamApiError) this.lose(`renewal refused: ${err.message}`);
+      // otherwise the server is unreachable: a pause, until the TTL says otherwise
+    } finally {
+      this.renewing = false;
     }
   }
 
