@@ -55,6 +55,7 @@ function malformed(note: unknown): string | null {
 class Worker {
   private readonly running = new Map<string, Running>();
   private stopping = false;
+  private warnedLimited = false;
   private exitCode = 0;
   private slotFreed: () => void = () => {};
 
@@ -140,6 +141,13 @@ class Worker {
       for (let attempt = 0; attempt < 10; attempt++) {
         const got = await this.store.read(note.task_id);
         if (!got || got.record.status !== "pending" || got.record.queue !== this.cfg.queue) break; // stale or forged
+        if (await this.store.limited(this.cfg.queue)) {
+          // Limits are not implemented here: a limited queue is left to workers that keep them.
+          if (!this.warnedLimited) this.log(`queue ${this.cfg.queue} has limits, which this worker does not implement; leaving its tasks`);
+          this.warnedLimited = true;
+          m.nak(5000);
+          return;
+        }
         const wait = got.record.visible_at ? Date.parse(got.record.visible_at) - Date.now() : 0;
         if (wait > 250) {
           m.nak(Math.min(wait, 3_600_000));

@@ -16,13 +16,14 @@ export class TaskStore {
     private readonly nc: NatsConnection,
     private readonly js: JetStreamClient,
     private readonly kv: KV,
+    private readonly limits: KV,
     private readonly ns: string,
     private readonly retention: number,
   ) {}
 
   static async open(nc: NatsConnection, js: JetStreamClient, ns: string, retention: number): Promise<TaskStore> {
-    const kv = await new Kvm(js).open(`${ns}_tasks`);
-    return new TaskStore(nc, js, kv, ns, retention);
+    const kvm = new Kvm(js);
+    return new TaskStore(nc, js, await kvm.open(`${ns}_tasks`), await kvm.open(`${ns}_limits`), ns, retention);
   }
 
   /** The stored record and its revision; null when the key holds no task (absent, deleted, expired). */
@@ -32,6 +33,12 @@ export class TaskStore {
     const record = entry.json<TaskRecord>();
     if (typeof record !== "object" || record === null || record.task_id !== taskId) return null;
     return { record, revision: entry.revision };
+  }
+
+  /** True when `queue` has fleet-wide limits (a `limit.{queue}` value): this worker does not implement them. */
+  async limited(queue: string): Promise<boolean> {
+    const entry = await this.limits.get(`limit.${queue}`);
+    return entry !== null && entry.operation === "PUT" && entry.length > 0;
   }
 
   /** Write `next` only if the key is still at `last`; the new revision, or Conflict on a lost race. */
