@@ -15,6 +15,7 @@ from coord.kv import MSG_TTL
 from coord.limits.models import Rate
 from coord.presence.models import decode_record
 from coord.tasks import TaskRecord, TaskStatus, Transition
+from coord.wire import Result
 from corral.conformance.fleet import Fleet
 from corral.conformance.probes import (
     claimed,
@@ -48,7 +49,10 @@ class Stage:
 def _succeeded_once(record: TaskRecord, echo: object) -> str | None:
     if record.status is not TaskStatus.SUCCEEDED:
         return f"{record.task_id} ended {record.status.value} ({record.error})"
-    output = record.result.get("output") if isinstance(record.result, dict) else None
+    try:
+        output = Result.model_validate(record.result).output
+    except ValueError as err:
+        return f"{record.task_id}: the recorded result is not a `result` ({str(err).splitlines()[0]})"
     if output != echo:
         return f"{record.task_id}: result {record.result!r} does not carry output {echo!r}"
     if record.attempt != 1:
