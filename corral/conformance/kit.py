@@ -22,7 +22,7 @@ from workers.levels import ensure_consumer
 
 __all__ = ["FEATURES", "KitConfig", "run_kit"]
 
-FEATURES = frozenset({"limits"})
+FEATURES = frozenset({"limits", "priorities"})
 """What a worker may declare unsupported (``--unsupported``): the row then says so instead of failing."""
 
 SCENARIO_WITHIN = 120.0

@@ -28,11 +28,18 @@ POLL = 0.05
 """Seconds between two reads while waiting for a record to change."""
 
 
-async def submit(coord: Coord, queue: str, *, sleep: float = 0.0, echo: Any = None, lease: float = 2.0) -> str:
+async def submit(
+    coord: Coord, queue: str, *, sleep: float = 0.0, echo: Any = None, lease: float = 2.0, priority: str = "normal"
+) -> str:
     """Schedule one kit task (payload ``{"sleep", "echo"}``, lease ``lease`` seconds); its id."""
     task_id = new_id("k")
-    spec = Spec(task_id=task_id, queue=queue, payload={"sleep": sleep, "echo": echo}, timeout=lease)
-    await coord.tasks.schedule(task_id, queue=queue, spec=spec.model_dump(mode="json"), timeout=lease)
+    payload = {"sleep": sleep, "echo": echo}
+    spec = Spec.model_validate(
+        {"task_id": task_id, "queue": queue, "payload": payload, "timeout": lease, "priority": priority}
+    )
+    await coord.tasks.schedule(
+        task_id, queue=queue, spec=spec.model_dump(mode="json"), timeout=lease, priority=spec.priority
+    )
     return task_id
 
 

@@ -260,6 +260,21 @@ async def killed_reclaimed(stage: Stage) -> str:
     return f"reclaimed {took:.2f} s after SIGKILL (TTL {stage.ttl:g} s); the restarted worker took work"
 
 
+async def priorities_served(stage: Stage) -> str:
+    """Priorities: a high and a low task (notified on `qhigh-` and `qlow-`) are run too."""
+    if "priorities" in stage.unsupported:
+        raise NotImplementedError("declared unsupported (--unsupported priorities): high and low tasks wait for others")
+    await stage.fleet.ensure()
+    coord = stage.fleet.coord
+    ids = [await submit(coord, stage.queue, echo=level, lease=stage.lease, priority=level) for level in ("high", "low")]
+    for task_id, level in zip(ids, ("high", "low"), strict=True):
+        record = await wait_record(coord, task_id, ended, within=20, what=f"{level} priority task done")
+        problem = _succeeded_once(record, level)
+        if problem:
+            raise ScenarioFailed(problem)
+    return "a high and a low task ran (qhigh- and qlow- served)"
+
+
 async def limits_respected(stage: Stage) -> str:
     """Limits: with a rate of 1 start per second on the queue, 3 tasks start at least ~1 s apart."""
     if "limits" in stage.unsupported:
@@ -287,6 +302,7 @@ SCENARIOS: list[tuple[str, Scenario]] = [
     ("lease-extended", lease_extended),
     ("poison-ignored", poison_ignored),
     ("cancel", cancel_reaches),
+    ("priorities", priorities_served),
     ("limits", limits_respected),
     ("late-result", late_result),
     ("sigkill-reclaimed", killed_reclaimed),

@@ -29,8 +29,8 @@ async def test_the_python_worker_passes_every_scenario(tmp_path: Path) -> None:
     rows = await run_kit(KitConfig(PYTHON_WORKER, log_dir=tmp_path))
     sys.stderr.write("conformance of corral worker (Python):\n" + table(rows) + "\n")
     assert [r.scenario for r in rows] == [
-        "presence", "claim-complete", "lease-extended", "poison-ignored", "cancel", "limits", "late-result",
-        "sigkill-reclaimed",
+        "presence", "claim-complete", "lease-extended", "poison-ignored", "cancel", "priorities", "limits",
+        "late-result", "sigkill-reclaimed",
     ]  # fmt: skip
     assert all(r.outcome is Outcome.PASS for r in rows), table(rows)
 
@@ -70,7 +70,7 @@ async def test_the_cli_prints_json_rows_exits_1_on_a_failed_row_and_2_on_bad_inp
     for args, says in (
         ((), "give the worker command after --"),
         (("--only", "nope", "--", "true"), "--only 'nope': one of presence, claim-complete"),
-        (("--unsupported", "priorities", "--", "true"), "--unsupported 'priorities': one of limits"),
+        (("--unsupported", "blobs", "--", "true"), "--unsupported 'blobs': one of limits, priorities"),
     ):
         bad = await kit(*args)
         assert bad.code == 2 and says in bad.err, (args, bad)
