@@ -198,12 +198,14 @@ async def late_result(stage: Stage) -> str:
     recorded as a late-result dead letter, never written over the reclaim."""
     fleet = await stage.fleet.ensure()
     coord = stage.fleet.coord
-    # The handler ends before its first lease extension is due (a third of the lease), so the result,
-    # not a heartbeat, is the first write the resumed worker makes: it must be refused.
-    task_id = await submit(coord, stage.queue, sleep=0.3, echo="late", lease=stage.lease * 2)
+    # The handler ends (after 1 s) before its first lease extension is due (a third of the 6 s lease),
+    # so the result, not a heartbeat, is the first write the resumed worker makes: it must be refused.
+    task_id = await submit(coord, stage.queue, sleep=1.0, echo="late", lease=stage.lease * 3)
     first = await wait_record(coord, task_id, claimed, within=20, what="task claimed")
     fleet.signal(signal.SIGSTOP)
     try:
+        if (await coord.tasks.get(task_id)).terminal:
+            raise ScenarioFailed("the kit could not stop the worker before its 1 s task ended (host too slow?)")
         await wait_record(
             coord,
             task_id,

@@ -22,7 +22,7 @@ from tests.helpers_node import typescript_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-TASKS = 100
+TASKS = 150
 TTL = "2"
 """Presence TTL of both workers: a killed worker's claims go back within about this."""
 
