@@ -6,7 +6,8 @@
                                    # first installs the system packages the tests need (NEEDS) when it
                                    # can (root or passwordless sudo, apt-get; CORRAL_DEV_INSTALL=0: never),
                                    # otherwise says in one line what is missing, the command that
-                                   # installs it, and which tests are left out (with CI=true: exit 1)
+                                   # installs it, and which tests are left out (with CI=true: exit 1);
+                                   # with npm, `npm install`s clients/typescript-worker (its package.json)
     python3 dev.py bench peers [--tasks N --rounds R --latency N --systems a,b --json FILE]
                                    # corral side by side with Celery, arq, taskiq-nats and raw nats-py
                                    # (installs the `bench` extra; redis-server from the system)
