@@ -6,7 +6,8 @@
                                    # first installs the system packages the tests need (NEEDS) when it
                                    # can (root or passwordless sudo, apt-get; CORRAL_DEV_INSTALL=0: never),
                                    # otherwise says in one line what is missing, the command that
-                                   # installs it, and which tests are left out (with CI=true: exit 1)
+                                   # installs it, and which tests are left out (with CI=true: exit 1);
+                                   # with npm, `npm install`s clients/typescript-worker (its package.json)
     python3 dev.py bench peers [--tasks N --rounds R --latency N --systems a,b --json FILE]
                                    # corral side by side with Celery, arq, taskiq-nats and raw nats-py
                                    # (installs the `bench` extra; redis-server from the system)
@@ -81,11 +82,17 @@ class Need:
     """Test files left out when it is missing (empty: those tests skip themselves, saying why)."""
 
 
+TS_WORKER = ROOT / "clients" / "typescript-worker"
+NODE_TESTS = ("tests/corral/test_conformance_typescript.py", "tests/chaos/test_any_language.py")
+"""The tests that run the TypeScript worker."""
+
 NEEDS = (
     Need("ip", "iproute2", ()),  # tests/chaos/test_partition.py (network namespaces; skips without root or ip)
     Need("openssl", "openssl", ("tests/coord/test_connection_security.py",)),  # a CA and server certificates
     Need("chromium", "chromium", ("tests/corral/test_ui.py",)),  # the dashboard in a real headless browser ...
     Need("chromedriver", "chromium-driver", ("tests/corral/test_ui.py",)),  # ... driven through Debian's driver
+    Need("node", "nodejs", NODE_TESTS),  # the TypeScript worker (clients/typescript-worker) ...
+    Need("npm", "npm", NODE_TESTS),  # ... installed from the npm registry by its package.json
 )
 """The one list of system packages the tests need (.ci/run installs them through ``dev.py test``)."""
 
@@ -159,7 +166,11 @@ def test(args: list[str]) -> int:
         say(line)
     if stop:
         return 1
-    steps = [
+    steps = []
+    npm = shutil.which("npm")
+    if npm is not None:  # the TypeScript worker's packages (exact versions, no lock file), compiled by `prepare`
+        steps.append(("npm install (clients/typescript-worker)", [npm, "install", "--prefix", str(TS_WORKER)]))
+    steps += [
         ("ruff", [str(BIN / "ruff"), "check", "coord", "dispatch", "workers", "corral", "tests", "bench", "dev.py"]),
         ("mypy --strict", [str(BIN / "mypy")]),
         ("pytest", [str(BIN / "pytest"), *extra, *args]),

@@ -14,11 +14,14 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
+from coord.deadletter import DeadLetter
 from coord.events.models import Event
+from coord.limits.models import QueueLimits, RateState, SlotHolder
 from coord.mailbox.models import H_ACK_TO, H_FROM, H_ID, H_SENT, H_STREAM_TO, H_TAG
 from coord.presence.models import _Record as PresenceRecord
 from coord.streams import MSG_ID
-from coord.tasks.models import Notification, ResultNotice, TaskRecord
+from coord.tasks.index import INDEX_HEADER
+from coord.tasks.models import Notification, ResultNotice, TaskRecord, Transition
 from coord.wire import Result, Spec
 
 __all__ = ["DRAFT", "WireSchema", "wire_schemas"]
@@ -60,7 +63,8 @@ class WireSchema:
     body: dict[str, Any]
     """The JSON Schema of its body."""
     headers: dict[str, Any] | None = None
-    """The JSON Schema of its NATS headers (an object of strings), for a message; None for a stored value."""
+    """The JSON Schema of its NATS headers (an object of strings): for a message, and for the KV writes
+    whose headers a foreign writer must send (task records, presence, limits); None otherwise."""
 
     def document(self) -> dict[str, Any]:
         """One JSON Schema document: the body's schema, plus ``x-corral-where`` and ``x-corral-headers``."""
@@ -83,8 +87,54 @@ def _task_record() -> dict[str, Any]:
     return _model(TaskRecord, "TaskRecord", drop=("revision",))
 
 
+_CAS = {
+    "Nats-Expected-Last-Subject-Sequence": {
+        "type": "string",
+        "pattern": "^[0-9]+$",
+        "description": "The revision this write replaces (0: the key must not exist); every write is a CAS.",
+    }
+}
+"""The header of every KV write corral makes (docs/protocol-spec.md, "Compare-and-set")."""
+
+_TASK_WRITE = _headers(
+    {
+        **_CAS,
+        INDEX_HEADER: {
+            "type": "string",
+            "description": "JSON array [queue, status, epoch, attempt, worker_id|null, claim_id|null, "
+            "deadline_ms|null, visible_at_ms|null, updated_at_ms] of the record written (Unix ms).",
+        },
+    },
+    {"Nats-TTL": {"type": "string", "description": "On a finished record only: the retention, e.g. 604800s."}},
+)
+"""Headers of every write to the tasks bucket."""
+
+_PRESENCE_WRITE = _headers(
+    {**_CAS, "Nats-TTL": {"type": "string", "description": "The presence TTL in whole seconds, e.g. 3s."}},
+    {"KV-Operation": {"type": "string", "enum": ["DEL"], "description": "Only on a graceful leave (empty body)."}},
+)
+"""Headers of every write to the presence bucket."""
+
+_CONTROL: dict[str, Any] = {
+    "title": "Control",
+    "type": "object",
+    "properties": {
+        "task_id": {"type": "string", "pattern": _TOKEN, "description": "The task whose claim ended elsewhere."},
+        "claim_id": {"type": "string", "description": "The claim that ended."},
+        "transition": {
+            "type": "string",
+            "enum": [t.value for t in Transition],
+            "description": "What ended it (cancelled, reclaimed, ...).",
+        },
+    },
+    "required": ["task_id", "claim_id", "transition"],
+}
+"""The control hint (coord/tasks/effects.py writes it with json.dumps; there is no model)."""
+
+
 def wire_schemas() -> list[WireSchema]:
-    """Every schema of the protocol, in the order a task meets them, then events, mail and presence."""
+    """Every schema of the protocol, in the order a task meets them, then events, mail, presence,
+    the control hint, dead letters and queue limits."""
     notification = _model(Notification, "Notification")
     push = _model(ResultNotice, "ResultNotice")
     for schema in (notification, push):  # an inlined record is a stored record: no revision either
@@ -107,6 +157,7 @@ def wire_schemas() -> list[WireSchema]:
             "One task as stored: the single source of truth, its journal included.",
             "KV {ns}_tasks, key {task_id}",
             _task_record(),
+            _TASK_WRITE,
         ),
         WireSchema(
             "notification",
@@ -157,5 +208,41 @@ def wire_schemas() -> list[WireSchema]:
             "An agent's presence: who it is, what it takes, and the instance that wrote it.",
             "KV {ns}_presence, key {agent id}",
             _model(PresenceRecord, "Presence"),
+            _PRESENCE_WRITE,
+        ),
+        WireSchema(
+            "control",
+            "A hint to a worker that one of its claims ended elsewhere: it checks the record, then stops the run.",
+            "core NATS, subject {ns}.control.{worker_id}",
+            _CONTROL,
+            _headers({}, {}),
+        ),
+        WireSchema(
+            "dead-letter",
+            "A message or result nobody could process (source late-result: a result refused as stale).",
+            "JetStream {ns}_events, subject {ns}.deadletter.{source}",
+            _model(DeadLetter, "DeadLetter"),
+            _headers({}, {}),
+        ),
+        WireSchema(
+            "queue-limits",
+            "A queue's fleet-wide limits (no key: no limit); a worker follows them before each claim.",
+            "KV {ns}_limits, key limit.{queue}",
+            _model(QueueLimits, "QueueLimits"),
+            _headers(_CAS, {}),
+        ),
+        WireSchema(
+            "limit-slot",
+            "A concurrency slot held by a running claim (a tombstone while free).",
+            "KV {ns}_limits, key slot.{queue}.{i} (0 <= i < concurrency)",
+            _model(SlotHolder, "SlotHolder"),
+            _headers(_CAS, {}),
+        ),
+        WireSchema(
+            "limit-rate",
+            "A queue's rate state (GCRA), advanced by compare-and-set before a claim.",
+            "KV {ns}_limits, key rate.{queue}",
+            _model(RateState, "RateState"),
+            _headers(_CAS, {}),
         ),
     ]

@@ -10,7 +10,14 @@ def _without(*commands: str) -> list[dev.Need]:
 
 
 def test_every_package_the_tests_need_is_in_one_list_and_found_by_its_command() -> None:
-    assert {need.package for need in dev.NEEDS} == {"iproute2", "openssl", "chromium", "chromium-driver"}
+    assert {need.package for need in dev.NEEDS} == {
+        "iproute2",
+        "openssl",
+        "chromium",
+        "chromium-driver",
+        "nodejs",
+        "npm",
+    }
     assert _without() == []
     assert [need.package for need in _without("chromedriver")] == ["chromium-driver"]
 
@@ -52,3 +59,10 @@ def test_it_installs_as_root_or_through_passwordless_sudo_and_only_with_apt_get(
     assert dev.installer(root=False, sudo=True, apt=True) == ["sudo", "-n", "apt-get"]
     assert dev.installer(root=False, sudo=False, apt=True) is None
     assert dev.installer(root=True, sudo=True, apt=False) is None
+
+
+def test_without_node_the_typescript_worker_tests_are_left_out_outside_ci() -> None:
+    line, extra, stop = dev.verdict(_without("node", "npm"), ci=False)
+    assert line is not None and "nodejs, npm" in line and "sudo apt-get install -y nodejs npm" in line
+    assert extra == [f"--ignore={test}" for test in sorted(dev.NODE_TESTS)]
+    assert not stop

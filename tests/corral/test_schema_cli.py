@@ -11,11 +11,16 @@ import jsonschema
 import nats
 from nats.aio.msg import Msg
 
+import coord
+from coord.limits.models import Rate
 from coord.server import NatsServer
 from tests.conftest import PYTHON
 from tests.corral.helpers_cli import corral, start_corral
 
-NAMES = ["spec", "result", "task-record", "notification", "result-push", "event", "mail", "presence"]
+NAMES = [
+    "spec", "result", "task-record", "notification", "result-push", "event", "mail", "presence", "control",
+    "dead-letter", "queue-limits", "limit-slot", "limit-rate",
+]  # fmt: skip
 
 
 def _check(schema: dict[str, Any], value: Any) -> None:
@@ -102,3 +107,36 @@ async def test_real_messages_from_a_real_server_match_the_emitted_schemas(
         assert json.loads(seen["events"][0].data)["kind"] == "scope_sub_delegated"
     finally:
         await nc.close()
+
+
+async def test_control_hints_dead_letters_limits_and_write_headers_match_the_emitted_schemas(
+    coord_conn: coord.Coord, nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str]
+) -> None:
+    schemas = json.loads((await corral(nats_server.url, namespace, subprocess_env, "schema", "--json")).out)
+    names = coord_conn.names
+    hints: list[Msg] = []
+
+    async def hint(msg: Msg) -> None:
+        hints.append(msg)
+
+    await coord_conn.nc.subscribe(f"{namespace}.control.>", cb=hint)
+    await coord_conn.tasks.schedule("c1", queue="wire", spec={"x": 1})
+    claim = await coord_conn.tasks.claim("c1", "w-wire")
+    claimed = await coord_conn.js.get_last_msg(f"KV_{names.tasks_bucket}", f"$KV.{names.tasks_bucket}.c1")
+    _check(schemas["task-record"]["x-corral-headers"], dict(claimed.headers or {}))
+    await coord_conn.tasks.cancel("c1")
+    finished = await coord_conn.js.get_last_msg(f"KV_{names.tasks_bucket}", f"$KV.{names.tasks_bucket}.c1")
+    assert "Nats-TTL" in (finished.headers or {})
+    _check(schemas["task-record"]["x-corral-headers"], dict(finished.headers or {}))
+    async with asyncio.timeout(5):
+        while not hints:
+            await asyncio.sleep(0.02)
+    assert hints[0].subject == f"{namespace}.control.w-wire"
+    _check(schemas["control"], json.loads(hints[0].data))
+    assert json.loads(hints[0].data)["claim_id"] == claim.claim_id
+    await coord_conn.dead_letters.record("late-result", "refused", body='{"kind": "success"}', task_id="c1")
+    letter = await coord_conn.js.get_last_msg(names.events_stream, names.deadletter_subject("late-result"))
+    _check(schemas["dead-letter"], json.loads(letter.data or b""))
+    await coord_conn.limits.set("wire", concurrency=2, rate=Rate(count=5, per="s"))
+    limit = await coord_conn.js.get_last_msg(f"KV_{names.limits_bucket}", f"$KV.{names.limits_bucket}.limit.wire")
+    _check(schemas["queue-limits"], json.loads(limit.data or b""))
