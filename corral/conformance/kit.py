@@ -10,15 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import coord
+from coord.consumer import create_queue_consumers
 from coord.ids import new_id
-from coord.priority import Priority
 from coord.server import NatsServer
 from corral.conformance.fleet import Fleet
 from corral.conformance.process import WorkerEnv
 from corral.conformance.rows import Outcome, Row, ScenarioFailed
 from corral.conformance.scenarios import SCENARIOS, Stage
 from dispatch.reclaimer import Reclaimer
-from workers.levels import ensure_consumer
 
 __all__ = ["FEATURES", "KitConfig", "run_kit"]
 
@@ -83,8 +82,7 @@ async def _kit(config: KitConfig, namespace: str, log: Path) -> list[Row]:
             coord.connect(server.url, namespace=namespace) as conn,
             coord.connect(server.url, namespace=namespace, user=QUIET, password=QUIET) as quiet,
         ):
-            for priority in Priority:
-                await ensure_consumer(conn, config.queue, priority)
+            await create_queue_consumers(conn.nc, conn.js, conn.names, config.queue)  # as a provisioner does
             env = WorkerEnv(server.url, namespace, config.queue, new_id("w"), config.ttl, config.interval)
             fleet = Fleet(conn, config.command, env, log)
             stage = Stage(fleet, config.queue, config.ttl, config.lease, config.unsupported)

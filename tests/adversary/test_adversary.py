@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 
 from coord.server import NatsServer
-from tests.adversary.fleet import Fleet, InvariantBroken, SlotHeld, Stranded, Undeliverable
+from tests.adversary.fleet import Fleet, InvariantBroken
 from tests.adversary.hostile import FAR_FUTURE, FAR_PAST, HONEST, PLACEHOLDER, QUEUE, Write, dumps, padded
 from tests.adversary.table import TARGETS, Target
 

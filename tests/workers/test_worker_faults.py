@@ -457,7 +457,7 @@ async def test_a_worker_whose_id_is_held_on_another_host_waits_for_the_key_then_
         info = await coord_conn.presence.get("w1")
         return info is not None and info.pid == worker.pid
 
-    await eventually_async(ours, 15, "the worker to be present once the old key expired")
+    await eventually(ours, 15, "the worker to be present once the old key expired")
     took = time.monotonic() - written
     assert 3.5 < took < 4 + 2 + 3, f"present {took:.1f}s after a 4 s key was written"
     told = [line for line in log_of(worker).splitlines() if "cannot be proved gone" in line]
