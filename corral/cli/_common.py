@@ -13,7 +13,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
-import annotated_types
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -108,18 +107,6 @@ def setting_default(name: str) -> Any:
 def setting_env(name: str) -> str:
     """The environment variable that sets the :class:`~coord.settings.Settings` field ``name``."""
     return f"{Settings.model_config.get('env_prefix', '')}{name}".upper()
-
-
-def setting_bounds(name: str) -> tuple[float | None, float | None]:
-    """The inclusive ``(min, max)`` the :class:`~coord.settings.Settings` field ``name`` allows (None: unbounded)."""
-    low: float | None = None
-    high: float | None = None
-    for rule in Settings.model_fields[name].metadata:
-        if isinstance(rule, annotated_types.Ge) and isinstance(rule.ge, int | float):
-            low = rule.ge
-        elif isinstance(rule, annotated_types.Le) and isinstance(rule.le, int | float):
-            high = rule.le
-    return low, high
 
 
 def setting_help(text: str, name: str, *, env: bool = True) -> str:
