@@ -12,7 +12,7 @@ from coord.blobs import BlobRef, value_bytes
 from coord.errors import PayloadTooLarge
 from coord.tasks import ScheduleRequest, TaskRecord, TaskStatus, Transition, transitions
 from coord.tasks.journal import KEPT_FIRST, KEPT_HEARTBEATS, MAX_ENTRIES, journaled
-from coord.tasks.size import HEADER_ROOM, MAX_ERROR_CHARS, check_fits, cut, record_limit, worst_case
+from coord.tasks.size import HEADER_ROOM, MAX_ERROR_CHARS, check_fits, cut, record_limit, worst_case, worst_size
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 MAX_PAYLOAD = 1 << 20
@@ -128,3 +128,24 @@ def test_cut_keeps_short_texts_and_marks_cut_ones() -> None:
     assert cut("abcd", 3) == "ab…"
     assert cut("abcd", 0) == ""
     assert len(cut("x" * 10_000)) == MAX_ERROR_CHARS
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    meta=st.dictionaries(st.text(max_size=20), st.text(max_size=200), max_size=5),
+    spec=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=50),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+        max_leaves=20,
+    ),
+    task_id=st.text(alphabet="abcdefghij0123456789-_", min_size=1, max_size=64),
+    max_attempts=st.integers(min_value=1, max_value=1000),
+    timeout=st.none() | st.floats(min_value=0.001, max_value=86_400),
+)
+def test_the_worst_size_is_the_length_of_the_worst_case_without_building_it(
+    meta: dict[str, str], spec: object, task_id: str, max_attempts: int, timeout: float | None
+) -> None:
+    record = _pending(meta=meta, spec=spec, max_attempts=max_attempts).model_copy(
+        update={"task_id": task_id, "timeout": timeout}
+    )
+    assert worst_size(record, MAX_PAYLOAD) == len(worst_case(record, MAX_PAYLOAD).model_dump_json())
