@@ -126,12 +126,10 @@ def worst_case(record: TaskRecord, max_payload: int) -> TaskRecord:
     )
 
 
-_GROWN = frozenset(
-    {
-        "status", "attempt", "epoch", "claim", "result", "result_blob", "progress", "error", "updated_at",
-        "visible_at", "transition", "last_worker", "journal", "journal_dropped", "meta",
-    }
-)  # fmt: skip
+_GROWN: set[str] = {
+    "status", "attempt", "epoch", "claim", "result", "result_blob", "progress", "error", "updated_at",
+    "visible_at", "transition", "last_worker", "journal", "journal_dropped", "meta",
+}  # fmt: skip
 """The fields :func:`worst_case` sets: all but ``meta`` to the same value for every record."""
 
 
