@@ -13,6 +13,7 @@ from coord.ids import validate_namespace
 from corral import __version__
 from corral.cli import auth, demo, events, msg, presence, reclaimer, registry, server, submit, tasks, ui, worker
 from corral.cli import conformance as conformance_cli
+from corral.cli import demo_agents as demo_agents_cli
 from corral.cli import mcp as mcp_cli
 from corral.cli import provision as provision_cli
 from corral.cli import queues as queues_cli
@@ -153,6 +154,7 @@ provision_cli.register(app)
 schema_cli.register(app)
 ui.register(app)
 conformance_cli.register(app)
+demo_agents_cli.register(app)
 mcp_cli.register(app)
 
 

@@ -26,3 +26,23 @@ def test_demo_kills_and_pauses_workers_and_every_task_still_succeeds_once(subpro
     fenced = summary["late_results_rejected"] + summary["late_runs_stopped"]
     assert fenced >= 1, "the paused worker's late work must be fenced off"
     assert summary["detection_latency_s"]["max"] <= 2 + 1.0
+
+
+def test_demo_agents_coordinate_through_corral_mcp_and_a_killed_agents_claim_is_taken_over(
+    subprocess_env: dict[str, str],
+) -> None:
+    out = subprocess.run(
+        [PYTHON, "-m", "corral", "demo-agents", "--json", "--tasks", "4"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (summary["tasks"], summary["results"], summary["unfinished"]) == (4, 4, 0)
+    # builder-2 was SIGKILLed holding a claim: builder-1 took it over once its presence lapsed
+    assert summary["killed_claim_taken_over_s"] is not None
+    assert summary["killed_claim_taken_over_s"] <= summary["presence_ttl_s"] + 3.0
+    assert summary["mail_wake_ms"] < 1000, "the long-poll read is woken by the message itself"
+    assert summary["thread_refused_owner"] == "lead"
