@@ -189,6 +189,8 @@ class Coord:
     """Recurring schedules (see :mod:`coord.schedules`)."""
     limits: Limits
     """Fleet-wide per-queue concurrency and rate limits (see :mod:`coord.limits`)."""
+    roster: Bucket
+    """The roster bucket: the reclaimer's lease (:mod:`coord.lease`) and the roster of present agents it keeps."""
     streams: tuple[StreamStatus, ...] = ()
     """What :func:`connect` found, created or updated of the namespace's streams (one status each)."""
     _kv: dict[str, KeyValue] = field(default_factory=dict, repr=False)
@@ -248,6 +250,7 @@ def compose(nc: NATS, js: JetStreamContext, names: Names, settings: Settings, ob
         js, nc, names.presence_bucket, patience=settings.io_patience, request_timeout=beat, acks=acks
     )
     presence = Presence(presence_bucket, interval=settings.presence_interval, ttl=settings.presence_ttl)
+    roster = Bucket(js, nc, names.roster_bucket, patience=settings.io_patience, request_timeout=beat, acks=acks)
     records = RecordStore(bucket(names.registry_bucket))
     registry = Registry(records, presence, terminal_ttl=settings.session_retention)
     # Reply subjects corral hands out all live under the first token of the inbox prefix
@@ -271,6 +274,7 @@ def compose(nc: NATS, js: JetStreamContext, names: Names, settings: Settings, ob
         dead_letters=dead_letters,
         schedules=Schedules(RecordStore(bucket(names.schedules_bucket))),
         limits=Limits(bucket(names.limits_bucket), tasks, cas_attempts=settings.max_cas_attempts),
+        roster=roster,
     )
 
 

@@ -128,6 +128,12 @@ class Names:
         return f"{self.namespace}_limits"
 
     @property
+    def roster_bucket(self) -> str:
+        """KV bucket of the active reclaimer's lease (key ``leader``, see :mod:`coord.lease`) and the roster of
+        present agents it keeps (docs/scale.md)."""
+        return f"{self.namespace}_roster"
+
+    @property
     def blobs_bucket(self) -> str:
         """Object Store bucket of task specs and results too large for their record (docs/tasks.md)."""
         return f"{self.namespace}_blobs"

@@ -160,6 +160,7 @@ def stream_configs(names: Names, settings: Settings) -> list[js_api.StreamConfig
         _kv(names.registry_bucket, settings, description="corral sessions, thread reservations, tag bindings"),
         _kv(names.schedules_bucket, settings, description="corral recurring schedules and their last submitted tick"),
         _kv(names.limits_bucket, settings, description="corral per-queue limits, concurrency slots, rate state"),
+        _kv(names.roster_bucket, settings, description="corral reclaimer lease and the roster of present agents"),
         js_api.StreamConfig(  # what nats-py's create_object_store makes, with corral's limits
             name=object_stream_name(names.blobs_bucket),
             description="corral task specs and results too large for their record",

@@ -95,6 +95,7 @@ def _kv_buckets(names: Names) -> list[str]:
         names.registry_bucket,
         names.schedules_bucket,
         names.limits_bucket,
+        names.roster_bucket,
     ]
 
 
@@ -159,6 +160,11 @@ def _slot_keeper(names: Names) -> Permissions:
     return Permissions(publish_allow=[f"{kv_subject_prefix(names.limits_bucket)}{SLOT_PREFIX}.>"])
 
 
+def _lease_holder(names: Names) -> Permissions:
+    """Campaigns for the reclaimer's lease and, holding it, keeps the roster (a reclaimer, also inside a parent)."""
+    return Permissions(publish_allow=[f"{kv_subject_prefix(names.roster_bucket)}>"])
+
+
 def _worker(names: Names, identity: str) -> Permissions:
     ns = names.namespace
     dispatch = names.dispatch_stream
@@ -186,6 +192,7 @@ def _worker(names: Names, identity: str) -> Permissions:
 def _parent(names: Names, identity: str) -> Permissions:
     granted = _task_writer(names)
     granted.add(_slot_keeper(names))
+    granted.add(_lease_holder(names))
     granted.add(_notification_sweeper(names))
     granted.add(
         Permissions(
@@ -203,6 +210,7 @@ def _parent(names: Names, identity: str) -> Permissions:
 def _reclaimer(names: Names) -> Permissions:
     granted = _task_writer(names)
     granted.add(_slot_keeper(names))
+    granted.add(_lease_holder(names))
     granted.add(_notification_sweeper(names))
     granted.add(Permissions(publish_allow=[f"{names.namespace}.control.*"]))
     return granted

@@ -148,6 +148,20 @@ def _presence(draw: st.DrawFn) -> list[Write]:
     ]
 
 
+@st.composite
+def _roster(draw: st.DrawFn) -> list[Write]:
+    """The reclaimer's lease (a ghost holder that never renews, with and without a TTL) and roster entries."""
+    if draw(st.booleans()):
+        holder = {"holder": draw(hostile_ids), "instance": "i1", "host": "elsewhere", "pid": 1, "since": now_iso()}
+        headers = draw(st.sampled_from([{}, {"Nats-TTL": "3600s"}, {"Nats-TTL": "1s"}]))
+        return [
+            Write("kv", "leader", draw(record_bodies([holder, {**holder, "ready": True}])), "roster_bucket", headers)
+        ]
+    key = draw(hostile_ids.map(lambda a: f"agent.{a}") | kv_keys)
+    template = {"id": key.removeprefix("agent."), "role": "worker", "host": "elsewhere", "pid": 1, "queues": [QUEUE]}
+    return [Write("kv", key, draw(record_bodies([template])), bucket="roster_bucket")]
+
+
 LIMIT_KEYS = [
     f"slot.{QUEUE}.0",
     f"slot.{QUEUE}.1",
@@ -399,6 +413,12 @@ TARGETS: list[Target] = [
         ("presence_bucket",),
         "agent records under hostile ids and odd keys, without the TTL corral writes",
         _presence(),
+    ),
+    Target(
+        "roster",
+        ("roster_bucket",),
+        "the reclaimer's lease held by ghosts (no TTL, a TTL of an hour, malformed) and hostile roster entries",
+        _roster(),
     ),
     Target(
         "limits",
