@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
+import random
 import statistics
 import sys
 import time
@@ -26,7 +28,7 @@ from coord.wire import Spec
 from dispatch import Dispatcher
 
 TICK = 0.05
-"""Seconds between a child's bursts of writes (renewals, submissions): small enough to look steady."""
+"""Seconds between an agent simulator's bursts of renewals: small enough to look steady."""
 
 QUEUE = "bench"
 """The queue the parents submit to and the two no-op workers serve."""
@@ -48,9 +50,15 @@ def _say(obj: object) -> None:
 
 
 async def parent(plan: dict[str, Any]) -> None:
-    """One parent: a default Dispatcher submitting ``rate`` tasks/s and awaiting every result."""
+    """One parent: a default Dispatcher submitting ``rate`` tasks/s and awaiting every result.
+
+    ``plan["reclaimer"]`` False builds it without its embedded reclaimer (the floor: its own work only).
+    """
     name = plan["name"]
-    async with coord.connect(plan["url"], namespace=plan["ns"], name=name) as conn, Dispatcher(conn) as d:
+    async with (
+        coord.connect(plan["url"], namespace=plan["ns"], name=name) as conn,
+        Dispatcher(conn, reclaimer=plan.get("reclaimer", True)) as d,
+    ):
         _say("ready")
         go = json.loads(await _line())
         rate, w0, w1 = float(go["rate"]), float(go["w0"]), float(go["w1"])
@@ -73,9 +81,12 @@ async def parent(plan: dict[str, Any]) -> None:
             except TimeoutError:
                 counts["timed_out"] += len(ids) - received
 
-        start = time.time()
+        # One task at a time, evenly spaced (a random phase keeps parents apart): each task costs
+        # its parent the same messages whatever its share of the rate, so per-task numbers compare
+        # across parent counts. A parent that falls behind catches up in one batch.
+        start = time.time() + random.uniform(0, 1 / rate)
         while not stop.is_set():
-            due = int(rate * (time.time() - start)) - counts["submitted"]
+            due = math.floor(rate * (time.time() - start)) + 1 - counts["submitted"]
             if due > 0:
                 n = counts["submitted"]
                 specs = [Spec(task_id=f"{name}-{n + j}", queue=QUEUE) for j in range(min(due, 500))]
@@ -86,7 +97,7 @@ async def parent(plan: dict[str, Any]) -> None:
                 drains.add(drain)
                 drain.add_done_callback(drains.discard)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), TICK)
+                await asyncio.wait_for(stop.wait(), max(0.0, start + counts["submitted"] / rate - time.time()))
         if drains:
             await asyncio.wait(drains, timeout=20)
         for drain in list(drains):

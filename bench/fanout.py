@@ -1,7 +1,8 @@
 """Fan-out (issue 22): does a parent's cost follow its own work as parents and agents are added?
 
     python3 dev.py bench fanout [--parents 1,4,16,32] [--agents 1000,10000] [--rate R] [--seconds S]
-                                [--warmup S] [--reclaimer standalone|embedded] [--kill-tasks K] [--json FILE]
+                                [--warmup S] [--reclaimer standalone|embedded] [--parent-reclaimer on|off]
+                                [--kill-tasks K] [--json FILE]
 
 For each fleet size N and parent count P, on a fresh nats-server of its own (loopback, HTTP
 monitoring on), with real processes only:
@@ -11,8 +12,9 @@ monitoring on), with real processes only:
   presence follower sees them as real agents;
 - two ``corral worker`` processes with a no-op handler (queue ``bench``);
 - ``--reclaimer standalone`` (the default): one ``corral reclaimer`` process;
-- P parent processes, each a default ``Dispatcher`` (embedded reclaimer as shipped), submitting its
-  share of a fixed total of ``--rate`` tasks/s and awaiting every result.
+- P parent processes, each a default ``Dispatcher`` (embedded reclaimer as shipped; without it with
+  ``--parent-reclaimer off``, the floor of what a parent's own work costs), submitting its share of
+  a fixed total of ``--rate`` tasks/s, one task at a time evenly spaced, and awaiting every result.
 
 After ``--warmup`` seconds it measures a window of ``--seconds``: the server's messages out per
 second and per task and its CPU; for each parent the messages it received per second and per task
@@ -53,7 +55,7 @@ from rich.table import Table
 
 import coord
 from bench._fanout_measure import Window, outlier, spread, take
-from bench._fanout_roles import QUEUE
+from bench._fanout_roles import QUEUE, TICK
 from coord.server import NatsServer
 from coord.tasks import TaskStatus
 from coord.wire import Spec
@@ -124,9 +126,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=_number(2, 3600), default=10.0, help="length of the measured window")
     ap.add_argument("--warmup", type=_number(0, 600), default=3.0, help="seconds of load before the window")
     ap.add_argument("--reclaimer", choices=["standalone", "embedded"], default="standalone")
+    ap.add_argument(
+        "--parent-reclaimer",
+        choices=["on", "off"],
+        default="on",
+        help="off: parents without their embedded reclaimer, the floor of what their own work costs",
+    )
     ap.add_argument("--kill-tasks", type=int, default=4, help="long tasks under the SIGKILLed worker (0: skip)")
     ap.add_argument("--json", type=Path, help="write every measurement to this file")
     args = ap.parse_args(argv)
+    if args.reclaimer == "embedded" and args.parent_reclaimer == "off":
+        ap.error("argument --parent-reclaimer: off needs --reclaimer standalone (nothing would reclaim)")
     if not 0 <= args.kill_tasks <= 64:
         ap.error(f"argument --kill-tasks: must be from 0 to 64, got {args.kill_tasks}")
     return args
@@ -236,7 +246,13 @@ class Fleet:
 
 async def configuration(args: argparse.Namespace, agents: int, parents: int) -> dict[str, Any]:
     """Measure one (agents, parents) point; the row says why when it could not be measured."""
-    row: dict[str, Any] = {"agents": agents, "parents": parents, "rate": args.rate, "reclaimer": args.reclaimer}
+    row: dict[str, Any] = {
+        "agents": agents,
+        "parents": parents,
+        "rate": args.rate,
+        "reclaimer": args.reclaimer,
+        "parent_reclaimer": args.parent_reclaimer,
+    }
     label = f"agents={agents} parents={parents}"
     simulators = math.ceil(agents / AGENTS_PER_SIMULATOR)
     processes = parents + simulators + WORKERS + (args.reclaimer == "standalone")
@@ -291,7 +307,8 @@ async def _measure(
             raise Failed(f"corral worker bw{i} did not become present{workers[i].tail()}")
     progress(f"{label}: starting {parents} parent process(es)")
     share = args.rate / parents
-    kids = [await fleet.role("parent", f"fanout-parent-{i}", {}) for i in range(parents)]
+    plan = {"reclaimer": args.parent_reclaimer == "on"}
+    kids = [await fleet.role("parent", f"fanout-parent-{i}", plan) for i in range(parents)]
     for kid in kids:
         if await kid.line(READY_TIMEOUT) != "ready":
             raise Failed(f"{kid.name} did not start")
@@ -410,7 +427,7 @@ def _rows(
             f"(this {os.cpu_count()}-core machine is saturated; read the rest as a lower bound)"
         )
     late = sum(s["late_ticks"] for s in sim_reports)
-    if late > 0.1 * span / 0.05 * len(sims):
+    if late > 0.1 * span / TICK * len(sims):
         notes.append(f"agent simulators fell behind their renewal schedule ({late} late ticks)")
     errors = sum(s["errors"] for s in sim_reports) + sum(r["failed"] + r["timed_out"] for r in reports)
     if errors:
