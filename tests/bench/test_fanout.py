@@ -27,13 +27,12 @@ def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_messages_per_parent_and_server_messages_per_task_stay_flat_from_one_to_four_parents(tmp_path: Path) -> None:
+def one_and_four_parents(tmp_path: Path, *extra: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The bench's rows at 1 and 4 parents (200 agents, 60 tasks/s, standalone reclaimer), checked complete."""
     out = tmp_path / "fanout.json"
     done = bench(
         *("--parents", "1,4", "--agents", "200", "--rate", "60", "--seconds", "6", "--warmup", "2"),
-        *("--reclaimer", "standalone", "--kill-tasks", str(KILL_TASKS), "--json", str(out)),
+        *("--reclaimer", "standalone", "--kill-tasks", str(KILL_TASKS), "--json", str(out), *extra),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows: dict[int, dict[str, Any]] = {r["parents"]: r for r in json.loads(out.read_text())["rows"]}
@@ -43,7 +42,11 @@ def test_messages_per_parent_and_server_messages_per_task_stay_flat_from_one_to_
         assert r["tasks_per_s"] > 0 and r["agent_simulators"]["renewals_acked"] >= 200, r
         assert all(p["in_window"] > 0 and p["received_per_s"] for p in r["parents_detail"]), r["parents_detail"]
         assert r["reclaim"]["reclaimed"] == KILL_TASKS, r["reclaim"]
-    one, four = rows[1], rows[4]
+    return rows[1], rows[4]
+
+
+def flatness(one: dict[str, Any], four: dict[str, Any]) -> tuple[list[float], list[float], str]:
+    """Messages per parent per own task (median over parents) and server messages out per task, at 1 and 4."""
     # The median over parents: a parent that holds the namespace's active reclaimer role (if one
     # does rather than the standalone reclaimer) is the one allowed exception.
     per_task = [r["parent"]["received_per_own_task"]["median"] for r in (one, four)]
@@ -54,6 +57,22 @@ def test_messages_per_parent_and_server_messages_per_task_stay_flat_from_one_to_
         f"server msgs out per task {server[0]:.1f} -> {server[1]:.1f}"
     )
     print(shown)
+    return per_task, server, shown
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_messages_per_parent_and_server_messages_per_task_stay_flat_from_one_to_four_parents(tmp_path: Path) -> None:
+    per_task, server, shown = flatness(*one_and_four_parents(tmp_path))
+    assert per_task[1] <= 1.2 * per_task[0], shown
+    assert server[1] <= 1.2 * server[0], shown
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_floor_parents_without_embedded_reclaimers_is_flat(tmp_path: Path) -> None:
+    """The bench's calibration: a parent that only does its own work pays the same per task at 1 and 4 parents."""
+    per_task, server, shown = flatness(*one_and_four_parents(tmp_path, "--parent-reclaimer", "off"))
     assert per_task[1] <= 1.2 * per_task[0], shown
     assert server[1] <= 1.2 * server[0], shown
 
@@ -67,6 +86,10 @@ def test_messages_per_parent_and_server_messages_per_task_stay_flat_from_one_to_
         (["--rate", "0"], "--rate: must be from 1 to 5000, got 0"),
         (["--reclaimer", "nowhere"], "--reclaimer: invalid choice: 'nowhere'"),
         (["--kill-tasks", "65"], "--kill-tasks: must be from 0 to 64, got 65"),
+        (
+            ["--reclaimer", "embedded", "--parent-reclaimer", "off"],
+            "--parent-reclaimer: off needs --reclaimer standalone",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line_naming_the_option(args: list[str], says: str) -> None:
