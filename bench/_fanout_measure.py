@@ -28,6 +28,8 @@ class Snapshot:
     """Messages the server received from all clients (``/varz`` ``in_msgs``)."""
     server_out: int
     """Messages the server sent to all clients (``/varz`` ``out_msgs``)."""
+    slow_consumers: int
+    """Clients the server has cut off for not reading fast enough (``/varz`` ``slow_consumers``)."""
     conns: dict[str, tuple[int, int]]
     """Connection name → (messages it sent, messages it received), summed over connections of that name."""
     cpu: dict[int, float]
@@ -60,7 +62,7 @@ async def take(monitor: str, pids: list[int]) -> Snapshot:
         name = str(conn.get("name") or f"cid{conn.get('cid')}")
         sent, got = conns.get(name, (0, 0))
         conns[name] = (sent + int(conn.get("in_msgs", 0)), got + int(conn.get("out_msgs", 0)))
-    return Snapshot(at, int(varz["in_msgs"]), int(varz["out_msgs"]), conns, cpu)
+    return Snapshot(at, int(varz["in_msgs"]), int(varz["out_msgs"]), int(varz.get("slow_consumers", 0)), conns, cpu)
 
 
 @dataclass(frozen=True)

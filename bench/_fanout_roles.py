@@ -2,7 +2,8 @@
 
 Both speak a line protocol with the bench on stdin/stdout: the child prints ``ready`` once it is set
 up, reads one JSON line (the go: rate and measurement window, for a parent) or waits, and on the
-line ``stop`` (or end of input) it stops and prints one JSON line with what it did.
+line ``stop`` (or end of input) it stops and prints one JSON line with what it did. A parent also
+prints one JSON line as its window closes: the tasks it finished in the window and their latency.
 """
 
 from __future__ import annotations
@@ -68,15 +69,29 @@ async def parent(plan: dict[str, Any]) -> None:
         counts = {"submitted": 0, "done": 0, "in_window": 0, "failed": 0, "timed_out": 0}
         drains: set[asyncio.Task[None]] = set()
 
+        async def window_report() -> None:
+            await asyncio.sleep(max(0.0, w1 - time.time()))
+            ordered = sorted(latencies)
+            _say(
+                {
+                    "in_window": counts["in_window"],
+                    "p50_ms": 1000 * statistics.median(ordered) if ordered else None,
+                    "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))] if ordered else None,
+                }
+            )
+
+        reporter = asyncio.create_task(window_report())
+
         async def collect(ids: list[str], sent: float) -> None:
             received = 0
             try:
                 async for record in d.as_completed(ids, timeout=120):
                     now = time.time()
                     received += 1
-                    latencies.append(now - sent)
                     counts["done"] += 1
-                    counts["in_window"] += int(w0 <= now < w1)
+                    if w0 <= now < w1:
+                        counts["in_window"] += 1
+                        latencies.append(now - sent)
                     counts["failed"] += int(record.status is not TaskStatus.SUCCEEDED)
             except TimeoutError:
                 counts["timed_out"] += len(ids) - received
@@ -103,14 +118,8 @@ async def parent(plan: dict[str, Any]) -> None:
         for drain in list(drains):
             drain.cancel()
         stopper.cancel()
-        ordered = sorted(latencies)
-        _say(
-            {
-                **counts,
-                "p50_ms": 1000 * statistics.median(ordered) if ordered else None,
-                "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))] if ordered else None,
-            }
-        )
+        await reporter
+        _say(counts)
 
 
 async def agents(plan: dict[str, Any]) -> None:

@@ -322,20 +322,30 @@ async def _measure(
     first = await take(monitor, pids)
     await asyncio.sleep(max(0.0, w1 - time.time()))
     window = Window(first, await take(monitor, pids))
+    in_window = [json.loads(await kid.line(60)) for kid in kids]
 
     reclaim: dict[str, Any] = {}
     if args.kill_tasks:
         progress(f"{label}: SIGKILL a worker holding {args.kill_tasks} long tasks; timing the reclaim")
         reclaim = await _reclaim_time(conn, fleet, args.kill_tasks)
     progress(f"{label}: stopping")
-    reports = [await _finish(kid) for kid in kids]
-    sim_reports = [await _finish(sim) for sim in sims]
+    reports = [{**await _finish(kid, PARENT_UNREPORTED), **seen} for kid, seen in zip(kids, in_window, strict=True)]
+    sim_reports = [await _finish(sim, SIMULATOR_UNREPORTED) for sim in sims]
     return _rows(args, window, kids, reports, sims, sim_reports, reclaimer, workers, server_pid, reclaim)
 
 
-async def _finish(child: Child) -> dict[str, Any]:
+PARENT_UNREPORTED = {"submitted": 0, "done": 0, "failed": 0, "timed_out": 0, "unreported": True}
+SIMULATOR_UNREPORTED = {"sent": 0, "acked": 0, "errors": 0, "late_ticks": 0, "unreported": True}
+
+
+async def _finish(child: Child, unreported: dict[str, Any]) -> dict[str, Any]:
+    """Stop ``child`` and return its last report (``unreported`` if it cannot say within a minute)."""
     child.send("stop")
-    report: dict[str, Any] = json.loads(await child.line(60))
+    try:
+        report: dict[str, Any] = json.loads(await child.line(60))
+    except Failed as why:
+        progress(f"{why}; its totals are left out")
+        return unreported
     return report
 
 
@@ -432,6 +442,12 @@ def _rows(
     errors = sum(s["errors"] for s in sim_reports) + sum(r["failed"] + r["timed_out"] for r in reports)
     if errors:
         notes.append(f"{errors} renewal errors or failed/unfinished tasks")
+    silent = sum(1 for r in [*reports, *sim_reports] if r.get("unreported"))
+    if silent:
+        notes.append(f"{silent} process(es) did not report their totals when stopped")
+    slow = window.last.slow_consumers - window.first.slow_consumers
+    if slow:
+        notes.append(f"the server cut off {slow} slow consumer(s) in the window")
     active = outlier(received)
     return {
         "window_s": span,
