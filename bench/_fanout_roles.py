@@ -98,8 +98,10 @@ async def parent(plan: dict[str, Any]) -> None:
 
         # One task at a time, evenly spaced (a random phase keeps parents apart): each task costs
         # its parent the same messages whatever its share of the rate, so per-task numbers compare
-        # across parent counts. A parent that falls behind catches up in one batch.
-        start = time.time() + random.uniform(0, 1 / rate)
+        # across parent counts. A parent that falls behind catches up in one batch. Rate 0: idle.
+        start = time.time() + random.uniform(0, 1 / rate) if rate else 0.0
+        if not rate:
+            await stop.wait()
         while not stop.is_set():
             due = math.floor(rate * (time.time() - start)) + 1 - counts["submitted"]
             if due > 0:

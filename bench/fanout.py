@@ -14,7 +14,8 @@ monitoring on), with real processes only:
 - ``--reclaimer standalone`` (the default): one ``corral reclaimer`` process;
 - P parent processes, each a default ``Dispatcher`` (embedded reclaimer as shipped; without it with
   ``--parent-reclaimer off``, the floor of what a parent's own work costs), submitting its share of
-  a fixed total of ``--rate`` tasks/s, one task at a time evenly spaced, and awaiting every result.
+  a fixed total of ``--rate`` tasks/s, one task at a time evenly spaced, and awaiting every result
+  (``--rate 0``: idle parents, what following the fleet alone costs them).
 
 After ``--warmup`` seconds it measures a window of ``--seconds``: the server's messages out per
 second and per task and its CPU; for each parent the messages it received per second and per task
@@ -122,7 +123,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = _Parser(prog="fanout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parents", type=_int_list(1, 64), default=[1, 4, 16, 32], help="parent counts (1-64)")
     ap.add_argument("--agents", type=_int_list(1, 50_000), default=[1000, 10_000], help="fleet sizes")
-    ap.add_argument("--rate", type=_number(1, 5000), default=150.0, help="total tasks/s over all parents")
+    ap.add_argument(
+        "--rate", type=_number(0, 5000), default=150.0, help="total tasks/s over all parents (0: idle parents)"
+    )
     ap.add_argument("--seconds", type=_number(2, 3600), default=10.0, help="length of the measured window")
     ap.add_argument("--warmup", type=_number(0, 600), default=3.0, help="seconds of load before the window")
     ap.add_argument("--reclaimer", choices=["standalone", "embedded"], default="standalone")
@@ -397,7 +400,10 @@ def _rows(
 ) -> dict[str, Any]:
     span = window.seconds
     done = sum(r["in_window"] for r in reports)
-    per_task = (lambda x: x * span / done) if done else (lambda x: math.nan)
+
+    def per_task(per_s: float) -> float | None:
+        return per_s * span / done if done else None
+
     parent_rows = []
     for kid, report in zip(kids, reports, strict=True):
         recv = window.received_per_s(kid.name)

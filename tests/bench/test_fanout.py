@@ -83,7 +83,7 @@ def test_the_floor_parents_without_embedded_reclaimers_is_flat(tmp_path: Path) -
         (["--parents", "1,x"], "--parents: want comma-separated whole numbers, got '1,x'"),
         (["--parents", "0,4"], "--parents: each must be from 1 to 64, got 0"),
         (["--agents", "100000"], "--agents: each must be from 1 to 50000, got 100000"),
-        (["--rate", "0"], "--rate: must be from 1 to 5000, got 0"),
+        (["--rate", "-1"], "--rate: must be from 0 to 5000, got -1"),
         (["--reclaimer", "nowhere"], "--reclaimer: invalid choice: 'nowhere'"),
         (["--kill-tasks", "65"], "--kill-tasks: must be from 0 to 64, got 65"),
         (
