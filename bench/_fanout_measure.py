@@ -34,6 +34,8 @@ class Snapshot:
     """Connection name → (messages it sent, messages it received), summed over connections of that name."""
     cpu: dict[int, float]
     """Process id → CPU seconds (user + system) so far; absent if the process is gone."""
+    rss: dict[int, float]
+    """Process id → resident memory in MiB; absent if the process is gone."""
 
 
 def _get(url: str) -> dict[str, Any]:
@@ -42,18 +44,20 @@ def _get(url: str) -> dict[str, Any]:
         return data
 
 
-def _cpu(pid: int) -> float | None:
+def _usage(pid: int) -> tuple[float, float] | None:
+    """(CPU seconds, resident MiB) of ``pid``, or None if it is gone."""
     try:
-        times = psutil.Process(pid).cpu_times()
+        proc = psutil.Process(pid)
+        times, rss = proc.cpu_times(), proc.memory_info().rss
     except psutil.Error:
         return None
-    return float(times.user + times.system)
+    return float(times.user + times.system), rss / 2**20
 
 
 async def take(monitor: str, pids: list[int]) -> Snapshot:
     """Read ``/varz``, ``/connz`` at ``monitor`` (``http://127.0.0.1:PORT``) and the CPU of ``pids``."""
     at = time.monotonic()
-    cpu = {pid: c for pid in pids if (c := _cpu(pid)) is not None}
+    usage = {pid: u for pid in pids if (u := _usage(pid)) is not None}
     varz, connz = await asyncio.gather(
         asyncio.to_thread(_get, f"{monitor}/varz"), asyncio.to_thread(_get, f"{monitor}/connz?subs=0&limit=100000")
     )
@@ -62,7 +66,15 @@ async def take(monitor: str, pids: list[int]) -> Snapshot:
         name = str(conn.get("name") or f"cid{conn.get('cid')}")
         sent, got = conns.get(name, (0, 0))
         conns[name] = (sent + int(conn.get("in_msgs", 0)), got + int(conn.get("out_msgs", 0)))
-    return Snapshot(at, int(varz["in_msgs"]), int(varz["out_msgs"]), int(varz.get("slow_consumers", 0)), conns, cpu)
+    return Snapshot(
+        at,
+        int(varz["in_msgs"]),
+        int(varz["out_msgs"]),
+        int(varz.get("slow_consumers", 0)),
+        conns,
+        {pid: u[0] for pid, u in usage.items()},
+        {pid: u[1] for pid, u in usage.items()},
+    )
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,10 @@ class Window:
         if pid not in self.first.cpu or pid not in self.last.cpu:
             return None
         return 100 * (self.last.cpu[pid] - self.first.cpu[pid]) / self.seconds
+
+    def rss_mb(self, pid: int) -> float | None:
+        """Resident memory of ``pid`` in MiB as the window closed; None if it was gone."""
+        return self.last.rss.get(pid)
 
     @property
     def server_out_per_s(self) -> float:

@@ -323,7 +323,10 @@ async def _measure(
     pids = [server_pid, *(c.pid for c in fleet.children)]
     await asyncio.sleep(max(0.0, w0 - time.time()))
     first = await take(monitor, pids)
-    await asyncio.sleep(max(0.0, w1 - time.time()))
+    while (left := w1 - time.time()) > 0:
+        await asyncio.sleep(min(left, 5.0))
+        if w1 - time.time() > 0.5:
+            progress(f"{label}: measuring, {w1 - time.time():.0f} s to go")
     window = Window(first, await take(monitor, pids))
     in_window = [json.loads(await kid.line(60)) for kid in kids]
 
@@ -415,6 +418,7 @@ def _rows(
                 "received_per_own_task": recv * span / own if recv is not None and own else None,
                 "sent_per_s": window.sent_per_s(kid.name),
                 "cpu_percent": window.cpu_percent(kid.pid),
+                "rss_mb": window.rss_mb(kid.pid),
                 "tasks_per_s": own / span,
                 **report,
             }
@@ -433,6 +437,7 @@ def _rows(
             "received_per_s": total,
             "received_per_task": total * span / tasks if total is not None and tasks else None,
             "cpu_percent": sum(cpu) if cpu else None,
+            "rss_mb": sum(r for c in children if (r := window.rss_mb(c.pid)) is not None),
         }
 
     notes = []
@@ -463,11 +468,13 @@ def _rows(
             "out_per_task": per_task(window.server_out_per_s),
             "in_per_s": window.server_in_per_s,
             "cpu_percent": window.cpu_percent(server_pid),
+            "rss_mb": window.rss_mb(server_pid),
         },
         "parent": {
             "received_per_s": spread(values("received_per_s")),
             "received_per_own_task": spread(values("received_per_own_task")),
             "cpu_percent": spread(values("cpu_percent")),
+            "rss_mb": spread(values("rss_mb")),
             "p50_ms": spread(values("p50_ms")),
             "active_reclaimer": active,
         },
