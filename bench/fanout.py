@@ -275,9 +275,10 @@ async def configuration(args: argparse.Namespace, agents: int, parents: int) -> 
             async with coord.connect(server.url, namespace="fanout", name="fanout-bench") as conn:
                 row |= await _measure(args, conn, fleet, monitor, server.pid, agents, parents, label)
                 row["status"] = "ok"
-        except Failed as why:
+        except Exception as err:  # any trouble is this configuration's row, in one line; the next one runs
+            why = str(err) if isinstance(err, Failed) else f"{type(err).__name__}: {err}".splitlines()[0]
             progress(f"{label}: failed: {why}")
-            row |= {"status": "failed", "reason": str(why)}
+            row |= {"status": "failed", "reason": why}
         finally:
             await fleet.stop()
             await asyncio.to_thread(server.stop)
