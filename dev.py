@@ -14,6 +14,10 @@
     python3 dev.py bench clients [--quick --seconds S --json FILE]
                                    # nats-py vs nats-core + nats-jetstream on corral's hot path
                                    # (builds a Python 3.13 venv in ./.venv-clients313)
+    python3 dev.py bench fanout [--parents 1,4,16,32 --agents 1000,10000 --rate R --seconds S
+                                 --reclaimer standalone|embedded --json FILE]
+                                   # what each parent, the reclaimer and the server pay as parents
+                                   # and agents grow at a fixed total task rate (issue 22)
     python3 dev.py corral ARGS     # any other corral command inside the project's virtualenv
 
 The virtualenv lives in ./.venv and is (re)installed whenever pyproject.toml changes (or when a
@@ -184,7 +188,7 @@ def test(args: list[str]) -> int:
     return 0
 
 
-BENCHES = {"peers": "bench.peers", "clients": "bench.clients"}
+BENCHES = {"peers": "bench.peers", "clients": "bench.clients", "fanout": "bench.fanout"}
 """`dev.py bench NAME` → the module run with the venv's python from the repository root."""
 
 
