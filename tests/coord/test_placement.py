@@ -1,0 +1,67 @@
+"""Placement: ``Settings.placement`` (cluster, tags) reaches every stream corral creates, validated first.
+
+The server side (a namespace created from cluster B lands in cluster A) is shown on a real
+supercluster in tests/chaos/test_supercluster.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import coord
+from coord.errors import InvalidInput
+from coord.naming import Names
+from coord.provision import provision_command, stream_configs
+
+
+def test_without_placement_the_server_chooses() -> None:
+    settings = coord.Settings.load()
+    assert settings.placement.empty
+    assert all(config.placement is None for config in stream_configs(Names("ns"), settings))
+    assert provision_command(Names("ns"), settings) == "corral provision --namespace ns"
+
+
+def test_every_bucket_and_stream_carries_the_placement(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORRAL_PLACEMENT__CLUSTER", "east-1")
+    monkeypatch.setenv("CORRAL_PLACEMENT__TAGS", '["region:eu", "ssd"]')
+    settings = coord.Settings.load()
+    configs = stream_configs(Names("ns"), settings)
+    assert len(configs) == 9  # five buckets, the blob store, dispatch, events, inbox
+    for config in configs:
+        assert config.placement is not None, config.name
+        assert (config.placement.cluster, config.placement.tags) == ("east-1", ["region:eu", "ssd"])
+    assert provision_command(Names("ns"), settings) == (
+        "CORRAL_PLACEMENT__CLUSTER=east-1 CORRAL_PLACEMENT__TAGS='[\"region:eu\", \"ssd\"]' "
+        "corral provision --namespace ns"
+    )
+
+
+def test_tags_alone_leave_the_cluster_open() -> None:
+    [config, *_] = stream_configs(Names("ns"), coord.Settings.load(placement={"tags": ["az:1"]}))
+    assert config.placement is not None
+    assert (config.placement.cluster, config.placement.tags) == (None, ["az:1"])
+
+
+@pytest.mark.parametrize(
+    ("placement", "field"),
+    [
+        ({"cluster": "a b"}, "placement.cluster"),
+        ({"cluster": "a.b"}, "placement.cluster"),
+        ({"cluster": ""}, "placement.cluster"),
+        ({"cluster": "x" * 65}, "placement.cluster"),
+        ({"tags": ["ok", "no spaces"]}, "placement.tags"),
+        ({"tags": [f"t{i}" for i in range(17)]}, "placement.tags"),
+        ({"zone": "a"}, "placement.zone"),
+    ],
+)
+def test_a_bad_placement_is_one_line_naming_the_field(placement: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        coord.Settings.load(placement=placement)
+    message = str(caught.value)
+    assert field in message and "\n" not in message, message
+
+
+def test_a_bad_placement_from_the_environment_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORRAL_PLACEMENT__CLUSTER", "$JS.API")
+    with pytest.raises(InvalidInput, match="CORRAL_PLACEMENT__CLUSTER"):
+        coord.Settings.load()
