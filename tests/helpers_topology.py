@@ -1,10 +1,11 @@
 """Topologies beyond one cluster, on loopback, for tests: a leaf site and a supercluster.
 
 - :class:`LeafSite`: a hub (one JetStream server, which holds the namespace) and a **leaf node**
-  server (a remote site) joined to it through a leafnode remote. The leaf runs without JetStream, so
-  every JetStream request of a client at the leaf (``$JS.API.>``, KV and stream writes, direct gets)
-  crosses the leaf connection and is answered by the hub: workers at the site use the hub's
-  namespace as if connected to the hub.
+  server (a remote site) joined to it through a leafnode remote. The leaf runs no JetStream; both
+  ends declare the application account's default JetStream domain as the empty one
+  (``default_js_domain``), so every JetStream request of a client at the leaf (``$JS.API.>``, KV
+  writes, direct gets) crosses the leaf connection and is answered by the hub: workers at the site
+  use the hub's namespace exactly as if connected to the hub (no domain prefix, no other setting).
 - :class:`Supercluster`: cluster ``A`` (two routed nodes) and cluster ``B`` (one node) joined by
   **gateways**, JetStream on everywhere, one JetStream domain. The meta group spans all three
   servers; A holds its majority, so A keeps a meta leader when B is cut off.
@@ -118,8 +119,8 @@ class LeafSite:
     relay: RelayProcess
 
     def linked(self) -> bool:
-        """True while the hub sees both of the leaf's connections (application and system account)."""
-        return len(monitor(self.hub, "leafz").get("leafs") or []) >= 2
+        """True while the hub sees the leaf connected."""
+        return len(monitor(self.hub, "leafz").get("leafs") or []) >= 1
 
     def wait_linked(self, within: float = 15.0) -> None:
         """Wait until the leaf is connected to the hub."""
@@ -127,41 +128,34 @@ class LeafSite:
 
 
 ACCOUNTS = (
-    "accounts {\n"
-    '  SYS { users: [ { user: "sys", password: "sys" } ] }\n'
-    '  APP { jetstream: enabled, users: [ { user: "app", password: "app" } ] }\n'
-    '}\nsystem_account: SYS\nno_auth_user: "app"\n'
+    'accounts { APP { jetstream: enabled, users: [ { user: "app", password: "app" } ] } }\n'
+    'no_auth_user: "app"\n'
+    # nats-server denies JetStream traffic ($JS.API, $KV, $OBJ) across a leafnode connection unless
+    # the account's default JetStream domain is declared as the empty one on both ends: then the
+    # leaf's clients reach the hub's JetStream as if connected to the hub (no domain prefix).
+    'default_js_domain: { APP: "" }\n'
 )
-"""An application account (clients without credentials land in it) and the system account, on both
-ends of the leaf link: nats-server lets JetStream API traffic cross a leafnode connection only when
-both ends share the system account and the JetStream domain (none here). The leaf's APP account is
-JetStream-enabled although the leaf runs no JetStream: that gives it the API imports whose requests
-then travel over the shared system account to the hub."""
+"""The application account of both ends of the leaf link (clients without credentials land in it)."""
 
 
 @contextmanager
 def leaf_site(root: Path, *, delay: float = 0.0) -> Iterator[LeafSite]:
     """A started :class:`LeafSite` with its store under ``root``; the leaf retries its remote every second."""
     leaf_port = free_port()
+    relay = RelayProcess([leaf_port], delay=delay)
     hub = NatsServer(
         store_dir=root / "hub",
         name="hub",
-        config_extra=ACCOUNTS + f'leafnodes {{\n  listen: "{LOOPBACK}:{leaf_port}"\n  authorization {{ users: [\n'
-        '    { user: "leafapp", password: "leafapp", account: APP }\n'
-        '    { user: "leafsys", password: "leafsys", account: SYS }\n  ] }\n}',
+        config_extra=ACCOUNTS + f'leafnodes {{\n  listen: "{LOOPBACK}:{leaf_port}"\n'
+        f'  advertise: "{LOOPBACK}:{relay.ports[leaf_port]}"\n'  # what the leaf learns by gossip: the relay
+        '  authorization { users: [ { user: "leaf", password: "leaf", account: APP } ] }\n}',
     )
-    relay = RelayProcess([leaf_port], delay=delay)
-    via = f"{LOOPBACK}:{relay.ports[leaf_port]}"
     leaf = NatsServer(
         store_dir=root / "leaf",
         name="leaf",
         jetstream=False,
-        config_extra=ACCOUNTS
-        # No JetStream of its own, and the hint that it extends the hub's (same, empty, domain).
-        + 'jetstream { enabled: false, extension_hint: "will_extend" }\n'
-        + "leafnodes {\n  reconnect: 1\n  remotes = [\n"
-        f'    {{ url: "nats-leaf://leafapp:leafapp@{via}", account: APP }}\n'
-        f'    {{ url: "nats-leaf://leafsys:leafsys@{via}", account: SYS }}\n  ]\n}}',
+        config_extra=ACCOUNTS + "leafnodes {\n  reconnect: 1\n"
+        f'  remotes = [ {{ url: "nats-leaf://leaf:leaf@{LOOPBACK}:{relay.ports[leaf_port]}", account: APP }} ]\n}}',
     )
     try:
         hub.start()

@@ -1,0 +1,119 @@
+"""Chaos: workers at a remote site, connected to a leaf node server whose link to the hub is cut and healed.
+
+The hub holds the namespace (JetStream); the leaf runs none and extends the hub's (see
+tests/helpers_topology.py). ``corral worker`` processes connect to the leaf only; the parent and its
+reclaimer are at the hub. The link is a loopback TCP relay the test owns (tests/helpers_relay.py):
+cutting it closes the leafnode connections and refuses new ones, which is what both servers see once
+a real outage outlasts their ping interval. A relay needs no root, so this runs on every machine;
+the silent black hole (a veth taken down) is tests/chaos/test_partition.py's.
+
+Shown: (a) site workers take and finish work through the leaf, each task once; (b) after the cut their
+claims are reclaimed at the hub within TTL + 0.5 s, they fail closed (their handlers are stopped,
+they record nothing) and the hub's own worker finishes the tasks; (c) once the link heals they join
+again and take work. Every task completes exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import coord
+from coord.tasks import TaskStatus
+from coord.wire import Spec
+from dispatch import Dispatcher, result_of
+from tests.chaos.helpers_fleet import Fleet, completions, specs, stop_within, wait_all
+from tests.helpers_topology import LeafSite, leaf_site
+from tests.helpers_wait import eventually
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+TTL = 2.0
+SITE = ("site1", "site2")
+SLOW = 8.0
+"""Seconds a task of the cut runs: longer than the cut-off workers take to fail closed (at most
+TTL, then their 2 s grace), so a handler that still finished would be one that was not stopped."""
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[LeafSite]:
+    with leaf_site(tmp_path / "site") as s:
+        yield s
+
+
+async def test_leaf_site_workers_work_lose_their_claims_within_ttl_of_a_cut_fail_closed_and_rejoin(
+    site: LeafSite, namespace: str, subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    fleet = Fleet(site.hub.url, namespace, subprocess_env, tmp_path)
+    extra = ["--ttl", str(TTL), "--interval", "0.5"]
+    ids: list[str] = []
+    try:
+        async with coord.connect(site.hub.url, namespace=namespace) as conn:
+            for worker in SITE:
+                fleet.spawn(worker, concurrency=3, extra=extra, url=site.leaf.url)
+            for worker in SITE:
+                assert await conn.presence.wait_present(worker, 30), fleet.log(worker)[-2000:]
+            dispatcher = await Dispatcher(conn).start()
+            try:
+                # (a) through the leaf, work is done.
+                first = await dispatcher.submit_many(specs("a", 20))
+                ids += first
+                await wait_all(dispatcher, first, 30)
+                assert {(await conn.tasks.get(t)).last_worker for t in first} <= set(SITE)
+
+                # (b) the cut: claims reclaimed at the hub within TTL + 0.5 s; the site fails closed.
+                slow = [
+                    Spec(task_id=f"s{i}", queue="q", payload={"seconds": SLOW, "marks": str(marks)}) for i in range(6)
+                ]
+                ids += await dispatcher.submit_many(slow)
+                await eventually(lambda: len(list(marks.glob("s*.start"))) == 6, 20, "the site to start 6 tasks")
+                cut = time.monotonic()
+                await asyncio.to_thread(site.relay.cut)
+                reclaimed = [await asyncio.wait_for(dispatcher.reclaimer.events.get(), TTL + 5) for _ in slow]  # type: ignore[union-attr]
+                took = time.monotonic() - cut
+                print(f"site claims reclaimed at the hub {took:.2f}s after the leaf link was cut (TTL {TTL:g}s)")
+                assert {e.task_id for e in reclaimed} == {t.task_id for t in slow}
+                assert {e.worker_id for e in reclaimed} <= set(SITE)
+                assert took <= TTL + 0.5, f"claims came back {took:.2f}s after the cut"
+                fleet.spawn("hub", concurrency=6, extra=extra)  # at the hub: someone to re-run them
+                await wait_all(dispatcher, [t.task_id for t in slow], 40)
+                for worker in SITE:
+                    assert "failing closed" in fleet.log(worker), fleet.log(worker)[-2000:]
+                finished_at_site = [p.name for p in marks.glob("s*.site*.done")]
+                assert finished_at_site == [], "a cut-off worker's handler ran on past its grace"
+
+                # (c) heal: the site joins again and takes work (the hub's worker leaves first).
+                await asyncio.to_thread(site.relay.heal)
+                healed = time.monotonic()
+                await asyncio.to_thread(site.wait_linked)
+                await eventually(
+                    lambda: all(fleet.log(w).count(" re-joined ") >= 1 for w in SITE),
+                    30,
+                    "the site's workers to join again",
+                )
+                print(f"site workers joined again {time.monotonic() - healed:.2f}s after the link healed")
+                hub_worker = fleet.procs["hub"]
+                hub_worker.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(hub_worker.wait, 30) == 0, fleet.log("hub")[-2000:]
+                after = await dispatcher.submit_many(specs("c", 12, seconds=0.5))
+                ids += after
+                await wait_all(dispatcher, after, 30)
+                assert {(await conn.tasks.get(t)).last_worker for t in after} == set(SITE)
+            finally:
+                await stop_within(dispatcher)
+            assert {w: c for w, c in fleet.dead().items() if w != "hub"} == {}, {w: fleet.log(w)[-3000:] for w in SITE}
+            for task in slow:  # the cut-off runs recorded nothing: each result is the hub worker's
+                record = await conn.tasks.get(task.task_id)
+                assert record.status is TaskStatus.SUCCEEDED
+                assert result_of(record).output["worker"] == "hub"  # type: ignore[index]
+            counts = await completions(conn, ids)
+            assert set(counts.values()) == {1}, {t: n for t, n in counts.items() if n != 1}
+    finally:
+        fleet.close()
