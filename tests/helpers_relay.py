@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 
 LOOPBACK = "127.0.0.1"
@@ -89,7 +90,7 @@ async def main(argv: list[str]) -> None:
     if argv[:1] == ["--delay"]:
         delay, argv = float(argv[1]), argv[2:]
     relay = Relay(delay)
-    servers = []
+    servers = []  # kept referenced while serving
     for pair in argv:
         listen, target = (int(p) for p in pair.split(":"))
 
@@ -107,8 +108,10 @@ async def main(argv: list[str]) -> None:
         elif line == "heal":
             relay.heal()
         print("ok", flush=True)
-    for server in servers:
-        server.close()
+    # stdin closed: the test is over. Leave at once, sparing asyncio.run's teardown the cancelling
+    # (and reporting) of every relayed connection still open.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from coord.server import LOOPBACK, NatsServer, free_port
+from coord.wire import Spec
+from dispatch import Dispatcher
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,6 +110,23 @@ def wait_until(check: Any, within: float, what: str) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError(f"not within {within}s: {what}")
+
+
+async def one_at_a_time(dispatcher: Dispatcher, queue: str, prefix: str, n: int) -> list[float]:
+    """Seconds from submit to result of ``n`` no-op tasks (ids ``{prefix}{i}``) submitted one after the other."""
+    took = []
+    for i in range(n):
+        started = time.monotonic()
+        task_id = await dispatcher.submit(Spec(task_id=f"{prefix}{i}", queue=queue, payload={"seconds": 0}))
+        await dispatcher.result(task_id, timeout=30)
+        took.append(time.monotonic() - started)
+    return took
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values`` by nearest rank (with 20 values, 0.99 is the largest)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 @dataclass

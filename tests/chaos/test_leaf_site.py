@@ -28,12 +28,15 @@ from coord.tasks import TaskStatus
 from coord.wire import Spec
 from dispatch import Dispatcher, result_of
 from tests.chaos.helpers_fleet import Fleet, completions, specs, stop_within, wait_all
-from tests.helpers_topology import LeafSite, leaf_site
+from tests.helpers_topology import LeafSite, leaf_site, one_at_a_time, percentile
 from tests.helpers_wait import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 TTL = 2.0
+WAN = 0.010
+"""One-way latency the relay adds on the leaf link (a 20 ms round trip to the remote site)."""
+ROUNDS = 20
 SITE = ("site1", "site2")
 SLOW = 8.0
 """Seconds a task of the cut runs: longer than the cut-off workers take to fail closed (at most
@@ -42,7 +45,7 @@ TTL, then their 2 s grace), so a handler that still finished would be one that w
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[LeafSite]:
-    with leaf_site(tmp_path / "site") as s:
+    with leaf_site(tmp_path / "site", delay=WAN) as s:
         yield s
 
 
@@ -67,6 +70,14 @@ async def test_leaf_site_workers_work_lose_their_claims_within_ttl_of_a_cut_fail
                 ids += first
                 await wait_all(dispatcher, first, 30)
                 assert {(await conn.tasks.get(t)).last_worker for t in first} <= set(SITE)
+                took = await one_at_a_time(dispatcher, "q", "l", ROUNDS)
+                ids += [f"l{i}" for i in range(ROUNDS)]
+                p50, p99 = percentile(took, 0.5), percentile(took, 0.99)
+                print(
+                    f"\nparent at the hub, worker at the leaf, link RTT {2 * WAN * 1000:g} ms: submit→result one at "
+                    f"a time p50 {p50 * 1000:.1f} ms, p99 (the max of {ROUNDS}) {p99 * 1000:.1f} ms"
+                )
+                assert p50 < 1.0 and p99 < 3.0, (p50, p99)
 
                 # (b) the cut: claims reclaimed at the hub within TTL + 0.5 s; the site fails closed.
                 slow = [

@@ -26,7 +26,7 @@ import coord
 from coord.wire import Spec
 from dispatch import Dispatcher
 from tests.chaos.helpers_fleet import Fleet, completions, stop_within, wait_all, worker_env
-from tests.helpers_topology import Supercluster, supercluster
+from tests.helpers_topology import Supercluster, one_at_a_time, percentile, supercluster
 from tests.helpers_wait import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -42,22 +42,6 @@ PLACED = {"CORRAL_PLACEMENT__CLUSTER": "A"}
 def sc(tmp_path: Path) -> Iterator[Supercluster]:
     with supercluster(tmp_path / "sc", delay=WAN) as s:
         yield s
-
-
-async def _one_at_a_time(dispatcher: Dispatcher, queue: str, prefix: str, n: int = ROUNDS) -> list[float]:
-    """Seconds from submit to result of ``n`` tasks submitted one after the other."""
-    took = []
-    for i in range(n):
-        started = time.monotonic()
-        task_id = await dispatcher.submit(Spec(task_id=f"{prefix}{i}", queue=queue, payload={"seconds": 0}))
-        await dispatcher.result(task_id, timeout=30)
-        took.append(time.monotonic() - started)
-    return took
-
-
-def _p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def test_a_namespace_placed_in_cluster_a_serves_both_clusters_and_survives_a_gateway_cut(
@@ -87,11 +71,11 @@ async def test_a_namespace_placed_in_cluster_a_serves_both_clusters_and_survives
                     for parent, p_name in ((parent_a, "A"), (parent_b, "B")):
                         for queue in ("qa", "qb"):
                             key = f"parent {p_name}, worker {queue[-1].upper()}"
-                            latency[key] = await _one_at_a_time(parent, queue, f"l{p_name}{queue}-")
+                            latency[key] = await one_at_a_time(parent, queue, f"l{p_name}{queue}-", ROUNDS)
                             ids += [f"l{p_name}{queue}-{i}" for i in range(ROUNDS)]
                     print(f"\nsubmit→result, one at a time, {ROUNDS} each, gateway RTT {2 * WAN * 1000:g} ms:")
                     for key, took in latency.items():
-                        p50, p99 = _p(took, 0.5), _p(took, 0.99)
+                        p50, p99 = percentile(took, 0.5), percentile(took, 0.99)
                         print(f"  {key}: p50 {p50 * 1000:.1f} ms, p99 (the max of {ROUNDS}) {p99 * 1000:.1f} ms")
                         assert p50 < 1.0 and p99 < 3.0, (key, p50, p99)
 
@@ -127,7 +111,7 @@ async def test_a_namespace_placed_in_cluster_a_serves_both_clusters_and_survives
                     print(f"cut for {cut_for:.1f}s; B rejoined {time.monotonic() - healed:.2f}s after the heal")
                     await wait_all(parent_b, ["bslow", "bcut"], 40)
                     assert (await conn_a.tasks.get("bslow")).last_worker == "wb"
-                    after = await _one_at_a_time(parent_b, "qb", "after-", 5)
+                    after = await one_at_a_time(parent_b, "qb", "after-", 5)
                     ids += [f"after-{i}" for i in range(5)]
                     assert max(after) < 3.0, after
                 finally:
