@@ -7,15 +7,19 @@ cutting it closes the leafnode connections and refuses new ones, which is what b
 a real outage outlasts their ping interval. A relay needs no root, so this runs on every machine;
 the silent black hole (a veth taken down) is tests/chaos/test_partition.py's.
 
-Shown: (a) site workers take and finish work through the leaf, each task once; (b) after the cut their
-claims are reclaimed at the hub within TTL + 0.5 s, they fail closed (their handlers are stopped,
-they record nothing) and the hub's own worker finishes the tasks; (c) once the link heals they join
-again and take work. Every task completes exactly once.
+Shown: (a) site workers take and finish work through the leaf, each task once, and a task's
+submit → result takes ~4.5 round trips of the link; (b) after the cut their claims are reclaimed at
+the hub within TTL + 0.5 s and they fail closed: site1's handler is stopped and none of its cut-off
+runs ends, site2's handler (tests/chaos/helpers_stubborn.py) ignores the stop and returns after the
+link is back, and each of its late results is refused and dead-lettered (``late-result``); (c) the
+link heals at once, the site joins again, the reclaimed tasks are re-run under new claims, and the
+site takes new work. Every task completes exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -24,6 +28,7 @@ from pathlib import Path
 import pytest
 
 import coord
+from coord.deadletter import LATE_RESULT
 from coord.tasks import TaskStatus
 from coord.wire import Spec
 from dispatch import Dispatcher, result_of
@@ -38,9 +43,16 @@ WAN = 0.010
 """One-way latency the relay adds on the leaf link (a 20 ms round trip to the remote site)."""
 ROUNDS = 20
 SITE = ("site1", "site2")
+STUBBORN = "tests.chaos.helpers_stubborn:stubborn"
+"""site2's handler: it does not stop when told, so its cut-off runs return late results."""
 SLOW = 8.0
 """Seconds a task of the cut runs: longer than the cut-off workers take to fail closed (at most
 TTL, then their 2 s grace), so a handler that still finished would be one that was not stopped."""
+
+
+def _runs(marks: Path, pattern: str) -> list[tuple[str, str, str, str]]:
+    """The runs marked in ``marks`` matching ``pattern``, as (task, epoch, worker, what)."""
+    return [tuple(p.name.split(".")) for p in marks.glob(pattern)]  # type: ignore[misc]
 
 
 @pytest.fixture
@@ -59,20 +71,20 @@ async def test_leaf_site_workers_work_lose_their_claims_within_ttl_of_a_cut_fail
     ids: list[str] = []
     try:
         async with coord.connect(site.hub.url, namespace=namespace) as conn:
-            for worker in SITE:
-                fleet.spawn(worker, concurrency=3, extra=extra, url=site.leaf.url)
+            fleet.spawn("site1", concurrency=3, extra=extra, url=site.leaf.url)
+            fleet.spawn("site2", concurrency=3, extra=extra, url=site.leaf.url, handler=STUBBORN)
             for worker in SITE:
                 assert await conn.presence.wait_present(worker, 30), fleet.log(worker)[-2000:]
             dispatcher = await Dispatcher(conn).start()
             try:
                 # (a) through the leaf, work is done.
-                first = await dispatcher.submit_many(specs("a", 20))
-                ids += first
-                await wait_all(dispatcher, first, 30)
-                assert {(await conn.tasks.get(t)).last_worker for t in first} <= set(SITE)
-                took = await one_at_a_time(dispatcher, "q", "l", ROUNDS)
+                warmup = await dispatcher.submit_many(specs("a", 20))
+                ids += warmup
+                await wait_all(dispatcher, warmup, 30)
+                assert {(await conn.tasks.get(t)).last_worker for t in warmup} <= set(SITE)
+                latencies = await one_at_a_time(dispatcher, "q", "l", ROUNDS)
                 ids += [f"l{i}" for i in range(ROUNDS)]
-                p50, p99 = percentile(took, 0.5), percentile(took, 0.99)
+                p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
                 print(
                     f"\nparent at the hub, worker at the leaf, link RTT {2 * WAN * 1000:g} ms: submit→result one at "
                     f"a time p50 {p50 * 1000:.1f} ms, p99 (the max of {ROUNDS}) {p99 * 1000:.1f} ms"
@@ -85,6 +97,8 @@ async def test_leaf_site_workers_work_lose_their_claims_within_ttl_of_a_cut_fail
                 ]
                 ids += await dispatcher.submit_many(slow)
                 await eventually(lambda: len(list(marks.glob("s*.start"))) == 6, 20, "the site to start 6 tasks")
+                first = {task: (int(epoch), worker) for task, epoch, worker, _ in _runs(marks, "s*.start")}
+                assert {w for _, w in first.values()} == set(SITE), first  # 3 slots each: 3 runs each
                 cut = time.monotonic()
                 await asyncio.to_thread(site.relay.cut)
                 reclaimed = [await asyncio.wait_for(dispatcher.reclaimer.events.get(), TTL + 5) for _ in slow]  # type: ignore[union-attr]
@@ -94,13 +108,9 @@ async def test_leaf_site_workers_work_lose_their_claims_within_ttl_of_a_cut_fail
                 assert {e.worker_id for e in reclaimed} <= set(SITE)
                 assert took <= TTL + 0.5, f"claims came back {took:.2f}s after the cut"
                 fleet.spawn("hub", concurrency=6, extra=extra)  # at the hub: someone to re-run them
-                await wait_all(dispatcher, [t.task_id for t in slow], 40)
-                for worker in SITE:
-                    assert "failing closed" in fleet.log(worker), fleet.log(worker)[-2000:]
-                finished_at_site = [p.name for p in marks.glob("s*.site*.done")]
-                assert finished_at_site == [], "a cut-off worker's handler ran on past its grace"
 
-                # (c) heal: the site joins again and takes work (the hub's worker leaves first).
+                # (c) heal at once, while the cut-off runs are still going: the site joins again, and
+                # what the stubborn handler returns late meets a claim that is no longer its own.
                 await asyncio.to_thread(site.relay.heal)
                 healed = time.monotonic()
                 await asyncio.to_thread(site.wait_linked)
@@ -110,6 +120,35 @@ async def test_leaf_site_workers_work_lose_their_claims_within_ttl_of_a_cut_fail
                     "the site's workers to join again",
                 )
                 print(f"site workers joined again {time.monotonic() - healed:.2f}s after the link healed")
+                await wait_all(dispatcher, [t.task_id for t in slow], 40)
+                for worker in SITE:
+                    assert "failing closed" in fleet.log(worker), fleet.log(worker)[-2000:]
+                cooperative = {t for t, (_, w) in first.items() if w == "site1"}
+                stubborn = {t for t, (_, w) in first.items() if w == "site2"}
+                # Every cut-off run was told to stop; site1's handler stopped, none of its runs ended.
+                await eventually(
+                    lambda: all((marks / f"{t}.{first[t][0]}.site2.stopped").exists() for t in stubborn),
+                    20,
+                    "site2's runs to be told to stop",
+                )
+                assert [t for t in cooperative if (marks / f"{t}.{first[t][0]}.site1.done").exists()] == []
+
+                # site2's handler ignored the stop and returned late: each result refused and dead-lettered.
+                async def refused() -> set[str]:
+                    return {letter.task_id or "" for letter in await conn.dead_letters.read(LATE_RESULT)}
+
+                async def all_refused() -> bool:
+                    return await refused() >= stubborn
+
+                await eventually(all_refused, 30, "site2's late results to be dead-lettered", interval=0.2)
+                letters = await conn.dead_letters.read(LATE_RESULT)
+                assert {letter.task_id for letter in letters} == stubborn, letters
+                for letter in letters:
+                    assert letter.task_id is not None
+                    assert json.loads(letter.body)["output"]["epoch"] == first[letter.task_id][0]
+                assert cooperative | stubborn == {t.task_id for t in slow}
+
+                # The site takes work again (the hub's worker leaves first).
                 hub_worker = fleet.procs["hub"]
                 hub_worker.send_signal(signal.SIGTERM)
                 assert await asyncio.to_thread(hub_worker.wait, 30) == 0, fleet.log("hub")[-2000:]
@@ -120,10 +159,11 @@ async def test_leaf_site_workers_work_lose_their_claims_within_ttl_of_a_cut_fail
             finally:
                 await stop_within(dispatcher)
             assert {w: c for w, c in fleet.dead().items() if w != "hub"} == {}, {w: fleet.log(w)[-3000:] for w in SITE}
-            for task in slow:  # the cut-off runs recorded nothing: each result is the hub worker's
+            for task in slow:  # the cut-off runs recorded nothing: each result is a later claim's
                 record = await conn.tasks.get(task.task_id)
                 assert record.status is TaskStatus.SUCCEEDED
-                assert result_of(record).output["worker"] == "hub"  # type: ignore[index]
+                output = result_of(record).output
+                assert isinstance(output, dict) and output["epoch"] > first[task.task_id][0], (output, first)
             counts = await completions(conn, ids)
             assert set(counts.values()) == {1}, {t: n for t, n in counts.items() if n != 1}
     finally:
