@@ -125,7 +125,8 @@ async def test_leaf_site_workers_work_lose_their_claims_within_ttl_of_a_cut_fail
                     assert "failing closed" in fleet.log(worker), fleet.log(worker)[-2000:]
                 cooperative = {t for t, (_, w) in first.items() if w == "site1"}
                 stubborn = {t for t, (_, w) in first.items() if w == "site2"}
-                # Every cut-off run was told to stop; site1's handler stopped, none of its runs ended.
+                # Every cut-off run was told to stop: site2's mark the stop they ignore; site1's handler
+                # obeyed, so none of its cut-off runs reached its end (the re-runs ended after it).
                 await eventually(
                     lambda: all((marks / f"{t}.{first[t][0]}.site2.stopped").exists() for t in stubborn),
                     20,
