@@ -20,7 +20,7 @@ subjects, retention policy, storage, replicas, history
 per key, maximum age) raises :class:`coord.errors.ConfigConflict` naming the stream and the fields,
 because changing it could drop data or undo an operator's choice. :func:`check` and
 :func:`create_missing` log a difference of the first kind as a warning and leave it to
-``corral provision``.
+``corral provision``. ``Settings.placement`` is applied when a stream is created; an existing one is not moved.
 
 Every request can race the connection's :class:`~coord.permissions.PermissionLog`: a request the
 server refuses for the credentials fails at once instead of timing out.
@@ -29,6 +29,7 @@ server refuses for the credentials fails at once instead of timing out.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -123,9 +124,16 @@ ProvisionSettings = Settings
 """Deprecated alias of :class:`coord.settings.Settings` (the storage fields live there now)."""
 
 
+def _placement(settings: Settings) -> js_api.Placement | None:
+    """The server-side placement of ``settings.placement`` (None: the server chooses)."""
+    wanted = settings.placement
+    return None if wanted.empty else js_api.Placement(cluster=wanted.cluster, tags=list(wanted.tags) or None)
+
+
 def _kv(bucket: str, settings: Settings, *, description: str) -> js_api.StreamConfig:
     return js_api.StreamConfig(
         name=kv_stream_name(bucket),
+        placement=_placement(settings),
         description=description,
         subjects=[kv_subject_prefix(bucket) + ">"],
         allow_direct=True,
@@ -163,6 +171,7 @@ def stream_configs(names: Names, settings: Settings) -> list[js_api.StreamConfig
         _kv(names.roster_bucket, settings, description="corral reclaimer lease and the roster of present agents"),
         js_api.StreamConfig(  # what nats-py's create_object_store makes, with corral's limits
             name=object_stream_name(names.blobs_bucket),
+            placement=_placement(settings),
             description="corral task specs and results too large for their record",
             subjects=[f"{object_subject_prefix(names.blobs_bucket)}{part}.>" for part in ("C", "M")],
             # Blobs outlive the finished record referencing them (kept task_retention) by up to another one.
@@ -177,6 +186,7 @@ def stream_configs(names: Names, settings: Settings) -> list[js_api.StreamConfig
         ),
         js_api.StreamConfig(
             name=names.dispatch_stream,
+            placement=_placement(settings),
             description="corral task-ready notifications",
             subjects=dispatch_stream_subjects(names),
             retention=js_api.RetentionPolicy.WORK_QUEUE,
@@ -188,6 +198,7 @@ def stream_configs(names: Names, settings: Settings) -> list[js_api.StreamConfig
         ),
         js_api.StreamConfig(
             name=names.events_stream,
+            placement=_placement(settings),
             description="corral lifecycle events, dead letters",
             subjects=names.events_subjects,
             retention=js_api.RetentionPolicy.LIMITS,
@@ -200,6 +211,7 @@ def stream_configs(names: Names, settings: Settings) -> list[js_api.StreamConfig
         ),
         js_api.StreamConfig(
             name=names.inbox_stream,
+            placement=_placement(settings),
             description="corral agent mailboxes (one message per subject)",
             subjects=[names.inbox_subjects],
             retention=js_api.RetentionPolicy.LIMITS,
@@ -255,7 +267,10 @@ def _narrows(want: js_api.StreamConfig, have: js_api.StreamConfig) -> bool:
 def provision_command(names: Names, settings: Settings) -> str:
     """The ``corral provision`` command line that creates the namespace's streams as ``settings`` say."""
     replicas = f" --replicas {settings.replicas}" if settings.replicas != 1 else ""
-    return f"corral provision --namespace {names.namespace}{replicas}"
+    where = settings.placement
+    env = f"CORRAL_PLACEMENT__CLUSTER={where.cluster} " if where.cluster else ""
+    env += f"CORRAL_PLACEMENT__TAGS='{json.dumps(list(where.tags))}' " if where.tags else ""
+    return f"{env}corral provision --namespace {names.namespace}{replicas}"
 
 
 async def _ask(request: Awaitable[T], refusals: PermissionLog | None, subject: str) -> T:

@@ -8,16 +8,16 @@ flags. :func:`coord.connect` hands each service only the values it uses.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coord.backoff import Backoff
 from coord.presence.timing import check_timing
 from coord.validation import DAY, MAX_SINCE, invalid_input
 
-__all__ = ["DAY", "DEFAULT_TEXT", "PRESENCE_TTL_REPLICATED", "PRESENCE_TTL_SINGLE", "Settings"]
+__all__ = ["DAY", "DEFAULT_TEXT", "PRESENCE_TTL_REPLICATED", "PRESENCE_TTL_SINGLE", "Placement", "Settings"]
 
 ENV_PREFIX = "CORRAL_"
 
@@ -28,6 +28,30 @@ PRESENCE_TTL_REPLICATED = 20.0
 (4-11 s, up to ~15 s under load, bench/RESULTS.md), so losing one node of three makes no worker depart."""
 DEFAULT_TEXT = {"presence_ttl": f"{PRESENCE_TTL_SINGLE:g} with one replica, {PRESENCE_TTL_REPLICATED:g} with more"}
 """How the defaults that depend on other fields read in help texts."""
+
+
+PlacementTag = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:=-]+$")]
+"""A server tag (``server_tags`` in nats-server's configuration), e.g. ``region:eu``."""
+
+
+class Placement(BaseModel):
+    """Where JetStream puts a namespace's buckets and streams in a supercluster (docs/scale.md).
+
+    Applied by :mod:`coord.provision` to every stream it creates; empty (the default) lets the
+    server choose, which is the cluster of the server the creating client is connected to.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cluster: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] | None = None
+    """Name of the cluster that holds the streams (its ``cluster { name }``), or None: any."""
+    tags: tuple[PlacementTag, ...] = Field(default=(), max_length=16)
+    """Server tags every replica's server must carry (at most 16)."""
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing is asked: the server places streams itself."""
+        return self.cluster is None and not self.tags
 
 
 class Settings(BaseSettings):
@@ -62,6 +86,10 @@ class Settings(BaseSettings):
     entries; every other stream and bucket refuses new writes (a clear error, nothing lost)."""
     expiry_marker_ttl: float = Field(default=60.0, ge=1, le=DAY)
     """How long the server keeps the marker it writes when a key's TTL runs out (so watchers see it)."""
+    placement: Placement = Field(default_factory=Placement)
+    """Cluster and server tags of every bucket and stream a provisioning creates
+    (``CORRAL_PLACEMENT__CLUSTER=A``, ``CORRAL_PLACEMENT__TAGS='["region:eu"]'``); an existing stream
+    stays where it is."""
 
     # --- tasks -----------------------------------------------------------------------------------
     lease: float = Field(default=30.0, gt=0, le=DAY)

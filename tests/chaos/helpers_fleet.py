@@ -45,8 +45,9 @@ class Fleet:
         extra: Sequence[str] = (),
         prefix: Sequence[str] = (),
         url: str | None = None,
+        handler: str = HANDLER,
     ) -> subprocess.Popen[bytes]:
-        """Start ``corral worker`` as ``worker_id`` (``prefix``: e.g. ``ip netns exec NS``)."""
+        """Start ``corral worker`` as ``worker_id`` (``prefix``: e.g. ``ip netns exec NS``) running ``handler``."""
         argv = [
             *prefix,
             PYTHON,
@@ -62,7 +63,7 @@ class Fleet:
             "-q",
             queue,
             "--handler",
-            HANDLER,
+            handler,
             "-c",
             str(concurrency),
             "--id",
