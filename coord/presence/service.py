@@ -114,13 +114,16 @@ class Presence:
         )
 
     async def present_ids(self) -> set[str]:
-        """Ids of the agents present now."""
-        async with self.watch(include_existing=False) as watcher:
+        """Ids of the agents present now (read from the presence bucket: exact, no keeper's hop)."""
+        async with self.watch(include_existing=False, direct=True) as watcher:
             return set(watcher.present)
 
     async def list(self) -> builtins.list[AgentInfo]:
-        """Info of every agent present now, sorted by id. Malformed values are skipped (and logged)."""
-        async with self.watch(include_existing=False) as watcher:
+        """Info of every agent present now, sorted by id. Malformed values are skipped (and logged).
+
+        Read from the presence bucket (a one-off read costs one message per agent from either).
+        """
+        async with self.watch(include_existing=False, direct=True) as watcher:
             present = watcher.present
         return [present[agent_id] for agent_id in sorted(present)]
 

@@ -27,6 +27,8 @@ __all__ = ["PresenceWatcher", "next_change", "wait_absent"]
 
 log = logging.getLogger("corral.presence")
 
+UNKNOWN = "."
+"""Stands for "not compared yet" among the agents the two views disagree on (no agent id has a dot)."""
 PAUSE = 1.0
 """Seconds before a failed switch to the presence bucket is tried again."""
 
@@ -79,6 +81,8 @@ class PresenceWatcher:
             else RosterSource(roster, self._on_change, self._wake_up, ttl=ttl, interval=interval, agent_id=agent_id)
         )
         self._direct: DirectSource | None = None
+        self._differ: set[str] = {UNKNOWN}
+        """Agents the roster and the presence bucket disagree on (while both are followed)."""
         self._active: Source | None = None
         self._wake = asyncio.Event()
         self._controller: asyncio.Task[None] | None = None
@@ -164,14 +168,12 @@ class PresenceWatcher:
 
     # --- choosing the source -------------------------------------------------------------
     async def _begin(self) -> None:
+        # Always from the presence bucket first: the roster is only followed once it agrees with it,
+        # so a roster that is stale, behind or forged never makes an agent seem to leave or join.
         roster = self._roster
         if roster is not None:
             await roster.start()
-            if roster.live(asyncio.get_running_loop().time()):
-                await roster.refresh()
-                self._activate(roster, emit=self._include_existing)
-        if self._active is None:
-            self._activate(await self._start_direct(), emit=self._include_existing)
+        self._activate(await self._start_direct(), emit=self._include_existing)
         if roster is not None:
             self._controller = asyncio.create_task(self._control(roster), name="presence-watch-source")
 
@@ -183,12 +185,14 @@ class PresenceWatcher:
             self._direct = None
             await direct.stop()
             raise
+        if self._roster is not None:
+            view, other = direct.view, self._roster.view
+            self._differ = {a for a in view.keys() | other.keys() if not _same_info(view.get(a), other.get(a))}
         return direct
 
     async def _control(self, roster: RosterSource) -> None:
         """Follow the roster while its keeper is live and ready, the presence bucket otherwise."""
         loop = asyncio.get_running_loop()
-        live_since: float | None = None
         while True:
             now = loop.time()
             wait = roster.live_for(now)
@@ -197,17 +201,10 @@ class PresenceWatcher:
                     self._activate(await self._start_direct(), emit=True)
                     log.info("presence: the roster has no live keeper; following the presence bucket")
                     continue
-                if self._active is not roster and wait:
-                    live_since = now if live_since is None else live_since
-                    # The keeper writes each change a moment after it happens: switch when the two views
-                    # agree (no agent flickers out and back), or after a grace period at the latest.
-                    grace = live_since + self._ttl - now
-                    if grace <= 0 or self._agree(roster):
-                        await self._to_roster(roster)
-                        continue
-                    wait = min(wait, grace)
-                else:
-                    live_since = None
+                # The keeper writes each change a moment after it happens: switch only at a moment the
+                # two views agree, so no agent flickers out and back (and a forged roster is never used).
+                if self._active is not roster and wait and not self._differ and await self._to_roster(roster):
+                    continue
             except Exception as err:
                 log.warning("presence: switching the watch's source failed (%s); trying again", err)
                 await asyncio.sleep(PAUSE)
@@ -219,19 +216,17 @@ class PresenceWatcher:
             except TimeoutError:
                 pass
 
-    async def _to_roster(self, roster: RosterSource) -> None:
+    async def _to_roster(self, roster: RosterSource) -> bool:
         await roster.refresh()
+        if self._differ or self._active is roster:
+            return False
         self._activate(roster, emit=True)
         log.info("presence: the roster has a live keeper; following it")
         direct, self._direct = self._direct, None
+        self._differ = {UNKNOWN}  # until a direct source runs again
         if direct is not None:
             await direct.stop()
-
-    def _agree(self, roster: RosterSource) -> bool:
-        direct = self._direct
-        if direct is None or direct.view.keys() != roster.view.keys():
-            return False
-        return all(roster.view[a].info == holder.info for a, holder in direct.view.items())
+        return True
 
     def _wake_up(self) -> None:
         self._wake.set()
@@ -248,6 +243,12 @@ class PresenceWatcher:
             self._apply(source, agent_id, emit)
 
     def _on_change(self, source: Source, agent_id: str) -> None:
+        direct, roster = self._direct, self._roster
+        if direct is not None and roster is not None:
+            if _same_info(direct.view.get(agent_id), roster.view.get(agent_id)):
+                self._differ.discard(agent_id)
+            else:
+                self._differ.add(agent_id)
         if source is self._active:
             self._apply(source, agent_id, self._ready.is_set() or self._include_existing)
         self._wake.set()
@@ -279,6 +280,10 @@ class PresenceWatcher:
 
     def _put(self, event: PresenceEvent) -> None:
         self._queue.put_nowait(event)
+
+
+def _same_info(a: Holder | None, b: Holder | None) -> bool:
+    return a is b or (a is not None and b is not None and a.info == b.info)
 
 
 async def wait_absent(via: PresenceStore | PresenceWatcher, agent_id: str, timeout: float) -> bool:
