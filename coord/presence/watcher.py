@@ -104,7 +104,7 @@ class PresenceWatcher:
         """When the server stored the value that announced each present agent or its latest info (a copy).
 
         For an agent that joined while watched this is its join (or its latest info change); for one
-        present at the start it is no later than that. Renewals do not move it.
+        present at the start, the value seen then (no earlier than its join). Renewals do not move it.
         """
         return {agent_id: holder.at for agent_id, holder in self._holders.items()}
 

@@ -92,7 +92,9 @@ class Feeds:
     async def _presence(self) -> None:
         model = self._model
         async with self._coord.presence.watch(include_existing=False, updates=True) as watcher:
-            model.set_agents(watcher.present, watcher.since)
+            # Present before the dashboard looked: their start is the best bound on their join it has.
+            present = watcher.present
+            model.set_agents(present, {agent_id: info.started_at for agent_id, info in present.items()})
             async for change in watcher:
                 if isinstance(change, Joined):
                     joined_at = watcher.since.get(change.agent.id)

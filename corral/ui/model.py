@@ -121,7 +121,7 @@ class ReadModel:
     def set_agents(self, present: Mapping[str, AgentInfo], since: Mapping[str, datetime]) -> None:
         """Replace the present agents (a presence watch's initial snapshot, or after it was re-started).
 
-        ``since`` says when each was announced (its join, or its latest info change: no later than its join).
+        ``since`` says since when each is present, as far as the caller knows.
         """
         now = time.time()
         self._agent_removed |= set(self.agents) - set(present)
