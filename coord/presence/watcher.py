@@ -172,7 +172,12 @@ class PresenceWatcher:
         # so a roster that is stale, behind or forged never makes an agent seem to leave or join.
         roster = self._roster
         if roster is not None:
-            await roster.start()
+            try:
+                await roster.start()
+            except Exception as err:  # e.g. a namespace provisioned before the roster existed
+                log.warning("presence: cannot follow the roster (%s); following the presence bucket only", err)
+                await roster.stop()
+                roster = self._roster = None
         self._activate(await self._start_direct(), emit=self._include_existing)
         if roster is not None:
             self._controller = asyncio.create_task(self._control(roster), name="presence-watch-source")

@@ -315,3 +315,17 @@ def test_decode_entry_tells_values_departures_and_junk_apart() -> None:
     assert decode_entry(entry("leader", b"{}"))[0] is None
     assert decode_entry(entry("agent.a.b", encode_info(info)))[0] is None
     assert decode_entry(entry("agent.a1", b"[]"))[1] is None
+
+
+async def test_without_a_roster_bucket_watches_follow_the_presence_bucket(coord_conn: coord.Coord) -> None:
+    """A namespace provisioned before the roster existed: watches and waits work as before."""
+    await coord_conn.js.delete_stream(coord_conn.roster.stream)
+    member = await coord_conn.presence.join(AgentInfo(id="n1"), interval=0.5, ttl=2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with coord_conn.presence.watch() as watcher:
+        assert set(watcher.present) == {"n1"} and watcher.mode == "presence"
+    assert await coord_conn.presence.wait_present("n1", 5) == member.info
+    assert loop.time() - started < 5
+    await member.leave()
+    assert await coord_conn.presence.wait_absent("n1", 5)
