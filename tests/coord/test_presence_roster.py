@@ -329,3 +329,28 @@ async def test_without_a_roster_bucket_watches_follow_the_presence_bucket(coord_
     assert loop.time() - started < 5
     await member.leave()
     assert await coord_conn.presence.wait_absent("n1", 5)
+
+
+async def test_the_keeper_never_raises_while_the_server_is_away_and_reconcile_repairs(
+    own_server: NatsServer, namespace: str
+) -> None:
+    async with coord.connect(own_server.url, namespace=namespace) as conn:
+        keeper = RosterKeeper(conn.roster.tuned(patience=0.5, request_timeout=0.25))
+        info = AgentInfo(id="s1")
+        assert await keeper.reconcile({"s1": info})
+        await asyncio.to_thread(own_server.stop)
+        try:
+            await keeper.apply(Updated(info.model_copy(update={"inflight": 1}), 0))  # logged, not raised
+            await keeper.apply(Left("s1", "expired", 0, info.started_at))
+            assert not await keeper.reconcile({})
+        finally:
+            await asyncio.to_thread(own_server.start)
+        await eventually(lambda: conn.nc.is_connected, 10, "the reconnection")
+        # Writes sent while away may or may not have landed (a client buffers them): reconcile settles it.
+        later = info.model_copy(update={"inflight": 2})
+        assert await keeper.reconcile({"s1": later})
+        assert await roster_of(conn) == {"s1": later}
+        assert await keeper.reconcile({})
+        assert await roster_of(conn) == {}
+        entry = await conn.roster.get(agent_key("s1"))
+        assert entry is not None and decode_entry(entry)[1] == "expired"
