@@ -32,6 +32,8 @@ log = logging.getLogger("corral.presence")
 
 HEARTBEAT = 1.0
 """Consumer idle heartbeat: a lost consumer is re-created after two missed beats."""
+GONE_KEPT = 10_000
+"""Departures a source remembers (for the reason of a Left found by a diff; without it, ``expired``)."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,10 @@ class Source:
         self._on_change(self, agent_id)
 
     def _drop(self, agent_id: str, gone: Gone) -> None:
+        self.gone.pop(agent_id, None)
         self.gone[agent_id] = gone
+        if len(self.gone) > GONE_KEPT:  # bounded under churn: the oldest departures are forgotten first
+            del self.gone[next(iter(self.gone))]
         if self.view.pop(agent_id, None) is not None:
             self._on_change(self, agent_id)
 
@@ -196,9 +201,12 @@ class RosterSource(Source):
                 self._on_entry(entry)
 
     def _on_entry(self, entry: Entry) -> None:
-        if entry.revision <= self._revisions.get(entry.key, 0):
+        # One ordered watch of the whole bucket needs one mark; a one-agent watch has two watches
+        # (and a direct read on a switch), so a mark per key.
+        slot = entry.key if self._agent_id is not None else ""
+        if entry.revision <= self._revisions.get(slot, 0):
             return
-        self._revisions[entry.key] = entry.revision
+        self._revisions[slot] = entry.revision
         if entry.key == LEADER:
             self._on_lease(entry)
             return

@@ -354,3 +354,15 @@ async def test_the_keeper_never_raises_while_the_server_is_away_and_reconcile_re
         assert await roster_of(conn) == {}
         entry = await conn.roster.get(agent_key("s1"))
         assert entry is not None and decode_entry(entry)[1] == "expired"
+
+
+def test_a_source_forgets_the_oldest_departures_under_churn() -> None:
+    from datetime import UTC, datetime
+
+    from coord.presence.sources import GONE_KEPT, Gone, Source
+
+    source = Source(lambda _source, _agent: None)
+    for i in range(GONE_KEPT + 5):
+        source._drop(f"c{i}", Gone("graceful", i, datetime.now(UTC)))
+    assert len(source.gone) == GONE_KEPT
+    assert "c0" not in source.gone and f"c{GONE_KEPT + 4}" in source.gone
