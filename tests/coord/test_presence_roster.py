@@ -378,3 +378,31 @@ def test_a_source_forgets_the_oldest_departures_under_churn() -> None:
         source._drop(f"c{i}", Gone("graceful", i, datetime.now(UTC)))
     assert len(source.gone) == GONE_KEPT
     assert "c0" not in source.gone and f"c{GONE_KEPT + 4}" in source.gone
+
+
+async def test_a_roster_follower_outlives_a_server_restart(own_server: NatsServer, namespace: str) -> None:
+    async with (
+        coord.connect(own_server.url, namespace=namespace) as conn,
+        coord.connect(own_server.url, namespace=namespace) as other,
+    ):
+        keeper = await Keeper(conn).start()
+        await asyncio.wait_for(keeper.ready.wait(), 5)
+        stays = await conn.presence.join(AgentInfo(id="stays"), interval=0.5, ttl=3)
+        goes = await conn.presence.join(AgentInfo(id="goes"), interval=0.5, ttl=3)
+        watcher = await other.presence.watch().start()
+        recorder = Recorder(watcher)
+        try:
+            await eventually(lambda: watcher.mode == "roster", 5, "the follower on the roster")
+            await asyncio.to_thread(own_server.restart)
+            await eventually(lambda: conn.nc.is_connected and other.nc.is_connected, 10, "the reconnections")
+            await goes.leave()
+            await recorder.left("goes", 15)
+            await eventually(lambda: watcher.mode == "roster", 15, "the roster again")
+            await asyncio.sleep(1.0)
+            assert kinds(recorder, "goes") == ["joined", "left:graceful"]
+            assert kinds(recorder, "stays") == ["joined"]
+            assert set(watcher.present) == {"stays"}
+        finally:
+            await recorder.close()
+            await stays.leave()
+            await keeper.stop()
