@@ -249,8 +249,8 @@ def compose(nc: NATS, js: JetStreamContext, names: Names, settings: Settings, ob
     presence_bucket = Bucket(
         js, nc, names.presence_bucket, patience=settings.io_patience, request_timeout=beat, acks=acks
     )
-    presence = Presence(presence_bucket, interval=settings.presence_interval, ttl=settings.presence_ttl)
     roster = Bucket(js, nc, names.roster_bucket, patience=settings.io_patience, request_timeout=beat, acks=acks)
+    presence = Presence(presence_bucket, roster=roster, interval=settings.presence_interval, ttl=settings.presence_ttl)
     records = RecordStore(bucket(names.registry_bucket))
     registry = Registry(records, presence, terminal_ttl=settings.session_retention)
     # Reply subjects corral hands out all live under the first token of the inbox prefix
@@ -459,6 +459,4 @@ def connect(
         raise InvalidInput(f"provision must be one of {choices}, got {provision!r}") from None
     auth = auth or Auth(**auth_kwargs)
     settings = (settings or Settings.load()).but(replicas=replicas, connect_timeout=connect_timeout)
-    return _Connecting(
-        url, namespace, auth, settings, observer or OtelObserver(), name, settings.connect_timeout, mode
-    )
+    return _Connecting(url, namespace, auth, settings, observer or OtelObserver(), name, settings.connect_timeout, mode)

@@ -24,10 +24,16 @@ class Presence:
     """Presence of agents in one namespace: join, watch, list, wait. Get it as ``coord.presence``.
 
     Built on the presence ``bucket``; ``interval`` and ``ttl`` are the defaults of :meth:`join`.
+    With the ``roster`` bucket, watches (and the waits and listings built on them) follow the
+    roster while a live, ready reclaimer keeps it: one message per change instead of one per
+    renewal (see :class:`~coord.presence.PresenceWatcher`).
     """
 
-    def __init__(self, bucket: Bucket, *, interval: float = 1.0, ttl: float = 3.0) -> None:
+    def __init__(
+        self, bucket: Bucket, *, roster: Bucket | None = None, interval: float = 1.0, ttl: float = 3.0
+    ) -> None:
         self._bucket = bucket
+        self._roster = roster
         self._store = PresenceStore(bucket)
         self.interval = interval
         """Default seconds between renewals of a membership."""
@@ -78,28 +84,46 @@ class Presence:
             on_wait=self.on_wait if on_wait is None else on_wait,
         )
 
-    def watch(self, *, include_existing: bool = True, updates: bool = False) -> PresenceWatcher:
+    def watch(self, *, include_existing: bool = True, updates: bool = False, direct: bool = False) -> PresenceWatcher:
         """Joined / Left events for every agent: ``async with presence.watch() as w: async for ev in w``.
 
         Entering returns once the agents present now are known (``w.present``). With
         ``include_existing`` a :class:`Joined` is yielded for each of them first. ``updates=True``
-        also yields :class:`Updated` when a present agent changes its info.
+        also yields :class:`Updated` when a present agent changes its info. ``direct=True`` follows
+        the presence bucket itself, never the roster (one message per renewal of every agent):
+        what the roster's keeper, the active reclaimer, must follow.
         """
-        return PresenceWatcher(self._store, include_existing=include_existing, updates=updates)
+        return self._watcher(include_existing=include_existing, updates=updates, direct=direct)
 
     def watch_agent(self, agent_id: str, *, include_existing: bool = True) -> PresenceWatcher:
-        """Like :meth:`watch`, for one agent id only (cheap: one key)."""
+        """Like :meth:`watch`, for one agent id only (cheap: one key, and the roster's lease)."""
         validate_id(agent_id, "agent_id")
-        return PresenceWatcher(self._store, include_existing=include_existing, agent_id=agent_id)
+        return self._watcher(include_existing=include_existing, agent_id=agent_id)
+
+    def _watcher(
+        self, *, include_existing: bool, updates: bool = False, agent_id: str | None = None, direct: bool = False
+    ) -> PresenceWatcher:
+        return PresenceWatcher(
+            self._store,
+            include_existing=include_existing,
+            updates=updates,
+            agent_id=agent_id,
+            roster=None if direct else self._roster,
+            ttl=self.ttl,
+            interval=self.interval,
+        )
 
     async def present_ids(self) -> set[str]:
-        """Ids of the agents present now."""
-        async with self.watch(include_existing=False) as watcher:
+        """Ids of the agents present now (read from the presence bucket: exact, no keeper's hop)."""
+        async with self.watch(include_existing=False, direct=True) as watcher:
             return set(watcher.present)
 
     async def list(self) -> builtins.list[AgentInfo]:
-        """Info of every agent present now, sorted by id. Malformed values are skipped (and logged)."""
-        async with self.watch(include_existing=False) as watcher:
+        """Info of every agent present now, sorted by id. Malformed values are skipped (and logged).
+
+        Read from the presence bucket (a one-off read costs one message per agent from either).
+        """
+        async with self.watch(include_existing=False, direct=True) as watcher:
             present = watcher.present
         return [present[agent_id] for agent_id in sorted(present)]
 
@@ -130,7 +154,7 @@ class Presence:
         """True as soon as ``agent_id`` is absent (at once if it is), False if still present after ``timeout`` s."""
         validate_id(agent_id, "agent_id")
         check_number("timeout", timeout, WAIT)
-        return await wait_absent(self._store, agent_id, timeout)
+        return await wait_absent(self._watcher(include_existing=False, agent_id=agent_id), agent_id, timeout)
 
     async def wait_present(self, agent_id: str, timeout: float) -> AgentInfo | None:
         """The agent's info as soon as ``agent_id`` is present (at once if it is), None after ``timeout`` s."""

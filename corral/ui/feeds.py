@@ -1,6 +1,6 @@
 """What feeds the dashboard's read model: one watch per source, each through corral's own services.
 
-- presence: ``coord.presence.watch`` (joins, departures, info updates) and its renewal times;
+- presence: ``coord.presence.watch`` (joins, departures, info updates: the change feed, no renewals);
 - tasks: ``coord.tasks.watch`` (every record, then every write: reclaims, dead tasks, rates);
 - dead letters: ``coord.dead_letters.tail`` (rejected late results among them);
 - lifecycle events: ``coord.events.tail`` (merged into trees by :mod:`coord.events.tree`);
@@ -32,8 +32,6 @@ __all__ = ["Feeds"]
 
 log = logging.getLogger("corral.ui")
 
-RENEWAL_TICK = 1.0
-"""Seconds between readings of the agents' renewal times."""
 RESTART_PAUSE = 2.0
 """Seconds before a failed watch is started again."""
 HISTORY = 3600.0
@@ -94,25 +92,17 @@ class Feeds:
     async def _presence(self) -> None:
         model = self._model
         async with self._coord.presence.watch(include_existing=False, updates=True) as watcher:
-            model.set_agents(watcher.present, watcher.renewed_at)
-
-            async def renewals() -> None:
-                while True:
-                    await asyncio.sleep(RENEWAL_TICK)
-                    model.on_renewals(watcher.renewed_at)
-
-            ticker = asyncio.create_task(renewals())
-            try:
-                async for change in watcher:
-                    if isinstance(change, Joined):
-                        joined_at = watcher.renewed_at.get(change.agent.id)
-                        model.on_joined(change.agent, joined_at.timestamp() if joined_at else None)
-                    elif isinstance(change, Left):
-                        model.on_left(change.agent_id, change.reason, change.at)
-                    elif isinstance(change, Updated):
-                        model.on_updated(change.agent)
-            finally:
-                ticker.cancel()
+            # Present before the dashboard looked: their start is the best bound on their join it has.
+            present = watcher.present
+            model.set_agents(present, {agent_id: info.started_at for agent_id, info in present.items()})
+            async for change in watcher:
+                if isinstance(change, Joined):
+                    joined_at = watcher.since.get(change.agent.id)
+                    model.on_joined(change.agent, joined_at.timestamp() if joined_at else None)
+                elif isinstance(change, Left):
+                    model.on_left(change.agent_id, change.reason, change.at)
+                elif isinstance(change, Updated):
+                    model.on_updated(change.agent)
 
     async def _task_records(self) -> None:
         model = self._model

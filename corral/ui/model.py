@@ -118,12 +118,15 @@ class ReadModel:
         return self._seq
 
     # --- presence ----------------------------------------------------------------------------------
-    def set_agents(self, present: Mapping[str, AgentInfo], renewed: Mapping[str, datetime]) -> None:
-        """Replace the present agents (a presence watch's initial snapshot, or after it was re-started)."""
+    def set_agents(self, present: Mapping[str, AgentInfo], since: Mapping[str, datetime]) -> None:
+        """Replace the present agents (a presence watch's initial snapshot, or after it was re-started).
+
+        ``since`` says since when each is present, as far as the caller knows.
+        """
         now = time.time()
         self._agent_removed |= set(self.agents) - set(present)
         self.agents = {
-            agent_id: AgentRow(info, timestamp(renewed.get(agent_id)) or now) for agent_id, info in present.items()
+            agent_id: AgentRow(info, timestamp(since.get(agent_id)) or now) for agent_id, info in present.items()
         }
         self._agent_changed = set(self.agents)
         self.ready.add("presence")
@@ -148,14 +151,6 @@ class ReadModel:
         self._agent_changed.add(info.id)
         self._touch("agents")
 
-    def on_renewals(self, renewed: Mapping[str, datetime]) -> None:
-        """When each present agent last renewed (renewals yield no event: the feed reads them each tick)."""
-        for agent_id, when in renewed.items():
-            row = self.agents.get(agent_id)
-            if row is not None and when.timestamp() != row.renewed_at:
-                row.renewed_at = when.timestamp()
-                self.dirty.add("agents")
-
     def on_left(self, agent_id: str, reason: LeftReason, at: datetime) -> None:
         """``agent_id`` left: deleted its key (graceful) or its TTL ran out (expired)."""
         row = self.agents.pop(agent_id, None)
@@ -178,13 +173,13 @@ class ReadModel:
         return [self.agents[a].json(self.claims_of(a)) for a in sorted(self.agents)]
 
     def take_agent_delta(self) -> dict[str, Any]:
-        """Agents changed or gone since the last call, every present agent's last renewal, and the
-        departures when there was a new one."""
+        """Agents changed or gone since the last call, and the departures when there was a new one.
+
+        Renewals change nothing here: the presence change feed does not even deliver them."""
         changed = [self.agents[a].json(self.claims_of(a)) for a in sorted(self._agent_changed) if a in self.agents]
         delta: dict[str, Any] = {
             "upsert": changed,
             "remove": sorted(self._agent_removed),
-            "renewed": {a: row.renewed_at for a, row in self.agents.items()},
         }
         if self._departed:
             delta["departures"] = [d.json() for d in self.departures]

@@ -140,10 +140,10 @@ class TaskPage:
 
 @dataclass(slots=True)
 class AgentRow:
-    """A present agent as presence announced it, with when it last renewed."""
+    """A present agent as presence announced it, with since when it is present (as far as the dashboard knows)."""
 
     info: AgentInfo
-    renewed_at: float
+    since: float
 
     def json(self, claims: int) -> dict[str, Any]:
         """The agent as JSON; ``claims`` is how many claims the task records say it holds."""
@@ -161,7 +161,7 @@ class AgentRow:
             "parent": info.parent,
             "version": info.version,
             "started_at": info.started_at.timestamp(),
-            "renewed_at": self.renewed_at,
+            "since": self.since,
         }
 
 

@@ -157,6 +157,23 @@ def _roster(draw: st.DrawFn) -> list[Write]:
         return [
             Write("kv", "leader", draw(record_bodies([holder, {**holder, "ready": True}])), "roster_bucket", headers)
         ]
+    shape = draw(st.integers(0, 2))
+    if shape == 1:
+        # A forged departure of an honest worker (a DEL with the keeper's reason header), or its entry
+        # rewritten under another id: followers must not lose the worker for good, nor reclaim its work.
+        worker = draw(st.sampled_from(WORKERS))
+        forged = {"id": draw(hostile_ids), "role": "worker", "host": "elsewhere", "pid": 1, "queues": [QUEUE]}
+        deleted = {"KV-Operation": "DEL", "Corral-Left-Reason": draw(st.sampled_from(["expired", "graceful"]))}
+        return [
+            draw(
+                st.sampled_from(
+                    [
+                        Write("kv", f"agent.{worker}", b"", "roster_bucket", deleted),
+                        Write("kv", f"agent.{worker}", dumps(forged), "roster_bucket"),
+                    ]
+                )
+            )
+        ]
     key = draw(hostile_ids.map(lambda a: f"agent.{a}") | kv_keys)
     template = {"id": key.removeprefix("agent."), "role": "worker", "host": "elsewhere", "pid": 1, "queues": [QUEUE]}
     return [Write("kv", key, draw(record_bodies([template])), bucket="roster_bucket")]

@@ -1,4 +1,5 @@
-"""Helpers for the presence tests: an agent process (``corral presence hold``) and an event recorder."""
+"""Helpers for the presence tests: an agent process (``corral presence hold``), an event recorder, and
+a roster keeper under a lease (what the active reclaimer does)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import coord
+from coord.aio import stop_tasks
+from coord.lease import LEADER, Lease
 from coord.presence import Joined, Left, PresenceEvent, PresenceWatcher
+from coord.presence.roster import RosterKeeper
 
 
 class HoldProcess:
@@ -126,3 +131,68 @@ class Recorder:
         """Stop the watcher and the background task."""
         await self.watcher.stop()
         await asyncio.gather(self._task, return_exceptions=True)
+
+
+class Keeper:
+    """Exactly what the active reclaimer does for the roster, as a test harness.
+
+    Campaigns for the lease ``leader`` of the roster bucket; holding it, follows the presence bucket
+    directly (``watch(updates=True, direct=True)``), reconciles the roster from that watch's
+    snapshot, marks the term ready, then applies every change, until the term ends. :meth:`stop`
+    releases the lease (a hand-over); :meth:`die` stops renewing it without a word (a SIGKILL).
+    """
+
+    def __init__(self, conn: coord.Coord, holder: str = "keeper", *, ttl: float = 2.0, interval: float = 0.5) -> None:
+        self.conn = conn
+        self.lease = Lease(conn.roster, LEADER, holder, ttl=ttl, interval=interval)
+        self.roster = RosterKeeper(conn.roster)
+        self.ready = asyncio.Event()
+        """Set while the term is ready (the roster reconciled)."""
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Keeper:
+        """Campaign; returns at once (wait for :attr:`ready`)."""
+        await self.lease.start()
+        self._task = asyncio.create_task(self._run(), name="test-roster-keeper")
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            await self.lease.until(held=True)
+            async with self.conn.presence.watch(include_existing=False, updates=True, direct=True) as watcher:
+                await self.roster.reconcile(watcher.present)
+                if not await self.lease.mark_ready():
+                    continue
+                self.ready.set()
+                follow = asyncio.create_task(self._follow(watcher))
+                try:
+                    await self.lease.until(held=False)
+                finally:
+                    self.ready.clear()
+                    await stop_tasks([follow], within=5, what="keeper follow")
+
+    async def _follow(self, watcher: PresenceWatcher) -> None:
+        async for change in watcher:
+            if self.lease.valid():
+                await self.roster.apply(change)
+
+    async def stop(self) -> None:
+        """Stop keeping the roster and release the lease (a standby would take it at once)."""
+        if self._task is not None:
+            await stop_tasks([self._task], within=5, what="keeper")
+            self._task = None
+        self.ready.clear()
+        await self.lease.stop()
+
+    async def die(self) -> None:
+        """Stop renewing and writing without releasing: the lease expires on the server after its TTL."""
+        if self._task is not None:
+            await stop_tasks([self._task], within=5, what="keeper")
+            self._task = None
+        self.ready.clear()
+        runner = self.lease._runner
+        if runner is not None:
+            await stop_tasks([runner], within=5, what="lease")
+            self.lease._runner = None
+        self.lease._held.clear()  # a dead holder releases nothing
+        await self.lease.stop()

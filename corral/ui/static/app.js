@@ -135,12 +135,11 @@ function renderAgents() {
   const rows = [...S.agents.values()].sort((a, b) => a.id.localeCompare(b.id)).map((a) => {
     const held = Math.max(a.inflight, a.claims);
     const pct = a.capacity ? Math.min(100, (100 * held) / a.capacity) : 0;
-    const age = Date.now() / 1000 - a.renewed_at;
     return h("tr", { dataset: { agent: a.id } },
       h("td", { class: "id" }, a.id), h("td", {}, a.role), h("td", {}, `${a.host} · ${a.pid}`),
       h("td", {}, a.queues.join(", ") || "–"),
       h("td", {}, h("span", { class: "bar" }, h("i", { style: `width:${pct}%` })), `${held}/${a.capacity}`),
-      h("td", { class: age > 5 ? "stale" : "" }, ago(a.renewed_at)),
+      h("td", {}, ago(a.since)),
       h("td", {}, dur(Date.now() / 1000 - a.started_at)));
   });
   fill($("#agents-table tbody"), rows, 7, "no agent present");
@@ -374,7 +373,6 @@ function applyDelta(d) {
   if (d.agents) {
     for (const a of d.agents.upsert) S.agents.set(a.id, a);
     for (const id of d.agents.remove) S.agents.delete(id);
-    for (const [id, ts] of Object.entries(d.agents.renewed)) { const a = S.agents.get(id); if (a) a.renewed_at = ts; }
     if (d.agents.departures) S.departures = d.agents.departures;
   }
   if (d.queues) S.queues = d.queues;
@@ -418,7 +416,7 @@ async function main() {
   $("#prev").addEventListener("click", () => { S.page.offset = Math.max(0, S.page.offset - S.page.limit); refreshView(true); });
   $("#next").addEventListener("click", () => { S.page.offset += S.page.limit; refreshView(true); });
   window.addEventListener("hashchange", route);
-  setInterval(renderOverview, 1000);   // ages ("renewed 2s ago") move with the clock
+  setInterval(renderOverview, 1000);   // ages ("present since 2s ago") move with the clock
   route();
   connect();
 }
