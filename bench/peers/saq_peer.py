@@ -7,14 +7,15 @@ Two rows:
 - ``saq-tuned``: ``concurrency`` 100 jobs per worker and results polled every 5 ms.
 
 What this follows (saq 0.26): its README and docs run workers with ``saq module.settings`` (a
-settings dict with ``queue``, ``functions`` and ``concurrency``; the ``--workers`` flag forks more
-processes, here each process is started on its own so the CPU meter and shutdown see each one); the
+settings dict with ``queue``, ``functions`` and ``concurrency``; ``--workers`` forks more processes,
+here each worker process is started on its own so the CPU meter and shutdown see each one). Its
 enqueue-and-await API is ``Queue.map(func, iter_kwargs, poll_interval=...)`` for many jobs and
-``Queue.apply(func, poll_interval=...)`` for one, both polling the job records (``MGET``) every
-``poll_interval`` seconds, default 0.5; saq's own benchmark (``benchmarks/simple.py``) and streaq's
-saq benchmark raise ``concurrency`` (10 and 32) for no-op throughput. The worker side reads
-``PEERS_REDIS_URL`` / ``PEERS_SAQ_QUEUE`` / ``PEERS_SAQ_CONCURRENCY``
-(``python -m saq bench.peers.saq_peer.settings``).
+``Queue.apply(func, poll_interval=...)`` for one: both poll the job records (one ``MGET``) every
+``poll_interval`` seconds, default 0.5, and sleep one interval more after the poll that saw the last
+result, so one job at a time takes two intervals. saq's own benchmark (``benchmarks/simple.py``)
+runs no-op jobs at ``concurrency`` 10, streaq's saq benchmark at 32; the tuned row takes issue 23's
+100 per worker and 5 ms polling. The worker side reads ``PEERS_REDIS_URL`` / ``PEERS_SAQ_QUEUE`` /
+``PEERS_SAQ_CONCURRENCY`` (``python -m saq bench.peers.saq_peer.settings``).
 """
 
 from __future__ import annotations

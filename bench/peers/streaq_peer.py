@@ -1,8 +1,8 @@
 """streaq on Redis streams: 2 ``streaq run`` worker processes, concurrency 32; the producer awaits each result.
 
 What this follows (streaq 7.2): its README and ``benchmarks/`` (``bench_streaq.py``: a ``Worker``
-at ``concurrency=32`` for no-op tasks; workers started with the ``streaq run module:worker``
-command; tasks enqueued inside ``async with worker``), and its docs' ``Worker.enqueue_many`` (one
+at ``concurrency=32`` for no-op tasks, enqueued inside ``async with worker``; workers started with
+the ``streaq`` command, in 7.2 ``streaq run module:worker``), and its docs' ``Worker.enqueue_many`` (one
 Redis pipeline for many tasks) and ``Task.result()`` to wait for a result. ``Task.result()``
 subscribes to the task's own pub/sub channel and reads the result key, one subscription per task:
 slow for thousands of results, so the results are awaited 32 at a time (the bound streaq's
