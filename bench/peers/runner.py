@@ -338,7 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     peers = select(args.systems)
     err = Console(stderr=True)
     report = run_peers(scenario, peers, None if args.quiet else lambda m: err.print(f"[dim]\\[peers] {m}[/dim]"))
-    Console(width=max(240, Console().width)).print(table(report))
+    out = Console(width=max(240, Console().width))
+    out.print(table(report))
+    for r in report.results:  # the table wraps its notes column: each reason once more, on one line
+        if not r.ok:
+            out.print(f"{r.system}: {r.status}: {r.reason}", soft_wrap=True, markup=False, highlight=False)
     if args.json:
         args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     return 1 if any(r.status == "failed" for r in report.results) else 0

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from bench.peers.common import REDIS_MISSING
 from bench.peers.runner import PEERS, main
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -26,12 +27,13 @@ BENCH_TIMEOUT = 540
 """Seconds one bench command may take: the first run pip-installs the bench extra."""
 
 
-def run_bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
-    """``python3 dev.py bench peers ARGS --json``: the report and what it printed (killed as a group on timeout)."""
+def run_bench(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[dict[str, Any], str, str]:
+    """``python3 dev.py bench peers ARGS --json``: the report, its stdout and stderr (killed as a group on timeout)."""
     out = tmp_path / "peers.json"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "dev.py"), "bench", "peers", "--json", str(out), *args],
         cwd=ROOT,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -45,12 +47,12 @@ def run_bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
         raise
     assert proc.returncode == 0, stderr[-3000:]
     report: dict[str, Any] = json.loads(out.read_text())
-    return report, stdout
+    return report, stdout, stderr
 
 
 @pytest.mark.timeout(BENCH_TIMEOUT + 60)
 def test_saq_dramatiq_and_streaq_rows_come_back_filled(tmp_path: Path) -> None:
-    report, printed = run_bench(
+    report, printed, _ = run_bench(
         tmp_path,
         *("--tasks", str(TASKS), "--rounds", str(ROUNDS), "--latency", str(LATENCY)),
         *("--systems", ",".join(NEW)),
@@ -81,7 +83,7 @@ def test_ten_rounds_of_celery_through_one_producer_finish(tmp_path: Path) -> Non
     rounds after the first hung in ``join_native`` (2 of 2 ten-round runs here) before the bench kept
     Python's cyclic collector out of Celery's calls."""
     rounds = 10
-    report, printed = run_bench(
+    report, printed, _ = run_bench(
         tmp_path, "--tasks", "200", "--rounds", str(rounds), "--latency", "3", "--systems", "celery-prefork"
     )
     (row,) = report["results"]
@@ -90,6 +92,20 @@ def test_ten_rounds_of_celery_through_one_producer_finish(tmp_path: Path) -> Non
     assert row["last_vs_first"] == pytest.approx(row["rates"][-1] / row["rates"][0])
     assert row["latency_samples"] == 3
     assert f"{row['last_vs_first']:.2f}x" in printed
+
+
+@pytest.mark.timeout(BENCH_TIMEOUT + 60)
+def test_without_redis_server_each_redis_peer_is_a_row_saying_so_in_one_line(tmp_path: Path) -> None:
+    only_the_venv = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # no redis-server on it
+    report, printed, said = run_bench(tmp_path, "--tasks", "10", "--systems", ",".join(NEW), env=only_the_venv)
+    assert "redis-server not found" in said and "apt-get install redis-server" in said
+    for row in report["results"]:
+        assert row["status"] == "unavailable", row
+        assert row["reason"] == REDIS_MISSING
+    lines = printed.splitlines()
+    for key in NEW:
+        assert f"{key}: unavailable: {REDIS_MISSING}" in lines
+    assert "Traceback" not in printed + said
 
 
 @pytest.mark.parametrize("bad", [["--rounds", "0"], ["--tasks", "-5"], ["--latency", "x"]])
