@@ -57,7 +57,8 @@ class Scenario:
 
 @dataclass
 class CpuSplit:
-    """CPU used during the throughput rounds, in % of one core (100 = one core busy all the time)."""
+    """CPU used during the throughput rounds by each kind of process: in % of one core (100 = one core
+    busy all the time) as :attr:`SystemResult.cpu`, or in ms per task as :attr:`SystemResult.cpu_ms_per_task`."""
 
     producer: float = 0.0
     workers: float = 0.0

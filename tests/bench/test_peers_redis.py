@@ -22,7 +22,7 @@ from bench.peers.runner import PEERS, main
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 NEW = ["saq", "saq-tuned", "dramatiq", "streaq"]
-TASKS, ROUNDS, LATENCY = 40, 2, 3
+TASKS, ROUNDS, LATENCY = 100, 2, 3
 BENCH_TIMEOUT = 540
 """Seconds one bench command may take: the first run pip-installs the bench extra."""
 
@@ -65,7 +65,8 @@ def test_saq_dramatiq_and_streaq_rows_come_back_filled(tmp_path: Path) -> None:
         assert row["last_vs_first"] == pytest.approx(row["rates"][-1] / row["rates"][0])
         assert row["latency_samples"] == LATENCY and 0 < row["p50_ms"] <= row["p99_ms"], row
         per_task = row["cpu_ms_per_task"]
-        assert per_task["producer"] > 0 and per_task["workers"] > 0, (key, per_task)
+        # CPU time is counted in 10 ms clock ticks: at this size one kind of process may read 0, not all
+        assert per_task["total"] > 0 and min(per_task.values()) >= 0, (key, per_task)
         assert per_task["total"] == pytest.approx(per_task["producer"] + per_task["workers"] + per_task["broker"])
         assert row["versions"], key
     assert len(rows["streaq"]["executions"]) == ROUNDS and all(e > 0 for e in rows["streaq"]["executions"])
