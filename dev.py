@@ -9,8 +9,9 @@
                                    # installs it, and which tests are left out (with CI=true: exit 1);
                                    # with npm, `npm install`s clients/typescript-worker (its package.json)
     python3 dev.py bench peers [--tasks N --rounds R --latency N --systems a,b --json FILE]
-                                   # corral side by side with Celery, arq, taskiq-nats and raw nats-py
-                                   # (installs the `bench` extra; redis-server from the system)
+                                   # corral side by side with saq, dramatiq, streaq, Celery, arq,
+                                   # taskiq-nats and raw nats-py (installs the `bench` extra;
+                                   # redis-server from the system: says so when it is missing)
     python3 dev.py bench clients [--quick --seconds S --json FILE]
                                    # nats-py vs nats-core + nats-jetstream on corral's hot path
                                    # (builds a Python 3.13 venv in ./.venv-clients313)
@@ -97,6 +98,7 @@ NEEDS = (
     Need("chromedriver", "chromium-driver", ("tests/corral/test_ui.py",)),  # ... driven through Debian's driver
     Need("node", "nodejs", NODE_TESTS),  # the TypeScript worker (clients/typescript-worker) ...
     Need("npm", "npm", NODE_TESTS),  # ... installed from the npm registry by its package.json
+    Need("redis-server", "redis-server", ("tests/bench/test_peers_redis.py",)),  # the Redis-based peers (saq, ...)
 )
 """The one list of system packages the tests need (.ci/run installs them through ``dev.py test``)."""
 
@@ -197,6 +199,8 @@ def bench(args: list[str]) -> int:
         print(f"usage: python3 dev.py bench {{{','.join(BENCHES)}}} [ARGS] (ARGS: --help)", file=sys.stderr)
         return 2
     ensure_venv(("dev", "bench"))
+    if args[0] == "peers" and shutil.which("redis-server") is None:
+        say("redis-server not found: the Redis-based peers will be rows saying so; sudo apt-get install redis-server")
     return run([str(PY), "-m", BENCHES[args[0]], *args[1:]])
 
 

@@ -17,6 +17,7 @@ def test_every_package_the_tests_need_is_in_one_list_and_found_by_its_command() 
         "chromium-driver",
         "nodejs",
         "npm",
+        "redis-server",
     }
     assert _without() == []
     assert [need.package for need in _without("chromedriver")] == ["chromium-driver"]

@@ -7,11 +7,13 @@ The worker side builds the same app from ``PEERS_REDIS_URL`` and consumes ``PEER
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from celery import Celery
@@ -54,6 +56,28 @@ app = make_app(os.environ.get("PEERS_REDIS_URL", "redis://127.0.0.1:6379"))
 @app.task(name=TASK)  # type: ignore[untyped-decorator]
 def noop() -> None:
     """The task: nothing."""
+
+
+@contextlib.contextmanager
+def collected_after() -> Iterator[None]:
+    """Run the block with Python's cyclic garbage collector off, then collect.
+
+    Celery 5.6's ``AsyncResult.__del__`` unsubscribes through the backend's shared Redis pub/sub
+    connection; when the cyclic collector finalizes a finished result in the middle of another
+    subscribe or unsubscribe on that connection, it waits forever on redis-py's ``PubSub`` lock
+    (celery/celery#10477, fixed after 5.6.3; seen here as ``--rounds 10`` hanging in
+    ``join_native``). Collecting only between Celery calls keeps the finalizers out of the I/O; the
+    collection runs inside the timed round, so Celery still pays for its unsubscribes. (celery 5.7
+    needs redis-py 6+, which arq <0.29 does not allow in the same environment.)
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.collect()
+        if was_enabled:
+            gc.enable()
 
 
 def run_prefork(scenario: Scenario, brokers: Brokers) -> SystemResult:
@@ -100,8 +124,10 @@ def _run(scenario: Scenario, brokers: Brokers, pools: list[list[str]]) -> System
     try:
 
         def batch(n: int, timeout: float) -> None:
-            sent: list[AsyncResult] = [producer.send_task(TASK, queue=queue) for _ in range(n)]
-            ResultSet(sent, app=producer).join_native(timeout=timeout, propagate=True)
+            with collected_after():
+                sent: list[AsyncResult] = [producer.send_task(TASK, queue=queue) for _ in range(n)]
+                ResultSet(sent, app=producer).join_native(timeout=timeout, propagate=True)
+                del sent
 
         deadline = time.monotonic() + 60
         while len(producer.control.ping(timeout=0.5)) < len(pools):  # every worker node answers
@@ -115,9 +141,10 @@ def _run(scenario: Scenario, brokers: Brokers, pools: list[list[str]]) -> System
         res.cpu = meter.split()
         res.producer_rss_mb = meter.rss_mb
         for _ in range(scenario.latency):
-            t0 = time.perf_counter()
-            producer.send_task(TASK, queue=queue).get(timeout=10)
-            res.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            with collected_after():
+                t0 = time.perf_counter()
+                producer.send_task(TASK, queue=queue).get(timeout=10)
+                res.latencies_ms.append((time.perf_counter() - t0) * 1000)
     finally:
         stop(procs)
         gc.collect()  # AsyncResult.__del__ unsubscribes through Redis: let it run while Redis is up

@@ -57,7 +57,8 @@ class Scenario:
 
 @dataclass
 class CpuSplit:
-    """CPU used during the throughput rounds, in % of one core (100 = one core busy all the time)."""
+    """CPU used during the throughput rounds by each kind of process: in % of one core (100 = one core
+    busy all the time) as :attr:`SystemResult.cpu`, or in ms per task as :attr:`SystemResult.cpu_ms_per_task`."""
 
     producer: float = 0.0
     workers: float = 0.0
@@ -83,6 +84,9 @@ class SystemResult:
     """Why it is not ``ok``."""
     rates: list[float] = field(default_factory=list)
     """Results per second, one per round."""
+    executions: list[float] = field(default_factory=list)
+    """Tasks run per second as the workers see them, one per round (only where results come back
+    much later than the tasks ran: streaq)."""
     latencies_ms: list[float] = field(default_factory=list)
     """Submit → result, one task at a time."""
     cpu: CpuSplit = field(default_factory=CpuSplit)
@@ -104,6 +108,29 @@ class SystemResult:
         return statistics.median(self.rates) if self.rates else None
 
     @property
+    def median_executions(self) -> float | None:
+        """Median of the rounds' executions/s, if measured."""
+        return statistics.median(self.executions) if self.executions else None
+
+    @property
+    def last_vs_first(self) -> float | None:
+        """The last round's results/s over the first's (1.0: no slower after many rounds through one producer)."""
+        return self.rates[-1] / self.rates[0] if len(self.rates) > 1 and self.rates[0] > 0 else None
+
+    @property
+    def cpu_ms_per_task(self) -> CpuSplit | None:
+        """CPU milliseconds per task over the rounds, by process kind (the % split times the mean time per task)."""
+        if not self.rates or any(r <= 0 for r in self.rates):
+            return None
+        ms_per_task = statistics.fmean(1000 / r for r in self.rates)
+        c = self.cpu
+        return CpuSplit(
+            producer=c.producer / 100 * ms_per_task,
+            workers=c.workers / 100 * ms_per_task,
+            broker=c.broker / 100 * ms_per_task,
+        )
+
+    @property
     def p50_ms(self) -> float | None:
         """Median one-at-a-time latency."""
         return statistics.median(self.latencies_ms) if self.latencies_ms else None
@@ -117,8 +144,12 @@ class SystemResult:
         """A JSON-ready summary (latency samples reduced to percentiles)."""
         out = asdict(self)
         del out["latencies_ms"]
+        per_task = self.cpu_ms_per_task
         out.update(
             median_rate=self.median_rate,
+            median_executions=self.median_executions,
+            last_vs_first=self.last_vs_first,
+            cpu_ms_per_task=asdict(per_task) | {"total": per_task.total} if per_task else None,
             min_rate=min(self.rates) if self.rates else None,
             max_rate=max(self.rates) if self.rates else None,
             p50_ms=self.p50_ms,

