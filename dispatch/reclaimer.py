@@ -1,8 +1,23 @@
 """The reclaimer: gives the claims of departed workers back to the queue.
 
-It watches presence (no polling) and the task records, keeping an index of current claims by
-worker. When a worker leaves, each of its claims is moved back to pending (or to dead when its
-attempts are spent) by a compare-and-set that also checks the claim is still the one it saw; the
+**One active reclaimer per namespace.** Every reclaimer (standalone as ``corral reclaimer``, or inside
+a :class:`~dispatch.Dispatcher`) is a candidate for the lease ``leader`` in ``{ns}_roster``
+(:mod:`coord.lease`, TTL and renewal interval those of presence). Only the holder is *active*: it
+starts the task index, the presence watch, the limits view, the rebuild (reclaiming the claims of
+workers that are absent, so what happened while nobody held the lease is caught up: fail-over leaves
+no gap) and the sweep loop, then marks the lease ready. A standby follows the lease key alone (one
+message per renewal of the holder) and takes the lease when it is released (at once) or expires
+(within the presence TTL, see docs/architecture.md "Failure"). When a term ends (the lease lost or
+failed closed) everything the term started is stopped and the reclaimer is a standby again; it may be
+elected again later. Fencing: no reclaim, slot repair or notification deletion starts unless
+:meth:`~coord.lease.Lease.valid` says the term is still on, and every reclaim is still a CAS that checks
+the claim is the one seen, so even an overlap (two processes that both believe they are active) is
+safe. ``candidate=False`` makes a reclaimer active from start to stop without the lease: what such an
+overlap looks like (tests use it to show the CAS keeps it safe).
+
+While active it watches presence (no polling) and the task records, keeping an index of current
+claims by worker. When a worker leaves, each of its claims is moved back to pending (or to dead when
+its attempts are spent) by a compare-and-set that also checks the claim is still the one it saw; the
 task store then publishes a fresh notification. A periodic sweep covers what watches can miss:
 claims past their deadline (reclaimed only if the record read inside the CAS is still overdue),
 claims of workers absent at start (the full rebuild), concurrency slots whose claims are over
@@ -11,13 +26,17 @@ are no slot are removed), and pending tasks without a deliverable notification: 
 worker will be given (its consumer gave up on it, or its subject is no notification subject, see
 :mod:`dispatch.undeliverable`) is deleted and its task, if pending, notified again; a pending task
 whose notification is no longer in the stream (purged, lost) is notified again after
-``renotify_after``. Both run in the background, never delaying a reclaim. Any number of reclaimers may
-run at once: the CAS makes them safe, only the one whose delete removed a message renotifies its task,
-and the renotify ids they derive are the same, so the stream keeps one notification for all of them.
+``renotify_after``. Both run in the background, never delaying a reclaim. Reclaimers acting at once
+are safe: the CAS decides, only the one whose delete removed a message renotifies its task, and the
+renotify ids they derive are the same, so the stream keeps one notification for all of them.
+
+The active term follows presence with updates, for a :class:`PresenceFollower` passed in (the roster
+keeper): it is reconciled with the agents present after the rebuild, before the lease is marked ready,
+and given every change the watch yields.
 
 Telemetry: every reclaim is ``TaskStore.reclaim``, which reports to the connection's observer (the
-``reclaim`` span, the reclaim counters and the detection latency); the reclaimer also reports the
-number of agents present and the pending tasks per queue (``observer.presence_changed`` and
+``reclaim`` span, the reclaim counters and the detection latency); the active reclaimer also reports
+the number of agents present and the pending tasks per queue (``observer.presence_changed`` and
 ``observer.queue_depths``).
 """
 
@@ -26,22 +45,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Protocol
 
-from coord.aio import stop_tasks
+from coord.aio import first_of, stop_tasks
 from coord.connection import Coord
 from coord.errors import Conflict, InvalidTransition, NotFound, StaleClaim
+from coord.ids import new_id, validate_id
+from coord.lease import LEADER, Lease, Term
 from coord.limits import LimitsView
-from coord.presence import Joined, Left, LeftReason
+from coord.presence import AgentInfo, Joined, Left, LeftReason, PresenceEvent
 from coord.presence.watcher import PresenceWatcher
 from coord.streams import Stream
 from coord.tasks import IndexEntry, TaskIndex, TaskStatus
 from coord.validation import TIMEOUT, check_number
 from dispatch.undeliverable import find_undeliverable, parse_notification_subject
 
-__all__ = ["ReclaimEvent", "ReclaimReason", "Reclaimer"]
+__all__ = ["NoFollower", "PresenceFollower", "ReclaimEvent", "ReclaimReason", "Reclaimer", "RoleCallback"]
 
 log = logging.getLogger("corral.reclaimer")
 
@@ -51,6 +74,8 @@ EVENTS_KEPT = 1024
 STOP_WITHIN = 5.0
 RENOTIFY_EVERY = 10.0
 """Longest pause between two passes over the dispatch stream for undeliverable or lost notifications."""
+RETRY_TERM_AFTER = 1.0
+"""Seconds a holder whose activation failed waits (the lease released) before campaigning again."""
 
 
 class ReclaimReason(StrEnum):
@@ -105,15 +130,54 @@ class _Events(asyncio.Queue[ReclaimEvent]):
         super().put_nowait(item)
 
 
+class PresenceFollower(Protocol):
+    """What the active reclaimer keeps in step with presence (the roster keeper satisfies it).
+
+    :meth:`reconcile` is awaited once per term, after the rebuild and before the lease is marked
+    ready, with every agent present; :meth:`apply` is awaited with each change the term's presence
+    watch yields (joined, left, updated), in order. An exception is logged and never ends the term.
+    """
+
+    async def reconcile(self, present: Mapping[str, AgentInfo]) -> None:
+        """Make what is kept match ``present`` (agent id → info)."""
+
+    async def apply(self, change: PresenceEvent) -> None:
+        """Apply one presence change."""
+
+
+class NoFollower:
+    """The default :class:`PresenceFollower`: keeps nothing."""
+
+    async def reconcile(self, present: Mapping[str, AgentInfo]) -> None:
+        """Nothing to reconcile."""
+
+    async def apply(self, change: PresenceEvent) -> None:
+        """Nothing to apply."""
+
+
+RoleCallback = Callable[[bool, Term | None], None]
+"""Told ``(active, holder seen)`` each time a reclaimer becomes active or standby."""
+
+
 class Reclaimer:
     """Presence-driven reclaim of departed workers' claims (see the module docstring).
 
     Use ``async with Reclaimer(coord):`` or :meth:`start` / :meth:`stop`. ``events`` receives every
-    reclaim (the newest 1,024 when nobody reads them), for progress displays and tests.
+    reclaim (the newest 1,024 when nobody reads them), for progress displays and tests; it and the
+    counters go on across terms. ``candidate_id`` names it in the lease (a new id by default);
+    ``follower`` is kept in step with presence while active; ``on_role`` is told each change of role.
     """
 
     def __init__(
-        self, coord: Coord, *, sweep_interval: float | None = None, renotify_after: float | None = None
+        self,
+        coord: Coord,
+        *,
+        sweep_interval: float | None = None,
+        renotify_after: float | None = None,
+        candidate: bool = True,
+        candidate_id: str | None = None,
+        follower: PresenceFollower | None = None,
+        on_role: RoleCallback | None = None,
     ) -> None:
         check_number("sweep_interval", sweep_interval, TIMEOUT, optional=True)
         check_number("renotify_after", renotify_after, TIMEOUT, optional=True)
@@ -122,6 +186,22 @@ class Reclaimer:
         """Seconds between sweeps (defaults to the connection's settings)."""
         self.renotify_after = coord.settings.renotify_after if renotify_after is None else renotify_after
         """A pending task older than this whose notification is no longer queued is notified again."""
+        self.id = validate_id(candidate_id or new_id("r"), "candidate_id")
+        """This reclaimer's id in the lease."""
+        self.lease: Lease | None = (
+            Lease(
+                coord.roster,
+                LEADER,
+                self.id,
+                ttl=coord.settings.presence_ttl,
+                interval=coord.settings.presence_interval,
+            )
+            if candidate
+            else None
+        )
+        """Its candidacy (None with ``candidate=False``: active from start to stop)."""
+        self.follower: PresenceFollower = NoFollower() if follower is None else follower
+        self.on_role = on_role
         self.events: asyncio.Queue[ReclaimEvent] = _Events(EVENTS_KEPT)
         """The reclaims this reclaimer made, in order."""
         self.reclaimed = 0
@@ -130,6 +210,8 @@ class Reclaimer:
         """How many lost or undeliverable notifications it published again."""
         self.removed = 0
         """How many undeliverable notifications it deleted from the dispatch stream."""
+        self.terms = 0
+        """How many terms it has been active for (begun)."""
         self._dispatch = Stream(coord.js, coord.nc, coord.names.dispatch_stream, patience=5.0)
         self._index: TaskIndex | None = None
         self._watcher: PresenceWatcher | None = None
@@ -137,42 +219,168 @@ class Reclaimer:
         self._present: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._renotifier: asyncio.Task[int] | None = None
+        self._campaign: asyncio.Task[None] | None = None
+        self._active = asyncio.Event()
+        self._halt = asyncio.Event()
         self._last_renotify = 0.0
         self._stopping = False
 
+    # --- role -------------------------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        """True while this reclaimer is the active one (its term started and rebuilt)."""
+        return self._active.is_set()
+
+    @property
+    def holder(self) -> Term | None:
+        """The lease's live term as last seen (this reclaimer's or another's); None when vacant."""
+        return self.lease.current if self.lease is not None else None
+
+    async def until_active(self) -> None:
+        """Return once this reclaimer is active (rebuilt, lease marked ready)."""
+        await self._active.wait()
+
+    def _fenced(self) -> bool:
+        """True unless a term's action must not start: the lease is not (or no longer surely) held."""
+        return self.lease is not None and not self.lease.valid()
+
+    # --- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> Reclaimer:
-        """Start watching; returns once the initial rebuild is done."""
+        """Campaign; returns once the role is known: active and rebuilt, or standby (the holder seen, or
+        a vacant lease it tried to take)."""
         self._stopping = False
-        self._index = await self.coord.tasks.index(finished=False).start()
-        self._watcher = await self.coord.presence.watch(include_existing=False).start()
-        self._present = set(self._watcher.present)
-        self._slots = await LimitsView(self.coord.limits).start()
-        self._observe_presence()
-        await self._rebuild()
-        self._tasks = [
-            asyncio.create_task(self._watch_presence(self._watcher), name="reclaimer-presence"),
-            asyncio.create_task(self._sweep_loop(), name="reclaimer-sweep"),
-        ]
+        self._halt.clear()
+        if self.lease is None:
+            try:
+                await self._activate()
+            except BaseException:
+                await self._deactivate()
+                raise
+            self._begin_term()
+            return self
+        await self.lease.start()
+        self._campaign = asyncio.create_task(self._run_campaign(), name=f"reclaimer-campaign-{self.id}")
+        if self.lease.held:
+            waits = [asyncio.ensure_future(self._active.wait()), asyncio.ensure_future(self.lease.until(held=False))]
+            try:
+                await asyncio.wait([*waits, self._campaign], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        else:
+            self._tell_role(False)
         return self
 
     async def stop(self) -> None:
-        """Stop watching; returns within a few seconds whatever the server is doing."""
+        """Stop (an active term first, then the candidacy: a held lease is released so a standby takes
+        over at once); returns within a few seconds whatever the server is doing."""
         self._stopping = True
-        tasks = [*self._tasks, *([self._renotifier] if self._renotifier is not None else [])]
-        self._tasks, self._renotifier = [], None
-        await stop_tasks(tasks, within=STOP_WITHIN, what="reclaimer")
-        if self._watcher is not None:
-            await self._watcher.stop()
-        if self._slots is not None:
-            await self._slots.stop()
-        if self._index is not None:
-            await self._index.stop()
+        self._halt.set()  # the term ends by itself (its cleanup is not cut short by a cancel)
+        campaign, self._campaign = self._campaign, None
+        if campaign is not None:
+            _, running = await asyncio.wait([campaign], timeout=STOP_WITHIN)
+            await stop_tasks(running, within=STOP_WITHIN, what="reclaimer campaign")
+        await self._deactivate()
+        if self.lease is not None:
+            await self.lease.stop()
 
     async def __aenter__(self) -> Reclaimer:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def _run_campaign(self) -> None:
+        """Serve a term each time the lease is held, until stopped."""
+        assert self.lease is not None
+        lease = self.lease
+        while not self._stopping:
+            await first_of(lease.until(held=True), self._halt.wait())
+            if self._stopping:
+                return
+            try:
+                await self._serve_term(lease)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # the term could not begin: let another candidate try
+                log.warning("reclaimer %s: taking over failed (%s); releasing the lease", self.id, err)
+                await self._deactivate()
+                await lease.stop()
+                await asyncio.sleep(RETRY_TERM_AFTER)
+                if not self._stopping:
+                    await lease.start()
+
+    async def _serve_term(self, lease: Lease) -> None:
+        """One term: activate, mark ready, run until the lease is lost; everything stops when it ends."""
+        lost = asyncio.ensure_future(lease.until(held=False))
+        halt = asyncio.ensure_future(self._halt.wait())
+        activation = asyncio.ensure_future(self._activate())
+        try:
+            await asyncio.wait([lost, halt, activation], return_when=asyncio.FIRST_COMPLETED)
+            if activation.done() and not lost.done() and not halt.done():
+                activation.result()  # an activation that failed raises here
+                # roster reconcile, then mark_ready: followers see the lease ready once the roster is current
+                try:
+                    await self.follower.reconcile(self._watcher.present if self._watcher is not None else {})
+                except Exception:
+                    log.exception("reclaimer %s: the presence follower failed to reconcile", self.id)
+                if await lease.mark_ready():
+                    self._begin_term()
+                await asyncio.wait([lost, halt], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            halt.cancel()
+            if not activation.done():
+                await stop_tasks([activation], within=STOP_WITHIN, what="reclaimer activation")
+            was_active = self.active
+            await self._deactivate()
+            if was_active and not self._stopping:
+                log.info("reclaimer %s: term over; standby", self.id)
+                self._tell_role(False)
+
+    async def _activate(self) -> None:
+        """Start what a term keeps and rebuild (reclaim the claims of absent workers)."""
+        self._index = await self.coord.tasks.index(finished=False).start()
+        self._watcher = await self.coord.presence.watch(include_existing=False, updates=True).start()
+        self._present = set(self._watcher.present)
+        self._slots = await LimitsView(self.coord.limits).start()
+        self._observe_presence()
+        await self._rebuild()
+
+    def _begin_term(self) -> None:
+        assert self._watcher is not None
+        self.terms += 1
+        self._tasks = [
+            asyncio.create_task(self._watch_presence(self._watcher), name="reclaimer-presence"),
+            asyncio.create_task(self._sweep_loop(), name="reclaimer-sweep"),
+        ]
+        self._active.set()
+        log.info("reclaimer %s: active (term %d)", self.id, self.terms)
+        self._tell_role(True)
+
+    async def _deactivate(self) -> None:
+        """Stop everything the term started (within :data:`STOP_WITHIN` each); never raises."""
+        self._active.clear()
+        tasks = [*self._tasks, *([self._renotifier] if self._renotifier is not None else [])]
+        self._tasks, self._renotifier = [], None
+        await stop_tasks(tasks, within=STOP_WITHIN, what="reclaimer")
+        watcher, slots, index = self._watcher, self._slots, self._index
+        self._watcher, self._slots, self._index = None, None, None
+        self._present = set()
+        for part in (watcher, slots, index):
+            if part is not None:
+                try:
+                    await part.stop()
+                except Exception as err:
+                    log.debug("reclaimer %s: stopping %s failed: %s", self.id, type(part).__name__, err)
+
+    def _tell_role(self, active: bool) -> None:
+        if self.on_role is None:
+            return
+        try:
+            self.on_role(active, self.holder)
+        except Exception:
+            log.exception("reclaimer %s: the role callback failed", self.id)
 
     def claims_of(self, worker_id: str) -> dict[str, str]:
         """Current claims of ``worker_id`` as this reclaimer sees them: task id → claim id."""
@@ -182,6 +390,10 @@ class Reclaimer:
 
     async def _watch_presence(self, watcher: PresenceWatcher) -> None:
         async for change in watcher:
+            try:
+                await self.follower.apply(change)
+            except Exception:  # the follower's trouble must not end the watch
+                log.exception("reclaimer: the presence follower failed on %r", change)
             try:
                 if isinstance(change, Joined):
                     self._present.add(change.agent.id)
@@ -200,7 +412,8 @@ class Reclaimer:
 
     def _observe_depth(self) -> None:
         """Report the pending tasks per queue, as the index sees them."""
-        assert self._index is not None
+        if self._index is None:
+            return
         counts = self._index.counts().items()
         self.coord.observer.queue_depths({queue: n for (queue, status), n in counts if status is TaskStatus.PENDING})
 
@@ -222,7 +435,8 @@ class Reclaimer:
     async def _reclaim(
         self, task_id: str, worker_id: str, claim_id: str, reason: ReclaimReason, departed_at: datetime | None
     ) -> bool:
-        assert self._index is not None
+        if self._index is None or self._fenced():
+            return False  # standby, or the term may be over: the next holder's rebuild takes it back
         try:
             record = await self.coord.tasks.reclaim(
                 task_id,
@@ -236,7 +450,8 @@ class Reclaimer:
         except Exception as err:
             log.warning("reclaimer: reclaim of %s failed (%s); the sweep will retry", task_id, err)
             return False
-        self._index.apply(record)
+        if self._index is not None:
+            self._index.apply(record)
         self.reclaimed += 1
         detected = (datetime.now(UTC) - departed_at).total_seconds() if departed_at else None
         log.info("reclaimed %s from %s (%s) -> %s", task_id, worker_id, reason, record.status)
@@ -247,7 +462,7 @@ class Reclaimer:
         """Take back every concurrency slot whose claim is over (ended, reclaimed, or never written by
         a holder that died) and remove keys under ``slot.`` that are no slot; return how many slots.
         Never raises: the next sweep tries again."""
-        if self._slots is None or self._index is None:
+        if self._slots is None or self._index is None or self._fenced():
             return 0
         held, foreign = self._slots.held_slots(), self._slots.foreign_keys()
         if not held and not foreign:
@@ -266,7 +481,8 @@ class Reclaimer:
         The task index and the presence watch are separate streams, so a worker whose claim we see
         may not have been seen joining yet: its absence is confirmed with a read before reclaiming.
         """
-        assert self._index is not None
+        if self._index is None:
+            return
         suspects = [w for w in self._index.workers() if w not in self._present]
         if not suspects:
             return
@@ -292,8 +508,11 @@ class Reclaimer:
                 log.warning("reclaimer: sweep failed: %s", err)
 
     async def sweep(self) -> None:
-        """One pass: expired deadlines and absent workers now, lost notifications in the background."""
-        assert self._index is not None
+        """One pass: expired deadlines and absent workers now, lost notifications in the background.
+
+        Nothing while standby (or while the term may be over)."""
+        if self._index is None or self._fenced():
+            return
         now = datetime.now(UTC)
         overdue = [e for e in self._index.overdue(now) if e.worker_id and e.claim_id]
         await asyncio.gather(
@@ -321,11 +540,13 @@ class Reclaimer:
         seconds whose notification is no longer in the stream (the one stream-info request of the pass
         tells) is notified again under an id derived from the record and the time it has been waiting.
         """
-        assert self._index is not None
+        index = self._index
+        if index is None:
+            return 0
         done = 0
         subjects = await self._dispatch.subjects(self.coord.names.dispatch_subjects)
         for lost in await find_undeliverable(self.coord, self._dispatch, subjects):
-            if self._stopping:
+            if self._stopping or self._fenced():
                 break
             try:
                 if not await self._dispatch.delete(lost.seq):
@@ -340,7 +561,7 @@ class Reclaimer:
         now = datetime.now(UTC)
         waiting: list[IndexEntry] = [
             e
-            for e in self._index.entries(status=TaskStatus.PENDING)
+            for e in index.entries(status=TaskStatus.PENDING)
             if (now - e.updated_at).total_seconds() >= self.renotify_after
             and (e.visible_at is None or e.visible_at <= now)
         ]
@@ -348,7 +569,7 @@ class Reclaimer:
             # A task renotified above counts as queued: its subject was listed before the removal.
             queued = {parsed[1] for s in subjects if (parsed := parse_notification_subject(self.coord, s))}
             for entry in waiting:
-                if self._stopping:
+                if self._stopping or self._fenced():
                     break
                 if entry.task_id in queued:
                     continue
