@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import signal
 from collections.abc import AsyncIterator
 
@@ -16,6 +18,7 @@ from coord.tasks import TaskStatus
 from dispatch import Reclaimer
 from dispatch.reclaimer import ReclaimEvent
 from tests.coord.helpers_presence import HoldProcess
+from tests.corral.helpers_cli import corral
 from tests.helpers_wait import eventually
 
 AGENTS = 200
@@ -207,3 +210,32 @@ async def test_a_term_ended_by_a_foreign_write_stops_everything_and_fences_recla
 
 async def _status_is(conn: coord.Coord, task_id: str, want: TaskStatus) -> bool:
     return (await conn.tasks.get(task_id)).status is want
+
+
+async def test_reclaimer_status_names_the_holder_since_when_and_ready_or_says_vacant(
+    coord_conn: coord.Coord, nats_server: NatsServer, subprocess_env: dict[str, str]
+) -> None:
+    url, ns = nats_server.url, coord_conn.namespace
+    vacant = await corral(url, ns, subprocess_env, "reclaimer", "--status")
+    assert (vacant.code, vacant.out.strip()) == (0, f"no active reclaimer in {ns}: the lease is vacant")
+    async with Reclaimer(coord_conn, candidate_id="r-status") as reclaimer:
+        assert reclaimer.active
+        shown = await corral(url, ns, subprocess_env, "reclaimer", "--status", "--json")
+        assert shown.code == 0 and len(shown.out.splitlines()) == 1
+        status = json.loads(shown.out)
+        assert status["state"] == "held" and status["active"]["holder"] == "r-status"
+        assert status["active"]["ready"] is True and status["active"]["pid"] == os.getpid()
+        assert 0 <= status["renewed_ago_s"] < 5
+        text = await corral(url, ns, subprocess_env, "reclaimer", "--status")
+        assert text.code == 0 and len(text.out.splitlines()) == 1
+        assert text.out.startswith(f"active reclaimer in {ns}: r-status on ") and ", ready, renewed" in text.out
+    await coord_conn.roster.put(LEADER, b"garbage")
+    odd = await corral(url, ns, subprocess_env, "reclaimer", "--status", "--json")
+    assert odd.code == 0 and json.loads(odd.out)["state"] == "nobody's"
+
+
+async def test_reclaimer_status_without_a_server_is_one_line(subprocess_env: dict[str, str]) -> None:
+    env = {**subprocess_env, "CORRAL_CONNECT_TIMEOUT": "1"}
+    gone = await corral("nats://127.0.0.1:1", "nowhere", env, "reclaimer", "--status", within=60)
+    assert gone.code == 1 and gone.out == ""
+    assert gone.err.startswith("error: ") and "127.0.0.1:1" in gone.err and "Traceback" not in gone.err, gone.err
