@@ -43,91 +43,36 @@ the number of agents present and the pending tasks per queue (``observer.presenc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Protocol
 
-from coord.aio import first_of, stop_tasks
+from coord.aio import stop_tasks
 from coord.connection import Coord
 from coord.errors import Conflict, InvalidTransition, NotFound, StaleClaim
 from coord.ids import new_id, validate_id
 from coord.lease import LEADER, Lease, Term
 from coord.limits import LimitsView
-from coord.presence import AgentInfo, Joined, Left, LeftReason, PresenceEvent
+from coord.presence import AgentInfo, Joined, Left, PresenceEvent
 from coord.presence.watcher import PresenceWatcher
 from coord.streams import Stream
 from coord.tasks import IndexEntry, TaskIndex, TaskStatus
 from coord.validation import TIMEOUT, check_number
+from dispatch.reclaim_events import EVENTS_KEPT, BoundedEvents, ReclaimEvent, ReclaimReason
+from dispatch.terms import TermRunner
 from dispatch.undeliverable import find_undeliverable, parse_notification_subject
 
-__all__ = ["NoFollower", "PresenceFollower", "ReclaimEvent", "ReclaimReason", "Reclaimer", "RoleCallback"]
+__all__ = [
+    "EVENTS_KEPT",
+    "NoFollower", "PresenceFollower", "ReclaimEvent", "ReclaimReason", "Reclaimer", "RoleCallback"]
 
 log = logging.getLogger("corral.reclaimer")
 
 _LOST_RACE = (StaleClaim, Conflict, InvalidTransition, NotFound)
-EVENTS_KEPT = 1024
-"""Reclaim events kept for :attr:`Reclaimer.events` readers; older ones are dropped when nobody reads."""
 STOP_WITHIN = 5.0
 RENOTIFY_EVERY = 10.0
 """Longest pause between two passes over the dispatch stream for undeliverable or lost notifications."""
-RETRY_TERM_AFTER = 1.0
-"""Seconds a holder whose activation failed waits (the lease released) before campaigning again."""
-
-
-class ReclaimReason(StrEnum):
-    """Why a claim was taken back; its value is the task's stored ``error`` text."""
-
-    WORKER_LEFT_EXPIRED = "worker-left:expired"
-    """Its worker's presence expired (dead, hung or cut off)."""
-    WORKER_LEFT_GRACEFUL = "worker-left:graceful"
-    """Its worker left on purpose without giving the claim back."""
-    DEADLINE = "deadline"
-    """Its lease ran out without a heartbeat."""
-    WORKER_ABSENT = "worker-absent"
-    """Its worker was not present when the reclaimer (re)built its view."""
-
-    @classmethod
-    def left(cls, reason: LeftReason) -> ReclaimReason:
-        """The reason for a worker that left for ``reason``."""
-        return cls.WORKER_LEFT_GRACEFUL if reason == "graceful" else cls.WORKER_LEFT_EXPIRED
-
-    @property
-    def departure(self) -> LeftReason | None:
-        """How the worker left, for a presence departure; None otherwise."""
-        if self is ReclaimReason.WORKER_LEFT_GRACEFUL:
-            return "graceful"
-        if self is ReclaimReason.WORKER_LEFT_EXPIRED:
-            return "expired"
-        return None
-
-
-@dataclass(frozen=True)
-class ReclaimEvent:
-    """One claim given back."""
-
-    task_id: str
-    worker_id: str
-    claim_id: str
-    reason: ReclaimReason
-    """Why (a string enum: ``worker-left:expired``, ``worker-left:graceful``, ``deadline`` or ``worker-absent``)."""
-    status: str
-    """The task's status after the reclaim (pending, or dead when its attempts were spent)."""
-    detected_after: float | None
-    """Seconds from the worker's departure (as recorded by the server) to the reclaim, when known."""
-
-
-class _Events(asyncio.Queue[ReclaimEvent]):
-    """A queue that keeps only the newest :data:`EVENTS_KEPT` events when nobody reads it."""
-
-    def put_nowait(self, item: ReclaimEvent) -> None:
-        if self.full():
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self.get_nowait()
-        super().put_nowait(item)
 
 
 class PresenceFollower(Protocol):
@@ -202,7 +147,7 @@ class Reclaimer:
         """Its candidacy (None with ``candidate=False``: active from start to stop)."""
         self.follower: PresenceFollower = NoFollower() if follower is None else follower
         self.on_role = on_role
-        self.events: asyncio.Queue[ReclaimEvent] = _Events(EVENTS_KEPT)
+        self.events: asyncio.Queue[ReclaimEvent] = BoundedEvents(EVENTS_KEPT)
         """The reclaims this reclaimer made, in order."""
         self.reclaimed = 0
         """How many claims it gave back."""
@@ -219,9 +164,8 @@ class Reclaimer:
         self._present: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._renotifier: asyncio.Task[int] | None = None
-        self._campaign: asyncio.Task[None] | None = None
+        self._terms = TermRunner(self.lease, begin=self._begin, end=self._end) if self.lease is not None else None
         self._active = asyncio.Event()
-        self._halt = asyncio.Event()
         self._last_renotify = 0.0
         self._stopping = False
 
@@ -249,8 +193,7 @@ class Reclaimer:
         """Campaign; returns once the role is known: active and rebuilt, or standby (the holder seen, or
         a vacant lease it tried to take)."""
         self._stopping = False
-        self._halt.clear()
-        if self.lease is None:
+        if self._terms is None:
             try:
                 await self._activate()
             except BaseException:
@@ -258,16 +201,8 @@ class Reclaimer:
                 raise
             self._begin_term()
             return self
-        await self.lease.start()
-        self._campaign = asyncio.create_task(self._run_campaign(), name=f"reclaimer-campaign-{self.id}")
-        if self.lease.held:
-            waits = [asyncio.ensure_future(self._active.wait()), asyncio.ensure_future(self.lease.until(held=False))]
-            try:
-                await asyncio.wait([*waits, self._campaign], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for wait in waits:
-                    wait.cancel()
-        else:
+        await self._terms.start()
+        if not self.active:
             self._tell_role(False)
         return self
 
@@ -275,14 +210,9 @@ class Reclaimer:
         """Stop (an active term first, then the candidacy: a held lease is released so a standby takes
         over at once); returns within a few seconds whatever the server is doing."""
         self._stopping = True
-        self._halt.set()  # the term ends by itself (its cleanup is not cut short by a cancel)
-        campaign, self._campaign = self._campaign, None
-        if campaign is not None:
-            _, running = await asyncio.wait([campaign], timeout=STOP_WITHIN)
-            await stop_tasks(running, within=STOP_WITHIN, what="reclaimer campaign")
+        if self._terms is not None:
+            await self._terms.stop()
         await self._deactivate()
-        if self.lease is not None:
-            await self.lease.stop()
 
     async def __aenter__(self) -> Reclaimer:
         return await self.start()
@@ -290,53 +220,25 @@ class Reclaimer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def _run_campaign(self) -> None:
-        """Serve a term each time the lease is held, until stopped."""
+    async def _begin(self) -> None:
+        """A term begins: start and rebuild, reconcile the follower, then mark the lease ready."""
         assert self.lease is not None
-        lease = self.lease
-        while not self._stopping:
-            await first_of(lease.until(held=True), self._halt.wait())
-            if self._stopping:
-                return
-            try:
-                await self._serve_term(lease)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # the term could not begin: let another candidate try
-                log.warning("reclaimer %s: taking over failed (%s); releasing the lease", self.id, err)
-                await self._deactivate()
-                await lease.stop()
-                await asyncio.sleep(RETRY_TERM_AFTER)
-                if not self._stopping:
-                    await lease.start()
-
-    async def _serve_term(self, lease: Lease) -> None:
-        """One term: activate, mark ready, run until the lease is lost; everything stops when it ends."""
-        lost = asyncio.ensure_future(lease.until(held=False))
-        halt = asyncio.ensure_future(self._halt.wait())
-        activation = asyncio.ensure_future(self._activate())
+        await self._activate()
+        # roster reconcile, then mark_ready: followers see the lease ready once the roster is current
         try:
-            await asyncio.wait([lost, halt, activation], return_when=asyncio.FIRST_COMPLETED)
-            if activation.done() and not lost.done() and not halt.done():
-                activation.result()  # an activation that failed raises here
-                # roster reconcile, then mark_ready: followers see the lease ready once the roster is current
-                try:
-                    await self.follower.reconcile(self._watcher.present if self._watcher is not None else {})
-                except Exception:
-                    log.exception("reclaimer %s: the presence follower failed to reconcile", self.id)
-                if await lease.mark_ready():
-                    self._begin_term()
-                await asyncio.wait([lost, halt], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            lost.cancel()
-            halt.cancel()
-            if not activation.done():
-                await stop_tasks([activation], within=STOP_WITHIN, what="reclaimer activation")
-            was_active = self.active
-            await self._deactivate()
-            if was_active and not self._stopping:
-                log.info("reclaimer %s: term over; standby", self.id)
-                self._tell_role(False)
+            await self.follower.reconcile(self._watcher.present if self._watcher is not None else {})
+        except Exception:
+            log.exception("reclaimer %s: the presence follower failed to reconcile", self.id)
+        if await self.lease.mark_ready():
+            self._begin_term()
+
+    async def _end(self) -> None:
+        """A term ends: everything it started stops; the reclaimer is a standby again."""
+        was_active = self.active
+        await self._deactivate()
+        if was_active and not self._stopping:
+            log.info("reclaimer %s: term over; standby", self.id)
+            self._tell_role(False)
 
     async def _activate(self) -> None:
         """Start what a term keeps and rebuild (reclaim the claims of absent workers)."""
@@ -364,10 +266,9 @@ class Reclaimer:
         tasks = [*self._tasks, *([self._renotifier] if self._renotifier is not None else [])]
         self._tasks, self._renotifier = [], None
         await stop_tasks(tasks, within=STOP_WITHIN, what="reclaimer")
-        watcher, slots, index = self._watcher, self._slots, self._index
-        self._watcher, self._slots, self._index = None, None, None
+        parts, self._watcher, self._slots, self._index = (self._watcher, self._slots, self._index), None, None, None
         self._present = set()
-        for part in (watcher, slots, index):
+        for part in parts:
             if part is not None:
                 try:
                     await part.stop()
