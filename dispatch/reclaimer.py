@@ -1,19 +1,14 @@
 """The reclaimer: gives the claims of departed workers back to the queue.
 
-**One active reclaimer per namespace.** Every reclaimer (standalone as ``corral reclaimer``, or inside
-a :class:`~dispatch.Dispatcher`) is a candidate for the lease ``leader`` in ``{ns}_roster``
-(:mod:`coord.lease`, TTL and renewal interval those of presence). Only the holder is *active*: it
-starts the task index, the presence watch, the limits view, the rebuild (reclaiming the claims of
-workers that are absent, so what happened while nobody held the lease is caught up: fail-over leaves
-no gap) and the sweep loop, then marks the lease ready. A standby follows the lease key alone (one
-message per renewal of the holder) and takes the lease when it is released (at once) or expires
-(within the presence TTL, see docs/architecture.md "Failure"). When a term ends (the lease lost or
-failed closed) everything the term started is stopped and the reclaimer is a standby again; it may be
-elected again later. Fencing: no reclaim, slot repair or notification deletion starts unless
-:meth:`~coord.lease.Lease.valid` says the term is still on, and every reclaim is still a CAS that checks
-the claim is the one seen, so even an overlap (two processes that both believe they are active) is
-safe. ``candidate=False`` makes a reclaimer active from start to stop without the lease: what such an
-overlap looks like (tests use it to show the CAS keeps it safe).
+**One active reclaimer per namespace.** Every reclaimer (``corral reclaimer``, or inside a
+:class:`~dispatch.Dispatcher`) is a candidate for the lease ``leader`` in ``{ns}_roster``
+(:mod:`coord.lease`, with the presence TTL and interval), served by :class:`~dispatch.terms.TermRunner`.
+Only the holder is *active*: it starts the task index, the presence watch, the limits view, the
+rebuild (reclaiming the claims of absent workers, so fail-over leaves no gap) and the sweep, then
+marks the lease ready; when the term ends all of that stops and it is a standby again, following the
+lease key alone (one message per renewal). Fencing: no reclaim, slot repair or notification deletion
+starts unless :meth:`~coord.lease.Lease.valid`, and every reclaim is still a CAS on the claim seen, so
+an overlap is safe too (``candidate=False``: active from start to stop, as tests stage an overlap).
 
 While active it watches presence (no polling) and the task records, keeping an index of current
 claims by worker. When a worker leaves, each of its claims is moved back to pending (or to dead when
@@ -65,7 +60,13 @@ from dispatch.undeliverable import find_undeliverable, parse_notification_subjec
 
 __all__ = [
     "EVENTS_KEPT",
-    "NoFollower", "PresenceFollower", "ReclaimEvent", "ReclaimReason", "Reclaimer", "RoleCallback"]
+    "NoFollower",
+    "PresenceFollower",
+    "ReclaimEvent",
+    "ReclaimReason",
+    "Reclaimer",
+    "RoleCallback",
+]
 
 log = logging.getLogger("corral.reclaimer")
 
