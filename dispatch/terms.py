@@ -75,9 +75,19 @@ class TermRunner:
             except Exception as err:  # the term could not begin: let another candidate try
                 log.warning("lease %s: taking over failed (%s); releasing the lease", lease.key, err)
                 await lease.stop()
-                await asyncio.sleep(RETRY_AFTER)
-                if not self._halt.is_set():
-                    await lease.start()
+                await self._campaign_again()
+
+    async def _campaign_again(self) -> None:
+        """Start the lease again after :data:`RETRY_AFTER`, as often as it takes, unless stopped."""
+        while True:
+            await first_of(asyncio.sleep(RETRY_AFTER), self._halt.wait())
+            if self._halt.is_set():
+                return
+            try:
+                await self.lease.start()
+                return
+            except Exception as err:
+                log.warning("lease %s: campaigning again failed (%s); retrying", self.lease.key, err)
 
     async def _serve(self, lease: Lease) -> None:
         lost = asyncio.ensure_future(lease.until(held=False))

@@ -11,8 +11,10 @@ import signal
 from collections.abc import AsyncIterator
 
 import coord
+from coord.kv import MSG_TTL, ttl_header
 from coord.lease import LEADER, LeaseRecord
 from coord.presence import AgentInfo, Membership
+from coord.presence.timing import enforced_ttl
 from coord.server import NatsServer
 from coord.tasks import TaskStatus
 from dispatch import Reclaimer
@@ -239,3 +241,52 @@ async def test_reclaimer_status_without_a_server_is_one_line(subprocess_env: dic
     gone = await corral("nats://127.0.0.1:1", "nowhere", env, "reclaimer", "--status", within=60)
     assert gone.code == 1 and gone.out == ""
     assert gone.err.startswith("error: ") and "127.0.0.1:1" in gone.err and "Traceback" not in gone.err, gone.err
+
+
+class _FailsOnce(Reclaimer):
+    """A reclaimer whose first take-over fails (as when its watches cannot start)."""
+
+    failures = 0
+
+    async def _activate(self) -> None:
+        if self.failures == 0:
+            self.failures += 1
+            raise RuntimeError("the task index did not start")
+        await super()._activate()
+
+
+async def test_a_holder_that_cannot_take_over_releases_the_lease_and_campaigns_again(
+    coord_conn: coord.Coord, nats_server: NatsServer
+) -> None:
+    failing = _FailsOnce(coord_conn, candidate_id="r-fails")
+    await failing.start()
+    assert failing.failures == 1 and not failing.active
+    async with coord.connect(nats_server.url, namespace=coord_conn.namespace) as other_conn:
+        other = await Reclaimer(other_conn, candidate_id="r-other").start()
+        await asyncio.wait_for(other.until_active(), 3)  # the lease was released, not held by a failed term
+        await asyncio.sleep(1.5)  # the failed one campaigns again, as a standby
+        assert failing.lease is not None and failing.lease._watch is not None and not failing.active
+        await other.stop()
+        await asyncio.wait_for(failing.until_active(), 2)
+        assert failing.terms == 1
+    await failing.stop()
+
+
+async def test_a_ghost_lease_holder_stops_reclaiming_for_at_most_the_ttl_and_an_interval(
+    coord_conn: coord.Coord,
+) -> None:
+    """A well-formed lease value that nobody renews and the server never expires (a TTL of an hour)."""
+    settings = coord_conn.settings
+    await coord_conn.tasks.schedule("haunted", queue="q", spec=None)
+    await coord_conn.tasks.claim("haunted", "ghost-worker")  # a worker that is not present
+    ghost = LeaseRecord(holder="ghost", instance="x", ready=True).model_dump_json().encode()
+    loop = asyncio.get_running_loop()
+    written = loop.time()
+    await coord_conn.roster.put(LEADER, ghost, headers={MSG_TTL: ttl_header(3600)})
+    async with Reclaimer(coord_conn, sweep_interval=60) as reclaimer:
+        assert not reclaimer.active and reclaimer.holder is not None and reclaimer.holder.record.holder == "ghost"
+        event = await asyncio.wait_for(reclaimer.events.get(), settings.presence_ttl + 5)
+        took = loop.time() - written
+    print(f"the ghost's hold ended and its worker's claim was reclaimed {took:.2f}s after it was written")
+    assert event.task_id == "haunted" and event.reason == "worker-absent"
+    assert took <= enforced_ttl(settings.presence_ttl) + settings.presence_interval + 1.5
