@@ -230,7 +230,8 @@ class Reclaimer:
             await self.follower.reconcile(self._watcher.present if self._watcher is not None else {})
         except Exception:
             log.exception("reclaimer %s: the presence follower failed to reconcile", self.id)
-        if await self.lease.mark_ready():
+        # a mark_ready whose write failed leaves the flag for the next renewal: act while the lease is held
+        if await self.lease.mark_ready() or self.lease.held:
             self._begin_term()
 
     async def _end(self) -> None:
