@@ -197,7 +197,8 @@ class Lease:
         await self.stop()
 
     async def mark_ready(self) -> bool:
-        """Record that the holder finished taking over; False (and no longer held) if the term ended."""
+        """Record that the holder finished taking over: True once written. False if the term ended (no
+        longer held) or the write failed for now (still held: the next renewal carries the flag)."""
         if not self.held:
             return False
         self.record = self.record.model_copy(update={"ready": True})

@@ -12,7 +12,8 @@ reconciling. Backpressure: at most ``max_in_flight`` submitted tasks await a res
 of a task once its result was delivered (a later :meth:`Dispatcher.wait` reads the record), so
 memory stays flat however many tasks a parent has ever submitted. :meth:`Dispatcher.stop` returns
 within a few seconds whatever the server is doing. A :class:`~dispatch.reclaimer.Reclaimer` runs
-inside every dispatcher by default.
+inside every dispatcher by default, as a candidate for the namespace's one active reclaimer (named
+by the parent id in the lease): a standby costs one message per renewal of the active one.
 
 Telemetry happens in the task store's observer: each task gets a ``submit`` span (a child of the
 caller's current span) whose context is stored in the task record's ``meta``, so the worker's spans,
@@ -91,8 +92,8 @@ class Dispatcher:
         self.reconcile_interval = (
             coord.settings.reconcile_interval if reconcile_interval is None else reconcile_interval
         )
-        self.reclaimer: Reclaimer | None = Reclaimer(coord) if reclaimer else None
-        """The embedded reclaimer (None when disabled)."""
+        self.reclaimer: Reclaimer | None = Reclaimer(coord, candidate_id=self.parent_id) if reclaimer else None
+        """The embedded reclaimer, a candidate for the lease (None when disabled)."""
         self._room = asyncio.Semaphore(max_in_flight)
         self._waiting: dict[str, asyncio.Future[TaskRecord]] = {}
         self._holding: set[str] = set()

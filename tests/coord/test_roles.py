@@ -18,6 +18,7 @@ from coord.authconfig import parse_grant
 from coord.consumer import CHECK_INTERVAL, queue_consumer_config
 from coord.errors import InvalidInput, PermissionDenied
 from coord.events import Progress
+from coord.lease import LEADER, Lease, LeaseRecord
 from coord.limits import Rate, SlotHolder
 from coord.mailbox import Agent
 from coord.naming import Names
@@ -27,7 +28,7 @@ from coord.provision import queue_consumers
 from coord.roles import Role, inbox_prefix, permissions_for
 from coord.schedules import Schedule, TaskTemplate
 from coord.wire import Result, Spec
-from dispatch import Dispatcher
+from dispatch import Dispatcher, Reclaimer
 from dispatch.scheduler import Scheduler
 from tests.coord.helpers_security import Secured, secured_server
 from workers import Worker
@@ -192,6 +193,18 @@ async def test_a_worker_cannot_write_another_agents_presence_key(provisioned: Se
     async with provisioned.connect("w1") as conn:
         error = await refused_at_once(conn.presence.join(AgentInfo(id="w2")).__aenter__())
         assert "$kv.perm_presence.w2" in str(error)
+
+
+async def test_a_worker_cannot_take_the_reclaimer_lease_and_a_reclaimer_can(provisioned: Secured) -> None:
+    record = LeaseRecord(holder="w1", instance="x").model_dump_json().encode()
+    async with provisioned.connect("w1") as worker, provisioned.connect("r1") as reclaimer:
+        error = await refused_at_once(worker.roster.create(LEADER, record, ttl=3))
+        assert "$kv.perm_roster.leader" in str(error)
+        async with Lease(worker.roster, LEADER, "w1", ttl=3, interval=1) as refused:
+            await asyncio.sleep(0.5)
+            assert not refused.held  # its attempts are refused; it never holds the lease
+        async with Reclaimer(reclaimer) as active:
+            assert active.active and active.holder is not None and active.holder.record.holder == active.id
 
 
 async def test_a_parent_cannot_publish_results_or_hear_another_parents_results(provisioned: Secured) -> None:

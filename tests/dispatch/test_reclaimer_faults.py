@@ -6,6 +6,8 @@ import asyncio
 import time
 from datetime import UTC, datetime
 
+import pytest
+
 import coord
 from coord.presence import AgentInfo
 from coord.server import NatsServer
@@ -36,8 +38,9 @@ async def schedule_idle(conn: coord.Coord, ids: list[str], queue: str = "idle") 
         )
 
 
+@pytest.mark.parametrize("candidate", [True, False], ids=["elected", "acting-at-once"])  # at once: a fail-over overlap
 async def test_two_reclaimers_renotify_nothing_still_queued_and_bring_back_exactly_the_lost_notifications(
-    coord_conn: coord.Coord, nats_server: NatsServer
+    coord_conn: coord.Coord, nats_server: NatsServer, candidate: bool
 ) -> None:
     names = coord_conn.names
     kept, lost = [f"k{i:03d}" for i in range(190)], [f"l{i:02d}" for i in range(10)]
@@ -46,8 +49,8 @@ async def test_two_reclaimers_renotify_nothing_still_queued_and_bring_back_exact
     assert await notifications_stored(coord_conn) == 200
     async with (
         coord.connect(nats_server.url, namespace=coord_conn.namespace) as other,
-        Reclaimer(coord_conn, sweep_interval=0.2, renotify_after=1) as first,
-        Reclaimer(other, sweep_interval=0.2, renotify_after=1) as second,
+        Reclaimer(coord_conn, sweep_interval=0.2, renotify_after=1, candidate=candidate) as first,
+        Reclaimer(other, sweep_interval=0.2, renotify_after=1, candidate=candidate) as second,
     ):
         # Every task is pending for longer than renotify_after, but its notification is still queued.
         assert await most_notifications_within(coord_conn, 5.0) == 200

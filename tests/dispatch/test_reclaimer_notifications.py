@@ -84,9 +84,13 @@ async def _subjects(conn: coord.Coord) -> set[str]:
     return await Stream(conn.js, conn.nc, conn.names.dispatch_stream).subjects(conn.names.dispatch_subjects)
 
 
-@pytest.mark.parametrize("reclaimers", [1, 2])
+@pytest.mark.parametrize(
+    ("reclaimers", "candidate"),
+    [(1, True), (2, True), (2, False)],
+    ids=["one", "two-elected", "two-acting-at-once"],  # acting at once: a fail-over overlap
+)
 async def test_a_notification_naked_until_max_deliver_is_removed_and_its_task_renotified_once_and_run(
-    nats_server: NatsServer, coord_conn: coord.Coord, reclaimers: int
+    nats_server: NatsServer, coord_conn: coord.Coord, reclaimers: int, candidate: bool
 ) -> None:
     names = coord_conn.names
     subject = names.notification_subject("q", "t")
@@ -115,7 +119,9 @@ async def test_a_notification_naked_until_max_deliver_is_removed_and_its_task_re
             for _ in range(reclaimers - 1)
         ]
         sweepers = [
-            await stack.enter_async_context(Reclaimer(c, sweep_interval=SWEEP, renotify_after=RENOTIFY_AFTER))
+            await stack.enter_async_context(
+                Reclaimer(c, sweep_interval=SWEEP, renotify_after=RENOTIFY_AFTER, candidate=candidate)
+            )
             for c in conns
         ]
         async with asyncio.timeout(BOUND):

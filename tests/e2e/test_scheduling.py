@@ -44,10 +44,12 @@ async def test_a_delayed_task_starts_after_its_delay_also_when_the_parent_and_re
     spawn_worker("w1", concurrency=2, handler=HANDLER)
     assert await coord_conn.presence.wait_present("w1", 20)
     spec = Spec(task_id="later", queue="q", payload={"marks": str(tmp_path)}, delay=3)
+    # a standalone reclaimer sweeping (and looking for lost notifications) all the time: started first,
+    # it is the active one (the parent's embedded reclaimer stands by)
+    sweeper = await Reclaimer(coord_conn, sweep_interval=0.1, renotify_after=0.2).start()
+    assert sweeper.active
     parent = Dispatcher(coord_conn, parent_id="p1")
     await parent.start()
-    # a standalone reclaimer sweeping (and looking for lost notifications) all the time
-    sweeper = await Reclaimer(coord_conn, sweep_interval=0.1, renotify_after=0.2).start()
     submitted = time.time()
     await parent.submit(spec)
     await asyncio.sleep(0.8)
@@ -55,9 +57,10 @@ async def test_a_delayed_task_starts_after_its_delay_also_when_the_parent_and_re
     await sweeper.stop()
     assert sweeper.renotified == 0
     await asyncio.sleep(0.7)
+    sweeper = await Reclaimer(coord_conn, sweep_interval=0.1, renotify_after=0.2).start()
+    assert sweeper.active
     parent = Dispatcher(coord_conn, parent_id="p1")  # the parent comes back, with its own reclaimer
     await parent.start()
-    sweeper = await Reclaimer(coord_conn, sweep_interval=0.1, renotify_after=0.2).start()
     try:
         record = await parent.wait("later", 15)
         assert sweeper.renotified == 0, "the sweep notified a delayed task again"
