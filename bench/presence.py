@@ -17,7 +17,7 @@ renewals/s from the bucket's stream sequence; µs of server CPU per renewal); th
 agents stop renewing at known instants (a crash: the key is left to expire) and as many leave
 gracefully; the watcher's Left events are matched against those instants (same host, wall clock)
 to give departure->Left and leave->Left delays. ``--departures 0`` skips that phase, so a run can be
-as short as the steady-state window needs (``--seconds`` >= interval + 5.5 s; with departures
+as short as the steady-state window needs (``--seconds`` >= interval + 5 s; with departures
 >= interval + TTL + 10 s).
 """
 
