@@ -1,11 +1,11 @@
 """What the benches run against, and how they read its CPU and their options: one module, no copies.
 
 :func:`start_servers` starts either one embedded nats-server (R1) or a 3-node cluster routed on
-loopback (R3, ``--cluster``); :class:`Servers` says which URL, how many replicas, the presence TTL
-corral's settings pick for those replicas, and every node's pid. :class:`ServerCpu` samples the
-CPU of every node (psutil, user + system) and reports the cluster's CPU as the SUM over its nodes,
-with the per-node split and the µs of server CPU per operation. :class:`OneLineParser` makes bad
-options exit 2 with one line.
+loopback (R3, ``--cluster``); :class:`Servers` says which URL, how many replicas and every node's
+pid, :func:`corral_settings` what corral's settings pick for those replicas (the presence TTL).
+:class:`ServerCpu` samples the CPU of every node (psutil, user + system) and reports the cluster's
+CPU as the SUM over its nodes, with the per-node split and the µs of server CPU per operation.
+:class:`OneLineParser` makes bad options exit 2 with one line.
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ class Servers:
         assert all(pid is not None for pid in pids), "a node is not running"
         return [pid for pid in pids if pid is not None]
 
-    @property
-    def label(self) -> str:
-        """``"R1, 1 server"`` or ``"R3, 3-node cluster"``, for titles."""
-        return f"R{self.replicas}, " + ("1 server" if len(self.nodes) == 1 else f"{len(self.nodes)}-node cluster")
+
+def where(replicas: int, nodes: int) -> str:
+    """``"R1, 1 server"`` or ``"R3, 3-node cluster"``, for a report's title."""
+    return f"R{replicas}, " + ("1 server" if nodes == 1 else f"{nodes}-node cluster")
 
 
 def replicas_for(cluster: bool) -> int:

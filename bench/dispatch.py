@@ -46,6 +46,7 @@ from bench._servers import (
     per_op_text,
     server_cpu_text,
     start_servers,
+    where,
     whole,
     write_json,
 )
@@ -287,9 +288,9 @@ async def measure(args: argparse.Namespace, servers: Servers) -> dict[str, Any]:
 
 
 def report(r: dict[str, Any], args: argparse.Namespace) -> None:
-    where = f"R{r['replicas']}, " + ("1 server" if r["servers"] == 1 else f"{r['servers']}-node cluster")
     table = Table(
-        title=f"corral dispatch ({where}) on {platform.machine()} / {os.cpu_count()} cores, server+clients on one host"
+        title=f"corral dispatch ({where(r['replicas'], r['servers'])}) on {platform.machine()} / "
+        f"{os.cpu_count()} cores, server+clients on one host"
     )
     table.add_column("measurement")
     table.add_column("result", justify="right")

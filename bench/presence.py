@@ -53,6 +53,7 @@ from bench._servers import (
     per_op_text,
     server_cpu_text,
     start_servers,
+    where,
     whole,
     write_json,
 )
@@ -246,8 +247,10 @@ async def parent(args: argparse.Namespace, servers: Servers) -> dict[str, Any]:
 
 
 def report(r: dict[str, Any], command: str) -> None:
-    where = f"R{r['replicas']}, " + ("1 server" if r["servers"] == 1 else f"{r['servers']}-node cluster")
-    table = Table(title=f"presence ({where}): {r['agents']} agents, interval {r['interval']:g}s, TTL {r['ttl']:g}s")
+    table = Table(
+        title=f"presence ({where(r['replicas'], r['servers'])}): {r['agents']} agents, "
+        f"interval {r['interval']:g}s, TTL {r['ttl']:g}s"
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
