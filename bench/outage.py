@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import coord
+from bench._servers import start_servers
 from coord.ids import new_id
 from coord.presence import Left
-from coord.server import NatsCluster, NatsServer
 from coord.tasks import Transition
 from coord.wire import Spec
 from dispatch import Dispatcher
@@ -177,7 +177,8 @@ async def under_load(url: str, replicas: int, faults: Faults) -> list[list[str]]
 
 
 async def single(lengths: list[float]) -> list[list[str]]:
-    with tempfile.TemporaryDirectory() as store, NatsServer(store_dir=store) as server:
+    with tempfile.TemporaryDirectory() as store, start_servers(False, store_dir=store) as servers:
+        (server,) = servers.nodes
 
         async def stop_and_restart(c: coord.Coord, load: Load) -> list[list[str]]:
             rows = []
@@ -192,11 +193,11 @@ async def single(lengths: list[float]) -> list[list[str]]:
                 rows.append([f"server stopped {length:g} s", f"{pause:.2f}", f"{load.resumed_after(back):.2f}", ""])
             return rows
 
-        return await under_load(server.url, 1, stop_and_restart)
+        return await under_load(servers.url, servers.replicas, stop_and_restart)
 
 
 async def cluster(rounds: int) -> list[list[str]]:
-    with tempfile.TemporaryDirectory() as store, NatsCluster(3, store_root=store) as nodes:
+    with tempfile.TemporaryDirectory() as store, start_servers(True, store_dir=store) as servers:
 
         async def kill_leaders(c: coord.Coord, load: Load) -> list[list[str]]:
             rows = []
@@ -204,7 +205,7 @@ async def cluster(rounds: int) -> list[list[str]]:
             for r in range(rounds):
                 for stream in streams:
                     info = await c.js.stream_info(stream)
-                    leader = next(n for n in nodes.nodes if info.cluster and n.name == info.cluster.leader)
+                    leader = next(n for n in servers.nodes if info.cluster and n.name == info.cluster.leader)
                     killed = time.monotonic()
                     await asyncio.to_thread(leader.kill)
                     await asyncio.sleep(15)
@@ -215,7 +216,7 @@ async def cluster(rounds: int) -> list[list[str]]:
                     await asyncio.sleep(5)
             return rows
 
-        return await under_load(nodes.url, 3, kill_leaders)
+        return await under_load(servers.url, servers.replicas, kill_leaders)
 
 
 def main() -> None:
