@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import annotated_types
-import click
 import pytest
+import typer.core
 import typer.main
 from pydantic import BaseModel, ValidationError
 
@@ -72,7 +72,7 @@ OPTIONS = list(numeric_options(COMMAND))
 def _leaf(option: NumericOption) -> Any:
     command = COMMAND
     for word in option.command.split():
-        assert isinstance(command, click.Group), command.name
+        assert isinstance(command, typer.core.TyperGroup), command.name
         command = command.commands[word]
     return command
 
