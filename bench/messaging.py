@@ -121,14 +121,14 @@ async def main(n: int) -> None:
     table = Table(title=f"messaging, events, registry — n={n} (2-core machine, server and clients sharing it)")
     for col in ("operation", "count", "seconds", "ops/s", "p50 ms", "p99 ms"):
         table.add_column(col, justify="left" if col == "operation" else "right")
-    for name, count, total, lat in rows:
+    for name, count, total, latencies in rows:
         table.add_row(
             name,
             str(count),
             f"{total:.3f}",
             f"{count / total:,.0f}",
-            f"{statistics.median(lat):.2f}" if lat else "",
-            f"{pct(lat, 0.99):.2f}" if lat else "",
+            f"{statistics.median(latencies):.2f}" if latencies else "",
+            f"{pct(latencies, 0.99):.2f}" if latencies else "",
         )
     console.print(table)
 

@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from coord.tasks import TaskRecord
+from coord.tasks import TaskRecord, TaskStatus
 from coord.tasks.effects import notification_id
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +62,9 @@ def test_the_scan_sees_links_paths_and_bare_file_names(tmp_path: Path) -> None:
 
 def test_docs_give_the_notification_id_the_code_uses() -> None:
     now = datetime.now(UTC)
-    record = TaskRecord(task_id="t", queue="q", status="pending", epoch=2, revision=7, created_at=now, updated_at=now)
+    record = TaskRecord(
+        task_id="t", queue="q", status=TaskStatus.PENDING, epoch=2, revision=7, created_at=now, updated_at=now
+    )
     assert notification_id(record) == "t:2:7"
     for page in ("tasks.md", "architecture.md", "observability.md"):
         text = (ROOT / "docs" / page).read_text()

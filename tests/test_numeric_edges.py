@@ -23,6 +23,7 @@ from typing import Any
 
 import annotated_types
 import pytest
+import typer.core
 import typer.main
 from pydantic import BaseModel, ValidationError
 
@@ -52,12 +53,13 @@ from coord.validation import (
     Bound,
 )
 from coord.wire import MAX_DELAY as WIRE_MAX_DELAY
+from coord.wire import Result, Spec
 from corral.cli import app
 from corral.cli._bounds import NumericOption, markdown_table, numeric_options
 from corral.cli._errors import CliError, from_click, run_cli
 from dispatch import Dispatcher, Reclaimer, wait_worker_absent
 from dispatch.scheduler import Scheduler
-from workers import CommandHandler, Worker
+from workers import CommandHandler, Context, Worker
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 EXTREMES = ["0", "-1", "-0.5", "1e308", "inf", "-inf", "nan", "1e30", str(10**30)]
@@ -70,6 +72,7 @@ OPTIONS = list(numeric_options(COMMAND))
 def _leaf(option: NumericOption) -> Any:
     command = COMMAND
     for word in option.command.split():
+        assert isinstance(command, typer.core.TyperGroup), command.name
         command = command.commands[word]
     return command
 
@@ -304,8 +307,8 @@ async def _now(value: object) -> object:
     return value
 
 
-async def _handler(context: Any) -> None:
-    return None
+async def _handler(spec: Spec, ctx: Context) -> Result:
+    return Result.success()
 
 
 CALLS: dict[str, Call] = {

@@ -83,7 +83,7 @@ async def _run(scenario: Scenario, brokers: Brokers, concurrency: int, poll: flo
     name = f"saq-{new_id('q')}"
     queue = Queue.from_url(brokers.redis_url, name=name)
     await queue.connect()
-    redis = queue.redis  # type: ignore[attr-defined]
+    redis = queue.redis
     clients_before = len(await redis.client_list())
     env = child_env(PEERS_REDIS_URL=brokers.redis_url, PEERS_SAQ_QUEUE=name, PEERS_SAQ_CONCURRENCY=str(concurrency))
     log = Path(tempfile.mkdtemp(prefix="peers-saq-")) / "workers.log"

@@ -62,7 +62,7 @@ broker = make_broker(os.environ.get("PEERS_NATS_URL", "nats://127.0.0.1:4222"), 
 """The broker the worker processes load."""
 
 
-@broker.task(task_name=TASK)
+@broker.task(task_name=TASK)  # type: ignore[untyped-decorator]  # taskiq is not followed (pyproject), so Any
 async def noop() -> None:
     """The task: nothing."""
 

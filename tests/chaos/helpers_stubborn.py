@@ -28,7 +28,9 @@ async def stubborn(spec: Spec, ctx: Context) -> Result:
             Path(marks, f"{run}.{what}").touch()
 
     mark("start")
-    end = time.monotonic() + float(payload.get("seconds", 0))
+    seconds = payload.get("seconds", 0)
+    assert isinstance(seconds, int | float), seconds
+    end = time.monotonic() + seconds
     while (left := end - time.monotonic()) > 0:
         try:
             await asyncio.sleep(left)

@@ -164,7 +164,8 @@ async def test_leaf_site_workers_work_lose_their_claims_within_ttl_of_a_cut_fail
                 record = await conn.tasks.get(task.task_id)
                 assert record.status is TaskStatus.SUCCEEDED
                 output = result_of(record).output
-                assert isinstance(output, dict) and output["epoch"] > first[task.task_id][0], (output, first)
+                assert isinstance(output, dict), output
+                assert isinstance(epoch := output["epoch"], int) and epoch > first[task.task_id][0], (output, first)
             counts = await completions(conn, ids)
             assert set(counts.values()) == {1}, {t: n for t, n in counts.items() if n != 1}
     finally:

@@ -88,10 +88,10 @@ async def test_a_namespace_placed_in_cluster_a_serves_both_clusters_and_survives
                     waiting = asyncio.create_task(parent_b.submit(Spec(task_id="bcut", queue="qa", payload={})))
                     ids.append("bcut")
                     event = await asyncio.wait_for(parent_a.reclaimer.events.get(), TTL + 5)  # type: ignore[union-attr]
-                    took = time.monotonic() - cut
-                    print(f"B's claim reclaimed in A {took:.2f}s after the gateway cut (TTL {TTL:g}s)")
+                    back = time.monotonic() - cut
+                    print(f"B's claim reclaimed in A {back:.2f}s after the gateway cut (TTL {TTL:g}s)")
                     assert (event.task_id, event.worker_id) == ("bslow", "wb")
-                    assert took <= TTL + 0.5, f"B's claim came back {took:.2f}s after the cut"
+                    assert back <= TTL + 0.5, f"B's claim came back {back:.2f}s after the cut"
                     # A goes on.
                     during = await parent_a.submit_many(
                         [Spec(task_id=f"acut{i}", queue="qa", payload={"seconds": 0.05}) for i in range(10)]

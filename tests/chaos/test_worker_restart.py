@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import coord
+from coord.priority import Priority
 from coord.server import NatsCluster
 from coord.tasks import TaskStatus
 from coord.wire import Spec
@@ -58,7 +59,7 @@ async def test_a_worker_restarted_2s_after_each_sigkill_serves_again_within_3s_a
                         restarted = time.monotonic()
                         worker = fleet.spawn("sw1")
                         probe = await dispatcher.submit(
-                            Spec(task_id=f"probe{restart}", queue="q", payload={"seconds": 0}, priority="high")
+                            Spec(task_id=f"probe{restart}", queue="q", payload={"seconds": 0}, priority=Priority.HIGH)
                         )
                         try:
                             record = await dispatcher.wait(probe, timeout=15)

@@ -14,7 +14,7 @@ from nats.js.api import DeliverPolicy
 import coord
 from coord.errors import NotFound, StaleClaim
 from coord.events import Errored, ReceivedEvent, TurnEnded
-from coord.kv import KeyWatch, Op
+from coord.kv import Entry, KeyWatch, Op
 from coord.naming import Names
 from coord.presence import AgentInfo
 from coord.server import NatsServer
@@ -126,7 +126,11 @@ async def test_a_ready_watch_follows_with_one_consumer_and_a_stop_leaves_none(co
     subscriptions_before = len(coord_conn.nc._subs)
     for round_ in range(3):
         seen: list[str] = []
-        watch = KeyWatch(coord_conn.tasks.bucket, lambda entry, seen=seen: seen.append(entry.key), headers_only=True)
+
+        def on_entry(entry: Entry, seen: list[str] = seen) -> None:
+            seen.append(entry.key)
+
+        watch = KeyWatch(coord_conn.tasks.bucket, on_entry, headers_only=True)
         await watch.start(within=5)
         # the last-per-key snapshot is swapped for one consumer that follows from the next revision
         policies: list[str] = []

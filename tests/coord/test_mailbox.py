@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from typing import Literal
 
 import pytest
 
@@ -174,10 +175,10 @@ async def test_a_message_enqueued_under_a_tag_just_as_it_is_bound_still_reaches_
     mb = coord_conn.mailbox
     real_resolve = mb.resolve
 
-    async def stale_resolve(target: Agent | Tag) -> tuple[str, str | None]:
+    async def stale_resolve(target: Agent | Tag) -> tuple[Literal["DIRECT", "BOUND", "PENDING", "ABSENT"], str | None]:
         answer = await real_resolve(target)
         await coord_conn.registry.bind_tag("late", "binder")  # the bind lands after our lookup
-        return answer  # type: ignore[return-value]
+        return answer
 
     mb.resolve = stale_resolve  # type: ignore[method-assign]
     result = await mb.send(Tag(name="late"), "racing")

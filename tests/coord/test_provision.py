@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from typing import TypedDict
 
 import pytest
 
@@ -15,8 +16,16 @@ from coord.provision import Provision, StreamState, check, provision, stream_con
 from coord.server import NatsServer
 from tests.coord.helpers_security import users_block
 
-ADMIN = {"user": "admin", "password": "admin"}
-WORKER = {"user": "worker", "password": "worker"}
+
+class Login(TypedDict):
+    """The ``user=``/``password=`` keywords ``coord.connect`` passes on to :class:`~coord.Auth`."""
+
+    user: str
+    password: str
+
+
+ADMIN: Login = {"user": "admin", "password": "admin"}
+WORKER: Login = {"user": "worker", "password": "worker"}
 STREAM_ADMIN = '["$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>", "$JS.API.STREAM.DELETE.>"]'
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from subprocess import DEVNULL, PIPE
 
 import nats
+import nats.aio.client
 import pytest
 
 from coord.authconfig import parse_grant
@@ -348,7 +349,7 @@ async def test_a_worker_takes_slots_and_start_times_but_only_the_provisioner_set
 # --- the queues' durable consumers: only trusted roles make them -------------------------------
 
 
-async def _raw(secured: Secured, identity: str) -> tuple[nats.NATS, object]:
+async def _raw(secured: Secured, identity: str) -> tuple[nats.aio.client.Client, object]:
     raw = await nats.connect(
         secured.server.url,
         nkeys_seed=str(secured.creds / f"{identity}.nk"),

@@ -14,6 +14,7 @@ from coord.ids import MAX_ID_LENGTH, validate_id
 from coord.schedules import (
     MAX_NAME_LENGTH,
     Schedule,
+    Schedules,
     TaskTemplate,
     check_cron,
     check_timezone,
@@ -150,7 +151,7 @@ async def test_a_watch_delivers_existing_schedules_then_changes_and_removals(coo
 
 
 def between_read_and_write(
-    schedules: coord.Schedules, monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[int], Awaitable[object]]
+    schedules: Schedules, monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[int], Awaitable[object]]
 ) -> None:
     """Make ``meanwhile(revision read)`` run once, right after the next read of the store (a concurrent writer)."""
     read = schedules.store.get

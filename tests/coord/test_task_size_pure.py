@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import JsonValue
 
 from coord.blobs import BlobRef, value_bytes
 from coord.errors import PayloadTooLarge
@@ -114,7 +115,7 @@ def test_unfit_ends_any_record_dead_without_claim_result_or_progress() -> None:
 
 
 def test_a_large_spec_is_the_same_definition_by_its_digest() -> None:
-    spec = {"data": "x" * 100}
+    spec: JsonValue = {"data": "x" * 100}
     data = value_bytes(spec)
     stored = _pending().model_copy(update={"spec": None, "spec_blob": BlobRef.of("t1.spec.b", data)})
     same = ScheduleRequest(task_id="t1", queue="q", spec=spec)

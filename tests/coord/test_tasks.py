@@ -7,6 +7,7 @@ import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 
+import nats.aio.msg
 import nats.js.errors
 import pytest
 from pydantic import ValidationError

@@ -23,6 +23,7 @@ async def test_a_delayed_task_is_pending_until_its_start_and_its_notification_sa
     record = await store.schedule("d1", queue="q", spec=None, delay=30)
     assert record.status is TaskStatus.PENDING and record.delay == 30
     assert record.visible_at == record.not_before == record.created_at + timedelta(seconds=30)
+    assert record.visible_at is not None
     assert before + timedelta(seconds=30) <= record.visible_at <= datetime.now(UTC) + timedelta(seconds=30)
     with pytest.raises(NotYetVisible, match="not due yet"):
         await store.claim("d1", "w1")

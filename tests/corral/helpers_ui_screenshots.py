@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pydantic import JsonValue
+
 import coord
 from coord.events import Errored, Progress, ScopeSubDelegated, TurnEnded
 from coord.server import NatsServer
@@ -30,7 +32,7 @@ async def _schedule(url: str, namespace: str, n: int) -> None:
     async with coord.connect(url, namespace=namespace) as conn:
         for i in range(n):
             doomed = i % 9 == 4
-            payload: dict[str, float] = {"seconds": round(2.0 + (i * 37 % 31) / 10, 1)}
+            payload: dict[str, JsonValue] = {"seconds": round(2.0 + (i * 37 % 31) / 10, 1)}
             if doomed:
                 payload["fail_before_epoch"] = 9
             spec = Spec(task_id=f"job-{i + 1:03d}", queue=QUEUE if i % 4 else "reports", title=f"render page {i + 1}",

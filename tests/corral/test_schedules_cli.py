@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 
 import pytest
 
 import coord
 from coord.server import NatsServer
-from tests.corral.helpers_cli import corral, start_corral
+from tests.corral.helpers_cli import CliResult, corral, start_corral
 from tests.corral.helpers_errors import connections_made, corral_raw, json_error, one_line
 
 RULE = "5 fields: minute hour day-of-month month day-of-week, or 6 with seconds first"
@@ -76,7 +76,9 @@ def test_with_json_a_bad_cron_expression_is_one_json_object_naming_the_flag(
 async def test_schedules_are_added_listed_paused_resumed_and_removed_from_the_cli(
     coord_conn: coord.Coord, nats_server: NatsServer, subprocess_env: dict[str, str]
 ) -> None:
-    run = lambda *args: corral(nats_server.url, coord_conn.namespace, subprocess_env, *args)  # noqa: E731
+    def run(*args: str) -> Awaitable[CliResult]:
+        return corral(nats_server.url, coord_conn.namespace, subprocess_env, *args)
+
     added = await run(
         "schedules", "add", "nightly", "--cron", "30 2 * * *", "--tz", "Europe/Paris", "-q", "etl",
         "--payload", '{"full": true}', "--title", "nightly load", "--json",

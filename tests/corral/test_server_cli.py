@@ -93,7 +93,9 @@ def _end(proc: subprocess.Popen[str]) -> None:
 
 
 def _sync_always(info: dict[str, object]) -> bool:
-    [monitoring] = info["monitoring"]  # type: ignore[misc]
+    urls = info["monitoring"]
+    assert isinstance(urls, list), urls
+    [monitoring] = urls
     with urllib.request.urlopen(f"{monitoring}/varz", timeout=10) as resp:
         return bool(json.load(resp)["jetstream"]["config"].get("sync_always", False))
 

@@ -212,7 +212,7 @@ async def test_three_nodes_from_the_config_run_corral_with_r3_and_survive_losing
             await publish(conn.js, dispatch, f"after-{i}", deadline)
 
         entry = await kv.get("task-1")
-        assert entry.value == b"15"
+        assert entry.value == b"15" and entry.revision is not None
         after = await conn.js.stream_info(f"KV_{conn.names.tasks_bucket}")
         assert after.cluster is not None and after.cluster.leader not in (None, leader)
         dispatch_info = await conn.js.stream_info(conn.names.dispatch_stream)

@@ -13,7 +13,7 @@ from coord.presence import AgentInfo
 from coord.server import NatsServer
 from coord.tasks import ScheduleRequest, TaskStatus
 from dispatch import Reclaimer
-from dispatch.reclaimer import EVENTS_KEPT, ReclaimEvent
+from dispatch.reclaimer import EVENTS_KEPT, ReclaimEvent, ReclaimReason
 from tests.helpers_wait import eventually
 
 
@@ -112,7 +112,7 @@ async def test_reclaim_events_nobody_reads_are_bounded_to_the_newest_1024(coord_
     reclaimer = Reclaimer(coord_conn)
     assert EVENTS_KEPT == 1024
     for i in range(2000):
-        reclaimer.events.put_nowait(ReclaimEvent(f"t{i}", "w1", f"c{i}", "deadline", "pending", None))
+        reclaimer.events.put_nowait(ReclaimEvent(f"t{i}", "w1", f"c{i}", ReclaimReason.DEADLINE, "pending", None))
         assert reclaimer.events.qsize() <= EVENTS_KEPT
     kept = [reclaimer.events.get_nowait() for _ in range(reclaimer.events.qsize())]
     assert [e.task_id for e in kept] == [f"t{i}" for i in range(2000 - EVENTS_KEPT, 2000)]

@@ -17,7 +17,9 @@ async def sleepy(spec: Spec, ctx: Context) -> Result:
     marks = payload.get("marks")
     if isinstance(marks, str):
         Path(marks, f"{spec.task_id}.{ctx.epoch}.{ctx.worker_id}.start").touch()
-    await asyncio.sleep(float(payload.get("seconds", 0)))
+    seconds = payload.get("seconds", 0)
+    assert isinstance(seconds, int | float), seconds
+    await asyncio.sleep(seconds)
     if isinstance(marks, str):
         Path(marks, f"{spec.task_id}.{ctx.epoch}.{ctx.worker_id}.done").touch()
     return Result.success(
@@ -41,7 +43,9 @@ async def timed(spec: Spec, ctx: Context) -> Result:
     started = time.time()
     payload = spec.payload if isinstance(spec.payload, dict) else {}
     Path(str(payload["marks"]), f"{spec.task_id}.start").write_text(repr(started))
-    await asyncio.sleep(float(payload.get("seconds", 0)))
+    seconds = payload.get("seconds", 0)
+    assert isinstance(seconds, int | float), seconds
+    await asyncio.sleep(seconds)
     return Result.success(summary=f"done by {ctx.worker_id}")
 
 
@@ -50,6 +54,8 @@ async def large(spec: Spec, ctx: Context) -> Result:
     many characters of ``payload.data`` it was given."""
     payload = spec.payload if isinstance(spec.payload, dict) else {}
     data = payload.get("data", "")
-    await asyncio.sleep(float(payload.get("seconds", 0)))
-    output = "o" * (int(payload.get("mib", 0)) << 20)
+    seconds, mib = payload.get("seconds", 0), payload.get("mib", 0)
+    assert isinstance(seconds, int | float) and isinstance(mib, int), (seconds, mib)
+    await asyncio.sleep(seconds)
+    output = "o" * (mib << 20)
     return Result.success(summary=f"given {len(data) if isinstance(data, str) else 0} characters", output=output)

@@ -17,7 +17,8 @@ async def timed(spec: Spec, ctx: Context) -> Result:
     payload = spec.payload if isinstance(spec.payload, dict) else {}
     start = time.time()
     seconds = payload.get("first", payload.get("seconds", 0)) if ctx.epoch == 1 else payload.get("seconds", 0)
-    await asyncio.sleep(float(seconds))
+    assert isinstance(seconds, int | float), seconds
+    await asyncio.sleep(seconds)
     end = time.time()
     log = payload.get("log")
     if isinstance(log, str):

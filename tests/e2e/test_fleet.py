@@ -10,9 +10,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from pydantic import JsonValue
+
 import coord
 from coord.server import NatsServer
-from coord.tasks import TaskStatus
+from coord.tasks import TaskRecord, TaskStatus
 from coord.wire import Spec
 from dispatch import Dispatcher, SpawnedWorker, build_worker_command, result_of
 from dispatch.spawn import corral_argv
@@ -21,6 +23,13 @@ from tests.e2e.conftest import WorkerFactory, log_of
 from tests.helpers_wait import eventually
 
 TTL = 1.5
+
+
+def output_of(record: TaskRecord) -> dict[str, JsonValue]:
+    """The output ``helpers_handlers.sleepy`` returned for ``record`` (an object naming the worker)."""
+    output = result_of(record).output
+    assert isinstance(output, dict), output
+    return output
 
 
 def executions(marks: Path, task_id: str, phase: str = "done") -> list[str]:
@@ -62,7 +71,7 @@ async def test_sigkilled_worker_task_is_reclaimed_rerun_elsewhere_and_recorded_o
     assert event.task_id == "t1" and event.worker_id == "w1"
     assert detected <= TTL + 1.0, f"reclaim took {detected:.2f}s after SIGKILL (TTL {TTL}s)"
     assert record.status is TaskStatus.SUCCEEDED
-    assert result_of(record).output == {"worker": "w2", "epoch": 2, "pid": result_of(record).output["pid"]}  # type: ignore[index]
+    assert output_of(record) == {"worker": "w2", "epoch": 2, "pid": output_of(record)["pid"]}
     assert executions(tmp_path, "t1") == ["t1.2.w2.done"]
     succeeded = [e for e in await coord_conn.tasks.journal("t1") if e.status is TaskStatus.SUCCEEDED]
     assert len(succeeded) == 1
@@ -83,7 +92,7 @@ async def test_sigstopped_worker_late_result_is_rejected_and_with_exit_on_loss_i
         code = await asyncio.to_thread(w1.wait, 20)
     assert event.worker_id == "w1"
     assert record.status is TaskStatus.SUCCEEDED
-    assert result_of(record).output["worker"] == "w2"  # type: ignore[index]
+    assert output_of(record)["worker"] == "w2"
     log = log_of(w1)
     # Woken up, w1 either tries to record its late result and is refused, or first hears that its
     # claim ended and stops the handler: either way nothing of its run is written.
@@ -117,7 +126,7 @@ async def test_sigstopped_worker_fails_closed_then_rejoins_and_takes_new_work(
         )
         done = [await dispatcher.wait(t, 20) for t in ("t2", "t3")]
     assert w1.poll() is None, log_of(w1)
-    assert {result_of(r).output["worker"] for r in done} == {"w1", "w2"}  # type: ignore[index]
+    assert {output_of(r)["worker"] for r in done} == {"w1", "w2"}
     assert executions(tmp_path, "t1") == ["t1.1.w1.done", "t1.2.w2.done"]
 
 
@@ -272,7 +281,7 @@ async def test_thousand_tasks_over_four_worker_processes_all_succeed_none_twice(
     assert all(r.epoch == 1 for r in records), "no task may have been claimed twice"
     done = Counter(p.name.split(".")[0] for p in tmp_path.glob("*.done"))
     assert len(done) == 1000 and set(done.values()) == {1}
-    workers = Counter(result_of(r).output["worker"] for r in records)  # type: ignore[index]
+    workers = Counter(output_of(r)["worker"] for r in records)
     assert len(workers) >= 2, f"work should spread over the fleet: {workers}"
 
 

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import JsonValue
+
 import coord
 from coord.limits import LimitsView, Rate
 from coord.tasks import TaskStatus
@@ -95,7 +97,7 @@ async def test_a_sigkilled_holders_slot_returns_within_ttl_plus_1s(
         async with Dispatcher(coord_conn) as dispatcher:
             w0 = spawn_worker("w0", handler=HANDLER, concurrency=2, ttl=TTL)
             assert await coord_conn.presence.wait_present("w0", 30)
-            payload = {"first": 60, "seconds": 0.1, "log": str(tmp_path)}
+            payload: JsonValue = {"first": 60, "seconds": 0.1, "log": str(tmp_path)}
             await dispatcher.submit(Spec(task_id="long", queue="q", payload=payload))
             async with asyncio.timeout(15):
                 while [s.holder.worker_id for s in view.held_slots() if s.holder] != ["w0"]:

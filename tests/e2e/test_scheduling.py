@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import JsonValue
 
 import coord
+from coord.priority import Priority
 from coord.tasks import TaskStatus
 from coord.wire import Spec
 from dispatch import Dispatcher
@@ -79,13 +81,18 @@ async def test_high_priority_work_overtakes_a_queued_backlog(
         backlog = [
             Spec(task_id=f"{level}{i:02d}", queue="q", priority=level, payload={"seconds": 0.1, "marks": str(tmp_path)})
             for i in range(40)
-            for level in ("normal", "low")
+            for level in (Priority.NORMAL, Priority.LOW)
         ]
         await parent.submit_many(backlog)
         spawn_worker("w1", concurrency=2, handler=HANDLER)
         await wait_started(tmp_path, 4, 30)
         urgent = [
-            Spec(task_id=f"high{i:02d}", queue="q", priority="high", payload={"seconds": 0.1, "marks": str(tmp_path)})
+            Spec(
+                task_id=f"high{i:02d}",
+                queue="q",
+                priority=Priority.HIGH,
+                payload={"seconds": 0.1, "marks": str(tmp_path)},
+            )
             for i in range(10)
         ]
         await parent.submit_many(urgent)
@@ -104,16 +111,18 @@ async def test_low_priority_work_still_progresses_while_high_work_keeps_arriving
 ) -> None:
     spawn_worker("w1", concurrency=2, handler=HANDLER)
     assert await coord_conn.presence.wait_present("w1", 20)
-    payload = {"seconds": 0.1, "marks": str(tmp_path)}
+    payload: JsonValue = {"seconds": 0.1, "marks": str(tmp_path)}
     async with Dispatcher(coord_conn, reclaimer=False) as parent:
         await parent.submit_many(
-            [Spec(task_id=f"low{i:02d}", queue="q", priority="low", payload=payload) for i in range(20)]
+            [Spec(task_id=f"low{i:02d}", queue="q", priority=Priority.LOW, payload=payload) for i in range(20)]
         )
         # high work arrives faster than the worker runs it (2 slots x 0.1 s = 20/s), for 3 seconds
         highs: list[str] = []
         began = time.time()
         for i in range(30):
-            batch = [Spec(task_id=f"high{i:02d}{j}", queue="q", priority="high", payload=payload) for j in range(3)]
+            batch = [
+                Spec(task_id=f"high{i:02d}{j}", queue="q", priority=Priority.HIGH, payload=payload) for j in range(3)
+            ]
             await parent.submit_many(batch)
             highs += [s.task_id for s in batch]
             await asyncio.sleep(0.1)

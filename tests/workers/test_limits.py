@@ -32,7 +32,9 @@ class Probe:
         self.peak = max(self.peak, self.running)
         try:
             payload = spec.payload if isinstance(spec.payload, dict) else {}
-            await asyncio.sleep(float(payload.get("seconds", self.seconds)))
+            seconds = payload.get("seconds", self.seconds)
+            assert isinstance(seconds, int | float), seconds
+            await asyncio.sleep(seconds)
         finally:
             self.running -= 1
         return Result.success()

@@ -136,7 +136,9 @@ async def test_a_handler_outlasting_its_lease_keeps_its_claim_and_a_short_one_ex
     coord_conn: coord.Coord,
 ) -> None:
     async def slow(spec: Spec, ctx: Context) -> Result:
-        await asyncio.sleep(spec.payload["seconds"] if isinstance(spec.payload, dict) else 0)
+        seconds = spec.payload["seconds"] if isinstance(spec.payload, dict) else 0
+        assert isinstance(seconds, int | float), seconds
+        await asyncio.sleep(seconds)
         return Result.success()
 
     parent = Dispatcher(coord_conn)  # its reclaimer's sweep would take back an overdue claim at once

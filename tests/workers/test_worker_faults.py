@@ -56,7 +56,7 @@ async def working(worker: Worker) -> AsyncIterator[asyncio.Task[None]]:
 def alive(pid: int) -> bool:
     """True while ``pid`` is a running (not zombie) process."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)  # psutil is untyped: its values are Any
     except psutil.NoSuchProcess:
         return False
 
