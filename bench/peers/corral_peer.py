@@ -26,7 +26,17 @@ async def _run(scenario: Scenario, brokers: Brokers) -> SystemResult:
     res = SystemResult("corral", LABEL, versions=versions("corral", "nats-py"))
     ns = new_id("p").replace("-", "")[:16]
     async with coord.connect(url, namespace=ns) as c:
-        procs = spawn_workers(url, ns, scenario.workers, CONCURRENCY, "_handlers:noop")
+        beat = c.settings  # one server: corral's own presence timing for it
+        procs = spawn_workers(
+            url,
+            ns,
+            scenario.workers,
+            CONCURRENCY,
+            "_handlers:noop",
+            replicas=1,
+            ttl=beat.presence_ttl,
+            interval=beat.presence_interval,
+        )
         try:
             await wait_present(c, [f"bw{i}" for i in range(scenario.workers)])
             in_flight = max(20_000, scenario.tasks + scenario.batch)

@@ -18,6 +18,7 @@ import coord
 from coord.lease import LEADER, read_term
 from coord.server import NatsCluster
 from coord.settings import Settings
+from coord.tasks.models import Transition
 from dispatch import Dispatcher
 from tests.chaos.helpers_fleet import Fleet, completions, specs, stop_within, wait_all, worker_env
 from tests.conftest import PYTHON
@@ -106,7 +107,7 @@ async def test_killing_the_active_reclaimer_with_a_worker_leaves_no_claim_behind
                 assert await _holder_pid(conn) == second.pid
                 for task_id in held:
                     journal = await conn.tasks.journal(task_id)
-                    assert [e.transition for e in journal].count("reclaimed") == 1, task_id
+                    assert [e.transition for e in journal].count(Transition.RECLAIMED) == 1, task_id
                 await wait_all(dispatcher, ids, 120)
                 counts = await completions(conn, ids)
                 assert set(counts.values()) == {1}, {t: n for t, n in counts.items() if n != 1}

@@ -33,6 +33,7 @@ def namespace_streams(names: Names) -> list[str]:
         f"KV_{names.registry_bucket}",
         f"KV_{names.schedules_bucket}",
         f"KV_{names.limits_bucket}",
+        f"KV_{names.roster_bucket}",
         f"OBJ_{names.blobs_bucket}",
         names.dispatch_stream,
         names.events_stream,

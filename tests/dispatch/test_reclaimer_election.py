@@ -28,11 +28,13 @@ WINDOW = 5.0
 
 
 @contextlib.asynccontextmanager
-async def reclaimers(url: str, namespace: str, n: int, **kw: float) -> AsyncIterator[list[Reclaimer]]:
+async def reclaimers(
+    url: str, namespace: str, n: int, sweep_interval: float | None = None
+) -> AsyncIterator[list[Reclaimer]]:
     """``n`` reclaimers, each on its own connection (so each connection's traffic is its own), started at once."""
     async with contextlib.AsyncExitStack() as stack:
         conns = [await stack.enter_async_context(coord.connect(url, namespace=namespace)) for _ in range(n)]
-        found = [Reclaimer(c, candidate_id=f"r-{i}", **kw) for i, c in enumerate(conns)]
+        found = [Reclaimer(c, candidate_id=f"r-{i}", sweep_interval=sweep_interval) for i, c in enumerate(conns)]
         await asyncio.gather(*(r.start() for r in found))
         try:
             yield found
