@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import nats.errors
 import nats.js.errors
@@ -46,18 +46,36 @@ _SEQUENCE = "Nats-Sequence"
 _TIME = "Nats-Time-Stamp"
 
 
-async def conflicts(what: str, attempts: int) -> AsyncIterator[int]:
+class conflicts:
     """The one retry rhythm of compare-and-set loops: yields attempt numbers 0, 1, ... ``attempts - 1``.
 
     From the second attempt on it first steps aside for a jittered 0..2·n ms, so a busy writer
     cannot starve the others; once the attempts are spent it raises :class:`~coord.errors.Conflict`
     naming ``what``. Use ``async for attempt in conflicts(...)`` with a ``continue`` after each lost race.
+
+    An iterator object, not an async generator: a loop left by its first write (the common case)
+    leaves nothing for the event loop to finalise (an abandoned async generator costs a thread-safe
+    callback, a wake-up of the loop and a task to close it, on every write).
     """
-    for attempt in range(attempts):
+
+    __slots__ = ("_attempts", "_next", "_what")
+
+    def __init__(self, what: str, attempts: int) -> None:
+        self._what = what
+        self._attempts = attempts
+        self._next = 0
+
+    def __aiter__(self) -> conflicts:
+        return self
+
+    async def __anext__(self) -> int:
+        attempt = self._next
+        if attempt >= self._attempts:
+            raise Conflict(f"{self._what}: gave up after {self._attempts} conflicting writes")
+        self._next = attempt + 1
         if attempt:
             await asyncio.sleep(random.uniform(0, 0.002 * attempt))
-        yield attempt
-    raise Conflict(f"{what}: gave up after {attempts} conflicting writes")
+        return attempt
 
 
 class Bucket:
