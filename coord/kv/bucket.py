@@ -328,13 +328,13 @@ class Bucket:
             headers[MSG_TTL] = ttl_header(ttl)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._patience(patience)
-        pauses = Pauses(0.05, 1.0)
+        pauses: Pauses | None = None  # built at the first failure: most writes need none
         uncertain = False  # an earlier attempt may have landed without us hearing back
         while True:
             timeout = max(0.05, min(self.request_timeout, deadline - loop.time()))
             try:
                 with permission_log(self.nc).guard(subject):  # a refused write is never answered
-                    return await self.acks.publish(subject, data, headers=dict(headers), timeout=timeout)
+                    return await self.acks.publish(subject, data, headers=headers, timeout=timeout)
             except nats.js.errors.APIError as err:
                 if err.err_code in WRONG_LAST_SEQUENCE:
                     if uncertain:
@@ -350,6 +350,7 @@ class Bucket:
             except TRANSIENT as err:
                 failure = err
             uncertain = True
+            pauses = pauses or Pauses(0.05, 1.0)
             pause = pauses.next()
             if self.nc.is_closed or loop.time() + pause > deadline:
                 raise Unavailable(
