@@ -17,6 +17,7 @@ import asyncio
 import heapq
 import itertools
 import json
+from collections.abc import Callable
 
 import nats.errors
 import nats.js.errors
@@ -47,6 +48,7 @@ class AckedPublisher:
         self._sub: Subscription | None = None
         self._starting = asyncio.Lock()
         self._pending: dict[str, asyncio.Future[Msg]] = {}
+        self._batches: dict[str, tuple[list[Msg], Callable[[Msg], bool]]] = {}
         self._tokens = itertools.count()
         self._deadlines: list[tuple[float, str]] = []
         self._sweep: asyncio.TimerHandle | None = None
@@ -61,10 +63,38 @@ class AckedPublisher:
         ``nats.js.errors.NoStreamResponseError`` when no stream takes the subject and
         ``nats.js.errors.APIError`` when the stream refused it (e.g. a wrong expected last sequence).
         """
+        msg = await self._exchange(subject, payload, headers, timeout, str(next(self._tokens)))
+        if not msg.data and msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
+            raise nats.js.errors.NoStreamResponseError
+        reply = json.loads(msg.data)
+        error = reply.get("error")
+        if error is not None:
+            raise nats.js.errors.APIError.from_error(error)
+        return int(reply["seq"])
+
+    async def request_batch(
+        self, subject: str, payload: bytes, *, last: Callable[[Msg], bool], timeout: float = 5.0
+    ) -> list[Msg]:
+        """Send a request answered by several messages (a batched direct get) and return them, up to
+        and with the first for which ``last`` is true, all within ``timeout`` seconds (else
+        ``nats.errors.TimeoutError``). The answers come over the same reply subscription as the
+        acks: no subscription of its own per request."""
+        token = str(next(self._tokens))
+        msgs: list[Msg] = []
+        self._batches[token] = (msgs, last)
+        try:
+            await self._exchange(subject, payload, None, timeout, token)
+        finally:
+            self._batches.pop(token, None)
+        return msgs
+
+    async def _exchange(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None, timeout: float, token: str
+    ) -> Msg:
+        """Publish with reply token ``token``; the answer that ends the exchange (or a timeout)."""
         if self._sub is None:
             await self._start()
         loop = asyncio.get_running_loop()
-        token = str(next(self._tokens))
         answer: asyncio.Future[Msg] = loop.create_future()
         self._pending[token] = answer
         deadline = loop.time() + timeout
@@ -75,16 +105,9 @@ class AckedPublisher:
             self._arm(loop, deadline)
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
-            msg = await answer
+            return await answer
         finally:
             self._pending.pop(token, None)
-        if not msg.data and msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
-            raise nats.js.errors.NoStreamResponseError
-        reply = json.loads(msg.data)
-        error = reply.get("error")
-        if error is not None:
-            raise nats.js.errors.APIError.from_error(error)
-        return int(reply["seq"])
 
     async def _start(self) -> None:
         # One subscription for every publish; a failed (or cancelled) start leaves none, so the next
@@ -121,6 +144,13 @@ class AckedPublisher:
             self._arm(loop, max(deadlines[0][0], now + SWEEP_GRAIN))
 
     async def _on_reply(self, msg: Msg) -> None:
-        answer = self._pending.get(msg.subject[len(self._prefix) :])
-        if answer is not None and not answer.done():
-            answer.set_result(msg)
+        token = msg.subject[len(self._prefix) :]
+        answer = self._pending.get(token)
+        if answer is None or answer.done():
+            return
+        batch = self._batches.get(token)
+        if batch is not None:
+            batch[0].append(msg)
+            if not batch[1](msg):
+                return
+        answer.set_result(msg)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -173,39 +172,33 @@ class Bucket:
         return found
 
     async def _get_batch(self, keys: list[str]) -> dict[str, Entry]:
-        """One batched direct get: every reply until the server's end-of-batch (204) or not-found (404)."""
+        """One batched direct get: every reply until the server's end-of-batch (204) or not-found (404).
+
+        The replies come over the connection's one reply subscription (:class:`AckedPublisher`), not
+        a subscription made and dropped per batch."""
         request = json.dumps({"multi_last": [self.subject(k) for k in keys], "batch": len(keys)}).encode()
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
+        prefix = getattr(self.js, "_prefix", JS_API_PREFIX)
+        msgs = await self.acks.request_batch(
+            direct_get_subject(self.stream, prefix), request, last=_ends_batch, timeout=self.request_timeout
+        )
         found: dict[str, Entry] = {}
-        try:
-            prefix = getattr(self.js, "_prefix", JS_API_PREFIX)
-            await self.nc.publish(direct_get_subject(self.stream, prefix), request, reply=inbox)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.request_timeout
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise nats.errors.TimeoutError
-                msg = await sub.next_msg(timeout=remaining)
-                headers = msg.headers or {}
-                subject = headers.get(_SUBJECT)
-                if subject is None:  # a status: the end of the batch, nothing found, or an error
-                    status = headers.get(_STATUS, "")
-                    if status in ("204", "404"):
-                        return found
-                    if status == "503":
-                        raise nats.errors.NoRespondersError
-                    raise nats.js.errors.APIError.from_msg(msg)
-                if not subject.startswith(self.prefix):
-                    continue  # not a key of this bucket (cannot happen for the subjects we asked)
-                stamp = headers.get(_TIME)
-                at = js_api.Base._parse_utc_iso(stamp) if stamp else None
-                key = self.key_of(subject)
-                found[key] = entry_of(key, int(headers.get(_SEQUENCE) or 0), headers, msg.data, at)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        for msg in msgs:
+            headers = msg.headers or {}
+            subject = headers.get(_SUBJECT)
+            if subject is None:  # a status: the end of the batch, nothing found, or an error
+                status = headers.get(_STATUS, "")
+                if status in ("204", "404"):
+                    return found
+                if status == "503":
+                    raise nats.errors.NoRespondersError
+                raise nats.js.errors.APIError.from_msg(msg)
+            if not subject.startswith(self.prefix):
+                continue  # not a key of this bucket (cannot happen for the subjects we asked)
+            stamp = headers.get(_TIME)
+            at = js_api.Base._parse_utc_iso(stamp) if stamp else None
+            key = self.key_of(subject)
+            found[key] = entry_of(key, int(headers.get(_SEQUENCE) or 0), headers, msg.data, at)
+        return found
 
     async def last_revision(self) -> int:
         """The bucket's latest revision (its stream's last sequence; purges do not lower it)."""
@@ -376,6 +369,11 @@ class Bucket:
         if entry is None or entry.revision == last or not _same(entry, data, op):
             return None
         return entry.revision
+
+
+def _ends_batch(msg: Msg) -> bool:
+    """A batched direct get's answer ends with its first message that is not an entry (a status)."""
+    return not (msg.headers and _SUBJECT in msg.headers)
 
 
 def _same(entry: Entry, data: bytes, op: Op) -> bool:

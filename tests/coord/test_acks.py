@@ -132,3 +132,28 @@ async def test_a_short_timeout_fires_on_time_behind_longer_ones_and_thousands_of
         assert await acks.publish("acks-sweep.after", b"x") > 0
     finally:
         await nc.close()
+
+
+async def test_a_batched_request_returns_every_answer_up_to_the_last_over_the_shared_subscription(
+    nats_server: NatsServer,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(nats.js.api.StreamConfig(name="ACKS_BATCH", subjects=["acks-batch.>"], allow_direct=True))
+        acks = AckedPublisher(nc)
+        for key in ("a", "b", "c"):
+            await acks.publish(f"acks-batch.{key}", key.encode())
+        request = b'{"multi_last":["acks-batch.a","acks-batch.c","acks-batch.zzz"],"batch":3}'
+        subs_before = len(nc._subs)
+        msgs = await acks.request_batch(
+            "$JS.API.DIRECT.GET.ACKS_BATCH", request, last=lambda m: not (m.headers and "Nats-Subject" in m.headers)
+        )
+        assert [m.data for m in msgs[:-1]] == [b"a", b"c"]
+        assert msgs[-1].headers is not None and msgs[-1].headers.get("Status") == "204"
+        assert len(nc._subs) == subs_before  # no subscription of its own
+        with pytest.raises(nats.errors.TimeoutError):  # never a last answer: the request times out
+            await acks.request_batch("$JS.API.DIRECT.GET.ACKS_BATCH", request, last=lambda m: False, timeout=0.3)
+        assert await acks.publish("acks-batch.d", b"d") > 0
+    finally:
+        await nc.close()
