@@ -72,6 +72,12 @@ class AckedPublisher:
             raise nats.js.errors.APIError.from_error(error)
         return int(reply["seq"])
 
+    async def request(self, subject: str, payload: bytes, *, timeout: float = 5.0) -> Msg:
+        """Send a request answered by one message (a direct get) and return that answer (a status
+        message included: the caller reads it), within ``timeout`` seconds (else
+        ``nats.errors.TimeoutError``), over the same reply subscription as the acks."""
+        return await self._exchange(subject, payload, None, timeout, str(next(self._tokens)))
+
     async def request_batch(
         self, subject: str, payload: bytes, *, last: Callable[[Msg], bool], timeout: float = 5.0
     ) -> list[Msg]:

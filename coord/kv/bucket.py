@@ -133,9 +133,15 @@ class Bucket:
         subject = self.subject(key)
 
         async def call() -> Entry | None:
+            if not leader:  # a last-by-subject direct get over the connection's one reply subscription
+                prefix = getattr(self.js, "_prefix", JS_API_PREFIX)
+                answer = await self.acks.request(
+                    f"{direct_get_subject(self.stream, prefix)}.{subject}", b"", timeout=self.request_timeout
+                )
+                return self._direct_entry(key, answer)
             try:
                 # the JetStream context's own timeout is not this bucket's request_timeout
-                read = self.js.get_msg(self.stream, subject=subject, direct=not leader)
+                read = self.js.get_msg(self.stream, subject=subject, direct=False)
                 msg = await asyncio.wait_for(read, self.request_timeout)
             except nats.js.errors.NotFoundError:
                 return None
@@ -144,6 +150,19 @@ class Bucket:
             return entry_of(key, msg.seq or 0, msg.headers, msg.data, msg.time)
 
         return await retry_transient(call, nc=self.nc, within=self._patience(patience), what=f"read {self.name}/{key}")
+
+    def _direct_entry(self, key: str, msg: Msg) -> Entry | None:
+        """The entry a direct get answered with; None for "no message" (404); a status is raised as nats-py does."""
+        headers = msg.headers or {}
+        if not msg.data and _SUBJECT not in headers and (status := headers.get(_STATUS)):
+            if status == "404":
+                return None
+            if status == "503":
+                raise nats.errors.NoRespondersError
+            raise nats.js.errors.APIError.from_msg(msg)
+        stamp = headers.get(_TIME)
+        at = js_api.Base._parse_utc_iso(stamp) if stamp else None
+        return entry_of(key, int(headers.get(_SEQUENCE) or 0), headers, msg.data, at)
 
     async def get_many(self, keys: Sequence[str], *, patience: float | None = None) -> dict[str, Entry]:
         """The latest entries (values or tombstones) of ``keys``, by key, read with batched direct gets.

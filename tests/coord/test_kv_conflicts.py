@@ -1,4 +1,4 @@
-"""The compare-and-set retry rhythm (``coord.kv.conflicts``) and what a write leaves for the event loop."""
+"""The compare-and-set retry rhythm (``coord.kv.conflicts``), direct reads, what a write leaves the loop."""
 
 from __future__ import annotations
 
@@ -56,3 +56,16 @@ async def test_a_task_claimed_and_completed_starts_no_async_generator(coord_conn
         claim = await tasks.claim("agen-1", "w1", record=await tasks.get("agen-1"))
         await tasks.complete(claim, {"ok": True})
     assert started == []
+
+
+async def test_a_direct_read_tells_a_value_a_tombstone_and_no_message_apart(coord_conn: coord.Coord) -> None:
+    bucket = coord_conn.tasks.bucket
+    revision = await bucket.put("direct-1", b'{"v":1}')
+    entry = await bucket.get("direct-1")
+    assert entry is not None and (entry.revision, entry.value, entry.deleted) == (revision, b'{"v":1}', False)
+    deleted = await bucket.delete("direct-1")
+    tombstone = await bucket.get("direct-1")
+    assert tombstone is not None and (tombstone.revision, tombstone.deleted) == (deleted, True)
+    assert await bucket.get("direct-never-written") is None
+    leader = await bucket.get("direct-1", leader=True)
+    assert leader is not None and (leader.revision, leader.op, leader.time) == (deleted, tombstone.op, tombstone.time)
