@@ -254,8 +254,19 @@ class NatsServer:
             self._proc = None
 
     def pause(self) -> None:
-        """SIGSTOP the process: it stops answering but keeps its sockets open."""
+        """SIGSTOP the process: it stops answering but keeps its sockets open. Returns once the
+        process is stopped (a signal is delivered asynchronously: a request sent right after the
+        kill could still be answered)."""
         self._signal(signal.SIGSTOP)
+        stat = Path(f"/proc/{self.pid}/stat")
+        deadline = time.monotonic() + 2.0
+        while self.pid is not None and stat.exists() and time.monotonic() < deadline:
+            try:
+                if stat.read_text().rpartition(")")[2].split()[0] in ("T", "t"):
+                    return
+            except OSError:
+                return
+            time.sleep(0.001)
 
     def resume(self) -> None:
         """SIGCONT a paused process."""

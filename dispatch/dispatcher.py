@@ -151,7 +151,8 @@ class Dispatcher:
             spec = Spec(parent_agent_id=self.parent_id, **item.model_dump(exclude_none=True))
         elif spec.parent_agent_id is None:
             spec = spec.model_copy(update={"parent_agent_id": self.parent_id})
-        # Every field was validated by Spec under the same rules: no second validation per task.
+        # Every field was validated by Spec under the same rules: no second validation per task. Every
+        # field is given (meta too): for one left out, pydantic inspects its default factory's signature.
         request = ScheduleRequest.model_construct(
             task_id=spec.task_id,
             queue=spec.queue,
@@ -162,6 +163,7 @@ class Dispatcher:
             priority=spec.priority,
             not_before=spec.not_before,
             delay=spec.delay,
+            meta={},
         )
         return spec, request
 

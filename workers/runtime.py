@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 from collections.abc import Sequence
@@ -224,8 +225,10 @@ class Worker:
             execution.stop("taken")
 
     def _describe_running(self) -> str:
-        ids = list(self._running)
-        return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        # called at every start and end of a run: names the first five without copying every id
+        count = len(self._running)
+        first = ", ".join(itertools.islice(self._running, 5))
+        return first + (f" and {count - 5} more" if count > 5 else "")
 
     def _blocked(self, seconds: float) -> None:
         self._stats.loop_blocks += 1

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import coord
 from bench.dispatch import spawn_workers, stop, wait_present
 from bench.peers.common import Brokers, CpuMeter, Scenario, SystemResult, alatencies, atimed_rounds, versions
+from coord.heap import freeze_startup
 from coord.ids import new_id
 from coord.wire import Spec
 from dispatch import Dispatcher
@@ -41,6 +43,7 @@ async def _run(scenario: Scenario, brokers: Brokers) -> SystemResult:
             await wait_present(c, [f"bw{i}" for i in range(scenario.workers)])
             in_flight = max(20_000, scenario.tasks + scenario.batch)
             async with Dispatcher(c, max_in_flight=in_flight) as d:
+                freeze_startup()  # as docs/tasks.md ("Performance") advises a long-running parent
 
                 async def batch(prefix: str, n: int) -> None:
                     ids: list[str] = []
@@ -62,5 +65,6 @@ async def _run(scenario: Scenario, brokers: Brokers) -> SystemResult:
                 res.producer_rss_mb = meter.rss_mb
                 res.latencies_ms = await alatencies(scenario.latency, one)
         finally:
+            gc.unfreeze()  # the peers that run after this one in the same process start as before
             stop(procs)
     return res

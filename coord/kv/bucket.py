@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import nats.errors
 import nats.js.errors
@@ -46,18 +45,36 @@ _SEQUENCE = "Nats-Sequence"
 _TIME = "Nats-Time-Stamp"
 
 
-async def conflicts(what: str, attempts: int) -> AsyncIterator[int]:
+class conflicts:
     """The one retry rhythm of compare-and-set loops: yields attempt numbers 0, 1, ... ``attempts - 1``.
 
     From the second attempt on it first steps aside for a jittered 0..2·n ms, so a busy writer
     cannot starve the others; once the attempts are spent it raises :class:`~coord.errors.Conflict`
     naming ``what``. Use ``async for attempt in conflicts(...)`` with a ``continue`` after each lost race.
+
+    An iterator object, not an async generator: a loop left by its first write (the common case)
+    leaves nothing for the event loop to finalise (an abandoned async generator costs a thread-safe
+    callback, a wake-up of the loop and a task to close it, on every write).
     """
-    for attempt in range(attempts):
+
+    __slots__ = ("_attempts", "_next", "_what")
+
+    def __init__(self, what: str, attempts: int) -> None:
+        self._what = what
+        self._attempts = attempts
+        self._next = 0
+
+    def __aiter__(self) -> conflicts:
+        return self
+
+    async def __anext__(self) -> int:
+        attempt = self._next
+        if attempt >= self._attempts:
+            raise Conflict(f"{self._what}: gave up after {self._attempts} conflicting writes")
+        self._next = attempt + 1
         if attempt:
             await asyncio.sleep(random.uniform(0, 0.002 * attempt))
-        yield attempt
-    raise Conflict(f"{what}: gave up after {attempts} conflicting writes")
+        return attempt
 
 
 class Bucket:
@@ -116,9 +133,15 @@ class Bucket:
         subject = self.subject(key)
 
         async def call() -> Entry | None:
+            if not leader:  # a last-by-subject direct get over the connection's one reply subscription
+                prefix = getattr(self.js, "_prefix", JS_API_PREFIX)
+                answer = await self.acks.request(
+                    f"{direct_get_subject(self.stream, prefix)}.{subject}", b"", timeout=self.request_timeout
+                )
+                return self._direct_entry(key, answer)
             try:
                 # the JetStream context's own timeout is not this bucket's request_timeout
-                read = self.js.get_msg(self.stream, subject=subject, direct=not leader)
+                read = self.js.get_msg(self.stream, subject=subject, direct=False)
                 msg = await asyncio.wait_for(read, self.request_timeout)
             except nats.js.errors.NotFoundError:
                 return None
@@ -127,6 +150,19 @@ class Bucket:
             return entry_of(key, msg.seq or 0, msg.headers, msg.data, msg.time)
 
         return await retry_transient(call, nc=self.nc, within=self._patience(patience), what=f"read {self.name}/{key}")
+
+    def _direct_entry(self, key: str, msg: Msg) -> Entry | None:
+        """The entry a direct get answered with; None for "no message" (404); a status is raised as nats-py does."""
+        headers = msg.headers or {}
+        if not msg.data and _SUBJECT not in headers and (status := headers.get(_STATUS)):
+            if status == "404":
+                return None
+            if status == "503":
+                raise nats.errors.NoRespondersError
+            raise nats.js.errors.APIError.from_msg(msg)
+        stamp = headers.get(_TIME)
+        at = js_api.Base._parse_utc_iso(stamp) if stamp else None
+        return entry_of(key, int(headers.get(_SEQUENCE) or 0), headers, msg.data, at)
 
     async def get_many(self, keys: Sequence[str], *, patience: float | None = None) -> dict[str, Entry]:
         """The latest entries (values or tombstones) of ``keys``, by key, read with batched direct gets.
@@ -155,39 +191,33 @@ class Bucket:
         return found
 
     async def _get_batch(self, keys: list[str]) -> dict[str, Entry]:
-        """One batched direct get: every reply until the server's end-of-batch (204) or not-found (404)."""
+        """One batched direct get: every reply until the server's end-of-batch (204) or not-found (404).
+
+        The replies come over the connection's one reply subscription (:class:`AckedPublisher`), not
+        a subscription made and dropped per batch."""
         request = json.dumps({"multi_last": [self.subject(k) for k in keys], "batch": len(keys)}).encode()
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
+        prefix = getattr(self.js, "_prefix", JS_API_PREFIX)
+        msgs = await self.acks.request_batch(
+            direct_get_subject(self.stream, prefix), request, last=_ends_batch, timeout=self.request_timeout
+        )
         found: dict[str, Entry] = {}
-        try:
-            prefix = getattr(self.js, "_prefix", JS_API_PREFIX)
-            await self.nc.publish(direct_get_subject(self.stream, prefix), request, reply=inbox)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.request_timeout
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise nats.errors.TimeoutError
-                msg = await sub.next_msg(timeout=remaining)
-                headers = msg.headers or {}
-                subject = headers.get(_SUBJECT)
-                if subject is None:  # a status: the end of the batch, nothing found, or an error
-                    status = headers.get(_STATUS, "")
-                    if status in ("204", "404"):
-                        return found
-                    if status == "503":
-                        raise nats.errors.NoRespondersError
-                    raise nats.js.errors.APIError.from_msg(msg)
-                if not subject.startswith(self.prefix):
-                    continue  # not a key of this bucket (cannot happen for the subjects we asked)
-                stamp = headers.get(_TIME)
-                at = js_api.Base._parse_utc_iso(stamp) if stamp else None
-                key = self.key_of(subject)
-                found[key] = entry_of(key, int(headers.get(_SEQUENCE) or 0), headers, msg.data, at)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        for msg in msgs:
+            headers = msg.headers or {}
+            subject = headers.get(_SUBJECT)
+            if subject is None:  # a status: the end of the batch, nothing found, or an error
+                status = headers.get(_STATUS, "")
+                if status in ("204", "404"):
+                    return found
+                if status == "503":
+                    raise nats.errors.NoRespondersError
+                raise nats.js.errors.APIError.from_msg(msg)
+            if not subject.startswith(self.prefix):
+                continue  # not a key of this bucket (cannot happen for the subjects we asked)
+            stamp = headers.get(_TIME)
+            at = js_api.Base._parse_utc_iso(stamp) if stamp else None
+            key = self.key_of(subject)
+            found[key] = entry_of(key, int(headers.get(_SEQUENCE) or 0), headers, msg.data, at)
+        return found
 
     async def last_revision(self) -> int:
         """The bucket's latest revision (its stream's last sequence; purges do not lower it)."""
@@ -310,13 +340,13 @@ class Bucket:
             headers[MSG_TTL] = ttl_header(ttl)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._patience(patience)
-        pauses = Pauses(0.05, 1.0)
+        pauses: Pauses | None = None  # built at the first failure: most writes need none
         uncertain = False  # an earlier attempt may have landed without us hearing back
         while True:
             timeout = max(0.05, min(self.request_timeout, deadline - loop.time()))
             try:
                 with permission_log(self.nc).guard(subject):  # a refused write is never answered
-                    return await self.acks.publish(subject, data, headers=dict(headers), timeout=timeout)
+                    return await self.acks.publish(subject, data, headers=headers, timeout=timeout)
             except nats.js.errors.APIError as err:
                 if err.err_code in WRONG_LAST_SEQUENCE:
                     if uncertain:
@@ -332,6 +362,7 @@ class Bucket:
             except TRANSIENT as err:
                 failure = err
             uncertain = True
+            pauses = pauses or Pauses(0.05, 1.0)
             pause = pauses.next()
             if self.nc.is_closed or loop.time() + pause > deadline:
                 raise Unavailable(
@@ -357,6 +388,11 @@ class Bucket:
         if entry is None or entry.revision == last or not _same(entry, data, op):
             return None
         return entry.revision
+
+
+def _ends_batch(msg: Msg) -> bool:
+    """A batched direct get's answer ends with its first message that is not an entry (a status)."""
+    return not (msg.headers and _SUBJECT in msg.headers)
 
 
 def _same(entry: Entry, data: bytes, op: Op) -> bool:

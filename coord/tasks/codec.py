@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from coord.errors import InvalidRecord, PayloadTooLarge
-from coord.tasks.models import TaskRecord
+from coord.tasks.models import TaskRecord, filled
 from coord.tasks.size import HEADER_ROOM, record_limit
 
 __all__ = ["decode_record", "encode_record"]
@@ -34,4 +34,4 @@ def decode_record(data: bytes, revision: int, *, where: str) -> TaskRecord:
             f"{where} at revision {revision} is not a task record ({err.error_count()} problems, first: "
             f"{field}: {first['msg']})"
         ) from None
-    return record.model_copy(update={"revision": revision})
+    return filled(record, revision=revision)  # validated just now: nobody else holds it

@@ -22,7 +22,7 @@ from coord.tasks.codec import decode_record, encode_record
 from coord.tasks.effects import TaskEffects
 from coord.tasks.index import INDEX_HEADER, index_header
 from coord.tasks.journal import journaled
-from coord.tasks.models import TaskRecord
+from coord.tasks.models import TaskRecord, filled
 from coord.tasks.observer import Observer
 from coord.tasks.size import cut, record_limit
 
@@ -134,6 +134,8 @@ class TransitionEngine:
             new = step(current)
             if new is None:
                 return current
+            if new is current:  # journaled() fills in the record a step made; never the one it was given
+                new = current.model_copy()
             new = journaled(current, new)
             try:
                 data = self.encode(new)
@@ -150,7 +152,7 @@ class TransitionEngine:
             except Conflict:
                 self._observer.cas_retried(task_id, current.queue, current.revision, attempt + 1)
                 continue
-            written = new.model_copy(update={"revision": revision})
+            written = filled(new, revision=revision)  # made in this loop: nobody else holds it
             self._written(revision)
             await self.effects.after(current, written)
             return written

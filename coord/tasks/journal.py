@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 
-from coord.tasks.models import JournalEntry, TaskRecord, Transition
+from coord.tasks.models import JournalEntry, TaskRecord, Transition, filled
 
 __all__ = ["ENTRY_TEXT", "KEPT_FIRST", "KEPT_HEARTBEATS", "MAX_ENTRIES", "journal_of", "journaled"]
 
@@ -57,7 +57,10 @@ def _entry(record: TaskRecord) -> JournalEntry:
 
 
 def journaled(before: TaskRecord | None, after: TaskRecord) -> TaskRecord:
-    """``after`` (the record a transition writes over ``before``) with its journal entry appended."""
+    """``after`` (the record a transition writes over ``before``) with its journal entry appended.
+
+    ``after`` itself is filled in (:func:`~coord.tasks.models.filled`): it must be the record the
+    transition made just now, which nothing else holds yet."""
     kept = [] if before is None else list(before.journal) or [_entry(before)]  # (a record from before journals)
     if before is not None and kept[-1].revision == 0:
         kept[-1] = kept[-1].model_copy(update={"revision": before.revision})
@@ -70,7 +73,7 @@ def journaled(before: TaskRecord | None, after: TaskRecord) -> TaskRecord:
     if len(kept) > MAX_ENTRIES:
         del kept[KEPT_FIRST : len(kept) - MAX_ENTRIES + KEPT_FIRST]
     dropped = (before.journal_dropped if before is not None else 0) + before_count - len(kept)
-    return after.model_copy(update={"journal": tuple(kept), "journal_dropped": dropped})
+    return filled(after, journal=tuple(kept), journal_dropped=dropped)
 
 
 def journal_of(record: TaskRecord) -> list[JournalEntry]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
@@ -30,7 +30,20 @@ __all__ = [
     "TaskRecord",
     "TaskStatus",
     "Transition",
+    "filled",
 ]
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def filled(model: _M, **fields: Any) -> _M:
+    """``model`` itself with ``fields`` set: ``model_copy(update=fields)`` without the copy, for a model
+    built or validated a moment ago that nothing else holds yet (a fresh decode, the record a
+    transition just produced). The models are frozen for everyone else: never use it on a model
+    that was handed in or out."""
+    model.__dict__.update(fields)
+    model.__pydantic_fields_set__.update(fields)
+    return model
 
 
 class TaskStatus(StrEnum):

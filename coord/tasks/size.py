@@ -168,9 +168,6 @@ def worst_size(record: TaskRecord, max_payload: int) -> int:
     return len(record.model_dump_json(exclude=_GROWN)) + _meta_part(record) + _fixed_part(max_payload)
 
 
-
-
-
 def check_fits(record: TaskRecord, max_payload: int) -> None:
     """Raise :class:`PayloadTooLarge` unless ``record`` (a new task) fits at its worst case, naming
     the field that takes most room and the sizes."""

@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 
 from coord.connection import Coord
 from coord.errors import InvalidInput, PresenceLost
+from coord.heap import freeze_startup
 from coord.presence import HolderWait
 from corral.cli._bounds import CONCURRENCY, PRESENCE_INTERVAL, PRESENCE_TTL, TIMEOUT, WAIT, bounded
 from corral.cli._common import Options, check_presence_flags, fail, options, print_json, run, setting_help
@@ -117,6 +118,7 @@ async def _serve(opts: Options, worker_id: str | None, make_worker: Callable[[Co
     async with opts.connect(name=f"corral-worker {worker_id or ''}") as coord:
         coord.presence.on_wait = _show_wait
         worker = make_worker(coord)
+        freeze_startup()  # connected, handler imported: what exists now lives as long as the process
         typer.echo(
             f"worker {worker.worker_id} serving {', '.join(worker.queues)} (concurrency {worker.concurrency}) "
             f"on {opts.server}, namespace {coord.namespace}",

@@ -105,3 +105,55 @@ async def test_a_cancelled_first_publish_leaves_the_publisher_working_and_the_re
         assert len(set(seqs)) == 50
     finally:
         await nc.close()
+
+
+async def test_a_short_timeout_fires_on_time_behind_longer_ones_and_thousands_of_answered_publishes(
+    own_server: NatsServer,
+) -> None:
+    """Deadlines share one sweep: a later publish with a shorter timeout must still end at its own."""
+    nc = await nats.connect(own_server.url)
+    try:
+        await nc.jetstream().add_stream(name="ACKS_SWEEP", subjects=["acks-sweep.>"])
+        acks = AckedPublisher(nc)
+        for _ in range(20):  # 10,000 answered long ago; their deadlines (60 s) are still ahead
+            await asyncio.gather(*(acks.publish(f"acks-sweep.{i % 7}", b"x", timeout=60) for i in range(500)))
+        own_server.pause()
+        try:
+            slow = asyncio.create_task(acks.publish("acks-sweep.slow", b"x", timeout=30))
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            with pytest.raises(nats.errors.TimeoutError):
+                await acks.publish("acks-sweep.fast", b"x", timeout=0.5)
+            assert 0.45 < time.monotonic() - started < 1.5
+            assert not slow.done()
+        finally:
+            own_server.resume()
+        assert await slow > 0
+        assert await acks.publish("acks-sweep.after", b"x") > 0
+    finally:
+        await nc.close()
+
+
+async def test_a_batched_request_returns_every_answer_up_to_the_last_over_the_shared_subscription(
+    nats_server: NatsServer,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(nats.js.api.StreamConfig(name="ACKS_BATCH", subjects=["acks-batch.>"], allow_direct=True))
+        acks = AckedPublisher(nc)
+        for key in ("a", "b", "c"):
+            await acks.publish(f"acks-batch.{key}", key.encode())
+        request = b'{"multi_last":["acks-batch.a","acks-batch.c","acks-batch.zzz"],"batch":3}'
+        subs_before = len(nc._subs)
+        msgs = await acks.request_batch(
+            "$JS.API.DIRECT.GET.ACKS_BATCH", request, last=lambda m: not (m.headers and "Nats-Subject" in m.headers)
+        )
+        assert [m.data for m in msgs[:-1]] == [b"a", b"c"]
+        assert msgs[-1].headers is not None and msgs[-1].headers.get("Status") == "204"
+        assert len(nc._subs) == subs_before  # no subscription of its own
+        with pytest.raises(nats.errors.TimeoutError):  # never a last answer: the request times out
+            await acks.request_batch("$JS.API.DIRECT.GET.ACKS_BATCH", request, last=lambda m: False, timeout=0.3)
+        assert await acks.publish("acks-batch.d", b"d") > 0
+    finally:
+        await nc.close()

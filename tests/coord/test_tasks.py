@@ -612,3 +612,19 @@ async def test_a_scan_without_an_index_never_ends_before_every_existing_task(coo
     await coord_conn.tasks.schedule_many([ScheduleRequest(task_id=f"s{i}", queue="q", spec=i) for i in range(50)])
     for _ in range(20):
         assert len(await coord_conn.tasks.list()) == 50
+
+
+async def test_a_record_a_caller_holds_never_changes_under_later_writes(coord_conn: coord.Coord) -> None:
+    """Writes fill in the records they make themselves (no copy); the ones handed to them stay as they were."""
+    tasks = coord_conn.tasks
+    scheduled = await tasks.schedule("held-1", queue="q")
+    pending = await tasks.get("held-1")
+    seen = [(r, r.model_dump(), r.revision) for r in (scheduled, pending)]
+    claim = await tasks.claim("held-1", "w1", record=pending)
+    claimed = claim.record
+    seen.append((claimed, claimed.model_dump(), claimed.revision))
+    done = await tasks.complete(claim, {"ok": True})
+    assert done.revision > claimed.revision > pending.revision
+    assert len(done.journal) == 3 and [e.revision for e in done.journal[:2]] == [pending.revision, claimed.revision]
+    for record, dumped, revision in seen:
+        assert (record.model_dump(), record.revision) == (dumped, revision)
