@@ -57,6 +57,7 @@ from rich.table import Table
 import coord
 from bench._fanout_measure import Window, outlier, spread, take
 from bench._fanout_roles import QUEUE, TICK
+from bench._servers import OneLineParser, number, whole
 from coord.server import NatsServer
 from coord.tasks import TaskStatus
 from coord.wire import Spec
@@ -85,12 +86,6 @@ def progress(msg: str) -> None:
 # --- arguments -------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line, exit 2 (argparse prints the usage too)
-        print(f"fanout: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def _int_list(lo: int, hi: int) -> Callable[[str], list[int]]:
     def parse(text: str) -> list[int]:
         try:
@@ -105,29 +100,16 @@ def _int_list(lo: int, hi: int) -> Callable[[str], list[int]]:
     return parse
 
 
-def _number(lo: float, hi: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"want a number, got {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be from {lo:g} to {hi:g}, got {text}")
-        return value
-
-    return parse
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The bench's options; bad input exits 2 with one line naming the option and the rule."""
-    ap = _Parser(prog="fanout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = OneLineParser(prog="fanout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parents", type=_int_list(1, 64), default=[1, 4, 16, 32], help="parent counts (1-64)")
     ap.add_argument("--agents", type=_int_list(1, 50_000), default=[1000, 10_000], help="fleet sizes")
     ap.add_argument(
-        "--rate", type=_number(0, 5000), default=150.0, help="total tasks/s over all parents (0: idle parents)"
+        "--rate", type=number(0, 5000), default=150.0, help="total tasks/s over all parents (0: idle parents)"
     )
-    ap.add_argument("--seconds", type=_number(2, 3600), default=10.0, help="length of the measured window")
-    ap.add_argument("--warmup", type=_number(0, 600), default=3.0, help="seconds of load before the window")
+    ap.add_argument("--seconds", type=number(2, 3600), default=10.0, help="length of the measured window")
+    ap.add_argument("--warmup", type=number(0, 600), default=3.0, help="seconds of load before the window")
     ap.add_argument("--reclaimer", choices=["standalone", "embedded"], default="standalone")
     ap.add_argument(
         "--parent-reclaimer",
@@ -135,13 +117,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="on",
         help="off: parents without their embedded reclaimer, the floor of what their own work costs",
     )
-    ap.add_argument("--kill-tasks", type=int, default=4, help="long tasks under the SIGKILLed worker (0: skip)")
+    ap.add_argument(
+        "--kill-tasks", type=whole(0, 64), default=4, help="long tasks under the SIGKILLed worker (0: skip)"
+    )
     ap.add_argument("--json", type=Path, help="write every measurement to this file")
     args = ap.parse_args(argv)
     if args.reclaimer == "embedded" and args.parent_reclaimer == "off":
         ap.error("argument --parent-reclaimer: off needs --reclaimer standalone (nothing would reclaim)")
-    if not 0 <= args.kill_tasks <= 64:
-        ap.error(f"argument --kill-tasks: must be from 0 to 64, got {args.kill_tasks}")
     return args
 
 
