@@ -31,7 +31,7 @@ from coord.acks import AckedPublisher
 from coord.blobs import Blobs
 from coord.deadletter import DeadLetters
 from coord.dial import dial, wants_tls
-from coord.errors import InvalidInput, ServerUnsupported, TLSFailed, Unavailable
+from coord.errors import InvalidInput, ReplicasUnavailable, ServerUnsupported, TLSFailed, Unavailable
 from coord.events import Events
 from coord.ids import validate_namespace
 from coord.kv import Bucket
@@ -340,7 +340,7 @@ async def _open(
         async for attempt in AsyncRetrying(
             stop=stop_after_delay(max(connect_timeout, 10)),
             wait=wait_exponential_jitter(multiplier=0.1, max=1.0),
-            retry=retry_if_exception_type((nats.errors.TimeoutError, ServiceUnavailableError)),
+            retry=retry_if_exception_type((nats.errors.TimeoutError, ServiceUnavailableError, ReplicasUnavailable)),
             reraise=True,
         ):
             with attempt:

@@ -29,6 +29,7 @@ __all__ = [
     "PermissionDenied",
     "PresenceConflict",
     "PresenceLost",
+    "ReplicasUnavailable",
     "ServerUnsupported",
     "StaleClaim",
     "TLSFailed",
@@ -83,6 +84,10 @@ class ConfigConflict(CorralError):
 
 class Unavailable(CorralError, TimeoutError):
     """The server did not answer within the patience of the call (restart, election, partition)."""
+
+
+class ReplicasUnavailable(Unavailable):
+    """Too few JetStream servers are up (or match the placement) to hold a stream's replicas right now."""
 
 
 class NotFound(CorralError):

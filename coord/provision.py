@@ -42,7 +42,7 @@ from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 
 from coord.consumer import create_queue_consumers, differences, queue_consumer_config
-from coord.errors import ConfigConflict, NotProvisioned, PermissionDenied
+from coord.errors import ConfigConflict, NotProvisioned, PermissionDenied, ReplicasUnavailable
 from coord.naming import (
     Names,
     kv_stream_name,
@@ -401,20 +401,15 @@ async def create_missing(
             result.append(status)
             continue
         config = configs[status.name]
-        subject = stream_api_subject("CREATE", status.name)
         try:
-            await _ask(js.add_stream(config), refusals, subject)
+            created = await _create(js, config, settings, refusals)
         except PermissionDenied:
-            raise _not_provisioned(names, settings, missing, subject) from None
-        except BadRequestError as err:
-            if err.err_code != 10058:
-                raise ConfigConflict(f"cannot create stream {status.name!r}: {err.description}") from None
+            raise _not_provisioned(names, settings, missing, stream_api_subject("CREATE", status.name)) from None
+        if created is None:
             # Created meanwhile by another process, with another configuration: compare, never update.
-            again = await _status(js, config, refusals)
-            _verified(names, [again])
-            result.append(again)
-            continue
-        result.append(StreamStatus(status.name, StreamState.CREATED))
+            created = await _status(js, config, refusals)
+            _verified(names, [created])
+        result.append(created)
     return result
 
 
@@ -435,22 +430,53 @@ async def provision(
         if status.state is StreamState.CONFLICT:
             raise _conflict(names, status)
         if status.state is StreamState.MISSING:
-            try:
-                await _ask(js.add_stream(config), refusals, stream_api_subject("CREATE", config.name))
-                result.append(StreamStatus(config.name, StreamState.CREATED))
+            created = await _create(js, config, settings, refusals)
+            if created is not None:
+                result.append(created)
                 continue
-            except BadRequestError as err:
-                # 10058: stream name already in use with a different configuration (created meanwhile).
-                if err.err_code != 10058:
-                    raise ConfigConflict(f"cannot create stream {config.name!r}: {err.description}") from None
-                status = await _status(js, config, refusals)
-                if status.state is StreamState.CONFLICT:
-                    raise _conflict(names, status) from None
+            status = await _status(js, config, refusals)  # created meanwhile by another process
+            if status.state is StreamState.CONFLICT:
+                raise _conflict(names, status)
         if status.state is StreamState.OUTDATED:
             await _update(js, names, config, status, refusals)
             status = StreamStatus(config.name, StreamState.UPDATED, status.differences)
         result.append(status)
     return result
+
+
+_NAME_IN_USE = 10058
+"""JetStream's error code: the stream name is in use with another configuration."""
+_NO_PEERS = 10005
+"""JetStream's error code: no suitable peers for placement (too few servers up, or none matching)."""
+
+
+async def _create(
+    js: JetStreamContext, config: js_api.StreamConfig, settings: Settings, refusals: PermissionLog | None
+) -> StreamStatus | None:
+    """Create the stream ``config`` describes; ``None`` when another process created it meanwhile.
+
+    Raises :class:`~coord.errors.ReplicasUnavailable` when the cluster cannot place the replicas now
+    (a peer still joining or down): the connect loop tries again within its patience.
+    """
+    assert config.name is not None
+    try:
+        await _ask(js.add_stream(config), refusals, stream_api_subject("CREATE", config.name))
+    except BadRequestError as err:
+        if err.err_code == _NAME_IN_USE:
+            return None
+        if err.err_code == _NO_PEERS:
+            raise ReplicasUnavailable(
+                f"cannot create stream {config.name!r} with replicas={settings.replicas}: {err.description} "
+                f"(fewer JetStream servers up{_placed(settings)} than replicas; start them or lower --replicas)"
+            ) from None
+        raise ConfigConflict(f"cannot create stream {config.name!r}: {err.description}") from None
+    return StreamStatus(config.name, StreamState.CREATED)
+
+
+def _placed(settings: Settings) -> str:
+    where = settings.placement
+    parts = ([f"cluster {where.cluster!r}"] if where.cluster else []) + [f"tag {t!r}" for t in where.tags]
+    return f" matching {' and '.join(parts)}" if parts else ""
 
 
 async def _update(

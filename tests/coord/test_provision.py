@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TypedDict
 
 import pytest
 
 import coord
-from coord.errors import ConfigConflict, InvalidInput, NotProvisioned, PermissionDenied
+from coord.errors import ConfigConflict, InvalidInput, NotProvisioned, PermissionDenied, ReplicasUnavailable
 from coord.naming import Names
 from coord.provision import Provision, StreamState, check, provision, stream_configs, survey
-from coord.server import NatsServer
+from coord.server import NatsCluster, NatsServer
+from coord.settings import Placement
 from tests.coord.helpers_security import users_block
 
 
@@ -137,3 +140,42 @@ async def test_provisioning_again_reports_every_stream_unchanged(coord_conn: coo
 async def test_an_unknown_provision_mode_is_an_input_error_naming_the_choices() -> None:
     with pytest.raises(InvalidInput, match="provision must be one of 'check', 'missing', 'apply'"):
         coord.connect("nats://127.0.0.1:1", provision="sometimes")
+
+
+async def test_connect_waits_for_a_joining_server_to_place_replicas_and_names_what_cannot_be_placed(
+    tmp_path: Path,
+) -> None:
+    """A cluster still forming answers 'no suitable peers for placement': connect tries again within its
+    patience (the CI saw a fresh 3-node cluster give that answer once), and a placement that can never
+    be met is a one-line error naming the stream, the replicas and the server's reason."""
+    cluster = NatsCluster(3, store_root=tmp_path)
+    try:
+        for node in cluster.nodes[:2]:
+            node.launch()
+        for node in cluster.nodes[:2]:
+            node.wait_ready(30)
+
+        async def connect_r3() -> list[int]:
+            async with coord.connect(cluster.nodes[0].url, namespace="joining", replicas=3, connect_timeout=2) as conn:
+                infos = [await conn.js.stream_info(s.name) for s in conn.streams]
+                return [info.config.num_replicas or 0 for info in infos]
+
+        async def connect_nowhere() -> str:
+            settings = coord.Settings(placement=Placement(tags=("nowhere",)))
+            url = cluster.nodes[0].url
+            with pytest.raises(ReplicasUnavailable) as caught:
+                async with coord.connect(url, namespace="nowhere", settings=settings, connect_timeout=2):
+                    pass
+            return str(caught.value)
+
+        r3 = asyncio.ensure_future(connect_r3())
+        nowhere = asyncio.ensure_future(connect_nowhere())
+        await asyncio.sleep(2.0)
+        assert not r3.done(), "an R3 namespace was made with two servers up"
+        await asyncio.to_thread(cluster.nodes[2].launch)
+        assert set(await asyncio.wait_for(r3, 20)) == {3}
+        message = await asyncio.wait_for(nowhere, 20)
+        assert "\n" not in message
+        assert "replicas=1" in message and "tags not matched" in message and "'nowhere'" in message
+    finally:
+        cluster.stop()
