@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import nats
 import nats.errors
@@ -12,6 +13,7 @@ import pytest
 
 from coord.acks import AckedPublisher
 from coord.server import NatsServer
+from tests.coord.helpers_security import users_block
 
 
 async def test_each_publish_returns_its_stream_sequence_also_when_pipelined(nats_server: NatsServer) -> None:
@@ -74,19 +76,29 @@ async def test_a_silent_server_is_a_timeout_and_the_publisher_works_after_it(own
         await nc.close()
 
 
-async def test_replies_come_under_the_connections_own_inbox_prefix(nats_server: NatsServer) -> None:
-    nc = await nats.connect(nats_server.url, inbox_prefix="_INBOX.ns1.w7")
-    spy = await nats.connect(nats_server.url)
-    try:
-        await nc.jetstream().add_stream(name="ACKS_INBOX", subjects=["acks-inbox.>"])
-        seen = await spy.subscribe("_INBOX.>")
-        await spy.flush()
-        await AckedPublisher(nc).publish("acks-inbox.a", b"x")
-        reply = await seen.next_msg(timeout=2)
-        assert reply.subject.startswith("_INBOX.ns1.w7.")
-    finally:
-        await spy.close()
-        await nc.close()
+async def test_replies_come_under_the_connections_own_inbox_prefix(tmp_path: Path) -> None:
+    """A role may subscribe only under its own prefix (``corral auth`` grants no more): publishes and
+    direct gets are answered there, so they work under that grant and nothing else is subscribed.
+    (An earlier version spied on ``_INBOX.>`` from a second connection; under a loaded full suite the
+    spy's copy sometimes came later than its 2 s, while this connection's reply never failed.)"""
+    only_own = '{ user: w7, password: w7, permissions: { subscribe: { allow: "_INBOX.ns1.w7.>" } } }'
+    with NatsServer(store_dir=tmp_path, config_extra=users_block(only_own)) as server:
+        refused: list[Exception] = []
+
+        async def on_error(err: Exception) -> None:
+            refused.append(err)
+
+        nc = await nats.connect(server.url, user="w7", password="w7", inbox_prefix="_INBOX.ns1.w7", error_cb=on_error)
+        try:
+            await nc.jetstream().add_stream(name="ACKS_INBOX", subjects=["acks-inbox.>"], allow_direct=True)
+            acks = AckedPublisher(nc)
+            seq = await acks.publish("acks-inbox.a", b"x", timeout=2)
+            answer = await acks.request("$JS.API.DIRECT.GET.ACKS_INBOX", b'{"seq": %d}' % seq, timeout=2)
+            assert answer.data == b"x"
+            await nc.flush()
+            assert refused == []  # a subscription outside the prefix is a permissions violation here
+        finally:
+            await nc.close()
 
 
 async def test_a_cancelled_first_publish_leaves_the_publisher_working_and_the_rest_share_one_start(
