@@ -211,6 +211,8 @@ class PresenceWatcher:
                 if self._active is not roster and wait and not self._differ and await self._to_roster(roster):
                     continue
             except Exception as err:
+                if self._store.bucket.nc.is_closed:
+                    return  # for good: nothing this loop could switch to would receive anything
                 log.warning("presence: switching the watch's source failed (%s); trying again", err)
                 await asyncio.sleep(PAUSE)
                 continue

@@ -406,3 +406,20 @@ async def test_a_roster_follower_outlives_a_server_restart(own_server: NatsServe
             await recorder.close()
             await stays.leave()
             await keeper.stop()
+
+
+async def test_a_roster_follower_whose_connection_closes_stops_trying_to_switch(
+    coord_conn: coord.Coord, second: coord.Coord, keeper: Keeper, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once the follower's own connection is closed for good, the keeper's renewals stop reaching it and
+    the switch to the presence bucket fails: it gives up at once instead of trying every second."""
+    watcher = await second.presence.watch().start()
+    try:
+        await eventually(lambda: watcher.mode == "roster", 10, "the watch follows the roster")
+        caplog.set_level("INFO", logger="corral.presence")
+        await second.nc.close()
+        await asyncio.sleep(2.0 + 0.5 + 3 * 1.0)  # the keeper's TTL and interval, then three pauses
+        failed = [r for r in caplog.records if "switching the watch's source failed" in r.getMessage()]
+        assert failed == []
+    finally:
+        await watcher.stop()
