@@ -2,7 +2,7 @@
 
     python3 dev.py bench fanout [--parents 1,4,16,32] [--agents 1000,10000] [--rate R] [--seconds S]
                                 [--warmup S] [--reclaimer standalone|embedded] [--parent-reclaimer on|off]
-                                [--kill-tasks K] [--json FILE]
+                                [--reclaimer-start before|after] [--kill-tasks K] [--json FILE]
 
 For each fleet size N and parent count P, on a fresh nats-server of its own (loopback, HTTP
 monitoring on), with real processes only:
@@ -11,7 +11,9 @@ monitoring on), with real processes only:
   each renewal a pipelined put of the bytes and ``Nats-TTL`` a real Membership writes, so every
   presence follower sees them as real agents;
 - two ``corral worker`` processes with a no-op handler (queue ``bench``);
-- ``--reclaimer standalone`` (the default): one ``corral reclaimer`` process;
+- ``--reclaimer standalone`` (the default): one ``corral reclaimer`` process, started before the
+  parents, or with ``--reclaimer-start after`` once they run (a parent holds the lease first and hands
+  it over when the standalone one asks: the row's ``lease`` says who holds it in the window);
 - P parent processes, each a default ``Dispatcher`` (embedded reclaimer as shipped; without it with
   ``--parent-reclaimer off``, the floor of what a parent's own work costs), submitting its share of
   a fixed total of ``--rate`` tasks/s, one task at a time evenly spaced, and awaiting every result
@@ -58,6 +60,7 @@ import coord
 from bench._fanout_measure import Window, outlier, spread, take
 from bench._fanout_roles import QUEUE, TICK
 from bench._servers import OneLineParser, number, whole
+from coord.lease import LEADER, read_term
 from coord.server import NatsServer
 from coord.tasks import TaskStatus
 from coord.wire import Spec
@@ -116,6 +119,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=["on", "off"],
         default="on",
         help="off: parents without their embedded reclaimer, the floor of what their own work costs",
+    )
+    ap.add_argument(
+        "--reclaimer-start",
+        choices=["before", "after"],
+        default="before",
+        help="start the standalone reclaimer before the parents, or after them (it must take the lease over)",
     )
     ap.add_argument(
         "--kill-tasks", type=whole(0, 64), default=4, help="long tasks under the SIGKILLed worker (0: skip)"
@@ -285,7 +294,7 @@ async def _measure(
         if await sim.line(READY_TIMEOUT) != "ready":
             raise Failed(f"{sim.name} did not get its agents present")
     reclaimer = None
-    if args.reclaimer == "standalone":
+    if args.reclaimer == "standalone" and args.reclaimer_start == "before":
         reclaimer = await fleet.corral("corral-reclaimer", "reclaimer")
     workers = [await fleet.worker(f"bw{i}", QUEUE, "_handlers:noop", WORKER_CONCURRENCY) for i in range(WORKERS)]
     for i in range(WORKERS):
@@ -298,6 +307,9 @@ async def _measure(
     for kid in kids:
         if await kid.line(READY_TIMEOUT) != "ready":
             raise Failed(f"{kid.name} did not start")
+    if args.reclaimer == "standalone" and args.reclaimer_start == "after":
+        progress(f"{label}: starting the standalone reclaimer after the parents")
+        reclaimer = await fleet.corral("corral-reclaimer", "reclaimer")
     w0 = time.time() + args.warmup
     w1 = w0 + args.seconds
     for kid in kids:
@@ -311,6 +323,7 @@ async def _measure(
         if w1 - time.time() > 0.5:
             progress(f"{label}: measuring, {w1 - time.time():.0f} s to go")
     window = Window(first, await take(monitor, pids))
+    lease = await _lease(conn)
     in_window = [json.loads(await kid.line(60)) for kid in kids]
 
     reclaim: dict[str, Any] = {}
@@ -320,7 +333,19 @@ async def _measure(
     progress(f"{label}: stopping")
     reports = [{**await _finish(kid, PARENT_UNREPORTED), **seen} for kid, seen in zip(kids, in_window, strict=True)]
     sim_reports = [await _finish(sim, SIMULATOR_UNREPORTED) for sim in sims]
-    return _rows(args, window, kids, reports, sims, sim_reports, reclaimer, workers, server_pid, reclaim)
+    return {
+        **_rows(args, window, kids, reports, sims, sim_reports, reclaimer, workers, server_pid, reclaim),
+        "lease": lease,
+    }
+
+
+async def _lease(conn: coord.Coord) -> dict[str, Any] | None:
+    """Who held the reclaimer's lease at the end of the window (None: nobody)."""
+    term, _ = read_term(await conn.roster.get(LEADER))
+    if term is None:
+        return None
+    r = term.record
+    return {"holder": r.holder, "standalone": r.preferred, "ready": r.ready}
 
 
 PARENT_UNREPORTED = {"submitted": 0, "done": 0, "failed": 0, "timed_out": 0, "unreported": True}
@@ -515,6 +540,9 @@ def cells(r: dict[str, Any]) -> tuple[list[str], list[str]]:
     notes = list(r["notes"])
     if p["active_reclaimer"]:
         notes.insert(0, f"active reclaimer: {p['active_reclaimer']}")
+    lease = r.get("lease")
+    held = f"{lease['holder']}{' (standalone)' if lease['standalone'] else ''}" if lease else "none"
+    notes.insert(0, f"lease: {held}")
     first = [
         *head,
         _f(r["tasks_per_s"]),

@@ -23,6 +23,15 @@ every ``interval`` by compare-and-set at the revision it last wrote, exactly lik
   interval, timed on this process's clock from when the value was seen, so clock skew plays no part)
   is a dead holder's whose TTL the server does not apply: it is written over the same way.
 
+- **Preferred candidates take over from the others.** A candidate made ``preferred`` (a standalone
+  ``corral reclaimer``, which exists to take this work off parents) that finds a live term of a
+  non-preferred holder asks for it: it writes the holder's record back at its revision with itself
+  as ``wanted_by``. The holder steps down on that write (no action of its starts after it) and hands
+  the lease over by writing the asker's record at that revision; the asker takes it with its first
+  renewal. A holder that cannot answer (dead, or a corral without hand-over) is waited out as any
+  other: the server expires the key a TTL after the ask. A want over a preferred holder is not
+  honoured: that holder takes its key back at once.
+
 A term also says when its holder is **ready** (:meth:`Lease.mark_ready`): done taking over, so
 what the role keeps (the roster) is current. :func:`read_term` and :func:`is_live` are the same rules
 for processes that only follow a lease.
@@ -47,7 +56,7 @@ from coord.ids import Token
 from coord.kv import MSG_TTL, Bucket, Entry, KeyWatch
 from coord.presence.timing import check_timing, enforced_ttl
 
-__all__ = ["LEADER", "Lease", "LeaseRecord", "Term", "is_live", "read_term"]
+__all__ = ["LEADER", "Candidate", "Lease", "LeaseRecord", "Term", "asks_for", "hands_to", "is_live", "read_term"]
 
 log = logging.getLogger("corral.lease")
 
@@ -58,8 +67,23 @@ MARGIN = 0.5
 STOP_WITHIN = 5.0
 
 
+class Candidate(BaseModel):
+    """A candidate as it names itself in a lease record: enough to hand it the lease."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    holder: Token
+    """Its id."""
+    instance: str = Field(min_length=1, max_length=64)
+    """Nonce of its campaign."""
+    host: str = Field(default="", max_length=255)
+    """Host it runs on."""
+    pid: int = Field(default=0, ge=0)
+    """Its process id on ``host``."""
+
+
 class LeaseRecord(BaseModel):
-    """The value of a lease key: who holds it, since when, and whether it is ready."""
+    """The value of a lease key: who holds it, since when, whether it is ready and who asks for it."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -75,6 +99,14 @@ class LeaseRecord(BaseModel):
     """When this term began (the holder's clock: for display only)."""
     ready: bool = False
     """True once the holder finished taking over."""
+    preferred: bool = False
+    """True for a preferred holder (a standalone reclaimer): it never hands the lease over."""
+    wanted_by: Candidate | None = None
+    """A preferred candidate asking this (non-preferred) holder for the lease, or None."""
+
+    def candidate(self) -> Candidate:
+        """This record's holder as a :class:`Candidate`."""
+        return Candidate(holder=self.holder, instance=self.instance, host=self.host, pid=self.pid)
 
 
 @dataclass(frozen=True)
@@ -115,6 +147,24 @@ def is_live(seen_at: float, now: float, *, ttl: float, interval: float) -> bool:
     return now - seen_at <= enforced_ttl(ttl) + interval
 
 
+def asks_for(term: Term | None, mine: LeaseRecord) -> bool:
+    """Whether the candidate writing ``mine`` asks the live ``term``'s holder for the lease: it is
+    preferred, the holder is not, and nobody asks yet."""
+    if term is None or not mine.preferred:
+        return False
+    record = term.record
+    return not record.preferred and record.wanted_by is None and record.instance != mine.instance
+
+
+def hands_to(term: Term | None, mine: LeaseRecord) -> Candidate | None:
+    """Who the holder writing ``mine`` hands the lease to when ``term`` is its own record with an ask
+    on it: the asker, unless the holder is preferred itself (then nobody)."""
+    if term is None or term.record.instance != mine.instance or mine.preferred:
+        return None
+    asker = term.record.wanted_by
+    return asker if asker is not None and asker.instance != mine.instance else None
+
+
 class Lease:
     """One process's candidacy for the lease under ``key`` (see the module docstring for the guarantees).
 
@@ -124,14 +174,16 @@ class Lease:
     term as last seen (this process's or another's).
     """
 
-    def __init__(self, bucket: Bucket, key: str, holder: str, *, ttl: float, interval: float) -> None:
+    def __init__(
+        self, bucket: Bucket, key: str, holder: str, *, ttl: float, interval: float, preferred: bool = False
+    ) -> None:
         check_timing(interval, ttl)
         self.bucket = bucket
         self.key = key
         self.ttl = ttl
         self.interval = interval
-        self.record = LeaseRecord(holder=holder, instance=secrets.token_hex(8))
-        """What this process writes while it holds the lease."""
+        self.record = LeaseRecord(holder=holder, instance=secrets.token_hex(8), preferred=preferred)
+        """What this process writes while it holds the lease (``preferred``: see the module docstring)."""
         self.current: Term | None = None
         """The live term as last seen, or None when the lease is vacant (or held by nobody's value)."""
         self.terms = 0
@@ -220,6 +272,8 @@ class Lease:
             mine = term is not None and term.record.instance == self.record.instance
             if not mine:
                 self._step_down(f"the key was written at revision {entry.revision} by another writer")
+            elif term is not None and term.record.wanted_by is not None:  # handed over (or taken back) next
+                self._step_down(f"{term.record.wanted_by.holder} asks for it", level=logging.INFO)
         self._wake.set()
 
     # --- campaigning ------------------------------------------------------------------------------
@@ -251,11 +305,22 @@ class Lease:
         return max(0.0, self._seen_at + limit - now) + 0.01
 
     async def _attempt(self) -> None:
-        """Take the lease if it is vacant, nobody's, or a dead holder's; never raises."""
+        """Take the lease if it is vacant, nobody's, a dead holder's or handed to this process; ask a
+        live non-preferred holder for it when this candidate is preferred. Never raises."""
         seen, loop = self._seen, asyncio.get_running_loop()
         term, _ = read_term(seen)
         if term is not None and is_live(self._seen_at, loop.time(), ttl=self.ttl, interval=self.interval):
-            return
+            if asks_for(term, self.record):
+                await self._ask(term)
+                return
+            if term.record.instance != self.record.instance:
+                return
+            asker = hands_to(term, self.record)
+            if asker is not None:
+                await self._hand_over(term.revision, asker)
+                return
+            # named this process's: handed to it, its own term asked for by no one it yields to, or one
+            # it stepped down from unasked; a compare-and-set at the revision seen takes it (back)
         record = self.record.model_copy(update={"since": datetime.now(UTC), "ready": False})
         sent = loop.time()
         try:
@@ -276,6 +341,33 @@ class Lease:
         self._free.clear()
         self._held.set()
         log.info("lease %s: %s holds it (revision %d)", self.key, record.holder, revision)
+
+    async def _ask(self, term: Term) -> None:
+        """Write the holder's record back at its revision with this candidate as ``wanted_by``."""
+        asking = term.record.model_copy(update={"wanted_by": self.record.candidate()})
+        try:
+            await self.bucket.update(
+                self.key, _encode(asking), last=term.revision, ttl=self.ttl, patience=self.interval
+            )
+        except Conflict:
+            return  # renewed meanwhile: asked again when that renewal is seen
+        except Exception as err:
+            log.debug("lease %s: asking for it failed (%s); trying again", self.key, err)
+            self._retry_at = asyncio.get_running_loop().time() + self._pause()
+            return
+        log.info("lease %s: %s asks %s for it", self.key, self.record.holder, term.record.holder)
+
+    async def _hand_over(self, revision: int, asker: Candidate) -> None:
+        """Write ``asker``'s record at ``revision`` (the ask): it takes the lease with its first renewal."""
+        handed = LeaseRecord(
+            holder=asker.holder, instance=asker.instance, host=asker.host, pid=asker.pid, preferred=True
+        )
+        try:
+            await self.bucket.update(self.key, _encode(handed), last=revision, ttl=self.ttl, patience=self.interval)
+        except Exception as err:  # the ask expires with its TTL; candidates take the lease then
+            log.info("lease %s: handing it to %s failed (%s)", self.key, asker.holder, err)
+            return
+        log.info("lease %s: %s handed it to %s", self.key, self.record.holder, asker.holder)
 
     def _pause(self) -> float:
         """How long to wait after a write that failed for a reason other than a lost race."""

@@ -6,7 +6,9 @@
 Only the holder is *active*: it starts the task index, the presence watch, the limits view, the
 rebuild (reclaiming the claims of absent workers, so fail-over leaves no gap) and the sweep, then
 marks the lease ready; when the term ends all of that stops and it is a standby again, following the
-lease key alone (one message per renewal). Fencing: no reclaim, slot repair or notification deletion
+lease key alone (one message per renewal). A standalone ``corral reclaimer`` is a *preferred*
+candidate: a parent holding the lease hands it over when one asks, so parents stay standbys (issue 22's
+idle bound holds whichever started first). Fencing: no reclaim, slot repair or notification deletion
 starts unless :meth:`~coord.lease.Lease.valid`, and every reclaim is still a CAS on the claim seen, so
 an overlap is safe too (``candidate=False``: active from start to stop, as tests stage an overlap).
 
@@ -104,6 +106,7 @@ class Reclaimer:
     Use ``async with Reclaimer(coord):`` or :meth:`start` / :meth:`stop`. ``events`` receives every
     reclaim (the newest 1,024 when nobody reads them), for progress displays and tests; it and the
     counters go on across terms. ``candidate_id`` names it in the lease (a new id by default);
+    ``preferred`` (``corral reclaimer``) makes a live non-preferred holder (a parent's) hand the lease to it;
     ``follower`` is kept in step with presence while active; ``on_role`` is told each change of role.
     """
 
@@ -115,6 +118,7 @@ class Reclaimer:
         renotify_after: float | None = None,
         candidate: bool = True,
         candidate_id: str | None = None,
+        preferred: bool = False,
         follower: PresenceFollower | None = None,
         on_role: RoleCallback | None = None,
     ) -> None:
@@ -134,6 +138,7 @@ class Reclaimer:
                 self.id,
                 ttl=coord.settings.presence_ttl,
                 interval=coord.settings.presence_interval,
+                preferred=preferred,
             )
             if candidate
             else None
@@ -294,7 +299,8 @@ class Reclaimer:
     async def _watch_presence(self, watcher: PresenceWatcher) -> None:
         async for change in watcher:
             try:
-                await self.follower.apply(change)
+                if not self._fenced():  # a term being handed over writes nothing the next one must undo
+                    await self.follower.apply(change)
             except Exception:  # the follower's trouble must not end the watch
                 log.exception("reclaimer: the presence follower failed on %r", change)
             try:

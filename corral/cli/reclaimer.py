@@ -1,5 +1,6 @@
-"""``corral reclaimer``: run a standalone reclaimer (a candidate for the namespace's one active
-reclaimer) until interrupted, or show who holds the lease (``--status``)."""
+"""``corral reclaimer``: run a standalone reclaimer (a preferred candidate for the namespace's one
+active reclaimer: a parent holding the lease hands it over) until interrupted, or show who holds the
+lease (``--status``)."""
 
 from __future__ import annotations
 
@@ -26,14 +27,24 @@ def _holder(term: Term | None) -> dict[str, Any] | None:
     if term is None:
         return None
     r = term.record
-    return {"holder": r.holder, "host": r.host, "pid": r.pid, "since": r.since.isoformat(), "ready": r.ready}
+    asker = r.wanted_by.holder if r.wanted_by is not None else None
+    return {
+        "holder": r.holder,
+        "host": r.host,
+        "pid": r.pid,
+        "since": r.since.isoformat(),
+        "ready": r.ready,
+        "standalone": r.preferred,
+        "asked_by": asker,
+    }
 
 
 def _describe(term: Term | None) -> str:
     if term is None:
         return "none seen yet (the lease is vacant or being taken)"
     r = term.record
-    return f"{r.holder} on {r.host} (pid {r.pid}){'' if r.ready else ', taking over'}"
+    kind = "standalone" if r.preferred else "in a parent"
+    return f"{r.holder} on {r.host} (pid {r.pid}, {kind}){'' if r.ready else ', taking over'}"
 
 
 async def _serve(opts: Options, sweep: float | None, as_json: bool) -> int:
@@ -46,7 +57,7 @@ async def _serve(opts: Options, sweep: float | None, as_json: bool) -> int:
             console.print(f"standby: {rec.id}; active reclaimer: {_describe(holder)}", highlight=False)
 
     async with opts.connect(name="corral-reclaimer") as coord:
-        rec = Reclaimer(coord, sweep_interval=sweep, on_role=on_role)
+        rec = Reclaimer(coord, sweep_interval=sweep, on_role=on_role, preferred=True)
         if not as_json:
             console.print(
                 f"reclaimer {rec.id} campaigning in namespace [bold]{coord.namespace}[/] on {opts.server}",
@@ -93,7 +104,8 @@ async def _status(opts: Options, as_json: bool) -> int:
         renewed = f", renewed {age:.1f}s ago" if age is not None else ""
         state = "" if live else " [STALE: not renewed within the TTL; a candidate will take over]"
         console.print(
-            f"active reclaimer in {namespace}: {r.holder} on {r.host} (pid {r.pid}), since "
+            f"active reclaimer in {namespace}: {r.holder} on {r.host} (pid {r.pid}, "
+            f"{'standalone' if r.preferred else 'in a parent'}), since "
             f"{r.since.isoformat(timespec='seconds')} ({since:.0f}s), {'ready' if r.ready else 'not ready'}"
             f"{renewed}{state}",
             highlight=False,

@@ -150,13 +150,15 @@ def _presence(draw: st.DrawFn) -> list[Write]:
 
 @st.composite
 def _roster(draw: st.DrawFn) -> list[Write]:
-    """The reclaimer's lease (a ghost holder that never renews, with and without a TTL) and roster entries."""
+    """The reclaimer's lease (a ghost holder that never renews, with and without a TTL, maybe asked for by a
+    phantom) and roster entries."""
     if draw(st.booleans()):
         holder = {"holder": draw(hostile_ids), "instance": "i1", "host": "elsewhere", "pid": 1, "since": now_iso()}
         headers = draw(st.sampled_from([{}, {"Nats-TTL": "3600s"}, {"Nats-TTL": "1s"}]))
-        return [
-            Write("kv", "leader", draw(record_bodies([holder, {**holder, "ready": True}])), "roster_bucket", headers)
-        ]
+        # ...ready, preferred (never asked), or asking itself on behalf of a phantom candidate
+        phantom = {"holder": draw(hostile_ids), "instance": "ph", "host": "nowhere", "pid": 2}
+        ghosts = [holder, {**holder, "ready": True}, {**holder, "preferred": True}, {**holder, "wanted_by": phantom}]
+        return [Write("kv", "leader", draw(record_bodies(ghosts)), "roster_bucket", headers)]
     shape = draw(st.integers(0, 2))
     if shape == 1:
         # A forged departure of an honest worker (a DEL with the keeper's reason header), or its entry
@@ -434,7 +436,8 @@ TARGETS: list[Target] = [
     Target(
         "roster",
         ("roster_bucket",),
-        "the reclaimer's lease held by ghosts (no TTL, a TTL of an hour, malformed) and hostile roster entries",
+        "the reclaimer's lease held by ghosts (no TTL, a TTL of an hour, malformed, asked for by phantoms) and hostile "
+        "roster entries",
         _roster(),
     ),
     Target(

@@ -9,14 +9,14 @@ import pytest
 
 import coord
 from coord.kv import MSG_TTL, Entry, Op, ttl_header
-from coord.lease import LEADER, Lease, LeaseRecord, is_live, read_term
+from coord.lease import LEADER, Candidate, Lease, LeaseRecord, Term, asks_for, hands_to, is_live, read_term
 from tests.helpers_wait import eventually
 
 TTL, INTERVAL = 2.0, 0.5
 
 
-def lease(conn: coord.Coord, holder: str) -> Lease:
-    return Lease(conn.roster, LEADER, holder, ttl=TTL, interval=INTERVAL)
+def lease(conn: coord.Coord, holder: str, *, preferred: bool = False) -> Lease:
+    return Lease(conn.roster, LEADER, holder, ttl=TTL, interval=INTERVAL, preferred=preferred)
 
 
 def _entry(value: bytes, headers: dict[str, str], op: Op = Op.PUT) -> Entry:
@@ -133,3 +133,101 @@ async def test_mark_ready_is_seen_by_followers(coord_conn: coord.Coord) -> None:
     await asyncio.sleep(2 * INTERVAL)
     assert holder.held and holder.record.ready  # renewals keep the flag
     await asyncio.gather(holder.stop(), follower.stop())
+
+
+def _term(record: LeaseRecord) -> Term:
+    return Term(record, 9, None)
+
+
+def test_only_a_preferred_candidate_asks_and_only_a_non_preferred_holder_hands_over() -> None:
+    parent = LeaseRecord(holder="parent", instance="p1")
+    standalone = LeaseRecord(holder="standalone", instance="s1", preferred=True)
+    other_standalone = LeaseRecord(holder="standalone-2", instance="s2", preferred=True)
+    assert asks_for(_term(parent), standalone)
+    assert not asks_for(_term(parent), LeaseRecord(holder="parent-2", instance="p2"))  # not preferred
+    assert not asks_for(_term(other_standalone), standalone)  # no ping-pong between standalones
+    assert not asks_for(None, standalone)
+    asked = parent.model_copy(update={"wanted_by": standalone.candidate()})
+    assert not asks_for(_term(asked), other_standalone)  # one ask at a time
+    assert hands_to(_term(asked), parent) == standalone.candidate()
+    assert hands_to(_term(asked), LeaseRecord(holder="parent", instance="other")) is None  # not its term
+    assert hands_to(_term(parent), parent) is None  # nobody asks
+    hostile = standalone.model_copy(update={"wanted_by": Candidate(holder="x", instance="x1")})
+    assert hands_to(_term(hostile), standalone) is None  # a preferred holder keeps it
+
+
+async def test_a_preferred_candidate_is_handed_the_lease_by_a_live_holder_that_is_not(coord_conn: coord.Coord) -> None:
+    parent, standby = lease(coord_conn, "parent"), lease(coord_conn, "parent-2")
+    await parent.start()
+    await standby.start()
+    assert parent.held and await parent.mark_ready()
+    standalone = lease(coord_conn, "standalone", preferred=True)
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    await standalone.start()
+    try:
+        await asyncio.wait_for(standalone.until(held=True), 2)
+        took = loop.time() - asked
+        assert took < 1.0, f"hand-over took {took:.2f}s"
+        assert not parent.held and not parent.valid() and not standby.held
+        await asyncio.sleep(2 * TTL)  # it stays there: nobody asks a preferred holder, renewals go on
+        assert standalone.held and standalone.valid() and standalone.terms == 1 and parent.terms == 1
+        assert parent.current is not None and parent.current.record.holder == "standalone"
+        assert parent.current.record.preferred and parent.current.record.wanted_by is None
+    finally:
+        await asyncio.gather(standalone.stop(), parent.stop(), standby.stop())
+
+
+async def test_an_ask_nobody_answers_ends_in_the_asker_holding_within_the_ttl(coord_conn: coord.Coord) -> None:
+    """A holder that cannot answer (dead, or a corral without hand-over) is waited out: the ask carries
+    the TTL, so the server expires the key and the asker takes it."""
+    mute = LeaseRecord(holder="old-parent", instance="o1", ready=True).model_dump_json().encode()
+    await coord_conn.roster.put(LEADER, mute, ttl=TTL)
+    standalone = lease(coord_conn, "standalone", preferred=True)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await standalone.start()
+    try:
+        await asyncio.wait_for(standalone.until(held=True), TTL + 3)
+        assert loop.time() - started <= TTL + INTERVAL + 1.5
+    finally:
+        await standalone.stop()
+
+
+async def test_a_forged_ask_over_a_preferred_holder_is_taken_back_at_once(coord_conn: coord.Coord) -> None:
+    holder = lease(coord_conn, "standalone", preferred=True)
+    await holder.start()
+    assert holder.held
+    seen = await coord_conn.roster.get(LEADER)
+    assert seen is not None
+    term, _ = read_term(seen)
+    assert term is not None
+    forged = term.record.model_copy(update={"wanted_by": Candidate(holder="phantom", instance="ph")})
+    await coord_conn.roster.update(LEADER, forged.model_dump_json().encode(), last=seen.revision, ttl=TTL)
+    try:
+        await eventually(lambda: holder.terms == 2 and holder.held, 2, "the holder's key taken back")
+        again = read_term(await coord_conn.roster.get(LEADER))[0]
+        assert again is not None and again.record.holder == "standalone" and again.record.wanted_by is None
+    finally:
+        await holder.stop()
+
+
+async def test_a_holder_asked_by_a_phantom_is_replaced_within_the_ttl(coord_conn: coord.Coord) -> None:
+    """A forged ask (only parents and reclaimers may write the roster) costs at most one TTL without a
+    holder: the phantom never takes the lease it was handed, the key expires, a candidate takes it."""
+    holder, standby = lease(coord_conn, "parent"), lease(coord_conn, "parent-2")
+    await holder.start()
+    await standby.start()
+    seen = await coord_conn.roster.get(LEADER)
+    term = read_term(seen)[0]
+    assert seen is not None and term is not None
+    forged = term.record.model_copy(update={"wanted_by": Candidate(holder="phantom", instance="ph")})
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    await coord_conn.roster.update(LEADER, forged.model_dump_json().encode(), last=seen.revision, ttl=TTL)
+    try:
+        await eventually(lambda: holder.current is not None and holder.current.record.holder == "phantom", 2, "handed")
+        await eventually(lambda: holder.held or standby.held, TTL + 3, "a candidate holding again")
+        assert loop.time() - asked <= TTL + INTERVAL + 1.5
+    finally:
+        await asyncio.gather(holder.stop(), standby.stop())

@@ -229,10 +229,12 @@ async def test_reclaimer_status_names_the_holder_since_when_and_ready_or_says_va
         status = json.loads(shown.out)
         assert status["state"] == "held" and status["active"]["holder"] == "r-status"
         assert status["active"]["ready"] is True and status["active"]["pid"] == os.getpid()
+        assert status["active"]["standalone"] is False and status["active"]["asked_by"] is None
         assert 0 <= status["renewed_ago_s"] < 5
         text = await corral(url, ns, subprocess_env, "reclaimer", "--status")
         assert text.code == 0 and len(text.out.splitlines()) == 1
         assert text.out.startswith(f"active reclaimer in {ns}: r-status on ") and ", ready, renewed" in text.out
+        assert ", in a parent), since " in text.out
     await coord_conn.roster.put(LEADER, b"garbage")
     odd = await corral(url, ns, subprocess_env, "reclaimer", "--status", "--json")
     assert odd.code == 0 and json.loads(odd.out)["state"] == "nobody's"
@@ -292,3 +294,50 @@ async def test_a_ghost_lease_holder_stops_reclaiming_for_at_most_the_ttl_and_an_
     print(f"the ghost's hold ended and its worker's claim was reclaimed {took:.2f}s after it was written")
     assert event.task_id == "haunted" and event.reason == "worker-absent"
     assert took <= enforced_ttl(settings.presence_ttl) + settings.presence_interval + 1.5
+
+
+async def test_a_standalone_reclaimer_started_after_a_parent_takes_over_and_reclaims_each_claim_once(
+    coord_conn: coord.Coord, nats_server: NatsServer, subprocess_env: dict[str, str]
+) -> None:
+    """Whichever starts first, a parent stays a standby once a standalone reclaimer runs: the parent's
+    embedded reclaimer hands the lease over when asked, and a worker that dies right after has each of
+    its claims reclaimed once, by the standalone one."""
+    tasks = coord_conn.tasks
+    worker = HoldProcess(nats_server.url, coord_conn.namespace, subprocess_env, "w-hand")
+    try:
+        await worker.expect("joined")
+        ids = [f"h{i}" for i in range(5)]
+        for task_id in ids:
+            await tasks.schedule(task_id, queue="q", spec=None)
+        claims = {t: (await tasks.claim(t, "w-hand")).claim_id for t in ids}
+        async with contextlib.AsyncExitStack() as stack:
+            conns = [
+                await stack.enter_async_context(coord.connect(nats_server.url, namespace=coord_conn.namespace))
+                for _ in range(2)
+            ]
+            parent = await stack.enter_async_context(Reclaimer(conns[0], candidate_id="parent-r", sweep_interval=60))
+            assert parent.active and parent.claims_of("w-hand") == claims
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            standalone = await stack.enter_async_context(
+                Reclaimer(conns[1], candidate_id="standalone-r", sweep_interval=60, preferred=True)
+            )
+            await asyncio.wait_for(standalone.until_active(), 5)
+            print(f"standalone active {loop.time() - started:.2f}s after it started")
+            assert loop.time() - started < 2.0
+            assert not parent.active and parent.claims_of("w-hand") == {}
+            assert standalone.claims_of("w-hand") == claims
+            worker.signal(signal.SIGKILL)
+
+            async def all_pending() -> bool:
+                records = [await tasks.get(t) for t in ids]
+                return all(r.status is TaskStatus.PENDING for r in records)
+
+            await eventually(all_pending, coord_conn.settings.presence_ttl + 4, "the dead worker's claims back")
+            await asyncio.sleep(0.5)
+            events = drain(parent) + drain(standalone)
+            assert sorted(e.claim_id for e in events) == sorted(claims.values()), "each claim reclaimed once"
+            assert standalone.reclaimed == len(ids) and parent.reclaimed == 0
+            assert standalone.active and not parent.active  # no ping-pong
+    finally:
+        worker.kill()
