@@ -44,6 +44,13 @@ class Peer:
 
 PEERS: list[Peer] = [
     Peer("corral", "corral (Dispatcher + 2 `corral worker` x c=256)", "bench.peers.corral_peer", "run", "nats"),
+    Peer(
+        "corral-reclaimer",
+        "corral + a standalone `corral reclaimer` (its CPU counted with the workers)",
+        "bench.peers.corral_peer",
+        "run_with_reclaimer",
+        "nats",
+    ),
     Peer("arq", "arq, polling tuned to 10 ms, max_jobs=256", "bench.peers.arq_peer", "run", "redis"),
     Peer(
         "celery-prefork", "Celery + Redis, prefork -c 2, acks_late", "bench.peers.celery_peer", "run_prefork", "redis"
