@@ -227,20 +227,28 @@ class Lease:
         return self
 
     async def stop(self) -> None:
-        """Stop campaigning; a held lease is released (deleted at its revision) so a standby takes it at once."""
+        """Stop campaigning; a held lease (or one handed to this process and not yet taken) is released,
+        deleted at its revision, so a standby takes it at once."""
         self._stopping = True
         self._wake.set()
         if self._runner is not None:
             await stop_tasks([self._runner], within=STOP_WITHIN, what=f"lease {self.key}")
             self._runner = None
-        if self.held:
-            revision = self._revision
+        revision = self._revision if self.held else self._handed_revision()
+        if revision:
             self._step_down("released", level=logging.INFO)
             with contextlib.suppress(Exception):  # best effort: the TTL frees it anyway
                 await self.bucket.delete(self.key, last=revision, patience=2.0)
         if self._watch is not None:
             await self._watch.stop()
             self._watch = None
+
+    def _handed_revision(self) -> int:
+        """The revision of a term handed to this process and not yet taken (0: none)."""
+        term = self.current
+        if term is None or term.record.instance != self.record.instance or term.record.wanted_by is not None:
+            return 0
+        return term.revision
 
     async def __aenter__(self) -> Lease:
         return await self.start()
