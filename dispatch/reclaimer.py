@@ -6,9 +6,8 @@
 Only the holder is *active*: it starts the task index, the presence watch, the limits view, the
 rebuild (reclaiming the claims of absent workers, so fail-over leaves no gap) and the sweep, then
 marks the lease ready; when the term ends all of that stops and it is a standby again, following the
-lease key alone (one message per renewal). A standalone ``corral reclaimer`` is a *preferred*
-candidate: a parent holding the lease hands it over when one asks, so parents stay standbys (issue 22's
-idle bound holds whichever started first). Fencing: no reclaim, slot repair or notification deletion
+lease key alone (one message per renewal). A standalone ``corral reclaimer`` is *preferred*: a
+parent holding the lease hands it over when it asks. Fencing: no reclaim, slot repair or notification deletion
 starts unless :meth:`~coord.lease.Lease.valid`, and every reclaim is still a CAS on the claim seen, so
 an overlap is safe too (``candidate=False``: active from start to stop, as tests stage an overlap).
 
@@ -40,9 +39,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol
 
 from coord.aio import stop_tasks
 from coord.connection import Coord
@@ -50,7 +48,8 @@ from coord.errors import Conflict, InvalidTransition, NotFound, StaleClaim
 from coord.ids import new_id, validate_id
 from coord.lease import LEADER, Lease, Term
 from coord.limits import LimitsView
-from coord.presence import AgentInfo, Joined, Left, PresenceEvent, RosterKeeper
+from coord.presence import Joined, Left, RosterKeeper
+from coord.presence.roster import PresenceFollower
 from coord.presence.watcher import PresenceWatcher
 from coord.streams import Stream
 from coord.tasks import IndexEntry, TaskIndex, TaskStatus
@@ -79,21 +78,6 @@ RENOTIFY_EVERY = 10.0
 RECONCILE_EVERY = 60.0
 """Seconds between two reconciles of the follower (the roster) with presence while active: bounds how long a
 forged roster write (only the parent and reclaimer roles may write one) is believed by roster followers."""
-
-
-class PresenceFollower(Protocol):
-    """What the active reclaimer keeps in step with presence (the roster keeper satisfies it).
-
-    :meth:`reconcile` is awaited once per term, after the rebuild and before the lease is marked
-    ready, with every agent present; :meth:`apply` is awaited with each change the term's presence
-    watch yields (joined, left, updated), in order. An exception is logged and never ends the term.
-    """
-
-    async def reconcile(self, present: Mapping[str, AgentInfo]) -> bool:
-        """Make what is kept match ``present`` (agent id → info); True if it now does."""
-
-    async def apply(self, change: PresenceEvent) -> None:
-        """Apply one presence change."""
 
 
 RoleCallback = Callable[[bool, Term | None], None]

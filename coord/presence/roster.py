@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Protocol
 
 from pydantic import ValidationError
 
@@ -21,7 +22,7 @@ from coord.kv import Bucket, Entry
 from coord.presence._store import LEFT_REASON, tombstone_reason
 from coord.presence.models import AgentInfo, Joined, Left, LeftReason, PresenceEvent, Updated
 
-__all__ = ["PREFIX", "RosterKeeper", "agent_key", "decode_entry", "encode_info"]
+__all__ = ["PREFIX", "PresenceFollower", "RosterKeeper", "agent_key", "decode_entry", "encode_info"]
 
 log = logging.getLogger("corral.presence")
 
@@ -64,6 +65,21 @@ def decode_entry(entry: Entry) -> tuple[str | None, AgentInfo | LeftReason | Non
     if info.id != agent_id:
         return agent_id, None, f"id {info.id!r} does not match its key {entry.key!r}"
     return agent_id, info, ""
+
+
+class PresenceFollower(Protocol):
+    """What the active reclaimer keeps in step with presence (the roster keeper satisfies it).
+
+    :meth:`reconcile` is awaited once per term, after the rebuild and before the lease is marked
+    ready, with every agent present; :meth:`apply` is awaited with each change the term's presence
+    watch yields (joined, left, updated), in order. An exception is logged and never ends the term.
+    """
+
+    async def reconcile(self, present: Mapping[str, AgentInfo]) -> bool:
+        """Make what is kept match ``present`` (agent id → info); True if it now does."""
+
+    async def apply(self, change: PresenceEvent) -> None:
+        """Apply one presence change."""
 
 
 class RosterKeeper:
