@@ -168,7 +168,8 @@ async def test_a_preferred_candidate_is_handed_the_lease_by_a_live_holder_that_i
     try:
         await asyncio.wait_for(standalone.until(held=True), 2)
         took = loop.time() - asked
-        assert took < 1.0, f"hand-over took {took:.2f}s"
+        # asked at once, or after the holder's next renewal if that raced the ask; then two writes
+        assert took < INTERVAL + 1.0, f"hand-over took {took:.2f}s"
         assert not parent.held and not parent.valid() and not standby.held
         await asyncio.sleep(2 * TTL)  # it stays there: nobody asks a preferred holder, renewals go on
         assert standalone.held and standalone.valid() and standalone.terms == 1 and parent.terms == 1
