@@ -63,12 +63,25 @@ def find_server_binary() -> str:
     )
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on loopback that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on loopback that is free right now and that this process has not handed out before.
+
+    Ports picked together (a cluster's client, route, gateway and monitor ports) are only bound
+    later, when the servers start; without the second rule the kernel could offer a port picked
+    moments ago again, and two servers would be configured with the same one (seen in CI: a monitor
+    port that was another node's route port).
+    """
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            break
+    _HANDED_OUT.add(port)
+    return port
 
 
 def _die_with_parent() -> None:

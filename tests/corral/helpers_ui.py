@@ -172,5 +172,19 @@ def find(driver: webdriver.Chrome, css: str) -> list[WebElement]:
 
 
 def texts(driver: webdriver.Chrome, css: str) -> list[str]:
-    """The visible text of every element matching ``css``."""
-    return [el.text for el in find(driver, css)]
+    """The visible text of every element matching ``css``, read in one script: the live page may
+    re-render between finding an element and reading it, so nothing found is read later."""
+    found = driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), e => e.innerText.trim())", css
+    )
+    return [str(text) for text in found]
+
+
+def attributes(driver: webdriver.Chrome, css: str, name: str) -> list[str]:
+    """Attribute ``name`` of every element matching ``css`` (empty when absent), read in one script."""
+    found = driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), e => e.getAttribute(arguments[1]) || '')",
+        css,
+        name,
+    )
+    return [str(value) for value in found]

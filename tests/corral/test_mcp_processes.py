@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +21,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 import coord
-from coord.server import NatsServer
+from coord.server import NatsServer, free_port
 from coord.settings import Settings
 from coord.tasks import TaskStatus
 from tests.corral.helpers_cli import corral, start_corral
@@ -165,19 +164,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def test_http_serves_on_loopback_only_with_the_bearer_token(
     nats_server: NatsServer, namespace: str, subprocess_env: dict[str, str], coord_conn: coord.Coord
 ) -> None:
     refused = await corral(nats_server.url, namespace, subprocess_env, "mcp", "--http", "--host", "0.0.0.0")
     assert refused.code == 2 and "loopback" in refused.err and "Traceback" not in refused.err
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/mcp"
     server = await start_corral(
         nats_server.url, namespace, subprocess_env,

@@ -19,7 +19,7 @@ from selenium import webdriver
 from coord.server import NatsServer
 from coord.wire import Spec
 from tests.conftest import PYTHON
-from tests.corral.helpers_ui import QUEUE, Fleet, chromium, find, schedule, task_status, texts, until
+from tests.corral.helpers_ui import QUEUE, Fleet, attributes, chromium, find, schedule, task_status, texts, until
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 
 def agent_rows(browser: webdriver.Chrome) -> set[str]:
-    return {el.get_attribute("data-agent") or "" for el in find(browser, "#agents-table tbody tr[data-agent]")}
+    return set(attributes(browser, "#agents-table tbody tr[data-agent]", "data-agent"))
 
 
 def test_page_lists_the_live_agents(fleet: Fleet, browser: webdriver.Chrome) -> None:
@@ -48,7 +48,7 @@ def test_page_lists_the_live_agents(fleet: Fleet, browser: webdriver.Chrome) -> 
     fleet.worker("w2", concurrency=3)
     browser.get(fleet.ui())
     until(lambda: agent_rows(browser) == {"w1", "w2"}, 30, "both workers listed")
-    row = find(browser, "#agents-table tr[data-agent=w2]")[0].text
+    row = texts(browser, "#agents-table tr[data-agent=w2]")[0]
     assert "worker" in row and QUEUE in row and "0/3" in row, row
     assert texts(browser, "#mode") == ["read-only"]
     # a worker that joins later appears without a reload
@@ -69,15 +69,15 @@ def test_sigkilled_workers_departure_and_the_reclaim_appear_without_a_reload(
     until(lambda: agent_rows(browser) == {"w1", "w2"}, 30, "both workers listed")
     long_tasks = [Spec(task_id=f"long{i}", queue=QUEUE, payload={"seconds": 30}) for i in range(4)]
     schedule(fleet.url, fleet.namespace, long_tasks)
-    until(lambda: "2/2" in find(browser, "#agents-table tr[data-agent=w1]")[0].text, 30, "w1 running two tasks")
+    until(lambda: "2/2" in "".join(texts(browser, "#agents-table tr[data-agent=w1]")), 30, "w1 running two tasks")
     browser.execute_script("window.notReloaded = true")
 
     os.kill(victim.pid, signal.SIGKILL)
 
     until(lambda: find(browser, "#departures li[data-departed=w1][data-reason=expired]"), 20, "w1's departure")
     assert "w1" not in agent_rows(browser)
-    left = until(lambda: find(browser, "#timeline li[data-kind=left][data-agent=w1]"), 5, "departure on the timeline")
-    assert "expired" in left[0].text
+    left = until(lambda: texts(browser, "#timeline li[data-kind=left][data-agent=w1]"), 5, "departure on the timeline")
+    assert "expired" in left[0]
     reclaims = until(
         lambda: len(find(browser, "#timeline li[data-kind=reclaimed][data-agent=w1]")) >= 2 or None,
         20,
@@ -187,8 +187,9 @@ def test_queue_limits_delayed_tasks_and_schedules_set_from_the_cli_appear_on_the
 
     row = f"#queues-table tr[data-queue={QUEUE}]"
     until(lambda: "running 0/2 · rate 20/s" in " ".join(texts(browser, row)), 15, "the queue's limits")
-    cells = find(browser, f"{row} td")
-    assert [c.text for c in cells[1:3]] == ["2", "2"], "depth 2, both delayed"
+    # read as one poll: the live page may re-render the row between finding a cell and reading it
+    depth = until(lambda: texts(browser, f"{row} td")[1:3], 15, "the queue's depth cells")
+    assert depth == ["2", "2"], "depth 2, both delayed"
     schedule_row = until(lambda: texts(browser, "#schedules-table tr[data-schedule=nightly]"), 15, "the schedule")
     assert "0 3 * * * (UTC)" in schedule_row[0] and QUEUE in schedule_row[0]
 

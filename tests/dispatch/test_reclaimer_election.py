@@ -49,6 +49,13 @@ def drain(reclaimer: Reclaimer) -> list[ReclaimEvent]:
     return events
 
 
+async def claimed_by(conn: coord.Coord, worker_id: str, ids: list[str]) -> dict[str, str]:
+    """Schedule ``ids`` and claim each for ``worker_id``: task id → claim id."""
+    for task_id in ids:
+        await conn.tasks.schedule(task_id, queue="q", spec=None)
+    return {t: (await conn.tasks.claim(t, worker_id)).claim_id for t in ids}
+
+
 def the_active(found: list[Reclaimer]) -> Reclaimer:
     active = [r for r in found if r.active]
     assert len(active) == 1, f"{len(active)} active reclaimers"
@@ -127,10 +134,8 @@ async def test_a_worker_killed_with_the_active_reclaimer_has_its_claims_reclaime
     worker = HoldProcess(nats_server.url, coord_conn.namespace, subprocess_env, "w-dead")
     try:
         await worker.expect("joined")
-        ids = [f"t{i}" for i in range(5)]
-        for task_id in ids:
-            await tasks.schedule(task_id, queue="q", spec=None)
-        claims = {t: (await tasks.claim(t, "w-dead")).claim_id for t in ids}
+        claims = await claimed_by(coord_conn, "w-dead", [f"t{i}" for i in range(5)])
+        ids = list(claims)
         async with reclaimers(nats_server.url, coord_conn.namespace, 2, sweep_interval=60) as found:
             await eventually(lambda: sum(r.active for r in found) == 1, 5, "one active reclaimer")
             active = the_active(found)
@@ -306,10 +311,8 @@ async def test_a_standalone_reclaimer_started_after_a_parent_takes_over_and_recl
     worker = HoldProcess(nats_server.url, coord_conn.namespace, subprocess_env, "w-hand")
     try:
         await worker.expect("joined")
-        ids = [f"h{i}" for i in range(5)]
-        for task_id in ids:
-            await tasks.schedule(task_id, queue="q", spec=None)
-        claims = {t: (await tasks.claim(t, "w-hand")).claim_id for t in ids}
+        claims = await claimed_by(coord_conn, "w-hand", [f"h{i}" for i in range(5)])
+        ids = list(claims)
         async with contextlib.AsyncExitStack() as stack:
             conns = [
                 await stack.enter_async_context(coord.connect(nats_server.url, namespace=coord_conn.namespace))
