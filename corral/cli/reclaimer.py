@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from coord.lease import LEADER, Term, is_live, read_term
+from coord.lease import LEADER, LeaseRecord, Term, is_live, read_term
 from coord.presence.timing import enforced_ttl
 from corral.cli._bounds import SWEEP, bounded
 from corral.cli._common import Options, console, options, print_json, run, setting_help, until_signalled
@@ -39,12 +39,15 @@ def _holder(term: Term | None) -> dict[str, Any] | None:
     }
 
 
+def _kind(record: LeaseRecord) -> str:
+    return "standalone" if record.preferred else "in a parent"
+
+
 def _describe(term: Term | None) -> str:
     if term is None:
         return "none seen yet (the lease is vacant or being taken)"
     r = term.record
-    kind = "standalone" if r.preferred else "in a parent"
-    return f"{r.holder} on {r.host} (pid {r.pid}, {kind}){'' if r.ready else ', taking over'}"
+    return f"{r.holder} on {r.host} (pid {r.pid}, {_kind(r)}){'' if r.ready else ', taking over'}"
 
 
 async def _serve(opts: Options, sweep: float | None, as_json: bool) -> int:
@@ -104,8 +107,7 @@ async def _status(opts: Options, as_json: bool) -> int:
         renewed = f", renewed {age:.1f}s ago" if age is not None else ""
         state = "" if live else " [STALE: not renewed within the TTL; a candidate will take over]"
         console.print(
-            f"active reclaimer in {namespace}: {r.holder} on {r.host} (pid {r.pid}, "
-            f"{'standalone' if r.preferred else 'in a parent'}), since "
+            f"active reclaimer in {namespace}: {r.holder} on {r.host} (pid {r.pid}, {_kind(r)}), since "
             f"{r.since.isoformat(timespec='seconds')} ({since:.0f}s), {'ready' if r.ready else 'not ready'}"
             f"{renewed}{state}",
             highlight=False,
