@@ -82,8 +82,7 @@ async def _run(scenario: Scenario, brokers: Brokers) -> SystemResult:
         alive_or_raise(procs)
         meter = CpuMeter([p.pid for p in procs], brokers.redis_pid)
         res.rates = await atimed_rounds(scenario, meter, lambda _r: batch(scenario.tasks))
-        res.cpu = meter.split()
-        res.producer_rss_mb = meter.rss_mb
+        meter.report(res)
         res.latencies_ms = await alatencies(scenario.latency, one)
     finally:
         stop(procs)

@@ -138,8 +138,7 @@ def _run(scenario: Scenario, brokers: Brokers, pools: list[list[str]]) -> System
         alive_or_raise(procs, log)
         meter = CpuMeter([p.pid for p in procs], brokers.redis_pid)
         res.rates = timed_rounds(scenario, meter, lambda _r: batch(scenario.tasks, scenario.timeout()))
-        res.cpu = meter.split()
-        res.producer_rss_mb = meter.rss_mb
+        meter.report(res)
         for _ in range(scenario.latency):
             with collected_after():
                 t0 = time.perf_counter()

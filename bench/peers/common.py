@@ -92,6 +92,9 @@ class SystemResult:
     cpu: CpuSplit = field(default_factory=CpuSplit)
     producer_rss_mb: list[float] = field(default_factory=list)
     """The producer's resident memory after each round (JSON only: is anything kept per finished task?)."""
+    round_cpu_ms: list[float] = field(default_factory=list)
+    """CPU milliseconds per task of all the processes together, one per round (JSON only: does a
+    later round cost more work, or did the machine only run slower?)."""
     note: str = ""
     """A caveat shown in the table (e.g. ``no reply``)."""
     versions: dict[str, str] = field(default_factory=dict)
@@ -116,6 +119,12 @@ class SystemResult:
     def last_vs_first(self) -> float | None:
         """The last round's results/s over the first's (1.0: no slower after many rounds through one producer)."""
         return self.rates[-1] / self.rates[0] if len(self.rates) > 1 and self.rates[0] > 0 else None
+
+    @property
+    def cpu_last_vs_first(self) -> float | None:
+        """The last round's CPU per task over the first's (1.0: a later round costs no more work)."""
+        cpu = self.round_cpu_ms
+        return cpu[-1] / cpu[0] if len(cpu) > 1 and cpu[0] > 0 else None
 
     @property
     def cpu_ms_per_task(self) -> CpuSplit | None:
@@ -149,6 +158,7 @@ class SystemResult:
             median_rate=self.median_rate,
             median_executions=self.median_executions,
             last_vs_first=self.last_vs_first,
+            cpu_last_vs_first=self.cpu_last_vs_first,
             cpu_ms_per_task=asdict(per_task) | {"total": per_task.total} if per_task else None,
             min_rate=min(self.rates) if self.rates else None,
             max_rate=max(self.rates) if self.rates else None,
@@ -351,6 +361,8 @@ class CpuMeter:
         self._elapsed = 0.0
         self.rss_mb: list[float] = []
         """The producer's resident memory at the end of each interval."""
+        self.cpu_ms_per_task: list[float] = []
+        """CPU milliseconds per task of all the processes in each interval given its task count."""
 
     @staticmethod
     def _cpu(p: psutil.Process | None) -> float:
@@ -379,15 +391,27 @@ class CpuMeter:
         """Begin a measured interval."""
         self._start, self._t0 = self._now(), time.perf_counter()
 
-    def stop(self) -> None:
-        """End the interval; intervals add up."""
+    def stop(self, tasks: int | None = None) -> None:
+        """End the interval (``tasks``: how many it ran, for its CPU per task); intervals add up."""
         end = self._now()
         self._elapsed += time.perf_counter() - self._t0
-        self._used[0] += end[0] - self._start[0]
-        self._used[1] += sum(cpu - self._start[1].get(pid, 0.0) for pid, cpu in end[1].items())
-        self._used[2] += end[2] - self._start[2]
+        used = (
+            end[0] - self._start[0],
+            sum(cpu - self._start[1].get(pid, 0.0) for pid, cpu in end[1].items()),
+            end[2] - self._start[2],
+        )
+        for i, seconds in enumerate(used):
+            self._used[i] += seconds
+        if tasks:
+            self.cpu_ms_per_task.append(sum(used) * 1000 / tasks)
         with contextlib.suppress(psutil.Error):
             self.rss_mb.append(self._me.memory_info().rss / 2**20)
+
+    def report(self, res: SystemResult) -> None:
+        """Put what was measured into ``res``: the CPU split, CPU per task per round, the producer's memory."""
+        res.cpu = self.split()
+        res.round_cpu_ms = self.cpu_ms_per_task
+        res.producer_rss_mb = self.rss_mb
 
     def split(self) -> CpuSplit:
         """% of one core over the measured intervals."""
@@ -405,7 +429,7 @@ def timed_rounds(scenario: Scenario, meter: CpuMeter, one_round: Callable[[int],
         t0 = time.perf_counter()
         one_round(r)
         elapsed = time.perf_counter() - t0
-        meter.stop()
+        meter.stop(scenario.tasks)
         rates.append(scenario.tasks / elapsed)
     return rates
 
@@ -420,7 +444,7 @@ async def atimed_rounds(
         t0 = time.perf_counter()
         await one_round(r)
         elapsed = time.perf_counter() - t0
-        meter.stop()
+        meter.stop(scenario.tasks)
         rates.append(scenario.tasks / elapsed)
     return rates
 

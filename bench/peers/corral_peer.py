@@ -102,8 +102,7 @@ async def _run(scenario: Scenario, brokers: Brokers, *, standalone: bool) -> Sys
                 await batch("w", scenario.warmup)
                 meter = CpuMeter([p.pid for p in procs], brokers.nats_pid)
                 res.rates = await atimed_rounds(scenario, meter, lambda r: batch(f"r{r}", scenario.tasks))
-                res.cpu = meter.split()
-                res.producer_rss_mb = meter.rss_mb
+                meter.report(res)
                 res.latencies_ms = await alatencies(scenario.latency, one)
         finally:
             gc.unfreeze()  # the peers that run after this one in the same process start as before

@@ -105,8 +105,7 @@ def run(scenario: Scenario, brokers: Brokers) -> SystemResult:
         alive_or_raise(procs, log)
         meter = CpuMeter([p.pid for p in procs], brokers.redis_pid)
         res.rates = timed_rounds(scenario, meter, lambda _r: batch(scenario.tasks, scenario.timeout()))
-        res.cpu = meter.split()
-        res.producer_rss_mb = meter.rss_mb
+        meter.report(res)
         for _ in range(scenario.latency):
             t0 = time.perf_counter()
             actor.send().get_result(block=True, timeout=10_000)

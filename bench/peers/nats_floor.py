@@ -135,8 +135,7 @@ async def _run(scenario: Scenario, brokers: Brokers, mode: str) -> SystemResult:
             alive_or_raise(procs, log)
             meter = CpuMeter([p.pid for p in procs], brokers.nats_pid)
             res.rates = await atimed_rounds(scenario, meter, lambda r: batch(f"r{r}", scenario.tasks))
-            res.cpu = meter.split()
-            res.producer_rss_mb = meter.rss_mb
+            meter.report(res)
             if mode == "kv-batch":
                 res.note = "no reply: a round ends when the work queue is drained; latency not measured"
             else:

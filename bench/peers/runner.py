@@ -252,7 +252,8 @@ def table(report: Report) -> Table:
             "brokers and clients on one host"
         ),
         caption=(
-            "last / first round: the last round's results/s over the first's. executions/s: tasks run per second "
+            "last / first round: the last round's results/s over the first's (CPU: its CPU per task over the "
+            "first's, all processes). executions/s: tasks run per second "
             "as the workers recorded them, from the round's start (measured where results reach the producer much "
             "later than the tasks ran). CPU ms per task: CPU time of each kind of process over the rounds / tasks."
         ),
@@ -278,6 +279,8 @@ def table(report: Report) -> Table:
         if len(r.rates) > 1:
             rate += f" ({_num(min(r.rates))}-{_num(max(r.rates))})"
         drift = _num(r.last_vs_first, ".2f") + ("x" if r.last_vs_first is not None else "")
+        if r.cpu_last_vs_first is not None:
+            drift += f" (CPU {r.cpu_last_vs_first:.2f}x)"
         runs = _num(r.median_executions)
         if len(r.executions) > 1:
             runs += f" ({_num(min(r.executions))}-{_num(max(r.executions))})"

@@ -117,8 +117,7 @@ async def _run(scenario: Scenario, brokers: Brokers, concurrency: int, poll: flo
         alive_or_raise(procs, log)
         meter = CpuMeter([p.pid for p in procs], brokers.redis_pid)
         res.rates = await atimed_rounds(scenario, meter, lambda _r: batch(scenario.tasks, scenario.timeout()))
-        res.cpu = meter.split()
-        res.producer_rss_mb = meter.rss_mb
+        meter.report(res)
         res.latencies_ms = await alatencies(scenario.latency, one)
         res.note = f"concurrency {concurrency} per worker, results polled every {poll * 1000:g} ms"
     finally:

@@ -117,8 +117,7 @@ async def _run(scenario: Scenario, brokers: Brokers) -> SystemResult:
             res.rates = await atimed_rounds(
                 scenario, meter, lambda _r: batch(scenario.tasks, scenario.timeout(), res.executions)
             )
-            res.cpu = meter.split()
-            res.producer_rss_mb = meter.rss_mb
+            meter.report(res)
             res.latencies_ms = await alatencies(scenario.latency, one)
             res.note = (
                 f"concurrency {CONCURRENCY} per worker; results awaited {RESULTS_AT_ONCE} at a time "

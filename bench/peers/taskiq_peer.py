@@ -137,8 +137,7 @@ async def _run(scenario: Scenario, brokers: Brokers) -> SystemResult:
         alive_or_raise(procs, log)
         meter = CpuMeter([p.pid for p in procs], brokers.nats_pid)
         res.rates = await atimed_rounds(scenario, meter, lambda _r: batch(scenario.tasks, scenario.timeout()))
-        res.cpu = meter.split()
-        res.producer_rss_mb = meter.rss_mb
+        meter.report(res)
         res.latencies_ms = await alatencies(scenario.latency, one)
         res.note = f"pull batch {PULL_BATCH}, result polled every {POLL * 1000:.0f} ms"
         if refused[0]:

@@ -10,7 +10,7 @@ import pytest
 from bench.peers.common import Scenario
 from bench.peers.runner import Peer, main, run_peers, select, table
 
-TINY = Scenario(tasks=60, rounds=1, latency=3)
+TINY = Scenario(tasks=60, rounds=2, latency=3)
 
 
 def test_corral_and_nats_floor_rows_have_positive_rates() -> None:
@@ -24,6 +24,10 @@ def test_corral_and_nats_floor_rows_have_positive_rates() -> None:
         assert r.median_rate is not None and r.median_rate > 0
         assert r.p50_ms is not None and r.p50_ms > 0
         assert len(r.latencies_ms) == TINY.latency
+        # every round's CPU per task, all processes: what tells a parent doing more work per task in
+        # later rounds from a machine that only ran slower (a tiny round may read 0: CPU times tick in 10 ms)
+        assert len(r.round_cpu_ms) == TINY.rounds and all(ms >= 0 for ms in r.round_cpu_ms)
+    assert sum(rows["corral"].round_cpu_ms) > 0
     ghost = rows["ghost"]
     assert ghost.status == "unavailable"
     assert "no_such_module" in ghost.reason
