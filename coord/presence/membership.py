@@ -277,7 +277,9 @@ class Membership:
             deadline = self._last_ok_send + self.enforced_ttl
             if now >= deadline:
                 silent = now - self._last_ok_send
-                await self._lose("expired", f"no renewal reached the server for {silent:.1f}s (TTL {self.ttl:g}s)")
+                await self._lose(
+                    "expired", f"no renewal reached the server for {silent:.1f}s (TTL {self.ttl:g}s): {self._why(now)}"
+                )
                 if self.ended.is_set():
                     return
                 next_beat = self._last_ok_send + self.interval
@@ -301,6 +303,13 @@ class Membership:
             self._revision = rev
             self._last_ok_send = now
             next_beat = now + self.interval
+
+    def _why(self, now: float) -> str:
+        """Why renewals stopped reaching the server: the server did not answer one, or none was sent
+        (this process's event loop did not run the renewal in time: blocked or starved of CPU)."""
+        if self._last_attempt > self._last_ok_send:
+            return f"the renewal sent {now - self._last_attempt:.1f}s ago was not acknowledged"
+        return "none was sent since: this process's event loop did not run the renewal in time (blocked or starved)"
 
     async def _key_is_not_ours(self) -> bool:
         """After a failed compare-and-set: find out why, and handle a loss. False means retry."""

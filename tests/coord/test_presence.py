@@ -419,11 +419,21 @@ async def test_agent_cut_off_past_its_ttl_fails_closed_then_rejoins_by_itself(
         await asyncio.to_thread(own_server.stop, remove_store=False)
         await asyncio.wait_for(member.lost.wait(), 4)  # fails closed while still cut off
         assert [getattr(e, "reason", None) for e in losses] == ["expired"]
+        assert "was not acknowledged" in str(losses[0]), str(losses[0])  # the server, not this process
         await asyncio.sleep(0.5)
         await asyncio.to_thread(own_server.start)
         await asyncio.wait_for(member.present.wait(), 10)
         assert not member.is_lost and member.generation == 1
         assert await conn.presence.present_ids() == {"w1"}
+
+
+async def test_a_loss_after_a_blocked_event_loop_says_no_renewal_was_sent(coord_conn: coord.Coord) -> None:
+    losses: list[PresenceLost] = []
+    async with coord_conn.presence.join(AgentInfo(id="w1"), interval=0.3, ttl=1, on_lost=losses.append) as member:
+        time.sleep(1.5)  # the loop is blocked past the TTL: no renewal can even be sent
+        await asyncio.wait_for(member.lost.wait(), 2)
+    assert [getattr(e, "reason", None) for e in losses] == ["expired"]
+    assert "none was sent since" in str(losses[0]) and "event loop" in str(losses[0]), str(losses[0])
 
 
 # --- the nats-py 2.16 expiry-marker quirks ----------------------------------------------------
