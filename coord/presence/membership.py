@@ -40,7 +40,7 @@ from coord.presence.watcher import wait_absent
 from coord.retry import retry_until_stopped
 from coord.validation import WAIT, check_number, invalid_input
 
-__all__ = ["LostCallback", "Membership", "WaitCallback"]
+__all__ = ["LostCallback", "Membership", "WaitCallback", "silence_cause"]
 
 log = logging.getLogger("corral.presence")
 
@@ -53,6 +53,20 @@ REJOIN_MAX_DELAY = 2.0
 
 def _new_instance() -> str:
     return secrets.token_hex(8)
+
+
+def silence_cause(now: float, *, sent: float, ok_sent: float, acked: float, interval: float) -> str:
+    """Why renewals stopped reaching the server, from loop times: ``sent`` (the latest renewal sent),
+    ``ok_sent`` (when the latest acknowledged one was sent), ``acked`` (when its acknowledgement came).
+
+    A renewal sent after the latest acknowledged one was not answered; an acknowledgement that came
+    more than ``interval`` after its renewal was sent was late (the server was slow); otherwise none
+    was sent (this process's event loop did not run the renewal in time: blocked or starved of CPU)."""
+    if sent > ok_sent:
+        return f"the renewal sent {now - sent:.1f}s ago was not acknowledged"
+    if acked - ok_sent > interval:
+        return f"the last renewal was acknowledged only {acked - ok_sent:.1f}s after it was sent"
+    return "none was sent since: this process's event loop did not run the renewal in time (blocked or starved)"
 
 
 class Membership:
@@ -105,6 +119,7 @@ class Membership:
         self._generation = 0
         self._last_ok_send = 0.0
         self._last_attempt = 0.0
+        self._last_ack = 0.0
         self._min_gap = min(0.25, interval / 4)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -302,14 +317,13 @@ class Membership:
                 continue
             self._revision = rev
             self._last_ok_send = now
+            self._last_ack = loop.time()
             next_beat = now + self.interval
 
     def _why(self, now: float) -> str:
-        """Why renewals stopped reaching the server: the server did not answer one, or none was sent
-        (this process's event loop did not run the renewal in time: blocked or starved of CPU)."""
-        if self._last_attempt > self._last_ok_send:
-            return f"the renewal sent {now - self._last_attempt:.1f}s ago was not acknowledged"
-        return "none was sent since: this process's event loop did not run the renewal in time (blocked or starved)"
+        return silence_cause(
+            now, sent=self._last_attempt, ok_sent=self._last_ok_send, acked=self._last_ack, interval=self.interval
+        )
 
     async def _key_is_not_ours(self) -> bool:
         """After a failed compare-and-set: find out why, and handle a loss. False means retry."""

@@ -15,6 +15,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 import coord
 from coord.errors import InvalidId, PresenceConflict, PresenceLost
 from coord.presence import AgentInfo, HolderWait, Joined, Left, MembershipLost, Updated
+from coord.presence.membership import silence_cause
 from coord.server import NatsServer
 from tests.coord.helpers_presence import HoldProcess, Recorder
 
@@ -434,6 +435,15 @@ async def test_a_loss_after_a_blocked_event_loop_says_no_renewal_was_sent(coord_
         await asyncio.wait_for(member.lost.wait(), 2)
     assert [getattr(e, "reason", None) for e in losses] == ["expired"]
     assert "none was sent since" in str(losses[0]) and "event loop" in str(losses[0]), str(losses[0])
+
+
+def test_the_cause_of_a_silence_is_told_apart_without_a_server() -> None:
+    # a renewal sent at 10.0 after the acknowledged one of 9.5: the server did not answer it
+    assert "sent 1.0s ago was not acknowledged" in silence_cause(11.0, sent=10.0, ok_sent=9.5, acked=9.6, interval=0.5)
+    # the latest renewal (sent 9.5) was acknowledged at 10.4: the server was slow, not this process
+    assert "acknowledged only 0.9s after" in silence_cause(10.7, sent=9.5, ok_sent=9.5, acked=10.4, interval=0.5)
+    # acknowledged at once, and nothing sent since: this process's loop did not run the renewal
+    assert "none was sent since" in silence_cause(10.7, sent=9.5, ok_sent=9.5, acked=9.6, interval=0.5)
 
 
 # --- the nats-py 2.16 expiry-marker quirks ----------------------------------------------------
